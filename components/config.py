@@ -1,0 +1,663 @@
+"""The typed stack config of metrics-aggregation: parse, validate, explain errors.
+
+Everything the program needs from `Pulumi.<stack>.yaml` is read here, once, into frozen pydantic
+models. An invalid stack stops the program before any resource is registered, with one line per
+problem that names the key path, the bad value and the fix:
+
+    metrics-aggregation:masters[2].address: '10.0.0.300' is neither an IP address nor a DNS name;
+        set it to the master's IPv4 or IPv6 address or its DNS name
+
+Key names are the contract of ../shared/design.md ("Stack config"): they are camelCase in YAML and
+snake_case attributes here (pydantic aliases).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Mapping
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "metrics-aggregation"
+TOP_LEVEL_KEYS = ("masters", "ssh", "pki", "apiserver", "metricsServer")
+
+# What the tls provider understands in `allowed_uses` (terraform-provider-tls `x509KeyUsages` and
+# `x509ExtKeyUsages`). The provider ignores any other string with a warning, which is how a proxy
+# certificate silently loses client_auth (metrics-server#1279).
+TLS_ALLOWED_USES = frozenset(
+    {
+        "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+        "key_agreement", "cert_signing", "crl_signing", "encipher_only", "decipher_only",
+        "any_extended", "server_auth", "client_auth", "code_signing", "email_protection",
+        "ipsec_end_system", "ipsec_tunnel", "ipsec_user", "timestamping", "ocsp_signing",
+        "microsoft_server_gated_crypto", "netscape_server_gated_crypto",
+        "microsoft_commercial_code_signing", "microsoft_kernel_code_signing",
+    }
+)
+CA_ALLOWED_USES = ("cert_signing", "key_encipherment", "digital_signature")
+PROXY_CLIENT_ALLOWED_USES = ("client_auth", "key_encipherment", "digital_signature")
+
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+# Master names become part of Pulumi resource names (`<name>-certs`, `<name>-flags`).
+_MASTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_HOURS_PER_YEAR = 8760
+
+
+class ConfigError(Exception):
+    """The stack config is invalid; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            f"the stack config of {NAMESPACE} is invalid ({len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}); nothing was changed:\n  "
+            + "\n  ".join(problems)
+        )
+
+
+class _Problems(ValueError):
+    """Raised inside validators: problems at paths relative to the model being validated."""
+
+    def __init__(self, items: list[tuple[tuple[str | int, ...], Any, str]]):
+        self.items = items
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, _, m in items))
+
+
+def _problem(path: tuple[str | int, ...], value: Any, message: str) -> _Problems:
+    return _Problems([(path, value, message)])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+
+def address_kind(value: str) -> Literal["ip", "dns"] | None:
+    """'ip' for an IPv4/IPv6 literal, 'dns' for a valid DNS name, None for neither."""
+    try:
+        ipaddress.ip_address(value)
+        return "ip"
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    # An all-numeric dotted string (10.0.0.300) is a broken IP address, not a host name.
+    if all(label.isdigit() for label in labels):
+        return None
+    return "dns" if all(_DNS_LABEL.match(label) for label in labels) else None
+
+
+def _check_address(value: str) -> str:
+    if address_kind(value) is None:
+        raise ValueError(
+            "is neither an IP address nor a DNS name; set it to an IPv4 or IPv6 address "
+            "(no brackets, no port) or a DNS name"
+        )
+    return value
+
+
+Address = Annotated[str, Field(min_length=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Layout(str, Enum):
+    """How kube-apiserver gets its flags on a master."""
+
+    ENV_FILE = "env-file"  # KUBE_APISERVER_OPTS="--a=b \ ..." read by the unit's EnvironmentFile
+    SYSTEMD_UNIT = "systemd-unit"  # flags on ExecStart= with backslash continuations
+    STATIC_POD = "static-pod"  # kubeadm manifest: the container's command list
+
+
+LAYOUT_DEFAULTS: dict[Layout, dict[str, str]] = {
+    Layout.ENV_FILE: {
+        "config_path": "/etc/kubernetes/kube-apiserver.conf",
+        "cert_dir": "/etc/kubernetes/ssl",
+        "restart_command": "systemctl restart kube-apiserver",
+    },
+    Layout.SYSTEMD_UNIT: {
+        "config_path": "/etc/systemd/system/kube-apiserver.service",
+        "cert_dir": "/etc/kubernetes/ssl",
+        "restart_command": "systemctl daemon-reload && systemctl restart kube-apiserver",
+    },
+    Layout.STATIC_POD: {
+        "config_path": "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        "cert_dir": "/etc/kubernetes/pki",
+        # The kubelet restarts the static pod when its manifest changes.
+        "restart_command": "",
+    },
+}
+
+
+class Master(_Model):
+    name: str
+    address: Address
+    host_key: str | None = None
+    port: Port | None = None
+    user: str | None = None
+    layout: Layout | None = None
+    config_path: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _MASTER_NAME.match(v):
+            raise ValueError(
+                "is not a usable master name; use 1-63 letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit (it becomes part of resource names)"
+            )
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return _check_address(v)
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
+            raise ValueError(
+                "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
+                "without the host name, e.g. 'ssh-ed25519 AAAA...'"
+            )
+        return v
+
+    @field_validator("config_path")
+    @classmethod
+    def _config_path(cls, v: str | None) -> str | None:
+        return v if v is None else _absolute_path(v)
+
+
+def _absolute_path(v: str) -> str:
+    if not v.startswith("/") or any(c in v for c in "\n\0'\"$`\\") or "/../" in v + "/":
+        raise ValueError("must be an absolute path without quotes, '$', '`', '\\' or '..'")
+    return v
+
+
+class Bastion(_Model):
+    host: Address
+    port: Port = 22
+    user: str | None = None  # default: ssh.user
+    private_key: str | None = None  # default: ssh.privateKey (set with --secret)
+    host_key: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _check_address(v)
+
+
+class Ssh(_Model):
+    user: str = "root"
+    port: Port = 22
+    private_key: str | None = None
+    private_key_password: str | None = None
+    agent_socket_path: str | None = None
+    sudo: bool = False
+    bastion: Bastion | None = None
+    dial_error_limit: Annotated[int, Field(ge=1, le=100)] = 10
+    per_dial_timeout: Annotated[int, Field(ge=1, le=600)] = 15
+
+    @model_validator(mode="after")
+    def _auth(self) -> Ssh:
+        if not self.private_key and not self.agent_socket_path:
+            raise _problem(
+                ("privateKey",),
+                None,
+                "is missing; set it with `pulumi config set --secret --path ssh.privateKey --raw < "
+                "~/.ssh/id_ed25519` (or set ssh.agentSocketPath to use an SSH agent)",
+            )
+        if self.private_key and "PRIVATE KEY-----" not in self.private_key:
+            raise _problem(
+                ("privateKey",),
+                "<secret>",
+                "is not a PEM/OpenSSH private key; set the key file's contents with "
+                "`pulumi config set --secret --path ssh.privateKey --raw < keyfile`",
+            )
+        return self
+
+
+class Subject(_Model):
+    organization: str | None = None
+    organizational_unit: str | None = None
+    country: str | None = None
+    province: str | None = None
+    locality: str | None = None
+    street_addresses: tuple[str, ...] = ()
+    postal_code: str | None = None
+
+
+class KeyAlgorithm(str, Enum):
+    RSA = "RSA"
+    ECDSA = "ECDSA"
+
+
+class Pki(_Model):
+    ca_common_name: str = "aggregator-ca"
+    proxy_client_common_name: str = "aggregator"
+    subject: Subject = Subject()
+    hosts: tuple[str, ...] = ()
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.RSA
+    rsa_bits: int = 2048
+    ecdsa_curve: Literal["P256", "P384", "P521"] = "P256"
+    ca_validity_hours: Annotated[int, Field(gt=0)] = 10 * _HOURS_PER_YEAR
+    cert_validity_hours: Annotated[int, Field(gt=0)] = _HOURS_PER_YEAR
+    early_renewal_hours: Annotated[int, Field(ge=0)] = 720
+    proxy_client_allowed_uses: tuple[str, ...] = PROXY_CLIENT_ALLOWED_USES
+    # The cluster CA (optional): lets the policy pack prove the aggregator CA is a different one.
+    cluster_ca_cert_pem: str | None = None
+
+    @field_validator("ca_common_name", "proxy_client_common_name")
+    @classmethod
+    def _cn(cls, v: str) -> str:
+        if not v.strip() or "," in v:
+            raise ValueError("must be a non-empty common name without commas")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [(i, h) for i, h in enumerate(v) if address_kind(h) is None]
+        if bad:
+            raise _Problems(
+                [
+                    ((i,), h, "is neither an IP address nor a DNS name; SANs must be one or the other")
+                    for i, h in bad
+                ]
+            )
+        return v
+
+    @field_validator("ecdsa_curve", mode="before")
+    @classmethod
+    def _curve(cls, v: Any) -> Any:
+        # Accept the spelling of the policy docs (P-256) as well as the provider's (P256).
+        return v.replace("-", "") if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Pki:
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.ca_common_name == self.proxy_client_common_name:
+            problems.append(
+                (
+                    ("caCommonName",),
+                    self.ca_common_name,
+                    "equals proxyClientCommonName; the CA and the proxy-client certificate need "
+                    "different subjects (e.g. caCommonName: aggregator-ca, proxyClientCommonName: aggregator)",
+                )
+            )
+        if self.key_algorithm is KeyAlgorithm.RSA and self.rsa_bits < 2048:
+            problems.append(
+                (("rsaBits",), self.rsa_bits, "is below 2048; use 2048, 3072 or 4096")
+            )
+        if self.key_algorithm is KeyAlgorithm.RSA and self.rsa_bits > 8192:
+            problems.append((("rsaBits",), self.rsa_bits, "is above 8192; use 2048, 3072 or 4096"))
+        if self.cert_validity_hours > self.ca_validity_hours:
+            problems.append(
+                (
+                    ("certValidityHours",),
+                    self.cert_validity_hours,
+                    f"is longer than caValidityHours ({self.ca_validity_hours}); a leaf must not "
+                    "outlive its CA: lower certValidityHours or raise caValidityHours",
+                )
+            )
+        if self.early_renewal_hours >= self.cert_validity_hours:
+            problems.append(
+                (
+                    ("earlyRenewalHours",),
+                    self.early_renewal_hours,
+                    f"is not below certValidityHours ({self.cert_validity_hours}); the certificate "
+                    "would be renewed on every run: lower earlyRenewalHours",
+                )
+            )
+        for i, use in enumerate(self.proxy_client_allowed_uses):
+            if use not in TLS_ALLOWED_USES:
+                problems.append(
+                    (
+                        ("proxyClientAllowedUses", i),
+                        use,
+                        "is not a usage the tls provider knows (it would be dropped silently); "
+                        f"use one of: {', '.join(sorted(TLS_ALLOWED_USES))}",
+                    )
+                )
+        if "client_auth" not in self.proxy_client_allowed_uses:
+            problems.append(
+                (
+                    ("proxyClientAllowedUses",),
+                    list(self.proxy_client_allowed_uses),
+                    "lacks client_auth; kube-apiserver presents this certificate as a client "
+                    "(metrics-server rejects it with 'incompatible key usage'): add client_auth",
+                )
+            )
+        if self.cluster_ca_cert_pem is not None and "BEGIN CERTIFICATE" not in self.cluster_ca_cert_pem:
+            problems.append(
+                (("clusterCaCertPem",), self.cluster_ca_cert_pem[:40], "is not a PEM certificate")
+            )
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+class Apiserver(_Model):
+    layout: Layout = Layout.ENV_FILE
+    config_path: str | None = None
+    cert_dir: str | None = None
+    restart_command: str | None = None
+    readyz_url: str = "https://127.0.0.1:6443/readyz"
+    ready_timeout_seconds: int = 120
+    enable_aggregator_routing: bool = True
+
+    @field_validator("config_path", "cert_dir")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return v if v is None else _absolute_path(v)
+
+    @field_validator("readyz_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s'\"`$\\]+$", v):
+            raise ValueError("must be an http(s) URL such as https://127.0.0.1:6443/readyz")
+        return v
+
+    @field_validator("ready_timeout_seconds")
+    @classmethod
+    def _timeout(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a positive number of seconds (e.g. 120)")
+        if v > 3600:
+            raise ValueError("must be at most 3600 seconds; a longer wait blocks the rollout")
+        return v
+
+    @field_validator("restart_command")
+    @classmethod
+    def _restart(cls, v: str | None) -> str | None:
+        if v is not None and "\n" in v:
+            raise ValueError("must be a single line")
+        return v
+
+    def resolved(self, field: str, layout: Layout) -> str:
+        value = getattr(self, field)
+        return LAYOUT_DEFAULTS[layout][field] if value is None else value
+
+
+class MetricsServer(_Model):
+    version: str = "v0.8.1"
+    image: str = "registry.k8s.io/metrics-server/metrics-server"
+    namespace: str = "kube-system"
+    replicas: Annotated[int, Field(ge=1, le=10)] = 1
+    kubelet_insecure_tls: bool = False
+    kubelet_ca_cert_pem: str | None = None
+    preferred_address_types: tuple[
+        Literal["Hostname", "InternalDNS", "InternalIP", "ExternalDNS", "ExternalIP"], ...
+    ] = ("InternalIP", "ExternalIP", "Hostname")
+    host_network: bool = False
+    container_port: Port = 10250
+    metric_resolution: str = "15s"
+    node_count: Annotated[int, Field(ge=0)] = 0
+    wait_for_available: bool = True
+    # The sandbox has no kubelet, so its Deployment never gets pods; it says so here, explicitly,
+    # and the program then skips waiting for the Deployment (never for the APIService).
+    expect_no_pods: bool = False
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.match(r"^v\d+\.\d+\.\d+$", v):
+            raise ValueError("must be a release tag such as v0.8.1")
+        return v
+
+    @field_validator("metric_resolution")
+    @classmethod
+    def _resolution(cls, v: str) -> str:
+        m = re.match(r"^(\d+)(s|m)$", v)
+        if not m or int(m[1]) * (60 if m[2] == "m" else 1) < 10:
+            raise ValueError("must be a duration of at least 10s, such as 15s or 1m")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> MetricsServer:
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.kubelet_insecure_tls and self.kubelet_ca_cert_pem:
+            problems.append(
+                (
+                    ("kubeletInsecureTls",),
+                    True,
+                    "is set together with kubeletCaCertPem; choose one: remove kubeletInsecureTls "
+                    "to verify kubelets with kubeletCaCertPem",
+                )
+            )
+        if self.kubelet_ca_cert_pem is not None and "BEGIN CERTIFICATE" not in self.kubelet_ca_cert_pem:
+            problems.append(
+                (("kubeletCaCertPem",), self.kubelet_ca_cert_pem[:40], "is not a PEM certificate")
+            )
+        if self.host_network and self.container_port == 10250:
+            problems.append(
+                (
+                    ("containerPort",),
+                    10250,
+                    "collides with the kubelet when hostNetwork is true (bind: address already in "
+                    "use, metrics-server#1026); set metricsServer.containerPort to e.g. 4443",
+                )
+            )
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+class Settings(_Model):
+    """The whole validated stack config."""
+
+    masters: tuple[Master, ...]
+    ssh: Ssh
+    pki: Pki = Pki()
+    apiserver: Apiserver = Apiserver()
+    metrics_server: MetricsServer = MetricsServer()
+
+    @field_validator("masters")
+    @classmethod
+    def _masters(cls, v: tuple[Master, ...]) -> tuple[Master, ...]:
+        if not v:
+            raise ValueError("is empty; list at least one master (name and address)")
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        for field in ("name", "address"):
+            counts = Counter(getattr(m, field).lower() for m in v)
+            for i, m in enumerate(v):
+                value = getattr(m, field)
+                if counts[value.lower()] > 1:
+                    first = next(j for j, o in enumerate(v) if getattr(o, field).lower() == value.lower())
+                    if first != i:
+                        problems.append(
+                            (
+                                (i, field),
+                                value,
+                                f"duplicates masters[{first}].{field}; every master needs its own {field}",
+                            )
+                        )
+        if problems:
+            raise _Problems(problems)
+        return v
+
+    # --- derived values (the program's single source for them) ---
+
+    def master_layout(self, m: Master) -> Layout:
+        return m.layout or self.apiserver.layout
+
+    def master_config_path(self, m: Master) -> str:
+        return m.config_path or self.apiserver.resolved("config_path", self.master_layout(m))
+
+    def cert_dir(self, m: Master) -> str:
+        return self.apiserver.resolved("cert_dir", self.master_layout(m))
+
+    def restart_command(self, m: Master) -> str:
+        return self.apiserver.resolved("restart_command", self.master_layout(m))
+
+    @property
+    def requestheader_allowed_names(self) -> list[str]:
+        return [self.pki.proxy_client_common_name]
+
+    def apiserver_flags(self, cert_dir: str | None = None) -> dict[str, str]:
+        """The kube-apiserver flags the program sets (design.md, "Files on each master")."""
+        d = cert_dir or self.apiserver.resolved("cert_dir", self.apiserver.layout)
+        flags = {
+            "--requestheader-client-ca-file": f"{d}/aggregator-ca.pem",
+            "--requestheader-allowed-names": ",".join(self.requestheader_allowed_names),
+            "--requestheader-extra-headers-prefix": "X-Remote-Extra-",
+            "--requestheader-group-headers": "X-Remote-Group",
+            "--requestheader-username-headers": "X-Remote-User",
+            "--proxy-client-cert-file": f"{d}/aggregator.pem",
+            "--proxy-client-key-file": f"{d}/aggregator-key.pem",
+        }
+        if self.apiserver.enable_aggregator_routing:
+            flags["--enable-aggregator-routing"] = "true"
+        return flags
+
+    def cert_sans(self) -> tuple[list[str], list[str]]:
+        """(ip_addresses, dns_names) of the proxy-client cert: every master address + pki.hosts."""
+        ips: list[str] = []
+        dns: list[str] = []
+        for value in [m.address for m in self.masters] + list(self.pki.hosts):
+            if address_kind(value) == "ip":
+                text = str(ipaddress.ip_address(value))
+                if text not in ips:
+                    ips.append(text)
+            elif value.lower() not in dns:
+                dns.append(value.lower())
+        return ips, dns
+
+    @model_validator(mode="after")
+    def _cross(self) -> Settings:
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.ssh.bastion and any(m.address == self.ssh.bastion.host for m in self.masters):
+            problems.append(
+                (("ssh", "bastion", "host"), self.ssh.bastion.host, "is one of the masters; the jump host must be another machine")
+            )
+        for i, m in enumerate(self.masters):
+            layout = self.master_layout(m)
+            if layout is not Layout.STATIC_POD and not self.restart_command(m).strip():
+                problems.append(
+                    (
+                        ("apiserver", "restartCommand"),
+                        self.apiserver.restart_command,
+                        f"is empty but masters[{i}] ({m.name}) uses layout {layout.value}, which needs "
+                        "a restart command such as `systemctl restart kube-apiserver`",
+                    )
+                )
+                break
+        if problems:
+            raise _Problems(problems)
+        return self
+
+
+# --- loading and error formatting -------------------------------------------------------------
+
+
+def _key_path(loc: tuple[str | int, ...]) -> str:
+    out = f"{NAMESPACE}:"
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += part if i == 0 else f".{part}"
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(missing)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_PYDANTIC_HINTS = {
+    "extra_forbidden": lambda e: "is not a known key; check its spelling against the config reference in README.md",
+    "missing": lambda e: "is required; set it in Pulumi.<stack>.yaml",
+    "enum": lambda e: f"is not one of {e['ctx'].get('expected', '')}",
+    "literal_error": lambda e: f"is not one of {e['ctx'].get('expected', '')}",
+    "greater_than_equal": lambda e: f"must be >= {e['ctx'].get('ge')}",
+    "less_than_equal": lambda e: f"must be <= {e['ctx'].get('le')}",
+    "greater_than": lambda e: f"must be > {e['ctx'].get('gt')}",
+    "int_parsing": lambda e: "must be a whole number",
+    "int_from_float": lambda e: "must be a whole number",
+    "bool_parsing": lambda e: "must be true or false",
+    "string_type": lambda e: "must be a string",
+    "string_too_short": lambda e: "must not be empty",
+    "model_type": lambda e: "must be a mapping of keys (see the config reference in README.md)",
+    "tuple_type": lambda e: "must be a list",
+}
+
+
+def _messages(err: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            for rel, value, message in cause.items:
+                lines.append(f"{_key_path(loc + rel)}: {_show(value)} {message}")
+            continue
+        if e["type"] == "value_error":
+            message = str(cause) if cause is not None else e["msg"]
+        else:
+            hint = _PYDANTIC_HINTS.get(e["type"])
+            message = hint(e) if hint else e["msg"]
+        value = e.get("input") if e["type"] != "missing" else None
+        if isinstance(value, Mapping):
+            value = "{...}"
+        lines.append(f"{_key_path(loc)}: {_show(value)} {message}")
+    return lines
+
+
+def parse(raw: Mapping[str, Any]) -> Settings:
+    """Validate the stack's `metrics-aggregation:*` values; raise ConfigError with every problem."""
+    data = {k: v for k, v in raw.items() if v is not None}
+    problems: list[str] = []
+    if "masters" not in data:
+        problems.append(
+            f"{_key_path(('masters',))}: (missing) is required; list the masters in rollout order, "
+            "e.g. [{name: k8s-master1, address: 10.0.0.101}]"
+        )
+    if "ssh" not in data:
+        data["ssh"] = {}
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as err:
+        problems.extend(m for m in _messages(err) if not m.startswith(f"{_key_path(('masters',))}: (missing)"))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load(config: Any = None) -> Settings:
+    """Read and validate the stack config through pulumi.Config (nothing is registered)."""
+    import pulumi
+
+    cfg = config or pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    for key in TOP_LEVEL_KEYS:
+        try:
+            raw[key] = cfg.get_object(key)
+        except Exception as exc:  # a value that is not valid YAML/JSON
+            problems.append(f"{_key_path((key,))}: could not be read ({exc}); fix its YAML")
+    if problems:
+        raise ConfigError(problems)
+    return parse(raw)
