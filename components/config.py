@@ -652,7 +652,7 @@ def load(config: Any = None) -> Settings:
 
     cfg = config or pulumi.Config(NAMESPACE)
     raw: dict[str, Any] = {}
-    problems: list[str] = []
+    problems = [] if config is not None else _unknown_top_level_keys()
     for key in TOP_LEVEL_KEYS:
         try:
             raw[key] = cfg.get_object(key)
@@ -661,3 +661,15 @@ def load(config: Any = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     return parse(raw)
+
+
+def _unknown_top_level_keys() -> list[str]:
+    """A misspelt top-level key (`metrics-aggregation:mastres`) would otherwise be ignored silently."""
+    from pulumi.runtime import config as runtime_config
+
+    present = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    return [
+        f"{full}: is not a known key; use one of {', '.join(TOP_LEVEL_KEYS)}"
+        for full in sorted(present)
+        if full.partition(":")[0] == NAMESPACE and full.partition(":")[2] not in TOP_LEVEL_KEYS
+    ]

@@ -1,0 +1,152 @@
+"""ApiserverAggregation: the kube-apiserver reconfiguration on every master, over SSH (pulumi-command).
+
+Per master, two remote commands run the host script `scripts/apiserver-aggregation.sh`:
+
+    <master>-certs   install-certs / remove-certs   writes <certDir>/aggregator-ca.pem (0644),
+                                                    aggregator.pem (0644), aggregator-key.pem (0600)
+    <master>-flags   apply / revert                 sets the --requestheader-* / --proxy-client-* flags
+                                                    in the layout's config file, restarts, waits for /readyz
+
+The certs steps run in parallel; master N's flags step waits for master N-1's (one apiserver down at
+a time, in the order of `masters`). On destroy the flags steps revert in reverse order, then the
+certs are removed.
+
+Secrets travel on stdin only: never in a command line or an environment variable (previews, logs,
+process lists and pulumi-command's error messages show those). Re-runs are driven by inputs (command
+strings, stdin), never by `triggers`, which would replace and so run the old `delete` (revert) after
+the new `create`.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+
+from components.config import Layout, Master, Settings
+
+SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
+SCRIPT_NAME = "apiserver-aggregation"
+
+# A rotated SSH key must not re-run (and so restart) anything; `delete` keeps using the stored key.
+_IGNORE_KEY_ROTATION = ["connection.privateKey", "connection.proxy.privateKey"]
+
+
+@functools.cache
+def script_text() -> str:
+    return SCRIPT_PATH.read_text()
+
+
+def host_command(action: str, options: Sequence[tuple[str, str]], *, sudo: bool) -> str:
+    """The exact command line run on a master: the whole script, its action and options, quoted."""
+    argv = ["bash", "-c", script_text(), SCRIPT_NAME, action]
+    for name, value in options:
+        argv += [name, value]
+    line = " ".join(shlex.quote(a) for a in argv)
+    return f"sudo -n {line}" if sudo else line
+
+
+def _connection(settings: Settings, master: Master) -> command.remote.ConnectionArgs:
+    ssh = settings.ssh
+    key = pulumi.Output.secret(ssh.private_key) if ssh.private_key else None
+    password = pulumi.Output.secret(ssh.private_key_password) if ssh.private_key_password else None
+    proxy = None
+    if ssh.bastion:
+        b = ssh.bastion
+        proxy = command.remote.ProxyConnectionArgs(
+            host=b.host,
+            port=b.port,
+            user=b.user or ssh.user,
+            private_key=pulumi.Output.secret(b.private_key) if b.private_key else key,
+            private_key_password=None if b.private_key else password,
+            agent_socket_path=ssh.agent_socket_path,
+            host_key=b.host_key,
+            dial_error_limit=ssh.dial_error_limit,
+            per_dial_timeout=ssh.per_dial_timeout,
+        )
+    return command.remote.ConnectionArgs(
+        host=master.address,
+        port=master.port or ssh.port,
+        user=master.user or ssh.user,
+        private_key=key,
+        private_key_password=password,
+        agent_socket_path=ssh.agent_socket_path,
+        host_key=master.host_key,
+        dial_error_limit=ssh.dial_error_limit,
+        per_dial_timeout=ssh.per_dial_timeout,
+        proxy=proxy,
+    )
+
+
+def _pem_bundle(ca_cert: str, cert: str, key: str) -> str:
+    """stdin of install-certs: CA certificate, proxy-client certificate, proxy-client key."""
+    return "".join(p if p.endswith("\n") else p + "\n" for p in (ca_cert, cert, key))
+
+
+class ApiserverAggregation(pulumi.ComponentResource):
+    """Certificates and aggregation flags on every master, rolled out one master at a time."""
+
+    flags: dict[str, str]
+    final_steps: list[pulumi.Resource]
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        ca_cert_pem: pulumi.Input[str],
+        proxy_cert_pem: pulumi.Input[str],
+        proxy_key_pem: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("metrics-aggregation:apiserver:ApiserverAggregation", name, None, opts)
+        bundle = pulumi.Output.secret(
+            pulumi.Output.all(ca_cert_pem, proxy_cert_pem, proxy_key_pem).apply(lambda p: _pem_bundle(*p))
+        )
+        sudo = settings.ssh.sudo
+        previous: pulumi.Resource | None = None
+        self.final_steps = []
+        for master in settings.masters:
+            cert_dir = settings.cert_dir(master)
+            layout: Layout = settings.master_layout(master)
+            base = [("--master", master.name), ("--cert-dir", cert_dir)]
+            connection = _connection(settings, master)
+            certs = command.remote.Command(
+                f"{master.name}-certs",
+                connection=connection,
+                create=host_command("install-certs", base, sudo=sudo),
+                update=host_command("install-certs", base, sudo=sudo),
+                delete=host_command("remove-certs", base, sudo=sudo),
+                stdin=bundle,
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=_IGNORE_KEY_ROTATION),
+            )
+            options = base + [
+                ("--layout", layout.value),
+                ("--config-path", settings.master_config_path(master)),
+                ("--restart-command", settings.restart_command(master)),
+                ("--readyz-url", settings.apiserver.readyz_url),
+                ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
+            ]
+            options += [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(cert_dir).items()]
+            flags = command.remote.Command(
+                f"{master.name}-flags",
+                connection=connection,
+                create=host_command("apply", options, sudo=sudo),
+                update=host_command("apply", options, sudo=sudo),
+                delete=host_command("revert", options, sudo=sudo),
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[certs] + ([previous] if previous else []),
+                    ignore_changes=_IGNORE_KEY_ROTATION,
+                ),
+            )
+            previous = flags
+            self.final_steps.append(flags)
+        self.flags = settings.apiserver_flags()
+        self.register_outputs({"flags": self.flags})

@@ -1,0 +1,110 @@
+"""Evaluate the whole program under Pulumi's mocks and return what it registered.
+
+    run({"masters": [...], "ssh": {...}})  ->  Run(resources, outputs, commands)
+
+Used by the unit tests (graph, certificates, outputs) and by tests/hosts, which executes the exact
+remote commands the program built (`Run.commands`) over real SSH.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi.runtime import set_all_config
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from components import config as config_mod
+from components import program
+from tests.support.mocks import Mocks, RecordingMonitor, Registration
+
+PROJECT = "metrics-aggregation"
+
+
+@dataclass
+class Run:
+    resources: list[Registration]
+    outputs: dict[str, Any]
+    settings: config_mod.Settings
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Registration:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"{len(matches)} resources named {name!r}"
+        return matches[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def ancestors(self, reg: Registration) -> list[Registration]:
+        out = []
+        while reg.parent and not reg.parent.endswith(f"::{PROJECT}-test") and any(
+            r.urn == reg.parent for r in self.resources
+        ):
+            reg = self.by_urn(reg.parent)
+            out.append(reg)
+        return out
+
+    def depends_on(self, reg: Registration) -> set[str]:
+        """URNs this resource waits for: its own dependencies and those of its ancestors."""
+        deps = set(reg.dependencies)
+        for a in self.ancestors(reg):
+            deps |= set(a.dependencies)
+        return deps
+
+    @property
+    def commands(self) -> list[dict[str, Any]]:
+        """Every remote.Command with plain resolved values, in rollout order (per master: certs, flags)."""
+        by_urn = {r.urn: r.name for r in self.resources}
+        order = {m.name: i for i, m in enumerate(self.settings.masters)}
+
+        def key(r: Registration) -> tuple[int, str]:
+            master, _, step = r.name.rpartition("-")
+            return order.get(master, len(order)), step
+
+        out = []
+        for r in sorted(self.of_type("command:remote:Command"), key=key):
+            i = r.inputs
+            out.append(
+                {
+                    "name": r.name,
+                    "create": i.get("create"),
+                    "update": i.get("update"),
+                    "delete": i.get("delete"),
+                    "stdin": i.get("stdin"),
+                    "connection": i.get("connection"),
+                    "depends_on": sorted(by_urn[u] for u in r.dependencies if u in by_urn),
+                }
+            )
+        return out
+
+
+def config_values(config: dict[str, Any]) -> dict[str, str]:
+    return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+
+
+def run(config: dict[str, Any], *, preview: bool = False, stack: str = "test", fresh_keys: bool = False) -> Run:
+    """Evaluate the program with this stack config (the `metrics-aggregation:*` keys, unprefixed)."""
+    mocks = Mocks(fresh_keys=fresh_keys)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    set_all_config(config_values(config))
+    result: dict[str, Any] = {}
+
+    def body() -> None:
+        settings = config_mod.load()
+        result["settings"] = settings
+        outputs = program.build(settings)
+        result["outputs"] = _sync_await(pulumi.Output.from_input(outputs).future())
+
+    try:
+        _sync_await(run_pulumi_func(body))
+    except Exception as exc:
+        exc.registrations = monitor.registrations  # type: ignore[attr-defined]
+        raise
+    return Run(resources=monitor.registrations, outputs=result["outputs"], settings=result["settings"])
