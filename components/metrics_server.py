@@ -1,0 +1,513 @@
+"""MetricsServer: metrics-server as typed Kubernetes objects, served behind a verified APIService.
+
+The objects follow upstream metrics-server `manifests/base` plus the `high-availability` component
+(same names, so an existing hand-applied install can be adopted), with three deliberate changes:
+
+* metrics-server's serving certificate comes from a serving CA of its own (pulumi-tls), and that CA is
+  the APIService `caBundle`: kube-apiserver verifies metrics-server and `insecureSkipTLSVerify` is
+  never set (upstream sets it to true).
+* kubelets are verified with `--kubelet-certificate-authority` when the stack gives their CA;
+  `--kubelet-insecure-tls` appears only when the stack asks for it explicitly.
+* when `waitForAvailable`, the APIService carries pulumi-kubernetes' `pulumi.com/waitFor:
+  condition=Available`, so `pulumi up` fails unless `metrics.k8s.io` really answers through the
+  aggregation layer (an APIService has no built-in await).
+
+Every child depends on `depends_on` (each master's final flag step): nothing is applied before the
+apiservers can authenticate to metrics-server. The APIService depends on every other object, so it
+is created last and deleted first (a dangling APIService breaks discovery for the whole cluster).
+
+The only private keys are the serving CA's and the leaf's (pulumi-tls marks them secret); the leaf
+key goes into the serving Secret and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_tls as tls
+
+from components import config
+
+TYPE = "metrics-aggregation:k8s:MetricsServer"
+
+APP = "metrics-server"  # the upstream object name of the SA, Service, Deployment, PDB
+API_GROUP = "metrics.k8s.io"
+API_VERSION = "v1beta1"
+API_SERVICE_NAME = f"{API_VERSION}.{API_GROUP}"
+# extension-apiserver-authentication lives in kube-system, so the RoleBinding that lets
+# metrics-server read it lives there too, wherever metrics-server itself runs.
+AUTH_NAMESPACE = "kube-system"
+SELECTOR = {"k8s-app": APP}
+
+WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
+WAIT_FOR_AVAILABLE = "condition=Available"
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+
+SERVING_CERT_DIR = "/etc/metrics-server/serving"
+KUBELET_CA_DIR = "/etc/metrics-server/kubelet-ca"
+KUBELET_CA_KEY = "ca.crt"
+SERVING_SECRET_NAME = "metrics-server-serving-cert"
+KUBELET_CA_CONFIGMAP_NAME = "metrics-server-kubelet-ca"
+
+SERVING_CA_COMMON_NAME = "metrics-server-serving-ca"
+SERVING_CA_VALIDITY_HOURS = 10 * 8760
+SERVING_CERT_VALIDITY_HOURS = 8760
+SERVING_CERT_EARLY_RENEWAL_HOURS = 720
+SERVING_CA_ALLOWED_USES = ("cert_signing", "crl_signing", "digital_signature")
+SERVING_CERT_ALLOWED_USES = ("server_auth", "digital_signature", "key_encipherment")
+
+RUN_AS_USER = 1000
+BASE_NODES = 100  # README "Scaling": 100m/200Mi suffice up to 100 nodes ...
+BASE_CPU_M, BASE_MEMORY_MI = 100, 200
+PER_NODE_CPU_M, PER_NODE_MEMORY_MI = 1, 2  # ... plus 1m CPU and 2MiB per node above that
+
+
+# --- pure values (no Pulumi): unit-testable and the single source for the objects below -----------
+
+
+def image(settings: config.MetricsServer) -> str:
+    return f"{settings.image}:{settings.version}"
+
+
+def labels(settings: config.MetricsServer) -> dict[str, str]:
+    return {
+        **SELECTOR,
+        "app.kubernetes.io/name": APP,
+        "app.kubernetes.io/version": settings.version,
+        "app.kubernetes.io/part-of": config.NAMESPACE,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def resource_requests(node_count: int) -> dict[str, str]:
+    extra = max(0, node_count - BASE_NODES)
+    return {
+        "cpu": f"{BASE_CPU_M + PER_NODE_CPU_M * extra}m",
+        "memory": f"{BASE_MEMORY_MI + PER_NODE_MEMORY_MI * extra}Mi",
+    }
+
+
+def serving_dns_names(namespace: str) -> list[str]:
+    return [APP, f"{APP}.{namespace}", f"{APP}.{namespace}.svc", f"{APP}.{namespace}.svc.cluster.local"]
+
+
+def container_args(settings: config.MetricsServer) -> list[str]:
+    args = [
+        "--cert-dir=/tmp",
+        f"--secure-port={settings.container_port}",
+        f"--kubelet-preferred-address-types={','.join(settings.preferred_address_types)}",
+        "--kubelet-use-node-status-port",
+        f"--metric-resolution={settings.metric_resolution}",
+        f"--tls-cert-file={SERVING_CERT_DIR}/tls.crt",
+        f"--tls-private-key-file={SERVING_CERT_DIR}/tls.key",
+    ]
+    if settings.kubelet_ca_cert_pem:
+        args.append(f"--kubelet-certificate-authority={KUBELET_CA_DIR}/{KUBELET_CA_KEY}")
+    if settings.kubelet_insecure_tls:
+        args.append("--kubelet-insecure-tls")
+    return args
+
+
+def capabilities_to_add(container_port: int) -> list[str]:
+    return ["NET_BIND_SERVICE"] if container_port < 1024 else []
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the objects: one function each ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What every child shares: its parent, its dependencies, the settings and the metadata."""
+
+    name: str
+    parent: pulumi.Resource
+    depends_on: tuple[pulumi.Resource, ...]
+    settings: config.MetricsServer
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    def child(self, suffix: str) -> str:
+        return f"{self.name}-{suffix}"
+
+    def opts(self, *after: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self.parent, depends_on=[*self.depends_on, *after])
+
+    def meta(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        cluster_scoped: bool = False,
+        extra_labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(
+            name=name,
+            namespace=None if cluster_scoped else (namespace or self.namespace),
+            labels={**labels(self.settings), **(extra_labels or {})},
+            annotations=dict(annotations) if annotations else None,
+        )
+
+
+@dataclass(frozen=True)
+class _ServingPki:
+    ca_cert_pem: pulumi.Output[str]
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]  # secret
+
+
+def _serving_pki(s: _Scope) -> _ServingPki:
+    """A serving CA of metrics-server's own and the leaf it signs for the Service's DNS names."""
+    ca_key = tls.PrivateKey(s.child("serving-ca-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.opts())
+    ca = tls.SelfSignedCert(
+        s.child("serving-ca"),
+        private_key_pem=ca_key.private_key_pem,
+        subject=tls.SelfSignedCertSubjectArgs(
+            common_name=SERVING_CA_COMMON_NAME, organization=config.NAMESPACE
+        ),
+        is_ca_certificate=True,
+        set_subject_key_id=True,
+        allowed_uses=list(SERVING_CA_ALLOWED_USES),
+        validity_period_hours=SERVING_CA_VALIDITY_HOURS,
+        opts=s.opts(),
+    )
+    key = tls.PrivateKey(s.child("serving-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.opts())
+    csr = tls.CertRequest(
+        s.child("serving-csr"),
+        private_key_pem=key.private_key_pem,
+        subject=tls.CertRequestSubjectArgs(common_name=f"{APP}.{s.namespace}.svc"),
+        dns_names=serving_dns_names(s.namespace),
+        opts=s.opts(),
+    )
+    cert = tls.LocallySignedCert(
+        s.child("serving-cert"),
+        cert_request_pem=csr.cert_request_pem,
+        ca_cert_pem=ca.cert_pem,
+        ca_private_key_pem=ca_key.private_key_pem,
+        allowed_uses=list(SERVING_CERT_ALLOWED_USES),
+        validity_period_hours=SERVING_CERT_VALIDITY_HOURS,
+        early_renewal_hours=SERVING_CERT_EARLY_RENEWAL_HOURS,
+        opts=s.opts(),
+    )
+    return _ServingPki(
+        ca_cert_pem=ca.cert_pem,
+        cert_pem=cert.cert_pem,
+        key_pem=pulumi.Output.secret(key.private_key_pem),
+    )
+
+
+def _serving_secret(s: _Scope, pki: _ServingPki) -> k8s.core.v1.Secret:
+    return k8s.core.v1.Secret(
+        s.child("serving-secret"),
+        metadata=s.meta(SERVING_SECRET_NAME),
+        type="kubernetes.io/tls",
+        string_data={"tls.crt": pki.cert_pem, "tls.key": pki.key_pem, "ca.crt": pki.ca_cert_pem},
+        opts=s.opts(),
+    )
+
+
+def _kubelet_ca_config_map(s: _Scope) -> k8s.core.v1.ConfigMap | None:
+    if not s.settings.kubelet_ca_cert_pem:
+        return None
+    return k8s.core.v1.ConfigMap(
+        s.child("kubelet-ca"),
+        metadata=s.meta(KUBELET_CA_CONFIGMAP_NAME),
+        data={KUBELET_CA_KEY: s.settings.kubelet_ca_cert_pem},
+        opts=s.opts(),
+    )
+
+
+def _service_account(s: _Scope) -> k8s.core.v1.ServiceAccount:
+    return k8s.core.v1.ServiceAccount(s.child("service-account"), metadata=s.meta(APP), opts=s.opts())
+
+
+def _subjects(s: _Scope) -> list[k8s.rbac.v1.SubjectArgs]:
+    return [k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=APP, namespace=s.namespace)]
+
+
+def _aggregated_reader_role(s: _Scope) -> k8s.rbac.v1.ClusterRole:
+    aggregate = {f"rbac.authorization.k8s.io/aggregate-to-{r}": "true" for r in ("admin", "edit", "view")}
+    return k8s.rbac.v1.ClusterRole(
+        s.child("aggregated-metrics-reader"),
+        metadata=s.meta("system:aggregated-metrics-reader", cluster_scoped=True, extra_labels=aggregate),
+        rules=[
+            k8s.rbac.v1.PolicyRuleArgs(
+                api_groups=[API_GROUP], resources=["pods", "nodes"], verbs=["get", "list", "watch"]
+            )
+        ],
+        opts=s.opts(),
+    )
+
+
+def _metrics_server_role(s: _Scope) -> k8s.rbac.v1.ClusterRole:
+    return k8s.rbac.v1.ClusterRole(
+        s.child("cluster-role"),
+        metadata=s.meta("system:metrics-server", cluster_scoped=True),
+        rules=[
+            k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["nodes/metrics"], verbs=["get"]),
+            k8s.rbac.v1.PolicyRuleArgs(
+                api_groups=[""], resources=["pods", "nodes"], verbs=["get", "list", "watch"]
+            ),
+        ],
+        opts=s.opts(),
+    )
+
+
+def _auth_reader_binding(s: _Scope) -> k8s.rbac.v1.RoleBinding:
+    return k8s.rbac.v1.RoleBinding(
+        s.child("auth-reader"),
+        metadata=s.meta("metrics-server-auth-reader", namespace=AUTH_NAMESPACE),
+        role_ref=k8s.rbac.v1.RoleRefArgs(
+            api_group="rbac.authorization.k8s.io",
+            kind="Role",
+            name="extension-apiserver-authentication-reader",
+        ),
+        subjects=_subjects(s),
+        opts=s.opts(),
+    )
+
+
+def _cluster_role_binding(
+    s: _Scope, suffix: str, name: str, cluster_role: str, *after: pulumi.Resource
+) -> k8s.rbac.v1.ClusterRoleBinding:
+    return k8s.rbac.v1.ClusterRoleBinding(
+        s.child(suffix),
+        metadata=s.meta(name, cluster_scoped=True),
+        role_ref=k8s.rbac.v1.RoleRefArgs(
+            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=cluster_role
+        ),
+        subjects=_subjects(s),
+        opts=s.opts(*after),
+    )
+
+
+def _service(s: _Scope) -> k8s.core.v1.Service:
+    return k8s.core.v1.Service(
+        s.child("service"),
+        metadata=s.meta(APP),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            selector=SELECTOR,
+            ports=[
+                k8s.core.v1.ServicePortArgs(
+                    name="https", port=443, protocol="TCP", target_port="https", app_protocol="https"
+                )
+            ],
+        ),
+        opts=s.opts(),
+    )
+
+
+def _probe(path: str, initial_delay_seconds: int | None = None) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port="https", scheme="HTTPS"),
+        initial_delay_seconds=initial_delay_seconds,
+        period_seconds=10,
+        failure_threshold=3,
+    )
+
+
+def _volumes(s: _Scope) -> tuple[list[k8s.core.v1.VolumeArgs], list[k8s.core.v1.VolumeMountArgs]]:
+    volumes = [
+        k8s.core.v1.VolumeArgs(name="tmp-dir", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()),
+        k8s.core.v1.VolumeArgs(
+            name="serving-cert", secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=SERVING_SECRET_NAME)
+        ),
+    ]
+    mounts = [
+        k8s.core.v1.VolumeMountArgs(name="tmp-dir", mount_path="/tmp"),
+        k8s.core.v1.VolumeMountArgs(name="serving-cert", mount_path=SERVING_CERT_DIR, read_only=True),
+    ]
+    if s.settings.kubelet_ca_cert_pem:
+        volumes.append(
+            k8s.core.v1.VolumeArgs(
+                name="kubelet-ca",
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=KUBELET_CA_CONFIGMAP_NAME),
+            )
+        )
+        mounts.append(
+            k8s.core.v1.VolumeMountArgs(name="kubelet-ca", mount_path=KUBELET_CA_DIR, read_only=True)
+        )
+    return volumes, mounts
+
+
+def _container(s: _Scope, mounts: list[k8s.core.v1.VolumeMountArgs]) -> k8s.core.v1.ContainerArgs:
+    port = s.settings.container_port
+    return k8s.core.v1.ContainerArgs(
+        name=APP,
+        image=image(s.settings),
+        image_pull_policy="IfNotPresent",
+        args=container_args(s.settings),
+        ports=[k8s.core.v1.ContainerPortArgs(name="https", container_port=port, protocol="TCP")],
+        readiness_probe=_probe("/readyz", initial_delay_seconds=20),
+        liveness_probe=_probe("/livez"),
+        resources=k8s.core.v1.ResourceRequirementsArgs(requests=resource_requests(s.settings.node_count)),
+        security_context=k8s.core.v1.SecurityContextArgs(
+            allow_privilege_escalation=False,
+            capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"], add=capabilities_to_add(port) or None),
+            read_only_root_filesystem=True,
+            run_as_non_root=True,
+            run_as_user=RUN_AS_USER,
+            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+        ),
+        volume_mounts=mounts,
+    )
+
+
+def _anti_affinity(s: _Scope) -> k8s.core.v1.AffinityArgs | None:
+    if s.settings.replicas <= 1:
+        return None
+    return k8s.core.v1.AffinityArgs(
+        pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
+            required_during_scheduling_ignored_during_execution=[
+                k8s.core.v1.PodAffinityTermArgs(
+                    label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR),
+                    namespaces=[s.namespace],
+                    topology_key="kubernetes.io/hostname",
+                )
+            ]
+        )
+    )
+
+
+def _pod_annotations(s: _Scope, pki: _ServingPki) -> pulumi.Output[dict[str, str]]:
+    """Checksums of what the pod reads from files, so a new cert or kubelet CA rolls the pods."""
+    kubelet_ca = s.settings.kubelet_ca_cert_pem
+    return pki.cert_pem.apply(
+        lambda pem: {
+            "checksum/serving-cert": sha256(pem),
+            **({"checksum/kubelet-ca": sha256(kubelet_ca)} if kubelet_ca else {}),
+        }
+    )
+
+
+def _deployment(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apps.v1.Deployment:
+    volumes, mounts = _volumes(s)
+    # The sandbox has no kubelet: its Deployment never gets pods, so only there is its await skipped.
+    annotations = {SKIP_AWAIT_ANNOTATION: "true"} if s.settings.expect_no_pods else None
+    return k8s.apps.v1.Deployment(
+        s.child("deployment"),
+        metadata=s.meta(APP, annotations=annotations),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=s.settings.replicas,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR),
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                type="RollingUpdate",
+                rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                    max_unavailable=1 if s.settings.replicas > 1 else 0
+                ),
+            ),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels=labels(s.settings), annotations=_pod_annotations(s, pki)
+                ),
+                spec=k8s.core.v1.PodSpecArgs(
+                    service_account_name=APP,
+                    priority_class_name="system-cluster-critical",
+                    node_selector={"kubernetes.io/os": "linux"},
+                    host_network=s.settings.host_network or None,
+                    affinity=_anti_affinity(s),
+                    containers=[_container(s, mounts)],
+                    volumes=volumes,
+                ),
+            ),
+        ),
+        opts=s.opts(*after),
+    )
+
+
+def _pod_disruption_budget(s: _Scope) -> k8s.policy.v1.PodDisruptionBudget | None:
+    if s.settings.replicas <= 1:
+        return None
+    return k8s.policy.v1.PodDisruptionBudget(
+        s.child("pdb"),
+        metadata=s.meta(APP),
+        spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+            min_available=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR)
+        ),
+        opts=s.opts(),
+    )
+
+
+def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apiregistration.v1.APIService:
+    annotations = {WAIT_FOR_ANNOTATION: WAIT_FOR_AVAILABLE} if s.settings.wait_for_available else None
+    return k8s.apiregistration.v1.APIService(
+        s.child("apiservice"),
+        metadata=s.meta(API_SERVICE_NAME, cluster_scoped=True, annotations=annotations),
+        spec=k8s.apiregistration.v1.APIServiceSpecArgs(
+            group=API_GROUP,
+            version=API_VERSION,
+            group_priority_minimum=100,
+            version_priority=100,
+            service=k8s.apiregistration.v1.ServiceReferenceArgs(name=APP, namespace=s.namespace, port=443),
+            ca_bundle=pki.ca_cert_pem.apply(lambda pem: base64.b64encode(pem.encode()).decode()),
+        ),
+        opts=s.opts(*after),
+    )
+
+
+class MetricsServer(pulumi.ComponentResource):
+    """metrics-server and its APIService `v1beta1.metrics.k8s.io`, verified both ways."""
+
+    api_service_name: pulumi.Output[str]
+    namespace: pulumi.Output[str]
+    serving_ca_cert_pem: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        settings: config.MetricsServer,
+        *,
+        depends_on: Sequence[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        deps = tuple(depends_on)
+        super().__init__(
+            TYPE,
+            name,
+            None,
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(deps))),
+        )
+        s = _Scope(name=name, parent=self, depends_on=deps, settings=settings)
+
+        pki = _serving_pki(s)
+        secret = _serving_secret(s, pki)
+        kubelet_ca = _kubelet_ca_config_map(s)
+        account = _service_account(s)
+        reader = _aggregated_reader_role(s)
+        role = _metrics_server_role(s)
+        auth_reader = _auth_reader_binding(s)
+        delegator = _cluster_role_binding(
+            s, "auth-delegator", "metrics-server:system:auth-delegator", "system:auth-delegator"
+        )
+        role_binding = _cluster_role_binding(
+            s, "cluster-role-binding", "system:metrics-server", "system:metrics-server", role
+        )
+        service = _service(s)
+        runs_with = [r for r in (account, secret, kubelet_ca, auth_reader, delegator, role_binding) if r]
+        deployment = _deployment(s, pki, *runs_with)
+        pdb = _pod_disruption_budget(s)
+        # Last in, first out: the APIService goes only when everything behind it is in place.
+        everything = [r for r in (*runs_with, reader, role, service, deployment, pdb) if r]
+        api_service = _api_service(s, pki, *everything)
+
+        self.api_service_name = api_service.metadata.apply(lambda m: m.name)
+        self.namespace = deployment.metadata.apply(lambda m: m.namespace)
+        self.serving_ca_cert_pem = pki.ca_cert_pem
+        self.register_outputs(
+            {
+                "apiServiceName": self.api_service_name,
+                "namespace": self.namespace,
+                "servingCaCertPem": self.serving_ca_cert_pem,
+            }
+        )
