@@ -1,0 +1,504 @@
+// Copyright 2026 metrics-aggregation authors.
+//
+// pulumi-language-python: a small, project-written Python language host for the
+// Pulumi engine (the "python" language plugin).
+//
+// Why it exists: the upstream host lives in its own Go module
+// (github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3), which has only
+// pseudo-versions and which the Go module proxy available to this project does not
+// serve at all (every version query answers 403). The project rule is "build only from
+// modules the proxy serves", so toolchain/build.sh builds this adapter instead.
+//
+// What it does: it speaks the engine's LanguageRuntime gRPC protocol (from the served
+// github.com/pulumi/pulumi/sdk/v3 module) and runs the program through the upstream
+// Python executor script `pulumi-language-python-exec`, which build.sh copies next to
+// this binary from the sdk/v3 module of the same release as the PyPI `pulumi` package.
+//
+// Supported: Run (preview/up/destroy/refresh), GetRequiredPackages (reads the
+// pulumi-plugin.json files of the installed Python packages), InstallDependencies
+// (virtualenv + `pip install -r requirements.txt`), GetPluginInfo, About,
+// GetProgramDependencies, RuntimeOptionsPrompts (none).
+// Runtime options from Pulumi.yaml: `virtualenv` (relative to the project root) and
+// `toolchain: pip` (the default). uv and poetry toolchains are not supported.
+// Not supported (Unimplemented): code generation (GeneratePackage/Program/Project),
+// Template, Pack, RunPlugin (Python component providers and policy packs).
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
+	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Version is stamped by toolchain/build.sh (-X main.Version=...).
+var Version = "0.0.0-dev"
+
+const (
+	execName = "pulumi-language-python-exec"
+	// Exit code of the executor after it has shown the user an actionable message.
+	bailExitCode = 32
+)
+
+func main() {
+	executor := ""
+	engineAddress := ""
+	args := os.Args[1:]
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-version" || a == "--version":
+			fmt.Println(Version)
+			return
+		case a == "-use-executor" || a == "--use-executor":
+			if i+1 < len(args) {
+				executor = args[i+1]
+				i++
+			}
+		case strings.HasPrefix(a, "-use-executor=") || strings.HasPrefix(a, "--use-executor="):
+			executor = a[strings.Index(a, "=")+1:]
+		case strings.HasPrefix(a, "-"):
+			// Other engine flags (-tracing=…, -root=…, -logtostderr, -v=…) are accepted and ignored.
+		default:
+			engineAddress = a // the engine address is the last positional argument
+		}
+	}
+
+	if executor == "" {
+		self, err := os.Executable()
+		if err == nil {
+			if real, rerr := filepath.EvalSymlinks(self); rerr == nil {
+				self = real
+			}
+			executor = filepath.Join(filepath.Dir(self), execName)
+		}
+	}
+	if _, err := os.Stat(executor); err != nil {
+		fmt.Fprintf(os.Stderr, "pulumi-language-python: missing executor %q: %v\n", executor, err)
+		os.Exit(1)
+	}
+
+	host := &pythonHost{executor: executor, engineAddress: engineAddress}
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Init: func(srv *grpc.Server) error {
+			pulumirpc.RegisterLanguageRuntimeServer(srv, host)
+			return nil
+		},
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pulumi-language-python: could not start the RPC server: %v\n", err)
+		os.Exit(1)
+	}
+	// The engine reads the port from the first line of stdout.
+	fmt.Printf("%d\n", handle.Port)
+	if err := <-handle.Done; err != nil {
+		fmt.Fprintf(os.Stderr, "pulumi-language-python: RPC server stopped: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type pythonHost struct {
+	pulumirpc.UnimplementedLanguageRuntimeServer
+	executor      string
+	engineAddress string
+}
+
+// pythonEnv says which interpreter runs the program and with which environment.
+type pythonEnv struct {
+	python string   // interpreter path or name
+	venv   string   // absolute virtualenv dir, "" if none
+	env    []string // environment for the interpreter
+}
+
+// options returns the runtime options of Pulumi.yaml (runtime.options).
+func options(info *pulumirpc.ProgramInfo) map[string]any {
+	if info == nil || info.GetOptions() == nil {
+		return map[string]any{}
+	}
+	return info.GetOptions().AsMap()
+}
+
+func rootDir(info *pulumirpc.ProgramInfo, fallback string) string {
+	if info != nil && info.GetRootDirectory() != "" {
+		return info.GetRootDirectory()
+	}
+	if fallback != "" {
+		return fallback
+	}
+	wd, _ := os.Getwd()
+	return wd
+}
+
+// venvDir resolves the `virtualenv` runtime option (or the uv default `.venv`).
+func venvDir(info *pulumirpc.ProgramInfo, fallbackRoot string) (string, error) {
+	opts := options(info)
+	tc, _ := opts["toolchain"].(string)
+	switch tc {
+	case "", "pip":
+	case "uv":
+	default:
+		return "", fmt.Errorf("python toolchain %q is not supported by this language host (use pip)", tc)
+	}
+	venv, _ := opts["virtualenv"].(string)
+	if venv == "" && tc == "uv" {
+		venv = ".venv"
+	}
+	if venv == "" {
+		return "", nil
+	}
+	if !filepath.IsAbs(venv) {
+		venv = filepath.Join(rootDir(info, fallbackRoot), venv)
+	}
+	return filepath.Clean(venv), nil
+}
+
+func resolvePython(info *pulumirpc.ProgramInfo, fallbackRoot string, mustExist bool) (*pythonEnv, error) {
+	venv, err := venvDir(info, fallbackRoot)
+	if err != nil {
+		return nil, err
+	}
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PYTHONHOME=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	if venv == "" {
+		py := os.Getenv("PULUMI_PYTHON_CMD")
+		if py == "" {
+			py = "python3"
+			if _, err := exec.LookPath(py); err != nil {
+				py = "python"
+			}
+		}
+		return &pythonEnv{python: py, env: env}, nil
+	}
+	bin := filepath.Join(venv, "bin")
+	if runtime.GOOS == "windows" {
+		bin = filepath.Join(venv, "Scripts")
+	}
+	py := filepath.Join(bin, "python")
+	if _, err := os.Stat(py); err != nil && mustExist {
+		return nil, fmt.Errorf("the virtualenv %s does not exist (or has no bin/python); "+
+			"create it with `pulumi install` or `python3 -m venv %s && %s/pip install -r requirements.txt`",
+			venv, venv, bin)
+	}
+	out := env[:0:0]
+	for _, kv := range env {
+		switch {
+		case strings.HasPrefix(kv, "PATH="):
+			out = append(out, "PATH="+bin+string(os.PathListSeparator)+kv[len("PATH="):])
+		case strings.HasPrefix(kv, "VIRTUAL_ENV="):
+		default:
+			out = append(out, kv)
+		}
+	}
+	out = append(out, "VIRTUAL_ENV="+venv)
+	return &pythonEnv{python: py, venv: venv, env: out}, nil
+}
+
+func (h *pythonHost) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
+	return &pulumirpc.PluginInfo{Version: Version}, nil
+}
+
+// pluginScan lists the pulumi-plugin.json files of the installed Python packages.
+const pluginScan = `
+import json, os, sys
+seen, out = set(), []
+for p in sys.path:
+    if not p or not os.path.isdir(p):
+        continue
+    for name in sorted(os.listdir(p)):
+        f = os.path.join(p, name, "pulumi-plugin.json")
+        if name in seen or not os.path.isfile(f):
+            continue
+        seen.add(name)
+        try:
+            with open(f) as fh:
+                out.append(json.load(fh))
+        except Exception as e:
+            print("pulumi-language-python: cannot read %s: %s" % (f, e), file=sys.stderr)
+print(json.dumps(out))
+`
+
+type pluginJSON struct {
+	Resource bool   `json:"resource"`
+	Name     string `json:"name"`
+	Version  string `json:"version"`
+	Server   string `json:"server"`
+}
+
+func (h *pythonHost) requiredPlugins(ctx context.Context, info *pulumirpc.ProgramInfo) ([]pluginJSON, error) {
+	py, err := resolvePython(info, "", true)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, py.python, "-c", pluginScan)
+	cmd.Env = py.env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if info != nil && info.GetProgramDirectory() != "" {
+		cmd.Dir = info.GetProgramDirectory()
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("listing the Pulumi packages of %s: %w: %s", py.python, err, stderr.String())
+	}
+	var plugins []pluginJSON
+	if err := json.Unmarshal(out, &plugins); err != nil {
+		return nil, fmt.Errorf("parsing the Pulumi package list: %w", err)
+	}
+	res := plugins[:0]
+	for _, p := range plugins {
+		if !p.Resource || p.Name == "" {
+			continue
+		}
+		if p.Version != "" && !strings.HasPrefix(p.Version, "v") {
+			p.Version = "v" + p.Version
+		}
+		res = append(res, p)
+	}
+	return res, nil
+}
+
+func (h *pythonHost) GetRequiredPackages(ctx context.Context,
+	req *pulumirpc.GetRequiredPackagesRequest,
+) (*pulumirpc.GetRequiredPackagesResponse, error) {
+	plugins, err := h.requiredPlugins(ctx, req.GetInfo())
+	if err != nil {
+		return nil, err
+	}
+	resp := &pulumirpc.GetRequiredPackagesResponse{}
+	for _, p := range plugins {
+		resp.Packages = append(resp.Packages, &pulumirpc.PackageDependency{
+			Kind: "resource", Name: p.Name, Version: p.Version, Server: p.Server,
+		})
+	}
+	return resp, nil
+}
+
+func (h *pythonHost) GetRequiredPlugins(ctx context.Context,
+	req *pulumirpc.GetRequiredPluginsRequest,
+) (*pulumirpc.GetRequiredPluginsResponse, error) {
+	plugins, err := h.requiredPlugins(ctx, req.GetInfo())
+	if err != nil {
+		return nil, err
+	}
+	resp := &pulumirpc.GetRequiredPluginsResponse{}
+	for _, p := range plugins {
+		resp.Plugins = append(resp.Plugins, &pulumirpc.PluginDependency{
+			Kind: "resource", Name: p.Name, Version: p.Version, Server: p.Server,
+		})
+	}
+	return resp, nil
+}
+
+func (h *pythonHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
+	py, err := resolvePython(req.GetInfo(), req.GetPwd(), true)
+	if err != nil {
+		return &pulumirpc.RunResponse{Error: err.Error()}, nil
+	}
+
+	program := req.GetProgram()
+	if program == "" && req.GetInfo() != nil {
+		program = req.GetInfo().GetEntryPoint()
+	}
+	if program == "" {
+		program = "."
+	}
+
+	args := []string{"-u", h.executor}
+	add := func(k, v string) {
+		if v != "" {
+			args = append(args, "--"+k, v)
+		}
+	}
+	add("monitor", req.GetMonitorAddress())
+	add("engine", h.engineAddress)
+	add("project", req.GetProject())
+	add("stack", req.GetStack())
+	add("pwd", req.GetPwd())
+	add("dry_run", strconv.FormatBool(req.GetDryRun()))
+	add("parallel", strconv.Itoa(int(req.GetParallel())))
+	add("organization", req.GetOrganization())
+	if req.GetInfo() != nil {
+		add("root_directory", req.GetInfo().GetRootDirectory())
+	}
+	args = append(args, program)
+	args = append(args, req.GetArgs()...)
+
+	env := py.env
+	if cfg := req.GetConfig(); cfg != nil {
+		b, err := json.Marshal(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("serializing the stack config: %w", err)
+		}
+		env = append(env, "PULUMI_CONFIG="+string(b))
+	}
+	if keys := req.GetConfigSecretKeys(); keys != nil {
+		b, err := json.Marshal(keys)
+		if err != nil {
+			return nil, fmt.Errorf("serializing the secret config keys: %w", err)
+		}
+		env = append(env, "PULUMI_CONFIG_SECRET_KEYS="+string(b))
+	}
+
+	cmd := exec.CommandContext(ctx, py.python, args...)
+	cmd.Env = env
+	cmd.Dir = req.GetPwd()
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			if exitErr.ExitCode() == bailExitCode {
+				return &pulumirpc.RunResponse{Bail: true}, nil
+			}
+			return &pulumirpc.RunResponse{
+				Error: fmt.Sprintf("Program exited with non-zero exit code: %d", exitErr.ExitCode()),
+			}, nil
+		}
+		return &pulumirpc.RunResponse{
+			Error: fmt.Sprintf("Problem executing program (could not run %s): %v", py.python, err),
+		}, nil
+	}
+	return &pulumirpc.RunResponse{}, nil
+}
+
+// streamWriter forwards InstallDependencies output to the engine.
+type streamWriter struct {
+	server pulumirpc.LanguageRuntime_InstallDependenciesServer
+	stderr bool
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	chunk := append([]byte(nil), p...)
+	resp := &pulumirpc.InstallDependenciesResponse{Stdout: chunk}
+	if w.stderr {
+		resp = &pulumirpc.InstallDependenciesResponse{Stderr: chunk}
+	}
+	if err := w.server.Send(resp); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (h *pythonHost) InstallDependencies(req *pulumirpc.InstallDependenciesRequest,
+	server pulumirpc.LanguageRuntime_InstallDependenciesServer,
+) error {
+	info := req.GetInfo()
+	dir := req.GetDirectory()
+	if info != nil && info.GetProgramDirectory() != "" {
+		dir = info.GetProgramDirectory()
+	}
+	stdout := streamWriter{server: server}
+	stderr := streamWriter{server: server, stderr: true}
+	run := func(env []string, name string, args ...string) error {
+		fmt.Fprintf(stdout, "$ %s %s\n", name, strings.Join(args, " "))
+		cmd := exec.CommandContext(server.Context(), name, args...)
+		cmd.Dir = dir
+		cmd.Env = env
+		cmd.Stdout = stdout
+		cmd.Stderr = stderr
+		return cmd.Run()
+	}
+
+	py, err := resolvePython(info, dir, false)
+	if err != nil {
+		return err
+	}
+	if py.venv != "" {
+		if _, err := os.Stat(py.python); err != nil {
+			base := os.Getenv("PULUMI_PYTHON_CMD")
+			if base == "" {
+				base = "python3"
+			}
+			if err := run(os.Environ(), base, "-m", "venv", py.venv); err != nil {
+				return fmt.Errorf("creating the virtualenv %s: %w", py.venv, err)
+			}
+		}
+	}
+	reqs := filepath.Join(dir, "requirements.txt")
+	if _, err := os.Stat(reqs); err != nil {
+		fmt.Fprintf(stdout, "no requirements.txt in %s: nothing to install\n", dir)
+		return nil
+	}
+	if err := run(py.env, py.python, "-m", "pip", "install", "-r", reqs); err != nil {
+		return fmt.Errorf("pip install -r %s: %w", reqs, err)
+	}
+	return nil
+}
+
+func (h *pythonHost) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
+	py, err := resolvePython(req.GetInfo(), "", true)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, py.python, "-c", "import platform; print(platform.python_version())")
+	cmd.Env = py.env
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("running %s: %w", py.python, err)
+	}
+	exe := py.python
+	if p, err := exec.LookPath(py.python); err == nil {
+		exe = p
+	}
+	return &pulumirpc.AboutResponse{
+		Executable: exe,
+		Version:    strings.TrimSpace(string(out)),
+		Metadata:   map[string]string{"toolchain": "pip", "virtualenv": py.venv, "host": "metrics-aggregation adapter"},
+	}, nil
+}
+
+func (h *pythonHost) GetProgramDependencies(ctx context.Context,
+	req *pulumirpc.GetProgramDependenciesRequest,
+) (*pulumirpc.GetProgramDependenciesResponse, error) {
+	py, err := resolvePython(req.GetInfo(), "", true)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, py.python, "-m", "pip", "list", "--format", "json",
+		"--disable-pip-version-check")
+	cmd.Env = py.env
+	cmd.Stderr = io.Discard
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("pip list: %w", err)
+	}
+	var pkgs []struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal(out, &pkgs); err != nil {
+		return nil, fmt.Errorf("parsing pip list: %w", err)
+	}
+	resp := &pulumirpc.GetProgramDependenciesResponse{}
+	for _, p := range pkgs {
+		if !req.GetTransitiveDependencies() && !strings.HasPrefix(strings.ToLower(p.Name), "pulumi") {
+			continue
+		}
+		resp.Dependencies = append(resp.Dependencies, &pulumirpc.DependencyInfo{Name: p.Name, Version: p.Version})
+	}
+	return resp, nil
+}
+
+func (h *pythonHost) RuntimeOptionsPrompts(context.Context,
+	*pulumirpc.RuntimeOptionsRequest,
+) (*pulumirpc.RuntimeOptionsResponse, error) {
+	return &pulumirpc.RuntimeOptionsResponse{}, nil
+}
