@@ -1,0 +1,1 @@
+"""Developer tools of metrics-aggregation (run with `venv/bin/python -m tools.<name>`)."""
