@@ -602,3 +602,78 @@ def test_serving_cert_change_rolls_the_pods(default: Result):
     leaf = default.recorded.one("tls:index/locallySignedCert:LocallySignedCert")
     annotations = deployment(default)["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"checksum/serving-cert": ms.sha256(fake_pem("CERTIFICATE", leaf.name))}
+
+
+# --- the whole program (tests/support: real certificates from the tls fakes) -----------------------
+
+
+def _whole_program(stack_config, **metrics_server: Any):
+    from tests.support.program import run
+
+    return run(stack_config(3, metricsServer={"replicas": 2, **metrics_server}))
+
+
+def _load_cert(pem: str):
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def test_whole_program_serving_chain_is_real_and_matches_the_ca_bundle(stack_config):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    result = _whole_program(stack_config)
+    (api,) = result.of_type(API)
+    (secret,) = result.of_type("kubernetes:core/v1:Secret")
+    ca = _load_cert(base64.b64decode(api.inputs["spec"]["caBundle"]).decode())
+    data = secret.inputs["stringData"]
+    leaf = _load_cert(data["tls.crt"])
+    assert _load_cert(data["ca.crt"]) == ca
+
+    leaf.verify_directly_issued_by(ca)  # raises unless the CA signed the leaf
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign is True
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert (
+        ExtendedKeyUsageOID.SERVER_AUTH
+        in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ms.serving_dns_names("kube-system")
+    assert ca.subject != leaf.subject
+    assert ca.not_valid_before_utc <= leaf.not_valid_before_utc
+    assert leaf.not_valid_after_utc <= ca.not_valid_after_utc
+
+    # the Secret's key is the leaf's key, and it travels as a secret
+    key = serialization.load_pem_private_key(data["tls.key"].encode(), password=None)
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(
+        serialization.Encoding.PEM, public
+    ) == leaf.public_key().public_bytes(serialization.Encoding.PEM, public)
+    assert any(p.startswith("stringData") for p in secret.secret_inputs), secret.secret_inputs
+    # the aggregator CA (kube-apiserver's proxy client) and the serving CA are different CAs
+    aggregator_ca = _load_cert(result.outputs["aggregatorCaCertPem"])
+    assert aggregator_ca.subject != ca.subject and aggregator_ca.public_key() != ca.public_key()
+
+
+def test_whole_program_every_metrics_server_resource_waits_for_every_master(stack_config):
+    result = _whole_program(stack_config)
+    flags = {r.urn for r in result.of_type("command:remote:Command") if r.name.endswith("-flags")}
+    assert len(flags) == 3
+    (comp,) = result.of_type(ms.TYPE)
+    children = [r for r in result.resources if r.parent == comp.urn]
+    assert len(children) >= 15
+    for r in children:
+        assert flags <= set(r.dependencies), f"{r.type} {r.name} misses a master's flag step"
+    assert flags <= set(comp.dependencies)
+
+
+def test_whole_program_outputs_carry_no_private_key(stack_config):
+    result = _whole_program(stack_config, kubeletInsecureTls=True)
+    assert result.outputs["metricsApiService"] == "v1beta1.metrics.k8s.io"
+    assert result.outputs["metricsServerNamespace"] == "kube-system"
+    assert "PRIVATE KEY" not in json.dumps(result.outputs, default=str)
+    (dep,) = result.of_type(DEPLOY)
+    assert "--kubelet-insecure-tls" in dep.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
