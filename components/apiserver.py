@@ -91,7 +91,8 @@ class ApiserverAggregation(pulumi.ComponentResource):
     """Certificates and aggregation flags on every master, rolled out one master at a time."""
 
     flags: dict[str, str]
-    final_steps: list[pulumi.Resource]
+    final_steps: list[pulumi.Resource]  # every master's flags step, in rollout order
+    done: pulumi.Resource  # the last flags step: it transitively waits for every master
 
     def __init__(
         self,
@@ -148,5 +149,6 @@ class ApiserverAggregation(pulumi.ComponentResource):
             )
             previous = flags
             self.final_steps.append(flags)
+        self.done = self.final_steps[-1]
         self.flags = settings.apiserver_flags()
         self.register_outputs({"flags": self.flags})

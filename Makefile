@@ -1,0 +1,49 @@
+# metrics-aggregation — every set-up step lives here, so a fresh machine needs only `make test` / `make demo`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := venv
+BIN := $(VENV)/bin
+STACK ?= dev
+# System packages the test hosts and linters need (Debian names).
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+# ---- set-up ---------------------------------------------------------------------------------------
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create the virtualenv with the pinned requirements
+
+.PHONY: system-deps
+system-deps: ## install the Debian packages the host tests need (when missing)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "[system-deps] installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# ---- checks ---------------------------------------------------------------------------------------
+.PHONY: lint
+lint: venv system-deps ## ruff + shellcheck
+	$(BIN)/ruff check .
+	shellcheck components/scripts/*.sh $(wildcard toolchain/*.sh) $(wildcard tests/hosts/*.sh) .ci/run
+
+.PHONY: unit
+unit: venv ## unit tier: the whole program under Pulumi mocks
+	$(BIN)/pytest tests/unit -q
+
+.PHONY: hosts
+hosts: venv system-deps ## host tier: the host script over real SSH in network namespaces
+	$(BIN)/pytest tests/hosts -q -m hosts
+
+.PHONY: test
+test: lint unit hosts ## everything CI runs
