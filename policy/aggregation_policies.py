@@ -1,0 +1,566 @@
+"""The policy logic of the metrics-aggregation guardrails (pulumi-policy), as plain functions.
+
+`__main__.py` only wires `POLICIES` into a `PolicyPack`; constructing a PolicyPack starts the analyzer
+server and never returns, so nothing here does. Each validation takes the pulumi-policy argument bag
+(`ResourceValidationArgs` / `StackValidationArgs`) and a `report_violation` callback, which tests
+build by hand.
+
+Policies (issue 6, §3) and what they read:
+
+| policy | kind | resources (type token: property names as in state, camelCase) |
+|---|---|---|
+| aggregator-ca-not-cluster-ca | stack | tls SelfSignedCert (isCaCertificate, subject.commonName, certPem), LocallySignedCert (caCertPem) vs config clusterCaCertPem |
+| proxy-client-cert-accepted | stack | tls LocallySignedCert *proxy-client* (allowedUses), CertRequest *proxy-client* (subject.commonName), command:remote:Command (create: `--flag --requestheader-allowed-names=<CN>`) |
+| no-kubelet-insecure-tls-in-production | resource | kubernetes Deployment (container args/command), command:remote:Command (create) |
+| no-insecure-skip-tls-verify-in-production | resource | kubernetes APIService (spec.insecureSkipTLSVerify) |
+| strong-keys | resource | tls PrivateKey (algorithm, rsaBits, ecdsaCurve) |
+| leaf-validity-bounded | resource | tls LocallySignedCert / non-CA SelfSignedCert (validityPeriodHours) vs config maxLeafValidityHours |
+| host-keys-pinned-in-production | resource | command:remote:Command (connection.hostKey, connection.proxy.hostKey) |
+
+Policy config (per policy, see `pack_config.py`): `production` (bool; default: true when the stack is
+named prod or production), `maxLeafValidityHours` (default 8760), `clusterCaCertPem` (optional; default:
+the stack config `metrics-aggregation:pki.clusterCaCertPem` when the CLI passes the stack config).
+
+Values that are unknown during a preview (e.g. a certificate not created yet) are skipped, not guessed:
+a check that needs them runs again on the next preview or `up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import (
+    UNKNOWN_ARRAY_VALUE,
+    UNKNOWN_BOOLEAN_VALUE,
+    UNKNOWN_NUMBER_VALUE,
+    UNKNOWN_OBJECT_VALUE,
+    UNKNOWN_STRING_VALUE,
+    UnknownValueError,
+)
+
+PACK_NAME = "metrics-aggregation-guardrails"
+NAMESPACE = "metrics-aggregation"
+DEFAULT_MAX_LEAF_VALIDITY_HOURS = 8760
+PRODUCTION_STACK_NAMES = frozenset({"prod", "production"})
+
+SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
+LOCALLY_SIGNED_CERT = "tls:index/locallySignedCert:LocallySignedCert"
+CERT_REQUEST = "tls:index/certRequest:CertRequest"
+PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+REMOTE_COMMAND = "command:remote:Command"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+API_SERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
+
+PROXY_CLIENT_MARKER = "proxy-client"
+ALLOWED_NAMES_FLAG = "--requestheader-allowed-names"
+KUBELET_INSECURE_FLAG = "--kubelet-insecure-tls"
+# The tls provider's ecdsa_curve default is P224, so an ECDSA key without a curve is a P224 key.
+TLS_DEFAULT_RSA_BITS = 2048
+TLS_DEFAULT_ECDSA_CURVE = "P224"
+STRONG_ECDSA_CURVES = ("P256", "P384", "P521")
+
+ReportViolation = Callable[..., None]
+
+
+# --- reading resource properties -------------------------------------------------------------------
+
+
+class _Unknown:
+    """A value not known yet (a preview before the resource exists)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNKNOWN: Any = _Unknown()
+_UNKNOWN_SENTINELS = {
+    UNKNOWN_STRING_VALUE, UNKNOWN_BOOLEAN_VALUE, UNKNOWN_NUMBER_VALUE, UNKNOWN_ARRAY_VALUE,
+    UNKNOWN_OBJECT_VALUE,
+}
+
+
+def is_unknown(value: Any) -> bool:
+    return isinstance(value, _Unknown) or (isinstance(value, str) and value in _UNKNOWN_SENTINELS)
+
+
+def get(props: Any, *path: str | int, default: Any = None) -> Any:
+    """props[path...]; `default` when absent, UNKNOWN when a step is unknown (never raises).
+
+    Works on pulumi-policy's unknown-checking proxies (which raise UnknownValueError on access) and on
+    plain dicts holding the engine's unknown sentinels alike.
+    """
+    node = props
+    try:
+        for key in path:
+            if is_unknown(node):
+                return UNKNOWN
+            if isinstance(key, int):
+                if not isinstance(node, Sequence) or isinstance(node, str) or key >= len(node):
+                    return default
+                node = node[key]
+            else:
+                if not isinstance(node, Mapping) or key not in node:
+                    return default
+                node = node[key]
+    except UnknownValueError:
+        return UNKNOWN
+    if is_unknown(node):
+        return UNKNOWN
+    return default if node is None else node
+
+
+def _items(value: Any) -> list[Any]:
+    """A list property as a plain list; unknown or absent: []."""
+    if is_unknown(value) or value is None or isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        return []
+    out = []
+    try:
+        for item in value:
+            out.append(item)
+    except UnknownValueError:
+        return []
+    return out
+
+
+def command_tokens(command: Any) -> list[str]:
+    """The argv of a remote command line (the program shell-quotes every argument).
+
+    The host script travels as one argument (`bash -c '<script>' ...`), so flags mentioned inside the
+    script text are not mistaken for options.
+    """
+    if not isinstance(command, str) or is_unknown(command):
+        return []
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
+def flag_values(tokens: Sequence[str], flag: str) -> list[str | None]:
+    """Values given to `flag` (as `flag=value` or bare `flag` -> None) anywhere in `tokens`."""
+    values: list[str | None] = []
+    for token in tokens:
+        if token == flag:
+            values.append(None)
+        elif token.startswith(flag + "="):
+            values.append(token[len(flag) + 1 :])
+    return values
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    production: bool
+    max_leaf_validity_hours: int
+    cluster_ca_cert_pem: str | None
+
+
+def _stack_config(key: str) -> Any:
+    """A value of the stack config the CLI hands to policy packs (PULUMI_CONFIG), parsed; None if absent."""
+    try:
+        raw = json.loads(os.environ.get("PULUMI_CONFIG") or "{}").get(f"{NAMESPACE}:{key}")
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except (ValueError, AttributeError):
+        return None
+
+
+def settings_from(config: Mapping[str, Any] | None) -> Settings:
+    config = dict(config or {})
+    production = config.get("production")
+    if production is None:
+        production = os.environ.get("PULUMI_STACK", "") in PRODUCTION_STACK_NAMES
+    hours = config.get("maxLeafValidityHours")
+    max_hours = int(hours) if isinstance(hours, int | float) and hours > 0 else DEFAULT_MAX_LEAF_VALIDITY_HOURS
+    cluster_ca = config.get("clusterCaCertPem")
+    if not cluster_ca:
+        pki = _stack_config("pki")
+        cluster_ca = pki.get("clusterCaCertPem") if isinstance(pki, Mapping) else None
+    return Settings(bool(production), max_hours, cluster_ca or None)
+
+
+def _is_proxy_client(name: str) -> bool:
+    return PROXY_CLIENT_MARKER in name
+
+
+# --- certificates (cryptography) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    der: bytes
+    public_key_der: bytes
+    common_name: str | None
+
+
+def cert_info(pem: Any) -> CertInfo | None:
+    """DER, public key and subject CN of the first certificate in a PEM string; None if not one."""
+    if not isinstance(pem, str) or is_unknown(pem) or "BEGIN CERTIFICATE" not in pem:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return CertInfo(
+        cert.public_bytes(Encoding.DER),
+        cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+        str(cns[0].value) if cns else None,
+    )
+
+
+# --- stack policies --------------------------------------------------------------------------------
+
+
+def validate_ca_not_cluster_ca(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """The requestheader (aggregator) CA must be its own CA, never the cluster CA.
+
+    Any certificate signed by the requestheader CA with an allowed CN can assert any user to the
+    apiserver; with the cluster CA, every kubelet/admin client certificate signer becomes that CA.
+    """
+    settings = settings_from(args.get_config())
+    cluster = cert_info(settings.cluster_ca_cert_pem)
+    hint = (
+        "generate a separate aggregator CA (pki.caCommonName names it) and keep the cluster CA out of "
+        "--requestheader-client-ca-file"
+    )
+    for r in args.resources:
+        if r.resource_type == SELF_SIGNED_CERT and get(r.props, "isCaCertificate") is True:
+            cn = get(r.props, "subject", "commonName")
+            mine = cert_info(get(r.props, "certPem"))
+            if cluster and mine and (mine.der == cluster.der or mine.public_key_der == cluster.public_key_der):
+                report_violation(
+                    f"CA '{r.name}' is the cluster CA (same certificate or key as clusterCaCertPem); {hint}.",
+                    r.urn,
+                )
+            elif cluster and isinstance(cn, str) and cluster.common_name and cn == cluster.common_name:
+                report_violation(
+                    f"CA '{r.name}' has the cluster CA's common name '{cn}' (clusterCaCertPem); the "
+                    f"requestheader CA must be a different CA with its own name: {hint}.",
+                    r.urn,
+                )
+            elif not cluster and cn == "kubernetes":
+                report_violation(
+                    f"CA '{r.name}' is named 'kubernetes', the name of the cluster CA in kubeadm and most "
+                    f"binary installs; {hint} (set policy config clusterCaCertPem for an exact check).",
+                    r.urn,
+                )
+        elif r.resource_type == LOCALLY_SIGNED_CERT and cluster:
+            signer = cert_info(get(r.props, "caCertPem"))
+            if signer and (signer.der == cluster.der or signer.public_key_der == cluster.public_key_der):
+                report_violation(
+                    f"certificate '{r.name}' is signed by the cluster CA (caCertPem equals clusterCaCertPem); "
+                    f"{hint}.",
+                    r.urn,
+                )
+
+
+def validate_proxy_client_cert(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """The proxy-client certificate carries client_auth and its CN is in --requestheader-allowed-names."""
+    by_type: dict[str, list[Any]] = {}
+    for r in args.resources:
+        by_type.setdefault(r.resource_type, []).append(r)
+
+    certs = [r for r in by_type.get(LOCALLY_SIGNED_CERT, []) if _is_proxy_client(r.name)]
+    for cert in certs:
+        uses = get(cert.props, "allowedUses")
+        if is_unknown(uses):
+            continue
+        if "client_auth" not in [u for u in _items(uses) if isinstance(u, str)]:
+            report_violation(
+                f"proxy-client certificate '{cert.name}' lacks client_auth in allowedUses "
+                f"({sorted(u for u in _items(uses) if isinstance(u, str))}); extension apiservers reject it "
+                "('incompatible key usage'): add client_auth (pki.proxyClientAllowedUses).",
+                cert.urn,
+            )
+
+    requests = [r for r in by_type.get(CERT_REQUEST, []) if _is_proxy_client(r.name)]
+    if not requests:
+        report_violation(
+            "no tls CertRequest named like 'proxy-client' in the stack: cannot tell which common name the "
+            "proxy-client certificate has; name the proxy client's CertRequest 'proxy-client'.",
+            None,
+        )
+        return
+    names: dict[str, str] = {}
+    for req in requests:
+        cn = get(req.props, "subject", "commonName")
+        if isinstance(cn, str) and cn:
+            names[req.name] = cn
+        elif not is_unknown(cn):
+            report_violation(f"proxy-client CertRequest '{req.name}' has no subject.commonName.", req.urn)
+    if not names:
+        return
+    cn_text = ", ".join(f"'{cn}'" for cn in sorted(set(names.values())))
+
+    found = False
+    for cmd in by_type.get(REMOTE_COMMAND, []):
+        tokens = command_tokens(get(cmd.props, "create"))
+        for value in flag_values(tokens, ALLOWED_NAMES_FLAG):
+            found = True
+            allowed = [n.strip() for n in (value or "").strip("'\"").split(",") if n.strip()]
+            if not allowed:
+                report_violation(
+                    f"command '{cmd.name}' sets {ALLOWED_NAMES_FLAG} empty, which accepts ANY client "
+                    f"certificate signed by the requestheader CA; set it to the proxy-client CN {cn_text}.",
+                    cmd.urn,
+                )
+                continue
+            missing = sorted({cn for cn in names.values() if cn not in allowed})
+            if missing:
+                report_violation(
+                    f"proxy-client certificate CN {', '.join(repr(m) for m in missing)} is not in "
+                    f"{ALLOWED_NAMES_FLAG}={','.join(allowed)} set by command '{cmd.name}'; kube-apiserver "
+                    "would not be trusted by metrics-server ('x509: subject with cn=... is not in the allowed "
+                    "list'): make pki.proxyClientCommonName and the flag agree.",
+                    cmd.urn,
+                )
+    if not found:
+        report_violation(
+            f"no command:remote:Command sets {ALLOWED_NAMES_FLAG} (expected `--flag "
+            f"{ALLOWED_NAMES_FLAG}=<CN>` in the per-master flags command), so the proxy-client CN {cn_text} "
+            "is not pinned on any apiserver.",
+            None,
+        )
+
+
+# --- resource policies -----------------------------------------------------------------------------
+
+
+def _insecure_kubelet_values(tokens: Iterable[Any]) -> list[str]:
+    found = []
+    for token in tokens:
+        if not isinstance(token, str):
+            continue
+        if token == KUBELET_INSECURE_FLAG or (
+            token.startswith(KUBELET_INSECURE_FLAG + "=")
+            and token.split("=", 1)[1].strip().lower() not in ("false", "0")
+        ):
+            found.append(token)
+    return found
+
+
+def validate_no_kubelet_insecure_tls(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if not settings_from(args.get_config()).production:
+        return
+    hint = (
+        "production stacks verify kubelet serving certificates: set metricsServer.kubeletCaCertPem and "
+        "drop metricsServer.kubeletInsecureTls"
+    )
+    if args.resource_type == DEPLOYMENT:
+        containers = _items(get(args.props, "spec", "template", "spec", "containers"))
+        containers += _items(get(args.props, "spec", "template", "spec", "initContainers"))
+        for c in containers:
+            bad = _insecure_kubelet_values(_items(get(c, "args")) + _items(get(c, "command")))
+            if bad:
+                report_violation(
+                    f"container '{get(c, 'name', default='?')}' of Deployment '{args.name}' runs with "
+                    f"{bad[0]}; {hint}.",
+                    None,
+                )
+    elif args.resource_type == REMOTE_COMMAND:
+        for key in ("create", "update"):
+            bad = _insecure_kubelet_values(command_tokens(get(args.props, key)))
+            if bad:
+                report_violation(f"command '{args.name}' passes {bad[0]} ({key}); {hint}.", None)
+                return
+
+
+def validate_no_insecure_skip_tls_verify(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type != API_SERVICE or not settings_from(args.get_config()).production:
+        return
+    if get(args.props, "spec", "insecureSkipTLSVerify") is True:
+        report_violation(
+            f"APIService '{args.name}' sets spec.insecureSkipTLSVerify: kube-apiserver would not verify "
+            "metrics-server's serving certificate on a production stack; set spec.caBundle to the serving "
+            "CA instead.",
+            None,
+        )
+
+
+def validate_strong_keys(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type != PRIVATE_KEY:
+        return
+    algorithm = get(args.props, "algorithm")
+    if is_unknown(algorithm):
+        return
+    algorithm = str(algorithm or "").upper()
+    if algorithm == "RSA":
+        bits = get(args.props, "rsaBits", default=TLS_DEFAULT_RSA_BITS)
+        if not is_unknown(bits) and int(bits) < 2048:
+            report_violation(
+                f"private key '{args.name}' is RSA {int(bits)} bits; use at least 2048 (pki.rsaBits).", None
+            )
+    elif algorithm == "ECDSA":
+        curve = get(args.props, "ecdsaCurve", default=TLS_DEFAULT_ECDSA_CURVE)
+        if not is_unknown(curve) and str(curve).replace("-", "").upper() not in STRONG_ECDSA_CURVES:
+            report_violation(
+                f"private key '{args.name}' is ECDSA {curve}; use P256 or stronger (pki.ecdsaCurve: P256 or "
+                "P384).",
+                None,
+            )
+    else:
+        report_violation(
+            f"private key '{args.name}' uses algorithm {algorithm or '(none)'}; use RSA (>= 2048 bits) or "
+            "ECDSA (>= P-256), which every kube-apiserver and metrics-server build accepts.",
+            None,
+        )
+
+
+def validate_leaf_validity(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type == SELF_SIGNED_CERT and get(args.props, "isCaCertificate") is True:
+        return  # CAs are bounded by their own config (pki.caValidityHours)
+    if args.resource_type not in (LOCALLY_SIGNED_CERT, SELF_SIGNED_CERT):
+        return
+    hours = get(args.props, "validityPeriodHours")
+    if hours is None or is_unknown(hours):
+        return
+    limit = settings_from(args.get_config()).max_leaf_validity_hours
+    if int(hours) > limit:
+        report_violation(
+            f"certificate '{args.name}' is valid for {int(hours)} hours, above the {limit}-hour limit for leaf "
+            f"certificates (policy config maxLeafValidityHours); lower pki.certValidityHours.",
+            None,
+        )
+
+
+def validate_host_keys_pinned(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type != REMOTE_COMMAND or not settings_from(args.get_config()).production:
+        return
+    connection = get(args.props, "connection")
+    if is_unknown(connection):
+        return
+    host = get(connection, "host", default="?")
+    host_key = get(connection, "hostKey")
+    if not host_key and not is_unknown(host_key):
+        report_violation(
+            f"command '{args.name}' connects to {host} without connection.hostKey: on a production stack the "
+            "proxy-client key would be sent to whoever answers on that address; set masters[].hostKey "
+            "(`ssh-keyscan -t ed25519 <address>`).",
+            None,
+        )
+    proxy = get(connection, "proxy")
+    if proxy and not is_unknown(proxy):
+        proxy_key = get(proxy, "hostKey")
+        if not proxy_key and not is_unknown(proxy_key):
+            report_violation(
+                f"command '{args.name}' jumps through bastion {get(proxy, 'host', default='?')} without "
+                "connection.proxy.hostKey; set ssh.bastion.hostKey on a production stack.",
+                None,
+            )
+
+
+# --- the policies ----------------------------------------------------------------------------------
+
+_PRODUCTION = {"type": "boolean", "description": "the stack is production (default: stack named prod/production)"}
+_MAX_HOURS = {"type": "number", "minimum": 1, "default": DEFAULT_MAX_LEAF_VALIDITY_HOURS,
+              "description": "the longest validity of a leaf certificate, in hours"}
+_CLUSTER_CA = {"type": "string", "description": "PEM of the cluster CA (compare: must differ from the aggregator CA)"}
+
+# Which policy config keys each policy reads (pack_config.py writes exactly these).
+CONFIG_KEYS: dict[str, dict[str, dict[str, Any]]] = {
+    "aggregator-ca-not-cluster-ca": {"clusterCaCertPem": _CLUSTER_CA},
+    "proxy-client-cert-accepted": {},
+    "no-kubelet-insecure-tls-in-production": {"production": _PRODUCTION},
+    "no-insecure-skip-tls-verify-in-production": {"production": _PRODUCTION},
+    "strong-keys": {},
+    "leaf-validity-bounded": {"maxLeafValidityHours": _MAX_HOURS},
+    "host-keys-pinned-in-production": {"production": _PRODUCTION},
+}
+
+
+def _schema(name: str) -> PolicyConfigSchema | None:
+    props = CONFIG_KEYS[name]
+    return PolicyConfigSchema(properties=dict(props)) if props else None
+
+
+def build_policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
+    mandatory = EnforcementLevel.MANDATORY
+    return [
+        StackValidationPolicy(
+            name="aggregator-ca-not-cluster-ca",
+            description="The requestheader (aggregator) CA is not the cluster CA and signs the proxy-client cert.",
+            validate=validate_ca_not_cluster_ca,
+            enforcement_level=mandatory,
+            config_schema=_schema("aggregator-ca-not-cluster-ca"),
+        ),
+        StackValidationPolicy(
+            name="proxy-client-cert-accepted",
+            description="The proxy-client certificate has client_auth and its CN is in --requestheader-allowed-names.",
+            validate=validate_proxy_client_cert,
+            enforcement_level=mandatory,
+        ),
+        ResourceValidationPolicy(
+            name="no-kubelet-insecure-tls-in-production",
+            description="metrics-server verifies kubelet certificates on production stacks (no --kubelet-insecure-tls).",
+            validate=validate_no_kubelet_insecure_tls,
+            enforcement_level=mandatory,
+            config_schema=_schema("no-kubelet-insecure-tls-in-production"),
+        ),
+        ResourceValidationPolicy(
+            name="no-insecure-skip-tls-verify-in-production",
+            description="The metrics APIService is verified with a caBundle on production stacks.",
+            validate=validate_no_insecure_skip_tls_verify,
+            enforcement_level=mandatory,
+            config_schema=_schema("no-insecure-skip-tls-verify-in-production"),
+        ),
+        ResourceValidationPolicy(
+            name="strong-keys",
+            description="Private keys are RSA >= 2048 bits or ECDSA >= P-256.",
+            validate=validate_strong_keys,
+            enforcement_level=mandatory,
+        ),
+        ResourceValidationPolicy(
+            name="leaf-validity-bounded",
+            description="Leaf certificates are valid for at most maxLeafValidityHours (default one year).",
+            validate=validate_leaf_validity,
+            enforcement_level=mandatory,
+            config_schema=_schema("leaf-validity-bounded"),
+        ),
+        ResourceValidationPolicy(
+            name="host-keys-pinned-in-production",
+            description="Every SSH connection to a master pins its host key on production stacks.",
+            validate=validate_host_keys_pinned,
+            enforcement_level=mandatory,
+            config_schema=_schema("host-keys-pinned-in-production"),
+        ),
+    ]
+
+
+def pack_config(
+    *, production: bool, max_leaf_validity_hours: int | None = None, cluster_ca_cert_pem: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The `--policy-pack-config` document for a stack: each policy gets exactly the keys it reads."""
+    values: dict[str, Any] = {"production": production}
+    if max_leaf_validity_hours is not None:
+        values["maxLeafValidityHours"] = max_leaf_validity_hours
+    if cluster_ca_cert_pem:
+        values["clusterCaCertPem"] = cluster_ca_cert_pem
+    doc: dict[str, dict[str, Any]] = {}
+    for name, keys in CONFIG_KEYS.items():
+        entry: dict[str, Any] = {"enforcementLevel": "mandatory"}
+        entry.update({k: values[k] for k in keys if k in values})
+        doc[name] = entry
+    return doc
+

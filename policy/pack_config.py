@@ -1,0 +1,39 @@
+"""Write the `--policy-pack-config` JSON for a stack (each policy gets exactly the keys it reads).
+
+    venv/bin/python policy/pack_config.py --production > policy/config/prod.json
+    venv/bin/python policy/pack_config.py --production --cluster-ca-cert /etc/kubernetes/pki/ca.crt
+
+The committed policy/config/<stack>.json files are this script's output (a unit test checks that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from aggregation_policies import pack_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--production", action="store_true", help="the stack is production")
+    parser.add_argument("--max-leaf-validity-hours", type=int, default=None)
+    parser.add_argument("--cluster-ca-cert", help="PEM file of the cluster CA (compared with the aggregator CA)")
+    args = parser.parse_args(argv)
+    pem = None
+    if args.cluster_ca_cert:
+        with open(args.cluster_ca_cert, encoding="utf-8") as f:
+            pem = f.read()
+    doc = pack_config(
+        production=args.production, max_leaf_validity_hours=args.max_leaf_validity_hours, cluster_ca_cert_pem=pem
+    )
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

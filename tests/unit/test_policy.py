@@ -1,0 +1,454 @@
+"""policy/: the guardrails policy pack (pulumi-policy), tested by building the validation args by hand.
+
+Props are wrapped with pulumi-policy's own `unknown_checking_proxy`, as its analyzer does, so unknown
+values behave as in a real preview. One test also starts the real pack (`policy/__main__.py`) as the CLI
+would and talks to it over the analyzer gRPC protocol.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from pulumi_policy import (
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY_DIR = ROOT / "policy"
+sys.path.insert(0, str(POLICY_DIR))
+
+import aggregation_policies as ap  # noqa: E402
+
+STACK = "urn:pulumi:prod::metrics-aggregation::"
+
+
+# --- building the arguments ------------------------------------------------------------------------
+
+
+def opts() -> PolicyResourceOptions:
+    return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
+
+
+def urn(rtype: str, name: str, parent: str = "") -> str:
+    return f"{STACK}{parent + '$' if parent else ''}{rtype}::{name}"
+
+
+def resource(rtype: str, name: str, props: dict) -> PolicyResource:
+    return PolicyResource(rtype, unknown_checking_proxy(props), urn(rtype, name), name, opts(), None, None, [], {})
+
+
+def stack_args(resources: list[PolicyResource], config: dict | None = None) -> StackValidationArgs:
+    return StackValidationArgs(resources, config)
+
+
+def resource_args(rtype: str, name: str, props: dict, config: dict | None = None) -> ResourceValidationArgs:
+    return ResourceValidationArgs(rtype, unknown_checking_proxy(props), urn(rtype, name), name, opts(), None, config)
+
+
+def run(fn, args) -> list[tuple[str, str | None]]:
+    found: list[tuple[str, str | None]] = []
+    fn(args, lambda message, urn=None: found.append((message, urn)))
+    return found
+
+
+def messages(fn, args) -> list[str]:
+    return [m for m, _ in run(fn, args)]
+
+
+def make_ca(cn: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+CLUSTER_CA = make_ca("kubernetes")
+AGGREGATOR_CA = make_ca("front-proxy-aggregator-ca")
+SCRIPT = "#!/usr/bin/env bash\n# sets e.g. --requestheader-allowed-names=<names> and never --kubelet-insecure-tls\n"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIJ61Z/WU22zJv1PCVZgzj8/uePmKgMlV6P4RboEwb3h"
+
+
+def host_command(action: str, flags: dict[str, str], sudo: bool = True) -> str:
+    """A command line shaped like the program's: the script is one quoted argument, flags follow."""
+    argv = ["bash", "-c", SCRIPT, "aggregation-host", action, "--master", "cp1", "--cert-dir", "/etc/kubernetes/pki"]
+    for k, v in flags.items():
+        argv += ["--flag", f"{k}={v}"]
+    line = " ".join(shlex.quote(a) for a in argv)
+    return f"sudo -n {line}" if sudo else line
+
+
+def flags(allowed: str = "front-proxy-aggregator") -> dict[str, str]:
+    return {
+        "--requestheader-client-ca-file": "/etc/kubernetes/pki/aggregator-ca.pem",
+        "--requestheader-allowed-names": allowed,
+        "--proxy-client-cert-file": "/etc/kubernetes/pki/aggregator.pem",
+    }
+
+
+def connection(host_key: str | None = HOST_KEY, **extra) -> dict:
+    c = {"host": "cp1.prod.k8s.internal", "port": 22, "user": "deploy", "privateKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}
+    if host_key:
+        c["hostKey"] = host_key
+    c.update(extra)
+    return c
+
+
+def good_stack(**over) -> list[PolicyResource]:
+    """The resources of a production stack as the program registers them (outputs include the inputs)."""
+    p = {
+        "ca": {"isCaCertificate": True, "subject": {"commonName": "front-proxy-aggregator-ca"}, "certPem": AGGREGATOR_CA,
+               "allowedUses": ["cert_signing", "key_encipherment", "digital_signature"], "validityPeriodHours": 87600},
+        "csr": {"subject": {"commonName": "front-proxy-aggregator", "organization": "example-prod"}},
+        "cert": {"allowedUses": ["client_auth", "key_encipherment", "digital_signature"], "caCertPem": AGGREGATOR_CA,
+                 "validityPeriodHours": 8760},
+        "serving": {"allowedUses": ["server_auth", "key_encipherment", "digital_signature"], "caCertPem": make_ca("ms-ca"),
+                    "validityPeriodHours": 8760},
+        "flags": {"create": host_command("apply", flags()), "connection": connection()},
+        "certs": {"create": host_command("install-certs", {}), "connection": connection()},
+    }
+    for k, v in over.items():
+        p[k] = v
+    return [
+        resource(ap.SELF_SIGNED_CERT, "aggregator-ca", p["ca"]),
+        resource(ap.CERT_REQUEST, "proxy-client", p["csr"]),
+        resource(ap.LOCALLY_SIGNED_CERT, "proxy-client", p["cert"]),
+        resource(ap.LOCALLY_SIGNED_CERT, "metrics-server-serving-cert", p["serving"]),
+        resource(ap.REMOTE_COMMAND, "cp1-certs", p["certs"]),
+        resource(ap.REMOTE_COMMAND, "cp1-flags", p["flags"]),
+    ]
+
+
+PROD = {"production": True}
+DEV = {"production": False}
+
+
+@pytest.fixture(autouse=True)
+def _no_cli_environment(monkeypatch):
+    for var in ("PULUMI_STACK", "PULUMI_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# --- aggregator-ca-not-cluster-ca ------------------------------------------------------------------
+
+
+def test_ca_policy_passes_on_a_separate_ca():
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(good_stack(), {"clusterCaCertPem": CLUSTER_CA})) == []
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(good_stack())) == []
+
+
+def test_ca_policy_fails_when_the_ca_is_the_cluster_ca():
+    ca = {"isCaCertificate": True, "subject": {"commonName": "front-proxy-aggregator-ca"}, "certPem": CLUSTER_CA}
+    found = run(ap.validate_ca_not_cluster_ca, stack_args(good_stack(ca=ca), {"clusterCaCertPem": CLUSTER_CA}))
+    assert len(found) == 1
+    assert "CA 'aggregator-ca' is the cluster CA (same certificate or key as clusterCaCertPem)" in found[0][0]
+    assert found[0][1] == urn(ap.SELF_SIGNED_CERT, "aggregator-ca")
+
+
+def test_ca_policy_fails_on_the_cluster_ca_name_even_before_the_cert_exists():
+    ca = {"isCaCertificate": True, "subject": {"commonName": "kubernetes"}, "certPem": UNKNOWN_STRING_VALUE}
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(good_stack(ca=ca), {"clusterCaCertPem": CLUSTER_CA}))
+    assert "has the cluster CA's common name 'kubernetes'" in message
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(good_stack(ca=ca)))
+    assert "is named 'kubernetes', the name of the cluster CA" in message
+
+
+def test_ca_policy_fails_when_the_proxy_cert_is_signed_by_the_cluster_ca():
+    cert = {"allowedUses": ["client_auth"], "caCertPem": CLUSTER_CA, "validityPeriodHours": 8760}
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(good_stack(cert=cert), {"clusterCaCertPem": CLUSTER_CA}))
+    assert "certificate 'proxy-client' is signed by the cluster CA" in message
+
+
+def test_ca_policy_reads_the_cluster_ca_from_the_stack_config(monkeypatch):
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({"metrics-aggregation:pki": json.dumps({"clusterCaCertPem": CLUSTER_CA})}))
+    ca = {"isCaCertificate": True, "subject": {"commonName": "x"}, "certPem": CLUSTER_CA}
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(good_stack(ca=ca)))
+    assert "is the cluster CA" in message
+
+
+# --- proxy-client-cert-accepted --------------------------------------------------------------------
+
+
+def test_proxy_policy_passes_on_the_good_stack():
+    assert run(ap.validate_proxy_client_cert, stack_args(good_stack())) == []
+
+
+def test_proxy_policy_passes_with_the_cn_in_a_list_and_ignores_the_script_text():
+    create = host_command("apply", flags("someone-else,front-proxy-aggregator"))
+    assert "--requestheader-allowed-names=<names>" in create  # inside the script argument
+    assert run(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create}))) == []
+
+
+def test_proxy_policy_fails_without_client_auth():
+    cert = {"allowedUses": ["server_auth", "digital_signature"], "caCertPem": AGGREGATOR_CA}
+    found = run(ap.validate_proxy_client_cert, stack_args(good_stack(cert=cert)))
+    assert len(found) == 1  # the metrics-server serving cert (server_auth only) is not the proxy client
+    assert "proxy-client certificate 'proxy-client' lacks client_auth in allowedUses" in found[0][0]
+    assert found[0][1] == urn(ap.LOCALLY_SIGNED_CERT, "proxy-client")
+
+
+def test_proxy_policy_fails_when_the_cn_is_not_allowed():
+    create = host_command("apply", flags("aggregator"))
+    found = run(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create})))
+    assert len(found) == 1
+    assert (
+        "proxy-client certificate CN 'front-proxy-aggregator' is not in "
+        "--requestheader-allowed-names=aggregator set by command 'cp1-flags'" in found[0][0]
+    )
+    assert found[0][1] == urn(ap.REMOTE_COMMAND, "cp1-flags")
+
+
+def test_proxy_policy_fails_on_an_empty_allowed_names_flag():
+    create = host_command("apply", flags(""))
+    [message] = messages(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create})))
+    assert "sets --requestheader-allowed-names empty, which accepts ANY client certificate" in message
+
+
+def test_proxy_policy_fails_when_no_command_sets_the_flag():
+    create = host_command("apply", {"--enable-aggregator-routing": "true"})
+    [message] = messages(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create})))
+    assert "no command:remote:Command sets --requestheader-allowed-names" in message
+
+
+def test_proxy_policy_fails_without_a_proxy_client_cert_request():
+    resources = [r for r in good_stack() if r.resource_type != ap.CERT_REQUEST]
+    [message] = messages(ap.validate_proxy_client_cert, stack_args(resources))
+    assert "no tls CertRequest named like 'proxy-client'" in message
+
+
+def test_proxy_policy_skips_unknown_values_in_preview():
+    cert = {"allowedUses": UNKNOWN_STRING_VALUE}
+    csr = {"subject": {"commonName": UNKNOWN_STRING_VALUE}}
+    assert run(ap.validate_proxy_client_cert, stack_args(good_stack(cert=cert, csr=csr))) == []
+
+
+# --- no-kubelet-insecure-tls-in-production ---------------------------------------------------------
+
+
+def deployment(args: list[str]) -> dict:
+    return {"spec": {"template": {"spec": {"containers": [{"name": "metrics-server", "args": args}]}}}}
+
+
+GOOD_ARGS = ["--cert-dir=/tmp", "--secure-port=10250", "--kubelet-certificate-authority=/etc/kubelet-ca/ca.crt"]
+
+
+def test_kubelet_tls_policy_passes_on_verified_kubelets():
+    for config in (PROD, DEV):
+        assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "ms", deployment(GOOD_ARGS), config)) == []
+    ok = deployment(GOOD_ARGS + ["--kubelet-insecure-tls=false"])
+    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "ms", ok, PROD)) == []
+
+
+def test_kubelet_tls_policy_fails_on_production_only():
+    bad = deployment(GOOD_ARGS + ["--kubelet-insecure-tls"])
+    [message] = messages(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "metrics-server-deployment", bad, PROD))
+    assert "container 'metrics-server' of Deployment 'metrics-server-deployment' runs with --kubelet-insecure-tls" in message
+    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "ms", bad, DEV)) == []
+
+
+def test_kubelet_tls_policy_defaults_production_from_the_stack_name(monkeypatch):
+    bad = deployment(["--kubelet-insecure-tls=true"])
+    monkeypatch.setenv("PULUMI_STACK", "prod")
+    assert len(run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "ms", bad))) == 1
+    monkeypatch.setenv("PULUMI_STACK", "dev")
+    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "ms", bad)) == []
+
+
+def test_kubelet_tls_policy_checks_remote_commands():
+    create = host_command("apply", {"--kubelet-insecure-tls": "true"})
+    [message] = messages(ap.validate_no_kubelet_insecure_tls, resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": create}, PROD))
+    assert "command 'cp1-flags' passes --kubelet-insecure-tls=true (create)" in message
+    # the script text mentions the flag, but no argument sets it
+    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": host_command("apply", flags())}, PROD)) == []
+
+
+# --- no-insecure-skip-tls-verify-in-production -----------------------------------------------------
+
+
+def api_service(**spec) -> dict:
+    return {"metadata": {"name": "v1beta1.metrics.k8s.io"}, "spec": {"group": "metrics.k8s.io", "version": "v1beta1", **spec}}
+
+
+def test_api_service_policy_passes_with_a_ca_bundle():
+    good = api_service(caBundle="LS0tLS1CRUdJTi...", insecureSkipTLSVerify=False)
+    assert run(ap.validate_no_insecure_skip_tls_verify, resource_args(ap.API_SERVICE, "apiservice", good, PROD)) == []
+
+
+def test_api_service_policy_fails_on_production_only():
+    bad = api_service(insecureSkipTLSVerify=True)
+    [message] = messages(ap.validate_no_insecure_skip_tls_verify, resource_args(ap.API_SERVICE, "metrics-server-apiservice", bad, PROD))
+    assert "APIService 'metrics-server-apiservice' sets spec.insecureSkipTLSVerify" in message
+    assert run(ap.validate_no_insecure_skip_tls_verify, resource_args(ap.API_SERVICE, "x", bad, DEV)) == []
+
+
+# --- strong-keys -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "props",
+    [
+        {"algorithm": "RSA", "rsaBits": 2048},
+        {"algorithm": "RSA", "rsaBits": 4096},
+        {"algorithm": "RSA"},  # the provider's default is 2048
+        {"algorithm": "ECDSA", "ecdsaCurve": "P256"},
+        {"algorithm": "ECDSA", "ecdsaCurve": "P384"},
+        {"algorithm": UNKNOWN_STRING_VALUE},
+    ],
+)
+def test_key_policy_passes_on_strong_keys(props):
+    assert run(ap.validate_strong_keys, resource_args(ap.PRIVATE_KEY, "proxy-client-key", props)) == []
+
+
+@pytest.mark.parametrize(
+    "props, message",
+    [
+        ({"algorithm": "RSA", "rsaBits": 1024}, "private key 'k' is RSA 1024 bits; use at least 2048"),
+        ({"algorithm": "ECDSA", "ecdsaCurve": "P224"}, "private key 'k' is ECDSA P224; use P256 or stronger"),
+        ({"algorithm": "ECDSA"}, "private key 'k' is ECDSA P224"),  # the provider's default curve
+        ({"algorithm": "ED25519"}, "private key 'k' uses algorithm ED25519; use RSA (>= 2048 bits) or ECDSA"),
+    ],
+)
+def test_key_policy_fails_on_weak_keys(props, message):
+    [found] = messages(ap.validate_strong_keys, resource_args(ap.PRIVATE_KEY, "k", props))
+    assert message in found
+
+
+# --- leaf-validity-bounded -------------------------------------------------------------------------
+
+
+def test_validity_policy_passes_within_a_year_and_ignores_cas():
+    leaf = {"validityPeriodHours": 8760, "allowedUses": ["client_auth"]}
+    assert run(ap.validate_leaf_validity, resource_args(ap.LOCALLY_SIGNED_CERT, "proxy-client", leaf)) == []
+    ca = {"isCaCertificate": True, "validityPeriodHours": 87600}
+    assert run(ap.validate_leaf_validity, resource_args(ap.SELF_SIGNED_CERT, "aggregator-ca", ca)) == []
+
+
+def test_validity_policy_fails_above_the_limit():
+    leaf = {"validityPeriodHours": 17520}
+    [message] = messages(ap.validate_leaf_validity, resource_args(ap.LOCALLY_SIGNED_CERT, "proxy-client", leaf))
+    assert "certificate 'proxy-client' is valid for 17520 hours, above the 8760-hour limit" in message
+    self_signed_leaf = {"isCaCertificate": False, "validityPeriodHours": 9000}
+    assert len(run(ap.validate_leaf_validity, resource_args(ap.SELF_SIGNED_CERT, "leaf", self_signed_leaf))) == 1
+
+
+def test_validity_policy_limit_is_configurable():
+    leaf = {"validityPeriodHours": 8760}
+    config = {"maxLeafValidityHours": 4380.0}  # numbers arrive as floats through protobuf Struct
+    [message] = messages(ap.validate_leaf_validity, resource_args(ap.LOCALLY_SIGNED_CERT, "proxy-client", leaf, config))
+    assert "above the 4380-hour limit" in message
+
+
+# --- host-keys-pinned-in-production ----------------------------------------------------------------
+
+
+def test_host_key_policy_passes_when_pinned_or_not_production():
+    assert run(ap.validate_host_keys_pinned, resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"connection": connection()}, PROD)) == []
+    unpinned = {"connection": connection(host_key=None)}
+    assert run(ap.validate_host_keys_pinned, resource_args(ap.REMOTE_COMMAND, "cp1-flags", unpinned, DEV)) == []
+
+
+def test_host_key_policy_fails_unpinned_on_production():
+    unpinned = {"connection": connection(host_key=None)}
+    [message] = messages(ap.validate_host_keys_pinned, resource_args(ap.REMOTE_COMMAND, "cp1-flags", unpinned, PROD))
+    assert "command 'cp1-flags' connects to cp1.prod.k8s.internal without connection.hostKey" in message
+
+
+def test_host_key_policy_checks_the_bastion_too():
+    props = {"connection": connection(proxy={"host": "bastion.prod", "user": "jump"})}
+    [message] = messages(ap.validate_host_keys_pinned, resource_args(ap.REMOTE_COMMAND, "cp1-flags", props, PROD))
+    assert "jumps through bastion bastion.prod without connection.proxy.hostKey" in message
+
+
+# --- the pack --------------------------------------------------------------------------------------
+
+
+def test_every_policy_is_wired_and_mandatory():
+    policies = ap.build_policies()
+    assert [p.name for p in policies] == list(ap.CONFIG_KEYS)
+    assert all(p.enforcement_level.value == "mandatory" for p in policies)
+    # Through the policy objects, as the analyzer calls them: the bad stack trips both stack policies.
+    ca = {"isCaCertificate": True, "subject": {"commonName": "kubernetes"}, "certPem": CLUSTER_CA}
+    bad = stack_args(good_stack(ca=ca, flags={"create": host_command("apply", flags("nobody"))}), PROD)
+    found = []
+    for p in policies:
+        if isinstance(p, StackValidationPolicy):
+            p.validate(bad, lambda m, u=None, name=p.name: found.append(name))
+    assert found == ["aggregator-ca-not-cluster-ca", "proxy-client-cert-accepted"]
+
+
+def test_committed_pack_configs_are_the_generator_output():
+    for stack, production in (("prod", True), ("dev", False)):
+        committed = json.loads((POLICY_DIR / "config" / f"{stack}.json").read_text())
+        assert committed == ap.pack_config(production=production, max_leaf_validity_hours=8760)
+    prod = json.loads((POLICY_DIR / "config" / "prod.json").read_text())
+    assert prod["host-keys-pinned-in-production"] == {"enforcementLevel": "mandatory", "production": True}
+    assert "production" not in prod["strong-keys"]
+
+
+def test_main_only_wires_the_pack():
+    text = (POLICY_DIR / "__main__.py").read_text()
+    assert "PolicyPack(" in text and "build_policies()" in text
+    assert "def validate" not in text
+
+
+def test_the_real_pack_serves_the_analyzer_protocol():
+    """Start policy/__main__.py as the CLI does, ask for its policies, and analyze a weak key."""
+    import grpc
+    from google.protobuf import empty_pb2, struct_pb2
+    from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(POLICY_DIR / "__main__.py")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=POLICY_DIR,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")},
+    )
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.isdigit(), proc.stderr.read() if proc.poll() is not None else port
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+            info = stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
+            assert info.name == ap.PACK_NAME
+            assert sorted(p.name for p in info.policies) == sorted(ap.CONFIG_KEYS)
+            props = struct_pb2.Struct()
+            props.update({"algorithm": "RSA", "rsaBits": 1024})
+            response = stub.Analyze(
+                analyzer_pb2.AnalyzeRequest(
+                    type=ap.PRIVATE_KEY, properties=props, urn=urn(ap.PRIVATE_KEY, "weak"), name="weak"
+                ),
+                timeout=30,
+            )
+            [diagnostic] = response.diagnostics
+            assert diagnostic.policyName == "strong-keys"
+            assert "is RSA 1024 bits" in diagnostic.message
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
