@@ -1,0 +1,930 @@
+#!/usr/bin/env bash
+# apiserver-aggregation: enable the Kubernetes API aggregation layer on one self-managed kube-apiserver.
+#
+# The metrics-aggregation Pulumi program sends this whole file on the command line:
+#   [sudo -n ]bash -c '<this script>' apiserver-aggregation <action> [options]
+# so it sources nothing and needs only bash, coreutils, awk (mawk/gawk/busybox), sed and curl (or wget).
+# Interface and behaviour: components/scripts/README.md. Secrets (the proxy-client key) arrive on stdin only
+# and are never printed, put in argv or in the environment.
+set -euo pipefail
+umask 022
+# Keep going when the SSH connection drops: finish the restart and the readiness wait instead of dying
+# half-way on SIGPIPE/SIGHUP (every print below ignores write errors).
+trap '' PIPE HUP
+
+PROG=apiserver-aggregation
+ACTION=""
+MASTER=""
+LAYOUT=""
+CONFIG_PATH=""
+CERT_DIR=""
+RESTART_CMD=""
+RESTART_SET=0
+READYZ_URL=""
+READY_TIMEOUT=""
+STATE_DIR=/var/lib/metrics-aggregation
+LOG_CMD=""
+VOLUME_NAME=aggregator-certs
+FLAGS=()
+CLEANUP=()
+
+say() { printf '%s: %s: %s\n' "$PROG" "${MASTER:-?}" "$*" 2>/dev/null || true; }
+warn() { printf '%s: %s: warning: %s\n' "$PROG" "${MASTER:-?}" "$*" >&2 2>/dev/null || true; }
+die() {
+	printf '%s: master %s: error: %s\n' "$PROG" "${MASTER:-?}" "$*" >&2 2>/dev/null || true
+	exit 1
+}
+usage() {
+	cat >&2 <<'EOF' || true
+usage: apiserver-aggregation <action> [options]
+  install-certs --master NAME --cert-dir DIR          (stdin: CA cert, proxy-client cert, proxy-client key)
+  remove-certs  --master NAME --cert-dir DIR
+  apply|revert  --master NAME --layout env-file|systemd-unit|static-pod --config-path PATH
+                --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
+                [--state-dir DIR] [--log-command CMD] --flag --NAME=VALUE [--flag --NAME=VALUE ...]
+  check         the same options as apply: print what apply would change, change nothing
+EOF
+}
+cleanup() {
+	local f
+	for f in "${CLEANUP[@]+"${CLEANUP[@]}"}"; do rm -rf -- "$f" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+now_ms() {
+	local t
+	t=$(date +%s%N)
+	printf '%s\n' $((t / 1000000))
+}
+
+# ---------------------------------------------------------------------------------------------- options
+parse_args() {
+	[ $# -ge 1 ] || {
+		usage
+		exit 2
+	}
+	ACTION=$1
+	shift
+	local opt val
+	while [ $# -gt 0 ]; do
+		opt=$1
+		case $opt in
+		--*=*)
+			val=${opt#*=}
+			opt=${opt%%=*}
+			shift
+			;;
+		--*)
+			[ $# -ge 2 ] || die "option $opt needs a value"
+			val=$2
+			shift 2
+			;;
+		*) die "unexpected argument '$opt' (options are --name VALUE)" ;;
+		esac
+		case $opt in
+		--master) MASTER=$val ;;
+		--layout) LAYOUT=$val ;;
+		--config-path) CONFIG_PATH=$val ;;
+		--cert-dir) CERT_DIR=$val ;;
+		--restart-command)
+			RESTART_CMD=$val
+			RESTART_SET=1
+			;;
+		--readyz-url) READYZ_URL=$val ;;
+		--ready-timeout) READY_TIMEOUT=$val ;;
+		--state-dir) STATE_DIR=$val ;;
+		--log-command) LOG_CMD=$val ;;
+		--flag) FLAGS+=("$val") ;;
+		*) die "unknown option $opt" ;;
+		esac
+	done
+	[ -n "$MASTER" ] || die "--master is required"
+	case $MASTER in *[[:cntrl:]]*) die "--master contains control characters" ;; esac
+}
+
+need_abs() { # name value
+	[ -n "$2" ] || die "$1 is required"
+	case $2 in
+	/*) ;;
+	*) die "$1 must be an absolute path, got '$2'" ;;
+	esac
+	case $2 in *[[:cntrl:]]*) die "$1 contains control characters" ;; esac
+}
+
+validate_host_opts() {
+	need_abs --config-path "$CONFIG_PATH"
+	need_abs --cert-dir "$CERT_DIR"
+	need_abs --state-dir "$STATE_DIR"
+	case $LAYOUT in
+	env-file | systemd-unit | static-pod) ;;
+	*) die "--layout must be env-file, systemd-unit or static-pod, got '$LAYOUT'" ;;
+	esac
+	[ "$RESTART_SET" = 1 ] || die "--restart-command is required ('' for static-pod)"
+	if [ "$LAYOUT" != static-pod ] && [ -z "${RESTART_CMD//[[:space:]]/}" ]; then
+		die "--restart-command is empty but layout $LAYOUT needs one (e.g. systemctl restart kube-apiserver)"
+	fi
+	case $READYZ_URL in
+	http://* | https://*) ;;
+	*) die "--readyz-url must be an http(s) URL, got '$READYZ_URL'" ;;
+	esac
+	case $READY_TIMEOUT in
+	'' | *[!0-9]*) die "--ready-timeout must be a whole number of seconds, got '$READY_TIMEOUT'" ;;
+	esac
+	READY_TIMEOUT=$((10#$READY_TIMEOUT))
+	if [ "$READY_TIMEOUT" -lt 1 ] || [ "$READY_TIMEOUT" -gt 3600 ]; then die "--ready-timeout must be 1..3600"; fi
+	local f name seen=" "
+	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
+		case $f in
+		*[[:cntrl:]]*) die "--flag '$f' contains control characters" ;;
+		--[a-z0-9]*=*) ;;
+		*) die "--flag must look like --name=value, got '$f'" ;;
+		esac
+		name=${f%%=*}
+		case $name in *[!a-z0-9-]*) die "--flag name '$name' is not a kube-apiserver flag name" ;; esac
+		case $seen in *" $name "*) die "--flag $name given twice" ;; esac
+		seen="$seen$name "
+	done
+	if [ "$ACTION" = apply ] || [ "$ACTION" = check ]; then
+		[ ${#FLAGS[@]} -gt 0 ] || die "apply needs at least one --flag"
+	fi
+	command -v curl >/dev/null 2>&1 || command -v wget >/dev/null 2>&1 || die "curl (or wget) is required to poll $READYZ_URL"
+}
+
+# ------------------------------------------------------------------------------------------- certificates
+cert_files() { printf '%s\n' aggregator-ca.pem aggregator.pem aggregator-key.pem; }
+
+install_certs() {
+	need_abs --cert-dir "$CERT_DIR"
+	local tmp kinds i name mode target t2 owner_note="" as_root=0
+	[ "$(id -u)" = 0 ] && as_root=1
+	if [ ! -d "$CERT_DIR" ]; then
+		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
+		say "created $CERT_DIR (0755)"
+	fi
+	# A private temp dir in the cert dir: same filesystem (rename is atomic), mode 0700, removed on exit.
+	tmp=$(umask 077 && mktemp -d "$CERT_DIR/.aggregation.XXXXXX") || die "cannot create a temp dir in $CERT_DIR"
+	CLEANUP+=("$tmp")
+	# Split stdin into its PEM blocks. The key only ever flows stdin -> awk -> a 0600 file.
+	# shellcheck disable=SC2016
+	kinds=$(umask 077 && timeout 60 awk -v d="$tmp" '
+		{ sub(/\r$/, "") }
+		state == 0 {
+			if ($0 ~ /^[ \t]*$/) next
+			if ($0 ~ /^-----BEGIN [A-Z0-9 ]+-----$/) {
+				label = substr($0, 12, length($0) - 16)
+				if (label == "CERTIFICATE") k = "C"
+				else if (label == "PRIVATE KEY" || label == "RSA PRIVATE KEY" || label == "EC PRIVATE KEY") k = "K"
+				else { bad = "a PEM block of an unexpected type (" label ")"; exit }
+				nb++; kinds = kinds k; state = 1; out = d "/" nb; lines = 0
+				if (nb > 3) { bad = "more than three PEM blocks"; exit }
+				print > out
+				next
+			}
+			bad = "text outside the PEM blocks"; exit
+		}
+		state == 1 {
+			if ($0 == "-----END " label "-----") {
+				if (lines == 0) { bad = "an empty PEM block"; exit }
+				print > out; close(out); state = 0; next
+			}
+			if ($0 !~ /^[A-Za-z0-9+\/=]+$/ && $0 !~ /^[A-Za-z-]+: / && $0 !~ /^$/) { bad = "a malformed PEM block"; exit }
+			lines++; print > out
+		}
+		END {
+			if (bad == "" && state == 1) bad = "an unterminated PEM block"
+			if (bad != "") { print "!" bad; exit }
+			print kinds
+		}') || die "could not read the certificates from stdin"
+	case $kinds in
+	'!'*) die "refusing to install certificates: stdin has ${kinds#!}; expected the aggregator CA certificate, the proxy-client certificate and its private key (nothing written)" ;;
+	CCK) ;;
+	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
+	esac
+	i=0
+	while IFS= read -r name; do
+		i=$((i + 1))
+		mode=0644
+		[ "$name" = aggregator-key.pem ] && mode=0600
+		target="$CERT_DIR/$name"
+		if [ -f "$target" ] && cmp -s "$tmp/$i" "$target"; then
+			# Same bytes: not rewritten; still make sure mode and owner are right.
+			chmod "$mode" "$target" || die "cannot chmod $target"
+			[ "$as_root" = 1 ] && { chown 0:0 "$target" || die "cannot chown $target"; }
+			say "$target unchanged"
+			continue
+		fi
+		t2="$tmp/$name.new"
+		if [ "$as_root" = 1 ]; then
+			install -m "$mode" -o 0 -g 0 "$tmp/$i" "$t2" || die "cannot write $t2"
+			owner_note=" root:root"
+		else
+			install -m "$mode" "$tmp/$i" "$t2" || die "cannot write $t2"
+			owner_note=" $(id -un)"
+		fi
+		mv -f "$t2" "$target" || die "cannot rename into $target"
+		say "$target written ($mode$owner_note)"
+	done < <(cert_files)
+}
+
+remove_certs() {
+	need_abs --cert-dir "$CERT_DIR"
+	local name
+	while IFS= read -r name; do
+		if [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
+			rm -f -- "$CERT_DIR/$name" || die "cannot remove $CERT_DIR/$name"
+			say "$CERT_DIR/$name removed"
+		else
+			say "$CERT_DIR/$name already absent"
+		fi
+	done < <(cert_files)
+}
+
+# --------------------------------------------------------------------------------------- config editing
+# The editor: awk reads the config file, edits the flag list of the layout in memory and prints the new
+# file. Everything outside the edited tokens/lines is printed byte for byte. POSIX awk only (mawk, busybox).
+# Inputs: mode=apply|revert, layout, want (file: NAME<TAB>VALUE<TAB>TOKEN), rec (record of a previous
+# apply: NAME<TAB>added|replaced<TAB>OLD-RAW), newrec (output record), report (human-readable changes).
+# shellcheck disable=SC2016
+AWK_EDIT='
+function spaces(k,   s) { s = ""; while (k-- > 0) s = s " "; return s }
+function lead_ws(s) { match(s, /^[ \t]*/); return substr(s, 1, RLENGTH) }
+function blank(s) { return s ~ /^[ \t]*$/ }
+function insert_line(pos, text, cr,   i) {
+	for (i = n; i >= pos; i--) { L[i + 1] = L[i]; CR[i + 1] = CR[i] }
+	L[pos] = text; CR[pos] = cr; n++
+}
+function delete_line(pos,   i) {
+	for (i = pos; i < n; i++) { L[i] = L[i + 1]; CR[i] = CR[i + 1] }
+	delete L[n]; delete CR[n]; n--
+}
+function fail(msg) { if (ERR == "") ERR = msg }
+function unquote(v) {
+	if (v ~ /^".*"$/) { v = substr(v, 2, length(v) - 2); gsub(/\\"/, "\"", v); gsub(/\\\\/, "\\", v); return v }
+	if (length(v) >= 2 && substr(v, 1, 1) == sq && substr(v, length(v)) == sq) { v = substr(v, 2, length(v) - 2); gsub(sq sq, sq, v); return v }
+	sub(/[ \t]+#.*$/, "", v); sub(/[ \t]+$/, "", v)
+	return v
+}
+function yq(t) {
+	if (t ~ /^[A-Za-z0-9_.\/=,:@+-]+$/ && t !~ /:$/) return t
+	gsub(/\\/, "\\\\", t); gsub(/"/, "\\\"", t)
+	return "\"" t "\""
+}
+# ---- regions: RS..RE are the lines holding the flag list; CS/CE the content columns on each line
+function find_region() {
+	RS = RE = 0
+	if (layout == "env-file") return find_env()
+	if (layout == "systemd-unit") return find_unit()
+	return find_pod()
+}
+function find_env(   i, j, line, vs, q, k, pos) {
+	for (i = 1; i <= n; i++) {
+		line = L[i]
+		if (line ~ /^[ \t]*#/) continue
+		if (!match(line, /^[ \t]*(export[ \t]+)?[A-Za-z_][A-Za-z0-9_]*=/)) continue
+		vs = RSTART + RLENGTH
+		q = substr(line, vs, 1)
+		if (q != "\"" && q != sq) q = ""
+		pos = (q == "") ? vs : vs + 1
+		RS = i; RE = 0; j = i; CS[i] = pos; BCS[i] = pos
+		while (1) {
+			if (q != "") {
+				k = index(substr(L[j], pos), q)
+				if (k > 0) { CE[j] = pos + k - 2; RE = j; break }
+				CE[j] = (L[j] ~ /\\$/) ? length(L[j]) - 1 : length(L[j])
+			} else if (L[j] ~ /\\$/) {
+				CE[j] = length(L[j]) - 1
+			} else { CE[j] = length(L[j]); RE = j; break }
+			if (j >= n) break
+			j++; pos = 1; CS[j] = 1; BCS[j] = 1
+		}
+		if (!RE) { fail("unterminated quoted value starting at line " i); return 0 }
+		if (region_has_flags()) return 1
+		i = RE
+	}
+	RS = RE = 0
+	fail("no variable assignment holding --flags (such as KUBE_APISERVER_OPTS=\"--a=b ...\") found")
+	return 0
+}
+function region_has_flags(   j) {
+	for (j = RS; j <= RE; j++)
+		if ((" " substr(L[j], CS[j], CE[j] - CS[j] + 1)) ~ /[ \t]--[A-Za-z0-9]/) return 1
+	return 0
+}
+function find_unit(   i, j, p, rest) {
+	for (i = 1; i <= n; i++) {
+		if (!match(L[i], /^[ \t]*ExecStart[ \t]*=[ \t]*/)) continue
+		p = RSTART + RLENGTH
+		rest = substr(L[i], p)
+		if (blank(rest) || rest ~ /^\\$/) continue
+		match(rest, /^[^ \t]+/)
+		RS = i; CS[i] = p + RLENGTH; BCS[i] = 1; j = i
+		while (L[j] ~ /\\$/ && j < n) { CE[j] = length(L[j]) - 1; j++; CS[j] = 1; BCS[j] = 1 }
+		CE[j] = (L[j] ~ /\\$/) ? length(L[j]) - 1 : length(L[j])
+		RE = j
+		return 1
+	}
+	fail("no ExecStart= line found")
+	return 0
+}
+function find_pod(   i, j) {
+	for (i = 1; i <= n; i++) {
+		if (L[i] !~ /^[ ]*(- )?command:[ \t]*$/) continue
+		CMDLINE = i
+		match(L[i], /^[ ]*(- )?/); CKI = RLENGTH
+		if (i == n || !match(L[i + 1], /^[ ]*- /)) { fail("the command: of the container is not a block list"); return 0 }
+		D = RLENGTH - 2
+		RS = RE = i + 1
+		for (j = i + 2; j <= n; j++) { if (is_item(L[j], D)) RE = j; else break }
+		return 1
+	}
+	fail("no container command: list found")
+	return 0
+}
+function is_item(s, d) { return substr(s, 1, d) == spaces(d) && substr(s, d + 1, 2) == "- " }
+# ---- tokens of the flag list: TL line, TS start column, TLEN length, TNAME, TVAL, TFORM, TTOK text
+function scan() {
+	NT = 0
+	if (!find_region()) return 0
+	if (layout == "static-pod") scan_pod(); else scan_line_tokens()
+	return 1
+}
+function add_tok(j, s, len, tok,   eq) {
+	NT++; TL[NT] = j; TS[NT] = s; TLEN[NT] = len; TTOK[NT] = tok
+	eq = index(tok, "=")
+	if (eq) { TNAME[NT] = substr(tok, 1, eq - 1); TVAL[NT] = substr(tok, eq + 1); TFORM[NT] = "eq" }
+	else { TNAME[NT] = tok; TVAL[NT] = ""; TFORM[NT] = "bare" }
+}
+function scan_pod(   j, v) {
+	for (j = RS; j <= RE; j++) {
+		v = unquote(substr(L[j], D + 3))
+		if (substr(v, 1, 2) == "--") add_tok(j, 1, length(L[j]), v)
+	}
+}
+function scan_line_tokens(   j, seg, p, ts, tl, tok, v) {
+	for (j = RS; j <= RE; j++) {
+		seg = substr(L[j], CS[j], CE[j] - CS[j] + 1); p = 0
+		while (match(substr(seg, p + 1), /[^ \t]+/)) {
+			ts = p + RSTART; tl = RLENGTH; tok = substr(seg, ts, tl); p = ts + tl - 1
+			if (substr(tok, 1, 2) != "--") continue
+			add_tok(j, CS[j] + ts - 1, tl, tok)
+			# "--name value" on the same line: the value belongs to the flag
+			if (TFORM[NT] == "bare" && match(substr(seg, p + 1), /^[ \t]+[^ \t-][^ \t]*/)) {
+				v = substr(seg, p + 1, RLENGTH); TLEN[NT] += RLENGTH; p += RLENGTH
+				sub(/^[ \t]+/, "", v); TVAL[NT] = v; TFORM[NT] = "sep"
+				TTOK[NT] = substr(L[j], TS[NT], TLEN[NT])
+			}
+		}
+	}
+}
+function raw_of(k) { return (layout == "static-pod") ? L[TL[k]] : substr(L[TL[k]], TS[k], TLEN[k]) }
+function find_flag(name, skip,   k) {
+	for (k = 1; k <= NT; k++) if (TNAME[k] == name && skip-- <= 0) return k
+	return 0
+}
+# ---- edit operations (each followed by a fresh scan by the caller)
+function set_tok(k, text,   j) {
+	j = TL[k]
+	if (layout == "static-pod") { L[j] = spaces(D) "- " yq(text); return }
+	L[j] = substr(L[j], 1, TS[k] - 1) text substr(L[j], TS[k] + TLEN[k])
+}
+function restore_tok(k, raw,   j) {
+	j = TL[k]
+	if (layout == "static-pod") { L[j] = raw; return }
+	L[j] = substr(L[j], 1, TS[k] - 1) raw substr(L[j], TS[k] + TLEN[k])
+}
+function remove_tok(k,   j, before, after, ws) {
+	j = TL[k]
+	if (layout == "static-pod") { delete_line(j); return }
+	before = substr(L[j], BCS[j], TS[k] - BCS[j])
+	after = substr(L[j], TS[k] + TLEN[k], CE[j] - TS[k] - TLEN[k] + 1)
+	if (j != RS && j != RE && blank(before) && blank(after)) { delete_line(j); return }
+	if (!blank(before)) {
+		match(before, /[ \t]*$/); ws = RLENGTH
+		L[j] = substr(L[j], 1, TS[k] - 1 - ws) substr(L[j], TS[k] + TLEN[k])
+	} else if (match(after, /^[ \t]+[^ \t]/)) {
+		L[j] = substr(L[j], 1, TS[k] - 1) substr(L[j], TS[k] + TLEN[k] + RLENGTH - 1)
+	} else {
+		L[j] = substr(L[j], 1, TS[k] - 1) substr(L[j], TS[k] + TLEN[k])
+	}
+}
+function add_tok_line(text, is_raw,   ind, suf, seg, j) {
+	if (layout == "static-pod") { insert_line(RE + 1, is_raw ? text : spaces(D) "- " yq(text), CR[RE]); return }
+	if (RE > RS) {
+		# one or more flags per continuation line: a new line before the last one, same indent and
+		# the same continuation suffix as the line above it
+		ind = lead_ws(L[RE])
+		if (substr(L[RE], length(ind) + 1, 2) != "--") ind = (RS + 1 < RE) ? lead_ws(L[RS + 1]) : "  "
+		suf = ""
+		if (match(L[RE - 1], /[ \t]*\\$/)) suf = substr(L[RE - 1], RSTART)
+		insert_line(RE, ind text suf, CR[RE])
+		return
+	}
+	j = RS
+	seg = substr(L[j], CS[j], CE[j] - CS[j] + 1)
+	if (blank(seg) && layout == "env-file") { L[j] = substr(L[j], 1, CS[j] - 1) text substr(L[j], CS[j]); return }
+	match(seg, /[ \t]*$/)
+	j = CS[j] + RSTART - 1
+	L[RS] = substr(L[RS], 1, j - 1) " " text substr(L[RS], j)
+}
+# ---- static-pod volumes
+function find_key(key, from,   i) {
+	for (i = from; i <= n; i++) if (L[i] ~ ("^[ ]*(- )?" key ":[ \t]*$")) return i
+	return 0
+}
+function list_bounds(k,   j, ind) {
+	LK = k; LS = 0; LE = k
+	if (k >= n || !match(L[k + 1], /^[ ]*- /)) return 0
+	LD = RLENGTH - 2; LS = k + 1; LE = k + 1
+	for (j = k + 2; j <= n; j++) {
+		if (blank(L[j])) break
+		ind = length(lead_ws(L[j]))
+		if (is_item(L[j], LD) || ind > LD) LE = j; else break
+	}
+	return 1
+}
+function item_end(a,   j) {
+	for (j = a + 1; j <= LE; j++) if (is_item(L[j], LD)) return j - 1
+	return LE
+}
+function item_field(a, b, f,   j, s) {
+	for (j = a; j <= b; j++) {
+		s = L[j]; sub(/^[ ]*(- )?/, "", s)
+		if (index(s, f ":") == 1) { s = substr(s, length(f) + 2); sub(/^[ \t]+/, "", s); return unquote(s) }
+	}
+	return ""
+}
+function covers(mp, dir) {
+	if (mp != "/") sub(/\/+$/, "", mp)
+	return mp != "" && (mp == "/" || dir == mp || substr(dir, 1, length(mp) + 1) == mp "/")
+}
+function volume_host_path(name,   k, a, b) {
+	k = find_key("volumes", 1)
+	if (!k || !list_bounds(k)) return ""
+	for (a = LS; a <= LE; a = b + 1) { b = item_end(a); if (item_field(a, b, "name") == name) return item_field(a, b, "path") }
+	return ""
+}
+function mounted(   k, a, b, mp, nm, hits, i) {
+	k = find_key("volumeMounts", CMDLINE)
+	if (!k || !list_bounds(k)) return ""
+	hits = 0
+	for (a = LS; a <= LE; a = b + 1) {
+		b = item_end(a); mp = item_field(a, b, "mountPath")
+		if (covers(mp, certdir)) { hits++; MP[hits] = mp; MN[hits] = item_field(a, b, "name") }
+	}
+	for (i = 1; i <= hits; i++) if (volume_host_path(MN[i]) == MP[i] || volume_host_path(MN[i]) == MP[i] "/") return MP[i]
+	return ""
+}
+function remove_item(key, from, name,   k, a, b, j) {
+	k = find_key(key, from)
+	if (!k || !list_bounds(k)) return 0
+	for (a = LS; a <= LE; a = b + 1) {
+		b = item_end(a)
+		if (item_field(a, b, "name") == name) {
+			for (j = b; j >= a; j--) delete_line(j)
+			if ((("@" key "-key") in REC) && !list_bounds(k)) delete_line(k)
+			return 1
+		}
+	}
+	return 0
+}
+function ins(text) { insert_line(AT, text, CR[AT > 1 ? AT - 1 : 1]); AT++ }
+function ensure_mount(   mp, k, ind) {
+	mp = mounted()
+	if (mp != "") { rep("= " certdir " is already mounted into the pod (mountPath " mp ")"); return }
+	k = find_key("volumeMounts", CMDLINE)
+	if (k && list_bounds(k)) {
+		AT = LE + 1; ind = spaces(LD)
+	} else if (k) {
+		fail("volumeMounts: of the container is not a block list"); return
+	} else {
+		AT = RE + 1; ind = spaces(CKI)
+		ins(ind "volumeMounts:"); newrec("@volumeMounts-key", "added", "")
+	}
+	ins(ind "- mountPath: " yq(certdir))
+	ins(ind "  name: " volname)
+	ins(ind "  readOnly: true")
+	newrec("@volumeMounts", "added", volname)
+	k = find_key("volumes", 1)
+	if (k && list_bounds(k)) {
+		AT = LE + 1; ind = spaces(LD)
+	} else if (k) {
+		fail("volumes: of the pod is not a block list"); return
+	} else {
+		AT = find_key("containers", 1)
+		if (!AT) { fail("no containers: key found"); return }
+		ind = lead_ws(L[AT])
+		ins(ind "volumes:"); newrec("@volumes-key", "added", "")
+	}
+	ins(ind "- hostPath:")
+	ins(ind "    path: " yq(certdir))
+	ins(ind "    type: DirectoryOrCreate")
+	ins(ind "  name: " volname)
+	newrec("@volumes", "added", volname)
+	rep("+ hostPath volume " volname " mounted at " certdir " (the pod did not mount it)")
+}
+# ---- record and report
+function newrec(name, kind, raw) {
+	if (name in REC) return
+	REC[name] = kind; RAW[name] = raw; NR_++; RN[NR_] = name
+}
+function droprec(name) { DROP[name] = 1 }
+function rep(s) { print s > report }
+function undo_flag(name, kind, raw,   k, guard) {
+	if (!scan()) return
+	if (kind == "added") {
+		for (guard = 0; guard < 1000 && (k = find_flag(name, 0)); guard++) { remove_tok(k); if (!scan()) return }
+		return
+	}
+	k = find_flag(name, 0)
+	if (k) restore_tok(k, raw)
+	else add_tok_line(raw, 1)
+}
+function undo_volumes() {
+	if (layout != "static-pod") return
+	if (!scan()) return
+	if ("@volumeMounts" in REC) remove_item("volumeMounts", CMDLINE, RAW["@volumeMounts"])
+	if (!scan()) return
+	if ("@volumes" in REC) remove_item("volumes", 1, RAW["@volumes"])
+}
+function do_apply(   i, r, name, k, k2, guard) {
+	if (!scan()) return
+	for (r = 1; r <= NR_; r++) {
+		name = RN[r]
+		if (substr(name, 1, 1) == "@" || (name in WANT)) continue
+		undo_flag(name, REC[name], RAW[name]); droprec(name)
+		rep("- " name " (no longer configured: " (REC[name] == "added" ? "removed" : "restored " RAW[name]) ")")
+	}
+	for (i = 1; i <= NW; i++) {
+		name = WN[i]
+		if (!scan()) return
+		k = find_flag(name, 0)
+		if (!k) {
+			add_tok_line(WT[i], 0); newrec(name, "added", "")
+			rep("+ " WT[i])
+		} else if (TFORM[k] == "eq" && TVAL[k] == WV[i]) {
+			rep("= " WT[i])
+		} else {
+			newrec(name, "replaced", raw_of(k))
+			rep("~ " name ": " TTOK[k] " -> " WT[i])
+			set_tok(k, WT[i])
+		}
+		for (guard = 0; guard < 1000; guard++) {
+			if (!scan()) return
+			k2 = find_flag(name, 1)
+			if (!k2) break
+			rep("- " TTOK[k2] " (duplicate of " name ": each flag is set once; a revert restores it from the backup only)")
+			remove_tok(k2)
+		}
+	}
+	if (layout == "static-pod") {
+		undo_volumes()
+		if (("@volumeMounts" in REC) || ("@volumes" in REC)) {
+			delete REC["@volumeMounts"]; delete REC["@volumes"]; delete REC["@volumeMounts-key"]; delete REC["@volumes-key"]
+		}
+		if (scan()) ensure_mount()
+	}
+}
+function do_revert(   r, name) {
+	for (r = NR_; r >= 1; r--) {
+		name = RN[r]
+		if (substr(name, 1, 1) == "@") continue
+		undo_flag(name, REC[name], RAW[name])
+		rep((REC[name] == "added" ? "- " name " (removed)" : "~ " name " (restored " RAW[name] ")"))
+	}
+	undo_volumes()
+	if ("@volumes" in REC) rep("- hostPath volume " RAW["@volumes"] " (removed)")
+}
+BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
+{
+	c = 0; line = $0
+	if (substr(line, length(line)) == "\r") { line = substr(line, 1, length(line) - 1); c = 1 }
+	n++; L[n] = line; CR[n] = c
+}
+END {
+	while ((getline line < want) > 0) {
+		split(line, f, "\t"); NW++; WN[NW] = f[1]; WV[NW] = f[2]; WT[NW] = f[3]; WANT[f[1]] = 1
+	}
+	while ((getline line < rec) > 0) {
+		i = index(line, "\t"); name = substr(line, 1, i - 1); line = substr(line, i + 1)
+		i = index(line, "\t"); kind = substr(line, 1, i - 1)
+		if (!(name in REC)) { NR_++; RN[NR_] = name }
+		REC[name] = kind; RAW[name] = substr(line, i + 1)
+	}
+	printf "" > report
+	if (mode == "apply") do_apply(); else do_revert()
+	if (ERR != "") { print ERR > "/dev/stderr"; exit 3 }
+	for (i = 1; i <= n; i++) printf "%s%s\n", L[i], (CR[i] ? "\r" : "")
+	printf "" > newrec_file
+	for (r = 1; r <= NR_; r++) {
+		name = RN[r]
+		if ((name in DROP) || !(name in REC) || (name in PRINTED)) continue
+		if (mode == "revert") continue
+		PRINTED[name] = 1
+		printf "%s\t%s\t%s\n", name, REC[name], RAW[name] > newrec_file
+	}
+}
+'
+
+# edit MODE INPUT OUTPUT NEWRECORD REPORT: run the editor; keeps a missing final newline missing.
+edit_config() {
+	local mode=$1 in=$2 out=$3 newrec=$4 report=$5 want=$WORK/want f
+	: >"$want"
+	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
+		printf '%s\t%s\t%s\n' "${f%%=*}" "${f#*=}" "$f" >>"$want"
+	done
+	[ -f "$RECORD" ] || : >"$WORK/empty-record"
+	local rec=$RECORD
+	[ -f "$rec" ] || rec=$WORK/empty-record
+	awk -v mode="$mode" -v layout="$LAYOUT" -v want="$want" -v rec="$rec" -v newrec_file="$newrec" \
+		-v report="$report" -v certdir="${CERT_DIR%/}" -v volname="$VOLUME_NAME" -v sq="'" \
+		"$AWK_EDIT" "$in" >"$out.full" || return 1
+	if [ -s "$in" ] && [ "$(tail -c 1 "$in" | od -An -c | tr -d ' ')" != '\n' ]; then
+		head -c -1 "$out.full" >"$out"
+	else
+		cat "$out.full" >"$out"
+	fi
+	rm -f "$out.full"
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# write_atomic SRC DEST: copy SRC over DEST with DEST's mode and owner, via a hidden temp file in DEST's
+# directory and rename (the kubelet ignores hidden files in its manifest directory).
+write_atomic() {
+	local src=$1 dest=$2 dir base tmp
+	dir=$(dirname -- "$dest")
+	base=$(basename -- "$dest")
+	tmp=$(mktemp "$dir/.$base.aggregation.XXXXXX") || die "cannot create a temp file in $dir"
+	CLEANUP+=("$tmp")
+	cat -- "$src" >"$tmp" || die "cannot write $tmp"
+	if [ -e "$dest" ]; then
+		chmod --reference="$dest" "$tmp" 2>/dev/null || true
+		chown --reference="$dest" "$tmp" 2>/dev/null || true
+	else
+		chmod 0644 "$tmp"
+	fi
+	mv -f -- "$tmp" "$dest" || die "cannot rename $tmp to $dest"
+}
+
+write_state() { # SRC DEST (state files: mode 0600)
+	local tmp
+	tmp=$(mktemp "$STATE_DIR/.state.XXXXXX") || die "cannot write in $STATE_DIR"
+	CLEANUP+=("$tmp")
+	if ! { cat -- "$1" >"$tmp" && chmod 0600 "$tmp" && mv -f -- "$tmp" "$2"; }; then die "cannot write $2"; fi
+}
+
+# ------------------------------------------------------------------------------------ restart + readiness
+readyz_code() { # prints the HTTP status of READYZ_URL (000 when it does not answer)
+	local max=$1 code
+	if command -v curl >/dev/null 2>&1; then
+		code=$(curl -sk -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "$max" "$READYZ_URL" 2>/dev/null) || true
+	else
+		if wget -q --no-check-certificate -T "$max" -t 1 -O /dev/null "$READYZ_URL" 2>/dev/null; then code=200; else code=000; fi
+	fi
+	printf '%s\n' "${code:-000}"
+}
+
+poll_sleep() { # elapsed ms since the restart -> sleep a little: fine-grained at first, then back off
+	if [ "$1" -lt 5000 ]; then sleep 0.1; elif [ "$1" -lt 30000 ]; then sleep 0.5; else sleep 1; fi
+}
+
+# wait_ready START_MS DEADLINE_MS: 0 when READYZ_URL answers 200 before the deadline
+wait_ready() {
+	local start=$1 deadline=$2 now left code
+	while :; do
+		now=$(now_ms)
+		left=$(((deadline - now) / 1000 + 1))
+		[ "$left" -gt 5 ] && left=5
+		[ "$left" -lt 1 ] && left=1
+		code=$(readyz_code "$left")
+		LAST_CODE=$code
+		[ "$code" = 200 ] && return 0
+		now=$(now_ms)
+		[ "$now" -ge "$deadline" ] && return 1
+		poll_sleep $((now - start))
+	done
+}
+
+# static-pod: the kubelet restarts the pod asynchronously when the manifest changes. Wait until readyz
+# stops answering 200 (the old pod is going away) or a bounded grace period elapses, then for 200.
+wait_down() { # DEADLINE_MS
+	local deadline=$1 start now code
+	start=$(now_ms)
+	while :; do
+		code=$(readyz_code 2)
+		[ "$code" != 200 ] && return 0
+		now=$(now_ms)
+		[ "$now" -ge "$deadline" ] && return 1
+		poll_sleep $((now - start))
+	done
+}
+
+restart_and_wait() { # -> 0 when ready; prints the time it took
+	local start deadline grace rc=0 t
+	RESTART_ERR=""
+	start=$(now_ms)
+	deadline=$((start + READY_TIMEOUT * 1000))
+	if [ "$LAYOUT" = systemd-unit ] && command -v systemctl >/dev/null 2>&1; then
+		if ! timeout 60 systemctl daemon-reload >"$WORK/reload.out" 2>&1; then
+			warn "systemctl daemon-reload failed: $(tail -n 3 "$WORK/reload.out" | tr '\n' ' ')"
+		fi
+	fi
+	if [ -n "${RESTART_CMD//[[:space:]]/}" ]; then
+		say "restarting: $RESTART_CMD"
+		timeout -k 5 "$READY_TIMEOUT" bash -c "$RESTART_CMD" </dev/null >"$WORK/restart.out" 2>&1 || rc=$?
+		sed 's/^/    /' "$WORK/restart.out" 2>/dev/null || true
+		if [ "$rc" != 0 ]; then
+			RESTART_ERR="the restart command exited with $rc"
+			warn "$RESTART_ERR"
+		fi
+	fi
+	if [ "$LAYOUT" = static-pod ]; then
+		grace=$((READY_TIMEOUT < 60 ? READY_TIMEOUT : 60))
+		if wait_down $((start + grace * 1000)); then
+			t=$(now_ms)
+			say "the kubelet stopped the old kube-apiserver pod after $(((t - start) / 1000)).$(((t - start) % 1000 / 100))s"
+		else
+			warn "readyz kept answering 200 for ${grace}s after the manifest changed; the kubelet may not have restarted the pod yet"
+		fi
+	fi
+	if wait_ready "$start" "$deadline"; then
+		t=$(($(now_ms) - start))
+		say "ready after $((t / 1000)).$((t % 1000 / 100))s ($READYZ_URL answered 200)"
+		return 0
+	fi
+	return 1
+}
+
+last_logs() {
+	local out=$WORK/logs id
+	: >"$out"
+	if [ -n "$LOG_CMD" ]; then
+		timeout -k 2 15 bash -c "$LOG_CMD" >"$out" 2>&1 </dev/null || true
+	elif [ "$LAYOUT" = static-pod ] && command -v crictl >/dev/null 2>&1; then
+		id=$(timeout 15 crictl ps -a --name kube-apiserver -q 2>/dev/null | head -n 1) || true
+		[ -n "$id" ] && { timeout 15 crictl logs --tail 20 "$id" >"$out" 2>&1 || true; }
+	elif command -v journalctl >/dev/null 2>&1; then
+		timeout -k 2 15 journalctl -u kube-apiserver -n 20 --no-pager >"$out" 2>&1 </dev/null || true
+	fi
+	if [ -s "$out" ]; then tail -n 20 "$out" | sed 's/^/    /'; else echo "    (no apiserver log found: pass --log-command to name one)"; fi
+}
+
+# ----------------------------------------------------------------------------------------- apply / revert
+setup_host_state() {
+	validate_host_opts
+	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
+	local key
+	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')
+	BACKUP=$STATE_DIR/$key.orig
+	RECORD=$STATE_DIR/$key.record
+	APPLIED=$STATE_DIR/$key.applied
+	PENDING=$STATE_DIR/$key.pending
+	WORK=$(umask 077 && mktemp -d "$STATE_DIR/.work.XXXXXX") || die "cannot create a work dir in $STATE_DIR"
+	CLEANUP+=("$WORK")
+}
+
+changes_summary() { grep -v '^= ' "$1" | sed 's/^/  /' || true; }
+
+# rollback: the new file did not come up; put the previous one back and make sure that one runs again.
+rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
+	local prev=$1 prev_rec=$2 backup_created=$3 logs change again
+	logs=$(last_logs)
+	change=$(changes_summary "$WORK/report")
+	write_atomic "$prev" "$CONFIG_PATH"
+	if [ -n "$prev_rec" ]; then write_state "$prev_rec" "$RECORD"; else rm -f "$RECORD" "$APPLIED"; fi
+	[ "$backup_created" = 1 ] && rm -f "$BACKUP"
+	say "restored the previous $CONFIG_PATH; restarting kube-apiserver on it"
+	if restart_and_wait; then
+		again="the previous file is back and kube-apiserver is ready on it"
+		rm -f "$PENDING"
+	else
+		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
+	fi
+	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${RESTART_ERR:+; $RESTART_ERR}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
+$change
+$again.
+Last apiserver log lines (of the failed start):
+$logs"
+}
+
+do_apply() {
+	setup_host_state
+	[ -f "$CONFIG_PATH" ] || die "$CONFIG_PATH does not exist (layout $LAYOUT): is this the kube-apiserver config file of this master?"
+	local f val
+	for f in "${FLAGS[@]}"; do
+		case ${f%%=*} in
+		*-file)
+			val=${f#*=}
+			case $val in /*) [ "$ACTION" = check ] || [ -f "$val" ] || die "${f%%=*}=$val: no such file (run install-certs first)" ;; esac
+			;;
+		esac
+	done
+	local new=$WORK/new newrec=$WORK/record report=$WORK/report
+	edit_config apply "$CONFIG_PATH" "$new" "$newrec" "$report" 2>"$WORK/edit.err" ||
+		die "cannot edit $CONFIG_PATH as layout $LAYOUT: $(cat "$WORK/edit.err")"
+	say "$CONFIG_PATH ($LAYOUT):"
+	sed 's/^/  /' "$report" || true
+	if [ "$ACTION" = check ]; then
+		if cmp -s "$new" "$CONFIG_PATH"; then say "check: unchanged"; else
+			say "check: would change $CONFIG_PATH:"
+			diff -u "$CONFIG_PATH" "$new" | tail -n +3 || true
+		fi
+		return 0
+	fi
+	if [ "$LAYOUT" = static-pod ]; then
+		warn "kubeadm upgrade rewrites $CONFIG_PATH and drops these flags: put them in ClusterConfiguration.apiServer.extraArgs (kubeadm-config) too"
+	fi
+	if cmp -s "$new" "$CONFIG_PATH"; then
+		if [ -f "$PENDING" ]; then
+			say "unchanged, but a previous run stopped before kube-apiserver was ready on this file; restarting it"
+		else
+			[ -s "$newrec" ] && ! cmp -s "$newrec" "${RECORD}" && write_state "$newrec" "$RECORD"
+			say "unchanged: all ${#FLAGS[@]} flags already set in $CONFIG_PATH; no restart"
+			return 0
+		fi
+	fi
+	local backup_created=0 prev=$WORK/prev prev_rec=""
+	cat -- "$CONFIG_PATH" >"$prev"
+	if [ -f "$RECORD" ]; then
+		prev_rec=$WORK/prev-record
+		cat -- "$RECORD" >"$prev_rec"
+	fi
+	if [ ! -f "$BACKUP" ]; then
+		write_state "$CONFIG_PATH" "$BACKUP"
+		backup_created=1
+		say "backed up the original $CONFIG_PATH to $BACKUP"
+	fi
+	# Record first, then the file: a crash in between leaves a record that a revert can still apply.
+	: >"$PENDING"
+	write_state "$newrec" "$RECORD"
+	write_atomic "$new" "$CONFIG_PATH"
+	sha "$CONFIG_PATH" >"$WORK/sum"
+	write_state "$WORK/sum" "$APPLIED"
+	say "wrote $CONFIG_PATH"
+	if restart_and_wait; then
+		rm -f "$PENDING"
+		say "done: aggregation flags active on $MASTER"
+		return 0
+	fi
+	LAST_CODE_NEW=$LAST_CODE
+	rollback "$prev" "$prev_rec" "$backup_created"
+}
+
+do_revert() {
+	setup_host_state
+	if [ ! -f "$RECORD" ]; then
+		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
+		return 0
+	fi
+	if [ ! -f "$CONFIG_PATH" ]; then
+		warn "$CONFIG_PATH does not exist; nothing to revert"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
+		return 0
+	fi
+	local new=$WORK/new report=$WORK/report
+	if [ -f "$BACKUP" ] && [ -f "$APPLIED" ] && [ "$(sha "$CONFIG_PATH")" = "$(cat "$APPLIED")" ]; then
+		# Nobody touched the file since our apply: the backup is exactly the file without our changes.
+		cat -- "$BACKUP" >"$new"
+		edit_config revert "$CONFIG_PATH" "$WORK/computed" "$WORK/record" "$report" 2>/dev/null || : >"$report"
+	else
+		edit_config revert "$CONFIG_PATH" "$new" "$WORK/record" "$report" 2>"$WORK/edit.err" ||
+			die "cannot edit $CONFIG_PATH as layout $LAYOUT: $(cat "$WORK/edit.err")"
+	fi
+	say "$CONFIG_PATH ($LAYOUT): revert"
+	sed 's/^/  /' "$report" || true
+	if cmp -s "$new" "$CONFIG_PATH"; then
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
+		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
+		return 0
+	fi
+	local prev=$WORK/prev prev_rec=$WORK/prev-record
+	cat -- "$CONFIG_PATH" >"$prev"
+	cat -- "$RECORD" >"$prev_rec"
+	: >"$PENDING"
+	write_atomic "$new" "$CONFIG_PATH"
+	say "wrote $CONFIG_PATH"
+	if restart_and_wait; then
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
+		say "done: aggregation flags removed on $MASTER"
+		return 0
+	fi
+	LAST_CODE_NEW=$LAST_CODE
+	rollback "$prev" "$prev_rec" 0
+}
+
+main() {
+	parse_args "$@"
+	case $ACTION in
+	install-certs) install_certs ;;
+	remove-certs) remove_certs ;;
+	apply | check) do_apply ;;
+	revert) do_revert ;;
+	-h | --help | help) usage ;;
+	*)
+		usage
+		die "unknown action '$ACTION'"
+		;;
+	esac
+}
+
+main "$@"
