@@ -117,6 +117,10 @@ def capabilities_to_add(container_port: int) -> list[str]:
     return ["NET_BIND_SERVICE"] if container_port < 1024 else []
 
 
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -212,7 +216,12 @@ def _serving_secret(s: _Scope, pki: _ServingPki) -> k8s.core.v1.Secret:
         s.child("serving-secret"),
         metadata=s.meta(SERVING_SECRET_NAME),
         type="kubernetes.io/tls",
-        string_data={"tls.crt": pki.cert_pem, "tls.key": pki.key_pem, "ca.crt": pki.ca_cert_pem},
+        # `data`, not `stringData`: stringData does not round-trip under server-side apply.
+        data={
+            "tls.crt": pki.cert_pem.apply(b64),
+            "tls.key": pulumi.Output.secret(pki.key_pem.apply(b64)),
+            "ca.crt": pki.ca_cert_pem.apply(b64),
+        },
         opts=s.opts(),
     )
 
@@ -450,7 +459,7 @@ def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.ap
             group_priority_minimum=100,
             version_priority=100,
             service=k8s.apiregistration.v1.ServiceReferenceArgs(name=APP, namespace=s.namespace, port=443),
-            ca_bundle=pki.ca_cert_pem.apply(lambda pem: base64.b64encode(pem.encode()).decode()),
+            ca_bundle=pki.ca_cert_pem.apply(b64),
         ),
         opts=s.opts(*after),
     )

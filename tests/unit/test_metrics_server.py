@@ -169,6 +169,11 @@ def evaluate(**overrides: Any) -> Result:
     return Result(recorded, holder["component"], api_service_name, namespace, ca_pem, dep_urn)
 
 
+def secret_data(reg) -> dict[str, str]:
+    """The serving Secret's data, decoded."""
+    return {k: base64.b64decode(v).decode() for k, v in reg.inputs["data"].items()}
+
+
 def deployment(result: Result) -> dict[str, Any]:
     return result.recorded.one("kubernetes:apps/v1:Deployment").inputs
 
@@ -347,7 +352,8 @@ def test_serving_secret_is_mounted_read_only_and_named_in_args(default: Result):
     assert f"--tls-private-key-file={ms.SERVING_CERT_DIR}/tls.key" in args
     secret = default.recorded.one("kubernetes:core/v1:Secret").inputs
     assert secret["type"] == "kubernetes.io/tls"
-    assert set(secret["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert "stringData" not in secret
 
 
 def test_default_args_without_kubelet_tls_flags(default: Result):
@@ -471,7 +477,7 @@ def test_ca_bundle_is_the_serving_ca_and_tls_is_verified(default: Result):
         "versionPriority": 100,
         "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
     }
-    secret = rec.one("kubernetes:core/v1:Secret").inputs["stringData"]
+    secret = secret_data(rec.one("kubernetes:core/v1:Secret"))
     assert secret["ca.crt"] == ca_pem
     leaf = rec.one("tls:index/locallySignedCert:LocallySignedCert")
     assert secret["tls.crt"] == fake_pem("CERTIFICATE", leaf.name)
@@ -584,8 +590,8 @@ def test_private_keys_stay_in_the_secret_and_never_in_outputs(default: Result):
     key_pems = {fake_pem("PRIVATE KEY", r.name) for r in rec.of_type("tls:index/privateKey:PrivateKey")}
     assert len(key_pems) == 2
     secret = rec.one("kubernetes:core/v1:Secret")
-    assert secret.inputs["stringData"]["tls.key"] in key_pems
-    assert "stringData" in secret.secret_keys
+    assert secret_data(secret)["tls.key"] in key_pems
+    assert "data" in secret.secret_keys
     for r in rec.resources:
         if r.type.startswith("kubernetes:") and r is not secret:
             text = json.dumps(r.inputs)
@@ -628,7 +634,7 @@ def test_whole_program_serving_chain_is_real_and_matches_the_ca_bundle(stack_con
     (api,) = result.of_type(API)
     (secret,) = result.of_type("kubernetes:core/v1:Secret")
     ca = _load_cert(base64.b64decode(api.inputs["spec"]["caBundle"]).decode())
-    data = secret.inputs["stringData"]
+    data = secret_data(secret)
     leaf = _load_cert(data["tls.crt"])
     assert _load_cert(data["ca.crt"]) == ca
 
@@ -652,7 +658,7 @@ def test_whole_program_serving_chain_is_real_and_matches_the_ca_bundle(stack_con
     assert key.public_key().public_bytes(
         serialization.Encoding.PEM, public
     ) == leaf.public_key().public_bytes(serialization.Encoding.PEM, public)
-    assert any(p.startswith("stringData") for p in secret.secret_inputs), secret.secret_inputs
+    assert secret.secret_inputs & {"data", "data.tls.key"}, secret.secret_inputs
     # the aggregator CA (kube-apiserver's proxy client) and the serving CA are different CAs
     aggregator_ca = _load_cert(result.outputs["aggregatorCaCertPem"])
     assert aggregator_ca.subject != ca.subject and aggregator_ca.public_key() != ca.public_key()
