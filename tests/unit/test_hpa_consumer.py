@@ -1,0 +1,259 @@
+"""examples/hpa-consumer: the StackReference consumer under pulumi mocks.
+
+The reference is mocked at the engine boundary: `pulumi.StackReference` registers a read of type
+`pulumi:pulumi:StackReference` (id = the referenced stack's name, input `name`), and its state is
+`{"outputs": {...}, "secretOutputNames": [...]}` (pulumi/stack_reference.py: the `outputs` and
+`secret_output_names` properties, translated from `secretOutputNames`).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime import config as pulumi_config
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "hpa-consumer"
+
+_spec = importlib.util.spec_from_file_location("hpa_consumer_example", EXAMPLE / "hpa_consumer.py")
+consumer = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = consumer
+_spec.loader.exec_module(consumer)
+
+OUTPUTS = {
+    "aggregatorCaCertPem": "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n",
+    "proxyClientCertPem": "-----BEGIN CERTIFICATE-----\nMIIC...\n-----END CERTIFICATE-----\n",
+    "proxyClientCertNotAfter": "2027-11-26T14:40:00Z",
+    "requestheaderAllowedNames": ["aggregator"],
+    "apiserverFlags": {"--requestheader-allowed-names": "aggregator", "--enable-aggregator-routing": "true"},
+    "masters": [{"name": "k8s-master", "address": "10.0.0.101"}],
+    "metricsApiService": "v1beta1.metrics.k8s.io",
+    "metricsServerNamespace": "kube-system",
+}
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def __init__(self, outputs: dict[str, Any], secret_names: list[str], available: str | None = "True"):
+        self.outputs = outputs
+        self.secret_names = secret_names
+        self.available = available
+        self.resources: dict[tuple[str, str], pulumi.runtime.MockResourceArgs] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources[(args.typ, args.name)] = args
+        if args.typ == "pulumi:pulumi:StackReference":
+            return args.resource_id, {
+                "name": args.inputs["name"],
+                "outputs": self.outputs,
+                "secretOutputNames": self.secret_names,
+            }
+        if args.typ == "kubernetes:apiregistration.k8s.io/v1:APIService" and args.resource_id:
+            status = {} if self.available is None else {
+                "conditions": [{"type": "Available", "status": self.available, "reason": "Passed"}]
+            }
+            return args.resource_id, {
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": args.resource_id},
+                "spec": {"group": "metrics.k8s.io", "version": "v1beta1"},
+                "status": status,
+            }
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}, None
+
+
+@pytest.fixture
+def program():
+    """program(outputs, secret_names=(), **config) -> (mocks, run) where run(check) runs the consumer."""
+    saved = dict(pulumi_config.CONFIG.get())
+
+    def make(outputs=None, secret_names=(), available="True", **config):
+        mocks = Mocks(dict(OUTPUTS if outputs is None else outputs), list(secret_names), available)
+        pulumi.runtime.set_mocks(mocks, project="hpa-consumer", stack="dev", preview=False)
+        config.setdefault("metricsStack", "dev")
+        for key, value in config.items():
+            pulumi.runtime.set_config(f"hpa-consumer:{key}", str(value))
+
+        def run(check):
+            @pulumi.runtime.test
+            def body():
+                result = consumer.main()
+                return check(result)
+
+            body()
+
+        return mocks, run
+
+    yield make
+    current = pulumi_config.CONFIG.get()
+    current.clear()
+    current.update(saved)
+    # Finalize the coroutines the mocked engine leaves behind now, at a safe point: collected later,
+    # inside a compile() of an AST object, they trip CPython 3.11.7's "AST constructor recursion depth
+    # mismatch" SystemError (fixed in 3.11.8).
+    gc.collect()
+
+
+def test_reads_the_diy_stack_and_deploys_cpu_hpa(program):
+    mocks, run = program()
+    seen = {}
+
+    def check(result):
+        e = result["exports"]
+        hpa, dep = result["hpa"], result["deployment"]
+        return pulumi.Output.all(
+            e["metricsApiService"], e["metricsServerNamespace"], e["metricsApiAvailable"], hpa.spec, dep.spec,
+            hpa.metadata, dep.metadata,
+        ).apply(lambda v: seen.update(zip(["api", "ns", "available", "hpa", "dep", "hpa_meta", "dep_meta"], v, strict=True)))
+
+    run(check)
+    ref = mocks.resources[("pulumi:pulumi:StackReference", "metrics-aggregation")]
+    assert ref.inputs["name"] == "organization/metrics-aggregation/dev"
+    assert ref.resource_id == "organization/metrics-aggregation/dev"
+    assert seen["api"] == "v1beta1.metrics.k8s.io" and seen["ns"] == "kube-system"
+    assert seen["available"] is True
+
+    spec = seen["hpa"]
+    assert spec["scale_target_ref"] == {"api_version": "apps/v1", "kind": "Deployment", "name": "php-apache"}
+    assert (spec["min_replicas"], spec["max_replicas"]) == (1, 5)
+    [metric] = spec["metrics"]
+    assert metric["type"] == "Resource"
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"] == {"type": "Utilization", "average_utilization": 50}
+    assert mocks.resources[("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "php-apache")]
+
+    container = seen["dep"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == "200m"
+    assert "replicas" not in seen["dep"] or seen["dep"]["replicas"] is None  # the HPA owns replicas
+    for meta in (seen["hpa_meta"], seen["dep_meta"]):
+        annotations = meta["annotations"]
+        assert annotations["hpa-consumer.metrics-aggregation.io/metrics-api-service"] == "v1beta1.metrics.k8s.io"
+        assert annotations["hpa-consumer.metrics-aggregation.io/metrics-server-namespace"] == "kube-system"
+        assert annotations["hpa-consumer.metrics-aggregation.io/metrics-stack"] == "organization/metrics-aggregation/dev"
+
+
+def test_verifies_the_live_api_service_before_deploying(program):
+    mocks, run = program()
+    run(lambda result: result["exports"]["hpaName"])
+    live = mocks.resources[("kubernetes:apiregistration.k8s.io/v1:APIService", "metrics-api-service")]
+    assert live.resource_id == "v1beta1.metrics.k8s.io"  # read by the name the reference exports, not created
+
+
+def test_depends_on_reference_and_live_api_service(program):
+    mocks, run = program()
+    captured = {}
+    original = pulumi.ResourceOptions.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if kwargs.get("depends_on"):
+            captured.setdefault("depends_on", []).append(list(kwargs["depends_on"]))
+
+    pulumi.ResourceOptions.__init__ = spy
+    try:
+        run(lambda result: result["exports"]["hpaName"])
+    finally:
+        pulumi.ResourceOptions.__init__ = original
+    type_lists = [sorted(type(d).__name__ for d in deps) for deps in captured["depends_on"]]
+    assert ["APIService", "StackReference"] in type_lists  # the Deployment
+    assert ["APIService", "Deployment", "StackReference"] in type_lists  # the HPA
+
+
+def test_verification_can_be_switched_off(program):
+    mocks, run = program(verifyApiService="false")
+    run(lambda result: result["exports"]["hpaName"])
+    assert ("kubernetes:apiregistration.k8s.io/v1:APIService", "metrics-api-service") not in mocks.resources
+    assert ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "php-apache") in mocks.resources
+
+
+def test_missing_metrics_api_service_stops_with_a_clear_message(program):
+    outputs = {k: v for k, v in OUTPUTS.items() if k != "metricsApiService"}
+    mocks, run = program(outputs)
+    with pytest.raises(pulumi.RunError) as err:
+        run(lambda result: result["exports"]["hpaName"])
+    message = str(err.value)
+    assert "stack 'organization/metrics-aggregation/dev' has no output 'metricsApiService'" in message
+    assert "Run `pulumi up` on that metrics-aggregation stack first" in message
+    assert "hpa-consumer:metricsStack" in message
+    registered = {t for t, _ in mocks.resources}
+    assert "kubernetes:apps/v1:Deployment" not in registered
+    assert "kubernetes:autoscaling/v2:HorizontalPodAutoscaler" not in registered
+
+
+def test_a_non_metrics_api_service_is_refused(program):
+    mocks, run = program(dict(OUTPUTS, metricsApiService="v1beta1.custom.metrics.k8s.io.example"))
+    with pytest.raises(pulumi.RunError, match="is not a metrics.k8s.io APIService"):
+        run(lambda result: result["exports"]["hpaName"])
+
+
+def test_secret_outputs_stay_secret(program):
+    mocks, run = program(secret_names=["metricsServerNamespace"])
+    secrets = {}
+
+    def check(result):
+        e = result["exports"]
+
+        async def probe():
+            secrets["ns"] = await e["metricsServerNamespace"].is_secret()
+            secrets["api"] = await e["metricsApiService"].is_secret()
+            secrets["annotations"] = await result["hpa"].metadata.is_secret()
+
+        import asyncio
+
+        return pulumi.Output.from_input(asyncio.ensure_future(probe()))
+
+    run(check)
+    assert secrets == {"ns": True, "api": False, "annotations": True}
+
+
+def test_unavailable_api_service_is_reported(program):
+    mocks, run = program(available="False")
+    values = {}
+    run(lambda r: r["exports"]["metricsApiAvailable"].apply(lambda v: values.update(available=v)))
+    assert values["available"] is False
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("dev", "organization/metrics-aggregation/dev"),
+        ("prod", "organization/metrics-aggregation/prod"),
+        ("organization/metrics-aggregation/sandbox", "organization/metrics-aggregation/sandbox"),
+    ],
+)
+def test_stack_reference_name(value, expected):
+    assert consumer.stack_reference_name(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "metrics-aggregation/dev", "a//b"])
+def test_bad_metrics_stack_is_explained(value):
+    with pytest.raises(consumer.ConsumerConfigError, match="hpa-consumer:metricsStack"):
+        consumer.stack_reference_name(value)
+
+
+def test_bad_replica_bounds_are_explained(program):
+    mocks, run = program(minReplicas=4, maxReplicas=2)
+    with pytest.raises(pulumi.RunError, match=r"minReplicas \(4\) must be >= 1 and <= maxReplicas \(2\)"):
+        run(lambda result: result["exports"]["hpaName"])
+
+
+def test_project_files():
+    import yaml
+
+    project = yaml.safe_load((EXAMPLE / "Pulumi.yaml").read_text())
+    assert project["name"] == "hpa-consumer" and project["runtime"]["name"] == "python"
+    assert "metricsStack" in project["config"]
+    stack = yaml.safe_load((EXAMPLE / "Pulumi.dev.yaml").read_text())
+    assert stack["config"]["hpa-consumer:metricsStack"] == "dev"
+    main = (EXAMPLE / "__main__.py").read_text()
+    assert "hpa_consumer.main()" in main
+    logging.getLogger(__name__).debug("project files ok")
