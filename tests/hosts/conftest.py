@@ -1,0 +1,78 @@
+"""Fixtures of the host tier: a lab of SSH test hosts and the program's own remote commands."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hosts.lab import Host, Lab, LabError
+from tests.hosts.remote import Outcome, SshRunner
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """A fresh lab per test; namespaces, veths and processes are removed even when the test fails."""
+    try:
+        lab = Lab.create(tmp_path)
+    except LabError as e:
+        pytest.fail(f"cannot build the SSH test hosts: {e}", pytrace=False)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def stack_config(lab: Lab, hosts: list[Host], **overrides: Any) -> dict[str, Any]:
+    """A stack config (keys without the namespace) whose masters are these test hosts, in this order."""
+    cfg: dict[str, Any] = {
+        "masters": [
+            {"name": h.name, "address": h.address, "hostKey": h.host_key_pub, "layout": h.layout} for h in hosts
+        ],
+        "ssh": {"user": "root", "port": 22, "privateKey": lab.client_key.read_text()},
+        "pki": {"hosts": ["127.0.0.1", "kubernetes", "kubernetes.default"]},
+        "apiserver": {"readyTimeoutSeconds": 10},
+        "metricsServer": {"replicas": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            merged = copy.deepcopy(cfg[key])
+            merged.update(value)
+            cfg[key] = merged
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@dataclass
+class Stack:
+    """The program evaluated under mocks for a stack config, and its host steps run over SSH."""
+
+    lab: Lab
+    config: dict[str, Any]
+    runner: SshRunner
+
+    def commands(self) -> list[dict[str, Any]]:
+        from tests.support.program import run
+
+        return run(self.config).commands
+
+    def up(self, **kw: Any) -> Outcome:
+        return self.runner.up(self.commands(), **kw)
+
+    def destroy(self) -> Outcome:
+        return self.runner.destroy(self.commands())
+
+
+@pytest.fixture
+def make_stack(lab: Lab, tmp_path: Path):
+    def make(hosts: list[Host], **overrides: Any) -> Stack:
+        work = tmp_path / "ssh-client"
+        work.mkdir(exist_ok=True)
+        return Stack(lab, stack_config(lab, hosts, **overrides), SshRunner(work, lab.known_hosts(), timeout=120))
+
+    return make

@@ -1,0 +1,452 @@
+"""Test hosts for the host tier: network + mount namespaces running Debian's sshd and a stand-in apiserver.
+
+    lab = Lab.create(tmpdir)               # per-run keys, the stand-in's TLS cert, an address block
+    host = lab.add_host("m1", layout="env-file")
+    jump = lab.add_host("jump", layout=None); inner = lab.add_host("m2", behind=jump)
+    ...
+    lab.close()                            # kills what it started (by pid), deletes namespaces + veths
+
+Each host:
+  * a network namespace `ma<run><i>` with lo and one veth to the runner (runner 198.18.X.4i+1/30, host
+    .4i+2/30), or, `behind` a jump host, a veth to the jump host's namespace only (198.19.X.4i+1/30 on the
+    jump side), so the runner has no route to it;
+  * a private mount namespace (anchored by the stand-in supervisor) in which /etc/kubernetes,
+    /etc/systemd/system, /var/lib/metrics-aggregation, /etc/sudoers.d and /usr/local/sbin are bind
+    mounts of per-host directories. /usr/local/sbin (first on root's and sudo's PATH) holds shims:
+    `systemctl` (daemon-reload = copy the unit to what the stand-in runs; restart kube-apiserver =
+    restart the stand-in, synchronously), `journalctl` and `crictl` (print the stand-in's log);
+  * /usr/sbin/sshd -D -e -f <per-host config> entered into both namespaces with nsenter, with a per-host
+    host key (pinned by the tests through masters[].hostKey) and the per-run client key.
+Only addresses in 198.18.0.0/15 are ever configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SAMPLES = HERE / "samples"
+STANDIN = HERE / "standin.py"
+SSHD = "/usr/sbin/sshd"
+OPS_USER = "maops"  # the non-root SSH user of the sudo tests (created once, shared /etc/passwd)
+
+LAYOUT_FILES = {
+    "env-file": ("/etc/kubernetes/kube-apiserver.conf", "kube-apiserver.conf"),
+    "systemd-unit": ("/etc/systemd/system/kube-apiserver.service", "kube-apiserver.service"),
+    "static-pod": ("/etc/kubernetes/manifests/kube-apiserver.yaml", "kube-apiserver.yaml"),
+}
+MOUNTS = {
+    "/etc/kubernetes": "etc-kubernetes",
+    "/etc/systemd/system": "etc-systemd-system",
+    "/var/lib/metrics-aggregation": "state",
+    "/etc/sudoers.d": "sudoers.d",
+    "/usr/local/sbin": "sbin",
+}
+
+
+class LabError(Exception):
+    pass
+
+
+def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def wait_for(pred, what: str, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def tcp_open(addr: str, port: int) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def kill_pid(pid: int | None, sig: int = signal.SIGTERM) -> None:
+    if not pid:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+    return out
+
+
+@dataclass
+class Host:
+    lab: Lab
+    name: str
+    index: int
+    ns: str
+    address: str
+    dir: Path
+    layout: str | None
+    behind: Host | None = None
+    supervisor: subprocess.Popen | None = None
+    sshd: subprocess.Popen | None = None
+    host_key_pub: str = ""
+    extra: dict = field(default_factory=dict)
+
+    # ---- paths inside the host, as seen from the runner
+    def path(self, inside: str) -> Path:
+        """The runner-side path of a file inside the host's mount namespace."""
+        for mount, sub in MOUNTS.items():
+            if inside == mount or inside.startswith(mount + "/"):
+                return self.dir / sub / inside[len(mount) + 1 :]
+        raise KeyError(inside)
+
+    @property
+    def config_path(self) -> str:
+        return LAYOUT_FILES[self.layout][0]
+
+    def config_bytes(self) -> bytes:
+        return self.path(self.config_path).read_bytes()
+
+    def events(self) -> list[dict]:
+        f = self.dir / "events.jsonl"
+        return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
+
+    def restarts(self) -> int:
+        return sum(1 for e in self.events() if e["event"] == "stop")
+
+    def running_flags(self) -> dict[str, str]:
+        return json.loads((self.dir / "running.json").read_text())["flags"]
+
+    def refuse(self, *flags: str) -> None:
+        (self.dir / "refuse").write_text("".join(f + "\n" for f in flags))
+
+    def down_intervals(self) -> list[tuple[float, float]]:
+        """[stop, next ready] intervals: when this host's apiserver did not answer 200."""
+        out, down = [], None
+        for e in self.events():
+            if e["event"] == "stop" and down is None:
+                down = e["t"]
+            elif e["event"] == "ready" and down is not None:
+                out.append((down, e["t"]))
+                down = None
+        if down is not None:
+            out.append((down, float("inf")))
+        return out
+
+    def readyz(self) -> int:
+        """HTTP status of https://127.0.0.1:6443/readyz inside the host (0: no answer)."""
+        p = sh("ip", "netns", "exec", self.ns, "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
+               "--max-time", "3", "https://127.0.0.1:6443/readyz", check=False)
+        return int(p.stdout or 0)
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        wait_for(lambda: self.readyz() == 200, f"{self.name} readyz 200", timeout, 0.1)
+
+    # ---- processes
+    def start_sshd(self) -> None:
+        assert self.supervisor
+        log = open(self.dir / "sshd.log", "ab")  # noqa: SIM115
+        self.sshd = subprocess.Popen(
+            ["nsenter", "-t", str(self.supervisor.pid), "-m", "-n", "--", SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        probe = self.behind.ns if self.behind else None
+
+        def up() -> bool:
+            if self.sshd.poll() is not None:
+                raise LabError(f"sshd on {self.name} exited: {(self.dir / 'sshd.log').read_text()[-2000:]}")
+            if probe:
+                return sh("ip", "netns", "exec", probe, "bash", "-c", f"exec 3<>/dev/tcp/{self.address}/22", check=False).returncode == 0
+            return tcp_open(self.address, 22)
+
+        wait_for(up, f"sshd on {self.name} ({self.address}:22)", 10)
+
+    def kill_sshd(self) -> None:
+        """Cut SSH: kill the listening sshd and every connection it serves."""
+        if not self.sshd:
+            return
+        for c in children_of(self.sshd.pid):
+            kill_pid(c, signal.SIGKILL)
+        kill_pid(self.sshd.pid, signal.SIGKILL)
+        self.sshd.wait(5)
+        self.sshd = None
+
+    def stop(self) -> None:
+        if self.sshd:
+            self.kill_sshd()
+        # everything still running in the namespace (script runs, the stand-in, the supervisor)
+        p = sh("ip", "netns", "pids", self.ns, check=False)
+        pids = [int(x) for x in p.stdout.split()] if p.returncode == 0 else []
+        if self.supervisor and self.supervisor.poll() is None:
+            kill_pid(self.supervisor.pid)
+            try:
+                self.supervisor.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_pid(self.supervisor.pid, signal.SIGKILL)
+        for pid in pids:
+            kill_pid(pid, signal.SIGKILL)
+
+
+class Lab:
+    def __init__(self, root: Path):
+        self.root = root
+        self.run_id = f"{random.randrange(16**4):04x}"
+        self.hosts: list[Host] = []
+        self.block = self._free_block()
+        self.client_key = root / "id_ed25519"
+        self._veths: list[str] = []
+        self._netns: list[str] = []
+
+    # ---- set-up
+    @classmethod
+    def create(cls, root: Path) -> Lab:
+        if os.geteuid() != 0:
+            raise LabError("the host tier needs root (network and mount namespaces, sshd); run it as root")
+        for tool in ("ip", "nsenter", "unshare", "ssh", "ssh-keygen", "curl", "sudo"):
+            if not shutil.which(tool):
+                raise LabError(f"{tool} is missing: run `make system-deps` (apt-get install -y openssh-server openssh-client iproute2 util-linux curl sudo)")
+        if not Path(SSHD).exists():
+            raise LabError(f"{SSHD} is missing: apt-get install -y openssh-server")
+        lab = cls(root)
+        probe = f"maprobe{lab.run_id}"
+        p = sh("ip", "netns", "add", probe, check=False)
+        if p.returncode != 0:
+            raise LabError(f"cannot create a network namespace (`ip netns add` failed: {p.stderr.strip()}); the host tier needs CAP_SYS_ADMIN/CAP_NET_ADMIN")
+        sh("ip", "netns", "del", probe, check=False)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hosts-{lab.run_id}", "-f", str(lab.client_key))
+        os.chmod(lab.client_key, 0o600)
+        (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
+        os.chmod(root / "authorized_keys", 0o644)
+        lab._tls()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        for mount in MOUNTS:
+            Path(mount).mkdir(parents=True, exist_ok=True)  # empty mount points on the runner
+        return lab
+
+    def _free_block(self) -> int:
+        used = sh("ip", "-4", "-o", "addr", "show").stdout
+        for _ in range(200):
+            x = random.randrange(256)
+            if f"198.18.{x}." not in used and f"198.19.{x}." not in used:
+                return x
+        raise LabError("no free 198.18.X.0/24 block")
+
+    def _tls(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        import datetime
+        import ipaddress
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "standin-apiserver")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256())
+        )
+        (self.root / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (self.root / "tls.key").write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        os.chmod(self.root / "tls.key", 0o600)
+
+    def ensure_ops_user(self) -> str:
+        """A non-root user for the sudo tests (shared /etc/passwd); sudo rights only inside test hosts."""
+        if sh("id", "-u", OPS_USER, check=False).returncode != 0:
+            sh("useradd", "--system", "--no-create-home", "--shell", "/bin/bash", OPS_USER)
+        sh("usermod", "-p", "*", OPS_USER)  # not locked: sshd (UsePAM no) refuses '!' accounts
+        return OPS_USER
+
+    def add_host(self, name: str, layout: str | None = "env-file", *, behind: Host | None = None,
+                 sample: str | None = None, startup_seconds: float = 0.6, sudo_user: str | None = None) -> Host:
+        i = len(self.hosts)
+        if i >= 60:
+            raise LabError("at most 60 hosts per lab")
+        ns = f"ma{self.run_id}{i:02d}"
+        hostdir = self.root / f"host-{i:02d}-{name}"
+        hostdir.mkdir()
+        for sub in MOUNTS.values():
+            (hostdir / sub).mkdir()
+        sh("ip", "netns", "add", ns)
+        self._netns.append(ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        if behind is None:
+            runner_if, host_if = f"ma{self.run_id}{i:02d}r", f"ma{self.run_id}{i:02d}h"
+            sh("ip", "link", "add", runner_if, "type", "veth", "peer", "name", host_if)
+            self._veths.append(runner_if)
+            sh("ip", "link", "set", host_if, "netns", ns)
+            sh("ip", "addr", "add", f"198.18.{self.block}.{4 * i + 1}/30", "dev", runner_if)
+            sh("ip", "link", "set", runner_if, "up")
+            sh("ip", "-n", ns, "addr", "add", f"198.18.{self.block}.{4 * i + 2}/30", "dev", host_if)
+            sh("ip", "-n", ns, "link", "set", host_if, "up")
+            address = f"198.18.{self.block}.{4 * i + 2}"
+        else:
+            a, b = f"ma{self.run_id}{i:02d}j", f"ma{self.run_id}{i:02d}h"
+            sh("ip", "-n", behind.ns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns)
+            sh("ip", "-n", behind.ns, "addr", "add", f"198.19.{self.block}.{4 * i + 1}/30", "dev", a)
+            sh("ip", "-n", behind.ns, "link", "set", a, "up")
+            sh("ip", "-n", ns, "addr", "add", f"198.19.{self.block}.{4 * i + 2}/30", "dev", b)
+            sh("ip", "-n", ns, "link", "set", b, "up")
+            address = f"198.19.{self.block}.{4 * i + 2}"
+        host = Host(self, name, i, ns, address, hostdir, layout, behind)
+        self.hosts.append(host)
+        self._write_host_files(host, sample, startup_seconds, sudo_user)
+        self._start(host)
+        return host
+
+    def _write_host_files(self, h: Host, sample: str | None, startup_seconds: float, sudo_user: str | None) -> None:
+        d = h.dir
+        key = d / "ssh_host_ed25519_key"
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.name, "-f", str(key))
+        h.host_key_pub = " ".join(Path(f"{key}.pub").read_text().split()[:2])
+        (d / "sshd_config").write_text(
+            f"""Port 22
+ListenAddress 0.0.0.0
+HostKey {key}
+PidFile none
+AuthorizedKeysFile {self.root}/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+PermitTunnel no
+X11Forwarding no
+MaxStartups 100:30:200
+MaxSessions 50
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+"""
+        )
+        if sudo_user:
+            rule = d / "sudoers.d" / "maops"
+            rule.write_text(f"{sudo_user} ALL=(root) NOPASSWD: ALL\n")
+            os.chmod(rule, 0o440)
+        if h.layout:
+            inside, default_sample = LAYOUT_FILES[h.layout]
+            target = h.path(inside)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(SAMPLES / (sample or default_sample), target)
+            os.chmod(target, 0o644)
+            (d / "loaded-unit").write_bytes(target.read_bytes() if h.layout == "systemd-unit" else b"")
+        (d / "standin.json").write_text(json.dumps({
+            "layout": h.layout or "none", "config_path": str(h.path(h.config_path)) if h.layout else "",
+            "port": 6443, "tls_cert": str(self.root / "tls.crt"), "tls_key": str(self.root / "tls.key"),
+            "startup_seconds": startup_seconds,
+        }))
+        self._shims(h)
+
+    def _shims(self, h: Host) -> None:
+        sbin, d = h.dir / "sbin", h.dir
+        unit = h.path(LAYOUT_FILES["systemd-unit"][0])
+        shims = {
+            "apiserverctl": f"""#!/bin/sh
+# restart the stand-in kube-apiserver of this test host; returns once the new process is started
+set -eu
+gen=$(cat {d}/generation)
+kill -HUP "$(cat {d}/supervisor.pid)"
+i=0
+while [ "$(cat {d}/generation)" = "$gen" ]; do
+  i=$((i + 1)); [ $i -le 200 ] || {{ echo "apiserverctl: the supervisor did not restart kube-apiserver" >&2; exit 1; }}
+  sleep 0.05
+done
+""",
+            "systemctl": f"""#!/bin/sh
+# systemctl of a test host: only what the host script and the stack's restart commands use
+case "$*" in
+  daemon-reload)
+    [ -f {unit} ] && cp {unit} {d}/loaded-unit
+    printf '{{"t": %s, "event": "daemon-reload"}}\\n' "$(date +%s.%N)" >> {d}/events.jsonl ;;
+  "restart kube-apiserver"|"restart kube-apiserver.service") exec /usr/local/sbin/apiserverctl ;;
+  *) echo "systemctl (test host): unsupported: $*" >&2; exit 1 ;;
+esac
+""",
+            "journalctl": f"""#!/bin/sh
+# journalctl of a test host: the stand-in kube-apiserver's log
+tail -n 20 {d}/apiserver.log 2>/dev/null || true
+""",
+        }
+        for name, text in shims.items():
+            (sbin / name).write_text(text)
+            os.chmod(sbin / name, 0o755)
+
+    def _start(self, h: Host) -> None:
+        binds = "\n".join(f"mount --bind {h.dir / sub} {mp}" for mp, sub in MOUNTS.items())
+        (h.dir / "init.sh").write_text(f"set -e\n{binds}\nexec {sys.executable} {STANDIN} supervise {h.dir}\n")
+        if h.layout is None:
+            (h.dir / "init.sh").write_text(f"set -e\n{binds}\nexec sleep infinity\n")
+        log = open(h.dir / "supervisor.log", "ab")  # noqa: SIM115
+        h.supervisor = subprocess.Popen(
+            ["ip", "netns", "exec", h.ns, "unshare", "-m", "--propagation", "private", "--", "sh", str(h.dir / "init.sh")],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+
+        def mounted() -> bool:
+            if h.supervisor.poll() is not None:
+                raise LabError(f"{h.name}: the namespace anchor exited: {(h.dir / 'supervisor.log').read_text()[-2000:]}")
+            if h.layout is None:
+                try:
+                    return os.readlink(f"/proc/{h.supervisor.pid}/exe").endswith("sleep")
+                except OSError:
+                    return False
+            return (h.dir / "supervisor.pid").exists()
+
+        wait_for(mounted, f"{h.name}: namespaces + supervisor", 10)
+        if h.layout:
+            h.wait_ready(15)
+        h.start_sshd()
+
+    def known_hosts(self) -> Path:
+        f = self.root / "known_hosts"
+        f.write_text("".join(f"{h.address} {h.host_key_pub}\n" for h in self.hosts))
+        return f
+
+    # ---- teardown
+    def close(self) -> None:
+        for h in reversed(self.hosts):
+            try:
+                h.stop()
+            except Exception:  # noqa: BLE001 - keep tearing down
+                pass
+        for ns in reversed(self._netns):
+            sh("ip", "netns", "del", ns, check=False)
+        for v in self._veths:
+            if sh("ip", "link", "show", v, check=False).returncode == 0:
+                sh("ip", "link", "del", v, check=False)
