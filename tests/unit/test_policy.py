@@ -452,3 +452,92 @@ def test_the_real_pack_serves_the_analyzer_protocol():
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+# --- on the program's own resources (tests/support/program.py runs it under mocks) -----------------
+
+
+def _program_run(stack: str, ssh_private_key: str, mutate=None, **overrides):
+    import yaml
+
+    from tests.support.program import run as run_program
+
+    data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    cfg = {k.partition(":")[2]: v for k, v in data.items() if k.startswith("metrics-aggregation:")}
+    cfg["ssh"]["privateKey"] = ssh_private_key
+    for key, value in overrides.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return run_program(cfg, stack=stack).resources
+
+
+def _evaluate(registrations, config_file: str, mutate=None) -> dict[str, list[str]]:
+    """Every policy of the pack over the registered resources, as the engine would call them."""
+    pack_config = json.loads((POLICY_DIR / "config" / config_file).read_text())
+    regs = [(r.type, r.name, r.urn, dict(r.inputs), {**r.inputs, **(r.state or {})}) for r in registrations]
+    if mutate:
+        regs = [mutate(*reg) for reg in regs]
+    found: dict[str, list[str]] = {}
+    for policy in ap.build_policies():
+        config = {k: v for k, v in pack_config[policy.name].items() if k != "enforcementLevel"}
+
+        def report(message, urn=None, name=policy.name):
+            found.setdefault(name, []).append(message)
+
+        if isinstance(policy, StackValidationPolicy):
+            resources = [
+                PolicyResource(t, unknown_checking_proxy(json.loads(json.dumps(state))), u, n, opts(), None, None, [], {})
+                for t, n, u, _, state in regs
+            ]
+            policy.validate(StackValidationArgs(resources, config), report)
+        else:
+            for t, n, u, inputs, _ in regs:
+                args = ResourceValidationArgs(t, unknown_checking_proxy(json.loads(json.dumps(inputs))), u, n, opts(), None, config)
+                policy.validate(args, report)
+    return found
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_shipped_stacks_pass_the_pack(stack, ssh_private_key):
+    assert _evaluate(_program_run(stack, ssh_private_key), f"{stack}.json") == {}
+
+
+def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
+    masters = yaml_masters_without_host_keys()
+    regs = _program_run(
+        "prod", ssh_private_key,
+        masters=masters,
+        pki={"caCommonName": "kubernetes", "certValidityHours": 17520},
+        metricsServer={"kubeletInsecureTls": True, "kubeletCaCertPem": None},
+    )
+
+    def mutate(t, n, u, inputs, state):
+        # What config validation does not let through, done as a hand-edited program would.
+        if t == ap.PRIVATE_KEY and n == "proxy-client-key":
+            inputs = state = {"algorithm": "RSA", "rsaBits": 1024}
+        if t == ap.LOCALLY_SIGNED_CERT and n == "proxy-client":
+            state = {**state, "allowedUses": ["server_auth"]}
+        if t == ap.CERT_REQUEST and n == "proxy-client":
+            state = {**state, "subject": {**state["subject"], "commonName": "someone-else"}}
+        if t == ap.API_SERVICE:
+            inputs = {**inputs, "spec": {**inputs["spec"], "insecureSkipTLSVerify": True}}
+        return t, n, u, inputs, state
+
+    found = _evaluate(regs, "prod.json", mutate)
+    assert set(found) == set(ap.CONFIG_KEYS), found
+    text = {name: " | ".join(messages) for name, messages in found.items()}
+    assert "is named 'kubernetes'" in text["aggregator-ca-not-cluster-ca"]
+    assert "lacks client_auth" in text["proxy-client-cert-accepted"]
+    assert "'someone-else' is not in --requestheader-allowed-names=front-proxy-aggregator" in text["proxy-client-cert-accepted"]
+    assert "runs with --kubelet-insecure-tls" in text["no-kubelet-insecure-tls-in-production"]
+    assert "sets spec.insecureSkipTLSVerify" in text["no-insecure-skip-tls-verify-in-production"]
+    assert "'proxy-client-key' is RSA 1024 bits" in text["strong-keys"]
+    assert "'proxy-client' is valid for 17520 hours" in text["leaf-validity-bounded"]
+    assert "without connection.hostKey" in text["host-keys-pinned-in-production"]
+    assert len(found["host-keys-pinned-in-production"]) == 6  # certs + flags on each of 3 masters
+
+
+def yaml_masters_without_host_keys() -> list[dict]:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]["metrics-aggregation:masters"]
+    return [{k: v for k, v in m.items() if k != "hostKey"} for m in data]
