@@ -405,7 +405,7 @@ def test_every_policy_is_wired_and_mandatory():
 
 
 def test_committed_pack_configs_are_the_generator_output():
-    for stack, production in (("prod", True), ("dev", False)):
+    for stack, production in (("prod", True), ("dev", False), ("sandbox", False)):
         committed = json.loads((POLICY_DIR / "config" / f"{stack}.json").read_text())
         assert committed == ap.pack_config(production=production, max_leaf_validity_hours=8760)
     prod = json.loads((POLICY_DIR / "config" / "prod.json").read_text())
