@@ -296,6 +296,12 @@ def validate_proxy_client_cert(args: StackValidationArgs, report_violation: Repo
             )
 
     requests = [r for r in by_type.get(CERT_REQUEST, []) if _is_proxy_client(r.name)]
+    flag_commands = [
+        c for c in by_type.get(REMOTE_COMMAND, [])
+        if flag_values(command_tokens(get(c.props, "create")), ALLOWED_NAMES_FLAG)
+    ]
+    if not requests and not certs and not flag_commands:
+        return  # nothing of the aggregation layer in this stack (e.g. an empty or unrelated stack)
     if not requests:
         report_violation(
             "no tls CertRequest named like 'proxy-client' in the stack: cannot tell which common name the "

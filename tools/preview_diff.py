@@ -77,13 +77,16 @@ class PropertyChange:
     path: str
     kind: str  # add, delete, update, and the same with -replace (this property forces a replacement)
     secret: bool = False
+    inferred: bool = False  # not reported by the provider: found by comparing old and new inputs
 
     def render(self) -> str:
         extra = []
         if self.kind != "update":
             extra.append(self.kind)
         if self.secret:
-            extra.append("secret")
+            extra.append("secret, cannot compare" if self.inferred else "secret")
+        elif self.inferred:
+            extra.append("from inputs")
         return f"`{self.path}`" + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -213,7 +216,33 @@ def _properties(step: Mapping[str, Any]) -> tuple[PropertyChange, ...]:
             if path not in changes:
                 kind = "update-replace" if path in replace else "update"
                 changes[path] = PropertyChange(path, kind, secret(path))
+    if not changes:
+        changes = _inferred_changes(old, new)
     return tuple(changes[p] for p in sorted(changes))
+
+
+def _inferred_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> dict[str, PropertyChange]:
+    """When the provider reports no diff keys (e.g. dynamic providers), compare top-level inputs.
+
+    Secret inputs are blinded in both states, so they cannot be compared: they are listed as
+    candidates, marked as such. Engine-internal keys (`__provider`, ...) are left out.
+    """
+    before = (old or {}).get("inputs") or {}
+    after = (new or {}).get("inputs") or {}
+    out: dict[str, PropertyChange] = {}
+    for key in sorted(set(before) | set(after)):
+        if key.startswith("__"):
+            continue
+        a, b = before.get(key), after.get(key)
+        if a == _SECRET or b == _SECRET:
+            out[key] = PropertyChange(key, "update", secret=True, inferred=True)
+        elif key not in before:
+            out[key] = PropertyChange(key, "add", inferred=True)
+        elif key not in after:
+            out[key] = PropertyChange(key, "delete", inferred=True)
+        elif a != b:
+            out[key] = PropertyChange(key, "update", inferred=True)
+    return out
 
 
 def summarize(digest: Mapping[str, Any], masters: Sequence[str] | None = None) -> Summary:

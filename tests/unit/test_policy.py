@@ -541,3 +541,8 @@ def yaml_masters_without_host_keys() -> list[dict]:
 
     data = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]["metrics-aggregation:masters"]
     return [{k: v for k, v in m.items() if k != "hostKey"} for m in data]
+
+
+def test_proxy_policy_ignores_a_stack_without_the_aggregation_layer():
+    unrelated = [resource("kubernetes:apps/v1:Deployment", "web", {"spec": {}})]
+    assert run(ap.validate_proxy_client_cert, stack_args(unrelated)) == []

@@ -12,6 +12,7 @@ unknown values as the engine's sentinel 04da6b54-80e4-46f7-96ec-b56ff0331ba9, as
   metrics-server Deployment update, one create, one delete; sames not listed (no --show-sames).
 - preview-create.json: a first preview (everything created), no masters in the recorded config.
 - preview-failed.json: a preview that failed on a config error, with a warning carrying a PEM block.
+- preview-engine.json: recorded from the real engine (see test_recorded_engine_preview).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def render(digest: dict, **kw) -> str:
 # --- the recorded shape ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["update", "create", "failed"])
+@pytest.mark.parametrize("name", ["update", "create", "failed", "engine"])
 def test_fixtures_have_the_preview_digest_shape(name):
     doc = fixture(name)
     assert set(doc) <= {"config", "steps", "diagnostics", "duration", "changeSummary", "maybeCorrupt"}
@@ -98,10 +99,10 @@ def test_update_preview_lists_changed_properties_and_marks_secrets():
 
 
 def test_no_value_is_ever_printed():
-    for name in ("update", "create", "failed"):
+    for name in ("update", "create", "failed", "engine"):
         md = render(fixture(name))
         for value in ("BEGIN", "MIIB", "MIIC", "[secret]", "10.0.0.101", "198.18.0.10", "4380", "8760",
-                      "--metric-resolution", "aggregation host script", "04da6b54"):
+                      "--metric-resolution", "aggregation host script", "04da6b54", "--ready-timeout"):
             assert value not in md, (name, value)
 
 
@@ -154,13 +155,34 @@ def test_diff_reasons_used_without_detailed_diff():
     assert "- update `metrics-server-deployment` (kubernetes:apps/v1:Deployment): `spec`\n" in md
 
 
-def test_update_without_any_reason_says_so():
+def test_update_without_reasons_falls_back_to_comparing_inputs():
     digest = fixture("update")
     for step in digest["steps"]:
         step.pop("diffReasons", None)
         step.pop("replaceReasons", None)
         step["detailedDiff"] = None
-    assert "the provider did not say which properties" in render(digest)
+    md = render(digest)
+    assert "- update `k8s-master-flags` (command:remote:Command): `create` (from inputs), `delete` (from inputs)" in md
+    assert "- update `k8s-master-certs` (command:remote:Command): `stdin` (secret, cannot compare)" in md
+    step = next(s for s in digest["steps"] if s["urn"].endswith("::k8s-master-flags"))
+    step["newState"]["inputs"] = step["oldState"]["inputs"]
+    assert "- update `k8s-master-flags` (command:remote:Command): (the provider did not say which properties)" in render(digest)
+
+
+def test_recorded_engine_preview():
+    """preview-engine.json: recorded with the toolchain's pulumi v3.272.0 (`pulumi preview --json` after
+    an `up`), with dynamic-provider stand-ins named like the program's resources (the real providers
+    were not built yet); only the machine-specific `stackTrace` entries were removed."""
+    digest = fixture("engine")
+    assert digest["changeSummary"] == {"create": 1, "delete": 1, "replace": 1, "same": 2, "update": 4}
+    md = render(digest)
+    assert "**1 to create, 4 to update, 1 to replace, 1 to delete, 2 unchanged**" in md
+    assert "| `k8s-master` | 0 | 2 | 0 | 0 | – |" in md
+    assert "| `k8s-master2` | 0 | 2 | 0 | 0 | – |" in md
+    assert "- replace `proxy-client` (pulumi-python:dynamic:Resource): `validity` (update-replace)" in md
+    assert "- update `k8s-master2-certs` (pulumi-python:dynamic:Resource): `bundle` (secret, cannot compare)" in md
+    assert "- update `k8s-master2-flags` (pulumi-python:dynamic:Resource): `create` (from inputs)" in md
+    assert "__provider" not in md
 
 
 # --- failures and diagnostics ---------------------------------------------------------------------
