@@ -292,7 +292,7 @@ def summarize(digest: Mapping[str, Any], masters: Sequence[str] | None = None) -
     return summary
 
 
-def _clean_message(message: str, limit: int = 300) -> str:
+def _clean_message(message: str, limit: int = 1000) -> str:
     """One paragraph of a diagnostic, without key material and without markdown-breaking newlines."""
     text = _PEM.sub("[PEM block removed]", message).strip()
     text = " ".join(text.split())
@@ -332,7 +332,7 @@ def render_markdown(summary: Summary, stack: str | None = None) -> str:
     rows = [(m, c) for m, c in summary.per_master.items() if m != _NOT_MASTER]
     if _NOT_MASTER in summary.per_master:
         rows.append((_NOT_MASTER, summary.per_master[_NOT_MASTER]))
-    if rows:
+    if any(m != _NOT_MASTER for m, _ in rows):
         out.append("#### Per master (rollout order)")
         out.append("")
         out.append("| master | " + " | ".join(columns) + " |")

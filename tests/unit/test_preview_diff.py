@@ -12,7 +12,8 @@ unknown values as the engine's sentinel 04da6b54-80e4-46f7-96ec-b56ff0331ba9, as
   metrics-server Deployment update, one create, one delete; sames not listed (no --show-sames).
 - preview-create.json: a first preview (everything created), no masters in the recorded config.
 - preview-failed.json: a preview that failed on a config error, with a warning carrying a PEM block.
-- preview-engine.json: recorded from the real engine (see test_recorded_engine_preview).
+- preview-engine.json, preview-engine-failed.json: recorded from the real engine (see
+  test_recorded_engine_preview, test_recorded_engine_failure).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def render(digest: dict, **kw) -> str:
 # --- the recorded shape ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["update", "create", "failed", "engine"])
+@pytest.mark.parametrize("name", ["update", "create", "failed", "engine", "engine-failed"])
 def test_fixtures_have_the_preview_digest_shape(name):
     doc = fixture(name)
     assert set(doc) <= {"config", "steps", "diagnostics", "duration", "changeSummary", "maybeCorrupt"}
@@ -272,3 +273,17 @@ def test_module_runs_as_make_runs_it():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("### Pulumi preview: `metrics-aggregation/dev`")
+
+
+def test_recorded_engine_failure(capsys):
+    """preview-engine-failed.json: recorded with the toolchain's pulumi v3.272.0: examples/hpa-consumer
+    previewed against a metrics-aggregation stack without metricsApiService (StackReference on a shared
+    DIY backend); `stackTrace` entries removed."""
+    rc = pd.main([str(FIXTURES / "preview-engine-failed.json")])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "### Pulumi preview: `hpa-consumer/dev`" in out
+    assert "**Preview failed**" in out
+    assert "- read `metrics-aggregation` (pulumi:pulumi:StackReference)" in out
+    assert "has no output 'metricsApiService'" in out and "Nothing was changed." in out
+    assert "Per master" not in out  # no masters in that project
