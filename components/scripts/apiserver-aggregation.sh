@@ -153,20 +153,12 @@ validate_host_opts() {
 # ------------------------------------------------------------------------------------------- certificates
 cert_files() { printf '%s\n' aggregator-ca.pem aggregator.pem aggregator-key.pem; }
 
-install_certs() {
-	need_abs --cert-dir "$CERT_DIR"
-	local tmp kinds i name mode target t2 owner_note="" as_root=0
-	[ "$(id -u)" = 0 ] && as_root=1
-	if [ ! -d "$CERT_DIR" ]; then
-		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
-		say "created $CERT_DIR (0755)"
-	fi
-	# A private temp dir in the cert dir: same filesystem (rename is atomic), mode 0700, removed on exit.
-	tmp=$(umask 077 && mktemp -d "$CERT_DIR/.aggregation.XXXXXX") || die "cannot create a temp dir in $CERT_DIR"
-	CLEANUP+=("$tmp")
-	# Split stdin into its PEM blocks. The key only ever flows stdin -> awk -> a 0600 file.
+# split_pem DIR: split the PEM blocks on stdin into DIR/1, DIR/2, ... (DIR empty: only check them);
+# prints the block kinds (C = certificate, K = private key) or "!reason". Key material only ever flows
+# stdin -> awk -> a file in a 0700 directory; it is never printed.
+split_pem() {
 	# shellcheck disable=SC2016
-	kinds=$(umask 077 && timeout 60 awk -v d="$tmp" '
+	awk -v d="$1" '
 		{ sub(/\r$/, "") }
 		state == 0 {
 			if ($0 ~ /^[ \t]*$/) next
@@ -175,8 +167,9 @@ install_certs() {
 				if (label == "CERTIFICATE") k = "C"
 				else if (label == "PRIVATE KEY" || label == "RSA PRIVATE KEY" || label == "EC PRIVATE KEY") k = "K"
 				else { bad = "a PEM block of an unexpected type (" label ")"; exit }
-				nb++; kinds = kinds k; state = 1; out = d "/" nb; lines = 0
+				nb++; kinds = kinds k; state = 1; lines = 0
 				if (nb > 3) { bad = "more than three PEM blocks"; exit }
+				out = (d == "") ? "/dev/null" : d "/" nb
 				print > out
 				next
 			}
@@ -194,12 +187,32 @@ install_certs() {
 			if (bad == "" && state == 1) bad = "an unterminated PEM block"
 			if (bad != "") { print "!" bad; exit }
 			print kinds
-		}') || die "could not read the certificates from stdin"
+		}'
+}
+
+install_certs() {
+	need_abs --cert-dir "$CERT_DIR"
+	local pem tmp kinds i name mode target t2 owner_note="" as_root=0
+	[ "$(id -u)" = 0 ] && as_root=1
+	# stdin is read once, into memory (a shell variable is neither argv nor environment), and checked
+	# before anything is created or written.
+	pem=$(timeout 60 cat) || die "could not read the certificates from stdin"
+	kinds=$(printf '%s\n' "$pem" | split_pem "") || die "could not parse the certificates on stdin"
 	case $kinds in
 	'!'*) die "refusing to install certificates: stdin has ${kinds#!}; expected the aggregator CA certificate, the proxy-client certificate and its private key (nothing written)" ;;
 	CCK) ;;
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
+	if [ ! -d "$CERT_DIR" ]; then
+		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
+		say "created $CERT_DIR (0755)"
+	fi
+	# A private temp dir in the cert dir: same filesystem (rename is atomic), mode 0700, removed on exit.
+	tmp=$(umask 077 && mktemp -d "$CERT_DIR/.aggregation.XXXXXX") || die "cannot create a temp dir in $CERT_DIR"
+	CLEANUP+=("$tmp")
+	kinds=$(umask 077 && printf '%s\n' "$pem" | split_pem "$tmp") || die "could not split the certificates"
+	[ "$kinds" = CCK ] || die "the certificates on stdin changed while reading them"
+	pem=""
 	i=0
 	while IFS= read -r name; do
 		i=$((i + 1))

@@ -55,11 +55,27 @@ class Stack:
     lab: Lab
     config: dict[str, Any]
     runner: SshRunner
+    last: Any = None  # the last tests.support.program.Run
 
     def commands(self) -> list[dict[str, Any]]:
         from tests.support.program import run
 
-        return run(self.config).commands
+        self.last = run(self.config)
+        return self.last.commands
+
+    def flags_for(self, host: Host) -> dict[str, str]:
+        """The flags the program sets on this host (its layout's certDir)."""
+        if self.last is None:
+            self.commands()
+        s = self.last.settings
+        master = next(m for m in s.masters if m.name == host.name)
+        return s.apiserver_flags(s.cert_dir(master))
+
+    def cert_dir(self, host: Host) -> str:
+        if self.last is None:
+            self.commands()
+        s = self.last.settings
+        return s.cert_dir(next(m for m in s.masters if m.name == host.name))
 
     def up(self, **kw: Any) -> Outcome:
         return self.runner.up(self.commands(), **kw)

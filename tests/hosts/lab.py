@@ -51,6 +51,8 @@ MOUNTS = {
     "/var/lib/metrics-aggregation": "state",
     "/etc/sudoers.d": "sudoers.d",
     "/usr/local/sbin": "sbin",
+    # authorized_keys, reachable for a non-root user (the lab dir itself is 0700)
+    "/run/metrics-aggregation-ssh": "ssh-auth",
 }
 
 
@@ -226,6 +228,7 @@ class Lab:
         self.client_key = root / "id_ed25519"
         self._veths: list[str] = []
         self._netns: list[str] = []
+        self._routes: list[str] = []
 
     # ---- set-up
     @classmethod
@@ -316,6 +319,11 @@ class Lab:
             sh("ip", "-n", ns, "link", "set", host_if, "up")
             address = f"198.18.{self.block}.{4 * i + 2}"
         else:
+            if not self._routes:
+                # the runner has no path to hosts behind a jump host: make that explicit (and keep their
+                # addresses from ever leaving through the runner's default route)
+                sh("ip", "route", "add", "unreachable", f"198.19.{self.block}.0/24")
+                self._routes.append(f"198.19.{self.block}.0/24")
             a, b = f"ma{self.run_id}{i:02d}j", f"ma{self.run_id}{i:02d}h"
             sh("ip", "-n", behind.ns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns)
             sh("ip", "-n", behind.ns, "addr", "add", f"198.19.{self.block}.{4 * i + 1}/30", "dev", a)
@@ -339,7 +347,7 @@ class Lab:
 ListenAddress 0.0.0.0
 HostKey {key}
 PidFile none
-AuthorizedKeysFile {self.root}/authorized_keys
+AuthorizedKeysFile /run/metrics-aggregation-ssh/authorized_keys
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -355,6 +363,8 @@ LogLevel VERBOSE
 Subsystem sftp internal-sftp
 """
         )
+        shutil.copyfile(self.root / "authorized_keys", d / "ssh-auth" / "authorized_keys")
+        os.chmod(d / "ssh-auth" / "authorized_keys", 0o644)
         if sudo_user:
             rule = d / "sudoers.d" / "maops"
             rule.write_text(f"{sudo_user} ALL=(root) NOPASSWD: ALL\n")
@@ -450,3 +460,5 @@ tail -n 20 {d}/apiserver.log 2>/dev/null || true
         for v in self._veths:
             if sh("ip", "link", "show", v, check=False).returncode == 0:
                 sh("ip", "link", "del", v, check=False)
+        for r in self._routes:
+            sh("ip", "route", "del", "unreachable", r, check=False)
