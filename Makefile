@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 STACK ?= dev
+# Tools installed into the venv (actionlint, ruff, pytest) come first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # System packages the test hosts and linters need (Debian names).
 SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps
 
@@ -38,7 +40,7 @@ lint: venv system-deps ## ruff + shellcheck
 	shellcheck components/scripts/*.sh $(wildcard toolchain/*.sh) $(wildcard tests/hosts/*.sh) .ci/run
 
 .PHONY: unit
-unit: venv ## unit tier: the whole program under Pulumi mocks
+unit: venv system-deps ## unit tier: the whole program under Pulumi mocks
 	$(BIN)/pytest tests/unit -q
 
 .PHONY: hosts
@@ -47,3 +49,21 @@ hosts: venv system-deps ## host tier: the host script over real SSH in network n
 
 .PHONY: test
 test: lint unit hosts ## everything CI runs
+
+# ---- the Pulumi toolchain and engine (built from Go modules; see toolchain/versions.env) -------------
+.PHONY: toolchain
+toolchain: ## build the pinned engine, language host and providers into ~/.cache/metrics-aggregation
+	bash toolchain/build.sh build
+
+.PHONY: preview
+preview: venv ## pulumi preview --diff for STACK, offline (local file backend, passphrase secrets)
+	source <(bash toolchain/build.sh env) && pulumi preview --diff --stack "$(STACK)"
+
+.PHONY: up
+up: venv ## pulumi up for STACK, offline settings as for preview
+	source <(bash toolchain/build.sh env) && pulumi up --stack "$(STACK)"
+
+.PHONY: preview-diff
+preview-diff: venv ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
+	source <(bash toolchain/build.sh env) && \
+	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
