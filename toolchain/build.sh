@@ -12,16 +12,17 @@
 #   bash toolchain/build.sh install-plugins        only the plugin-cache step of `env`
 #   bash toolchain/build.sh list                   components and their state
 #   bash toolchain/build.sh key                    print the cache key
-# Components: pulumi python kubernetes command tls etcd metrics-server kube-apiserver kubectl
+# Components: command pulumi python tls kubernetes etcd metrics-server kube-apiserver kubectl
 #
 # Environment: TOOLCHAIN_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/metrics-aggregation/toolchain).
 # GOMODCACHE/GOCACHE are left at the go command's defaults so all builds share downloads.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$HERE/.." && pwd)
 VERSIONS_FILE=$HERE/versions.env
-# shellcheck source=toolchain/versions.env
+# shellcheck source=versions.env
 . "$VERSIONS_FILE"
 
 KEY=$(sha256sum "$VERSIONS_FILE" | cut -c1-12)
@@ -34,7 +35,7 @@ STAMPS=$TC_DIR/stamps
 LOGS=$TC_DIR/logs
 LOG=$TC_DIR/build.log
 
-ALL_COMPONENTS=(command pulumi python kubernetes etcd metrics-server kube-apiserver kubectl tls)
+ALL_COMPONENTS=(command pulumi python tls kubernetes etcd metrics-server kube-apiserver kubectl)
 
 export CGO_ENABLED=0
 export GOFLAGS=-mod=mod
@@ -94,7 +95,7 @@ mod_dir() {
 served() {
 	local json err
 	json=$(go mod download -json "$2" 2>/dev/null || true)
-	err=$(python3 -c 'import json,sys; d=json.loads(sys.stdin.read() or "{}"); print((d.get("Error") or "").splitlines()[-1] if d.get("Error") else ("" if d.get("Dir") else "no answer"))' <<<"$json")
+	err=$(python3 -c 'import json,sys; d=json.loads(sys.stdin.read() or "{}"); print(" ".join(d["Error"].split()) if d.get("Error") else ("" if d.get("Dir") else "no answer"))' <<<"$json")
 	[[ -z $err ]] && return 0
 	printf '%s\n' "$err" >"$LOGS/$1.unavailable"
 	return 1
@@ -144,6 +145,7 @@ copy_module() {
 recipe_hash() {
 	case $1 in
 	python) (cd "$HERE/adapters/pulumi-language-python" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
+	tls) (cd "$HERE/adapters/pulumi-resource-tls" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
 	*) printf '%s\n' "$KEY" ;;
 	esac
 }
@@ -152,7 +154,7 @@ recipe_hash() {
 outputs() {
 	case $1 in
 	pulumi) echo bin/pulumi ;;
-	python) echo bin/pulumi-language-python bin/pulumi-language-python-exec ;;
+	python) echo bin/pulumi-language-python bin/pulumi-language-python-exec bin/pulumi-resource-pulumi-python ;;
 	kubernetes) echo providers/pulumi-resource-kubernetes ;;
 	command) echo providers/pulumi-resource-command ;;
 	tls) echo providers/pulumi-resource-tls ;;
@@ -226,6 +228,8 @@ build_python() {
 	sdk=$(mod_dir "github.com/pulumi/pulumi/sdk/v3@$PULUMI_EXEC_SDK_VERSION")
 	[[ -n $sdk ]] || fail "python: cannot download github.com/pulumi/pulumi/sdk/v3@$PULUMI_EXEC_SDK_VERSION"
 	install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
+	# Bundled resource plugin for Python dynamic providers (pulumi.dynamic): a sh shim, found next to pulumi.
+	install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
 }
 
 build_kubernetes() {
@@ -279,11 +283,13 @@ EOF
 }
 
 build_tls() {
-	# The recipe (provider copy + generated schema-embed.json + project-written shim module) cannot be
-	# written against a module the proxy does not serve; see versions.env.
-	served tls "$TLS_PROVIDER_MODULE@$TLS_PROVIDER_PSEUDO" || return 3
-	echo "served now, but toolchain/build.sh has no tls recipe yet: add one (see versions.env)" >"$LOGS/tls.unavailable"
-	return 3
+	# The upstream provider is not served by the Go module proxy (see versions.env): build the
+	# project's stand-in, stamped with the pulumi_tls SDK version for the exact-version plugin lookup.
+	local dir
+	dir=$(new_wrapper pulumi-resource-tls)
+	cp "$HERE/adapters/pulumi-resource-tls/go.mod" "$HERE/adapters/pulumi-resource-tls/"*.go "$dir/"
+	(cd "$dir" && run_logged tls go mod tidy)
+	go_build tls "$dir" "$PROVIDERS/pulumi-resource-tls" "-s -w -X main.Version=$TLS_TARGET_VERSION" "" .
 }
 
 build_etcd() {
@@ -436,7 +442,7 @@ cmd_build() {
 
 load_pulumi_env() {
 	TOOLCHAIN_REPO_ROOT=$REPO_ROOT
-	# shellcheck source=toolchain/pulumi.env
+	# shellcheck source=pulumi.env
 	. "$HERE/pulumi.env"
 }
 

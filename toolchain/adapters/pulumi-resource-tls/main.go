@@ -1,0 +1,840 @@
+// Copyright 2026 metrics-aggregation authors.
+//
+// pulumi-resource-tls: a small, project-written stand-in for the `tls` Pulumi provider, used by
+// the local toolchain only.
+//
+// Why it exists: the upstream provider (github.com/pulumi/pulumi-tls/provider/v5, a bridged
+// Terraform provider) and the Terraform provider it wraps are not served by the Go module proxy
+// this project is limited to, so it cannot be built (see toolchain/versions.env). The project's
+// program uses four resources of the `pulumi_tls` Python SDK 5.6.2; this binary implements them
+// with the Go standard library, on the same wire names, so that `pulumi preview/up/destroy` work
+// offline against the local sandbox:
+//
+//	tls:index/privateKey:PrivateKey               RSA / ECDSA (P224, P256, P384, P521) / ED25519
+//	tls:index/certRequest:CertRequest             PKCS#10 CSR
+//	tls:index/selfSignedCert:SelfSignedCert       X.509 v3, self-signed
+//	tls:index/locallySignedCert:LocallySignedCert X.509 v3, signed by a CA key + cert
+//
+// Semantics follow the Terraform tls provider's documented behaviour: every input change replaces
+// the resource; certificates are replaced once `readyForRenewal` (now >= end - earlyRenewalHours);
+// private-key outputs are secrets. Not implemented: the write-only inputs (*Wo), the functions
+// getPublicKey / getCertificate, the provider's `proxy` config, and `import`.
+// It is NOT the upstream provider: use it for the local sandbox and tests, not for production keys.
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1" //nolint:gosec // subject key id (RFC 5280 method 1), as upstream
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/plugin"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
+	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
+	"golang.org/x/crypto/ssh"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Version is stamped by toolchain/build.sh (-X main.Version=...): the pulumi_tls SDK version it
+// stands in for, so the engine's exact-version plugin lookup matches.
+var Version = "0.0.0-dev"
+
+const (
+	tPrivateKey        = "tls:index/privateKey:PrivateKey"
+	tCertRequest       = "tls:index/certRequest:CertRequest"
+	tSelfSignedCert    = "tls:index/selfSignedCert:SelfSignedCert"
+	tLocallySignedCert = "tls:index/locallySignedCert:LocallySignedCert"
+)
+
+// Outputs that are always secret.
+var secretKeys = map[string]bool{
+	"privateKeyPem": true, "privateKeyPemPkcs8": true, "privateKeyOpenssh": true, "caPrivateKeyPem": true,
+}
+
+func main() {
+	for _, a := range os.Args[1:] {
+		if a == "-version" || a == "--version" {
+			fmt.Println(Version)
+			return
+		}
+	}
+	prov := &tlsProvider{}
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Init: func(srv *grpc.Server) error {
+			pulumirpc.RegisterResourceProviderServer(srv, prov)
+			return nil
+		},
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pulumi-resource-tls: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("%d\n", handle.Port)
+	if err := <-handle.Done; err != nil {
+		fmt.Fprintf(os.Stderr, "pulumi-resource-tls: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type tlsProvider struct {
+	pulumirpc.UnimplementedResourceProviderServer
+	acceptSecrets bool
+}
+
+func resourceType(urn string) string {
+	// urn:pulumi:stack::project::[parent$]type::name
+	parts := strings.Split(urn, "::")
+	if len(parts) < 4 {
+		return ""
+	}
+	t := parts[2]
+	if i := strings.LastIndex(t, "$"); i >= 0 {
+		t = t[i+1:]
+	}
+	return t
+}
+
+func unmarshal(s *structpb.Struct, keepUnknowns bool) (resource.PropertyMap, error) {
+	return plugin.UnmarshalProperties(s, plugin.MarshalOptions{
+		KeepUnknowns: keepUnknowns, KeepSecrets: false, SkipNulls: true,
+	})
+}
+
+func (p *tlsProvider) marshal(m resource.PropertyMap) (*structpb.Struct, error) {
+	out := resource.PropertyMap{}
+	for k, v := range m {
+		if secretKeys[string(k)] && p.acceptSecrets && !v.IsNull() {
+			v = resource.MakeSecret(v)
+		}
+		out[k] = v
+	}
+	return plugin.MarshalProperties(out, plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: p.acceptSecrets})
+}
+
+// ---------------------------------------------------------------- provider lifecycle
+
+func (p *tlsProvider) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
+	return &pulumirpc.PluginInfo{Version: Version}, nil
+}
+
+func (p *tlsProvider) GetSchema(context.Context, *pulumirpc.GetSchemaRequest) (*pulumirpc.GetSchemaResponse, error) {
+	return &pulumirpc.GetSchemaResponse{Schema: fmt.Sprintf(`{"name":"tls","version":%q}`, Version)}, nil
+}
+
+func (p *tlsProvider) CheckConfig(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
+	return &pulumirpc.CheckResponse{Inputs: req.GetNews()}, nil
+}
+
+func (p *tlsProvider) DiffConfig(context.Context, *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
+	return &pulumirpc.DiffResponse{Changes: pulumirpc.DiffResponse_DIFF_NONE}, nil
+}
+
+func (p *tlsProvider) Configure(_ context.Context, req *pulumirpc.ConfigureRequest) (*pulumirpc.ConfigureResponse, error) {
+	p.acceptSecrets = req.GetAcceptSecrets()
+	return &pulumirpc.ConfigureResponse{AcceptSecrets: true}, nil
+}
+
+func (p *tlsProvider) Cancel(context.Context, *emptypb.Empty) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
+}
+
+// ---------------------------------------------------------------- CRUD
+
+func defaults(t string) resource.PropertyMap {
+	switch t {
+	case tPrivateKey:
+		return resource.PropertyMap{
+			"ecdsaCurve": resource.NewStringProperty("P224"),
+			"rsaBits":    resource.NewNumberProperty(2048),
+		}
+	case tSelfSignedCert:
+		return resource.PropertyMap{
+			"earlyRenewalHours": resource.NewNumberProperty(0), "isCaCertificate": resource.NewBoolProperty(false),
+			"maxPathLength": resource.NewNumberProperty(0), "setAuthorityKeyId": resource.NewBoolProperty(false),
+			"setSubjectKeyId": resource.NewBoolProperty(false),
+		}
+	case tLocallySignedCert:
+		return resource.PropertyMap{
+			"earlyRenewalHours": resource.NewNumberProperty(0), "isCaCertificate": resource.NewBoolProperty(false),
+			"maxPathLength": resource.NewNumberProperty(0), "setSubjectKeyId": resource.NewBoolProperty(false),
+		}
+	}
+	return resource.PropertyMap{}
+}
+
+func (p *tlsProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
+	t := resourceType(req.GetUrn())
+	news, err := plugin.UnmarshalProperties(req.GetNews(), plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: true})
+	if err != nil {
+		return nil, err
+	}
+	var failures []*pulumirpc.CheckFailure
+	fail := func(prop, format string, args ...any) {
+		failures = append(failures, &pulumirpc.CheckFailure{Property: prop, Reason: fmt.Sprintf(format, args...)})
+	}
+	for k, v := range defaults(t) {
+		if _, ok := news[k]; !ok {
+			news[k] = v
+		}
+	}
+	str := func(k string) (string, bool) {
+		v, ok := news[resource.PropertyKey(k)]
+		if !ok || v.ContainsUnknowns() {
+			return "", false
+		}
+		if v.IsSecret() {
+			v = v.SecretValue().Element
+		}
+		if !v.IsString() {
+			return "", false
+		}
+		return v.StringValue(), true
+	}
+	required := map[string][]string{
+		tPrivateKey:        {"algorithm"},
+		tCertRequest:       {},
+		tSelfSignedCert:    {"allowedUses", "validityPeriodHours"},
+		tLocallySignedCert: {"allowedUses", "validityPeriodHours", "certRequestPem", "caCertPem"},
+	}
+	reqs, known := required[t]
+	if !known {
+		return nil, fmt.Errorf("tls: resource type %q is not supported by this provider", t)
+	}
+	for _, k := range reqs {
+		if _, ok := news[resource.PropertyKey(k)]; !ok {
+			fail(k, "missing required property '%s'", k)
+		}
+	}
+	for _, wo := range []string{"privateKeyPemWo", "caPrivateKeyPemWo"} {
+		if _, ok := news[resource.PropertyKey(wo)]; ok {
+			fail(wo, "write-only inputs are not supported by this provider; use %s", strings.TrimSuffix(wo, "Wo"))
+		}
+	}
+	switch t {
+	case tPrivateKey:
+		if a, ok := str("algorithm"); ok && a != "RSA" && a != "ECDSA" && a != "ED25519" {
+			fail("algorithm", "algorithm must be one of RSA, ECDSA, ED25519 (got %q)", a)
+		}
+		if c, ok := str("ecdsaCurve"); ok && curve(c) == nil {
+			fail("ecdsaCurve", "ecdsaCurve must be one of P224, P256, P384, P521 (got %q)", c)
+		}
+	case tCertRequest, tSelfSignedCert:
+		if _, ok := news["privateKeyPem"]; !ok {
+			fail("privateKeyPem", "missing required property 'privateKeyPem'")
+		}
+	case tLocallySignedCert:
+		if _, ok := news["caPrivateKeyPem"]; !ok {
+			fail("caPrivateKeyPem", "missing required property 'caPrivateKeyPem'")
+		}
+	}
+	if v, ok := news["allowedUses"]; ok && v.IsArray() {
+		for _, u := range v.ArrayValue() {
+			if u.IsString() {
+				if _, _, ok := usage(u.StringValue()); !ok {
+					fail("allowedUses", "unknown allowed use %q", u.StringValue())
+				}
+			}
+		}
+	}
+	inputs, err := plugin.MarshalProperties(news, plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: true})
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.CheckResponse{Inputs: inputs, Failures: failures}, nil
+}
+
+// inputKeys lists the inputs of each type: any change to one of them replaces the resource.
+var inputKeys = map[string][]string{
+	tPrivateKey:  {"algorithm", "ecdsaCurve", "rsaBits"},
+	tCertRequest: {"privateKeyPem", "subject", "dnsNames", "ipAddresses", "uris"},
+	tSelfSignedCert: {"privateKeyPem", "subject", "dnsNames", "ipAddresses", "uris", "allowedUses",
+		"validityPeriodHours", "earlyRenewalHours", "isCaCertificate", "maxPathLength", "setAuthorityKeyId",
+		"setSubjectKeyId"},
+	tLocallySignedCert: {"certRequestPem", "caPrivateKeyPem", "caCertPem", "allowedUses", "validityPeriodHours",
+		"earlyRenewalHours", "isCaCertificate", "maxPathLength", "setSubjectKeyId"},
+}
+
+func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
+	t := resourceType(req.GetUrn())
+	olds, err := unmarshal(req.GetOlds(), false)
+	if err != nil {
+		return nil, err
+	}
+	news, err := unmarshal(req.GetNews(), true)
+	if err != nil {
+		return nil, err
+	}
+	ignored := map[string]bool{}
+	for _, k := range req.GetIgnoreChanges() {
+		ignored[k] = true
+	}
+	var replaces []string
+	detailed := map[string]*pulumirpc.PropertyDiff{}
+	for _, k := range inputKeys[t] {
+		if ignored[k] {
+			continue
+		}
+		o, hasOld := olds[resource.PropertyKey(k)]
+		n, hasNew := news[resource.PropertyKey(k)]
+		changed := false
+		switch {
+		case hasNew && n.ContainsUnknowns():
+			changed = true
+		case hasOld != hasNew:
+			changed = !(isEmpty(o) && isEmpty(n))
+		case hasOld && hasNew:
+			changed = !o.DeepEquals(n)
+		}
+		if changed {
+			replaces = append(replaces, k)
+			kind := pulumirpc.PropertyDiff_UPDATE_REPLACE
+			if !hasOld {
+				kind = pulumirpc.PropertyDiff_ADD_REPLACE
+			} else if !hasNew {
+				kind = pulumirpc.PropertyDiff_DELETE_REPLACE
+			}
+			detailed[k] = &pulumirpc.PropertyDiff{Kind: kind, InputDiff: true}
+		}
+	}
+	if t == tSelfSignedCert || t == tLocallySignedCert {
+		if readyForRenewal(olds) {
+			replaces = append(replaces, "readyForRenewal")
+			detailed["readyForRenewal"] = &pulumirpc.PropertyDiff{Kind: pulumirpc.PropertyDiff_UPDATE_REPLACE}
+		}
+	}
+	sort.Strings(replaces)
+	changes := pulumirpc.DiffResponse_DIFF_NONE
+	if len(replaces) > 0 {
+		changes = pulumirpc.DiffResponse_DIFF_SOME
+	}
+	return &pulumirpc.DiffResponse{
+		Changes: changes, Replaces: replaces, Diffs: replaces, DetailedDiff: detailed, HasDetailedDiff: true,
+	}, nil
+}
+
+func isEmpty(v resource.PropertyValue) bool {
+	return v.IsNull() || (v.IsArray() && len(v.ArrayValue()) == 0) || (v.IsObject() && len(v.ObjectValue()) == 0)
+}
+
+func readyForRenewal(state resource.PropertyMap) bool {
+	end, ok := state["validityEndTime"]
+	if !ok || !end.IsString() {
+		return false
+	}
+	t, err := time.Parse(time.RFC3339, end.StringValue())
+	if err != nil {
+		return false
+	}
+	early := 0.0
+	if v, ok := state["earlyRenewalHours"]; ok && v.IsNumber() {
+		early = v.NumberValue()
+	}
+	return !time.Now().Before(t.Add(-time.Duration(early * float64(time.Hour))))
+}
+
+func (p *tlsProvider) Create(_ context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
+	t := resourceType(req.GetUrn())
+	in, err := unmarshal(req.GetProperties(), true)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetPreview() {
+		props, err := p.marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		return &pulumirpc.CreateResponse{Properties: props}, nil
+	}
+	var id string
+	var outs resource.PropertyMap
+	switch t {
+	case tPrivateKey:
+		id, outs, err = createPrivateKey(in)
+	case tCertRequest:
+		id, outs, err = createCertRequest(in)
+	case tSelfSignedCert, tLocallySignedCert:
+		id, outs, err = createCert(t, in)
+	default:
+		err = fmt.Errorf("resource type %q is not supported by this provider", t)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", t, err)
+	}
+	for k, v := range in {
+		if _, ok := outs[k]; !ok {
+			outs[k] = v
+		}
+	}
+	props, err := p.marshal(outs)
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.CreateResponse{Id: id, Properties: props}, nil
+}
+
+// Read: nothing lives outside the state, so the state is the truth.
+func (p *tlsProvider) Read(_ context.Context, req *pulumirpc.ReadRequest) (*pulumirpc.ReadResponse, error) {
+	if req.GetProperties() == nil || len(req.GetProperties().GetFields()) == 0 {
+		return nil, errors.New("tls: import is not supported by this provider")
+	}
+	state, err := unmarshal(req.GetProperties(), false)
+	if err != nil {
+		return nil, err
+	}
+	t := resourceType(req.GetUrn())
+	if t == tSelfSignedCert || t == tLocallySignedCert {
+		state["readyForRenewal"] = resource.NewBoolProperty(readyForRenewal(state))
+	}
+	props, err := p.marshal(state)
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.ReadResponse{Id: req.GetId(), Properties: props, Inputs: req.GetInputs()}, nil
+}
+
+func (p *tlsProvider) Update(context.Context, *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
+	return nil, errors.New("tls: every change replaces the resource; Update is never expected")
+}
+
+func (p *tlsProvider) Delete(context.Context, *pulumirpc.DeleteRequest) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
+}
+
+func (p *tlsProvider) Invoke(_ context.Context, req *pulumirpc.InvokeRequest) (*pulumirpc.InvokeResponse, error) {
+	return nil, fmt.Errorf("tls: function %s is not supported by this provider", req.GetTok())
+}
+
+// ---------------------------------------------------------------- helpers on inputs
+
+func getString(m resource.PropertyMap, k string) string {
+	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsString() {
+		return v.StringValue()
+	}
+	return ""
+}
+
+func getNumber(m resource.PropertyMap, k string) float64 {
+	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsNumber() {
+		return v.NumberValue()
+	}
+	return 0
+}
+
+func getBool(m resource.PropertyMap, k string) bool {
+	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsBool() {
+		return v.BoolValue()
+	}
+	return false
+}
+
+func getStrings(m resource.PropertyMap, k string) []string {
+	var out []string
+	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsArray() {
+		for _, e := range v.ArrayValue() {
+			if e.IsString() {
+				out = append(out, e.StringValue())
+			}
+		}
+	}
+	return out
+}
+
+// ---------------------------------------------------------------- keys
+
+func curve(name string) elliptic.Curve {
+	switch name {
+	case "P224":
+		return elliptic.P224()
+	case "P256":
+		return elliptic.P256()
+	case "P384":
+		return elliptic.P384()
+	case "P521":
+		return elliptic.P521()
+	}
+	return nil
+}
+
+func createPrivateKey(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+	var key crypto.Signer
+	var keyPEM *pem.Block
+	var err error
+	switch alg := getString(in, "algorithm"); alg {
+	case "RSA":
+		bits := int(getNumber(in, "rsaBits"))
+		if bits < 1024 {
+			return "", nil, fmt.Errorf("rsaBits must be >= 1024 (got %d)", bits)
+		}
+		var k *rsa.PrivateKey
+		if k, err = rsa.GenerateKey(rand.Reader, bits); err == nil {
+			key = k
+			keyPEM = &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}
+		}
+	case "ECDSA":
+		c := curve(getString(in, "ecdsaCurve"))
+		if c == nil {
+			return "", nil, fmt.Errorf("unsupported ecdsaCurve %q", getString(in, "ecdsaCurve"))
+		}
+		var k *ecdsa.PrivateKey
+		if k, err = ecdsa.GenerateKey(c, rand.Reader); err == nil {
+			key = k
+			var der []byte
+			if der, err = x509.MarshalECPrivateKey(k); err == nil {
+				keyPEM = &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
+			}
+		}
+	case "ED25519":
+		var k ed25519.PrivateKey
+		if _, k, err = ed25519.GenerateKey(rand.Reader); err == nil {
+			key = k
+		}
+	default:
+		return "", nil, fmt.Errorf("unsupported algorithm %q", alg)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", nil, err
+	}
+	pkcs8PEM := &pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}
+	if keyPEM == nil {
+		keyPEM = pkcs8PEM
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return "", nil, err
+	}
+	outs := resource.PropertyMap{
+		"privateKeyPem":              resource.NewStringProperty(string(pem.EncodeToMemory(keyPEM))),
+		"privateKeyPemPkcs8":         resource.NewStringProperty(string(pem.EncodeToMemory(pkcs8PEM))),
+		"publicKeyPem":               resource.NewStringProperty(string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))),
+		"privateKeyOpenssh":          resource.NewStringProperty(""),
+		"publicKeyOpenssh":           resource.NewStringProperty(""),
+		"publicKeyFingerprintMd5":    resource.NewStringProperty(""),
+		"publicKeyFingerprintSha256": resource.NewStringProperty(""),
+	}
+	// OpenSSH encodings exist for RSA, ED25519 and the ECDSA curves P256/P384/P521 only.
+	if sshPub, err := ssh.NewPublicKey(key.Public()); err == nil {
+		outs["publicKeyOpenssh"] = resource.NewStringProperty(string(ssh.MarshalAuthorizedKey(sshPub)))
+		outs["publicKeyFingerprintMd5"] = resource.NewStringProperty(ssh.FingerprintLegacyMD5(sshPub))
+		outs["publicKeyFingerprintSha256"] = resource.NewStringProperty(ssh.FingerprintSHA256(sshPub))
+		if blk, err := ssh.MarshalPrivateKey(key, ""); err == nil {
+			outs["privateKeyOpenssh"] = resource.NewStringProperty(string(pem.EncodeToMemory(blk)))
+		}
+	}
+	sum := sha1.Sum(pubDER) //nolint:gosec
+	return hex.EncodeToString(sum[:]), outs, nil
+}
+
+func parsePrivateKey(pemText string) (crypto.Signer, string, error) {
+	blk, _ := pem.Decode([]byte(pemText))
+	if blk == nil {
+		return nil, "", errors.New("private key: no PEM block found")
+	}
+	var key any
+	var err error
+	switch blk.Type {
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(blk.Bytes)
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
+	case "OPENSSH PRIVATE KEY":
+		key, err = ssh.ParseRawPrivateKey([]byte(pemText))
+		if k, ok := key.(*ed25519.PrivateKey); ok {
+			key = *k
+		}
+	default:
+		return nil, "", fmt.Errorf("private key: unsupported PEM type %q", blk.Type)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("private key: %w", err)
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return k, "RSA", nil
+	case *ecdsa.PrivateKey:
+		return k, "ECDSA", nil
+	case ed25519.PrivateKey:
+		return k, "ED25519", nil
+	}
+	return nil, "", fmt.Errorf("private key: unsupported key type %T", key)
+}
+
+func keyAlgorithm(pub any) string {
+	switch pub.(type) {
+	case *rsa.PublicKey:
+		return "RSA"
+	case *ecdsa.PublicKey:
+		return "ECDSA"
+	case ed25519.PublicKey:
+		return "ED25519"
+	}
+	return ""
+}
+
+// ---------------------------------------------------------------- subjects, SANs, usages
+
+func subject(in resource.PropertyMap) pkix.Name {
+	var n pkix.Name
+	v, ok := in["subject"]
+	if !ok || !v.IsObject() {
+		return n
+	}
+	s := v.ObjectValue()
+	one := func(k string) []string {
+		if x := getString(s, k); x != "" {
+			return []string{x}
+		}
+		return nil
+	}
+	n.CommonName = getString(s, "commonName")
+	n.Organization = one("organization")
+	n.OrganizationalUnit = one("organizationalUnit")
+	n.Country = one("country")
+	n.Province = one("province")
+	n.Locality = one("locality")
+	n.PostalCode = one("postalCode")
+	n.StreetAddress = getStrings(s, "streetAddresses")
+	n.SerialNumber = getString(s, "serialNumber")
+	if e := getString(s, "emailAddress"); e != "" {
+		n.ExtraNames = append(n.ExtraNames, pkix.AttributeTypeAndValue{
+			Type: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}, Value: e,
+		})
+	}
+	return n
+}
+
+func sans(in resource.PropertyMap) ([]string, []net.IP, []*url.URL, error) {
+	var ips []net.IP
+	for _, s := range getStrings(in, "ipAddresses") {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return nil, nil, nil, fmt.Errorf("invalid IP address %q", s)
+		}
+		ips = append(ips, ip)
+	}
+	var uris []*url.URL
+	for _, s := range getStrings(in, "uris") {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("invalid URI %q: %w", s, err)
+		}
+		uris = append(uris, u)
+	}
+	return getStrings(in, "dnsNames"), ips, uris, nil
+}
+
+// usage maps the Terraform tls provider's allowed_uses names.
+func usage(name string) (x509.KeyUsage, x509.ExtKeyUsage, bool) {
+	switch name {
+	case "digital_signature":
+		return x509.KeyUsageDigitalSignature, 0, true
+	case "content_commitment":
+		return x509.KeyUsageContentCommitment, 0, true
+	case "key_encipherment":
+		return x509.KeyUsageKeyEncipherment, 0, true
+	case "data_encipherment":
+		return x509.KeyUsageDataEncipherment, 0, true
+	case "key_agreement":
+		return x509.KeyUsageKeyAgreement, 0, true
+	case "cert_signing":
+		return x509.KeyUsageCertSign, 0, true
+	case "crl_signing":
+		return x509.KeyUsageCRLSign, 0, true
+	case "encipher_only":
+		return x509.KeyUsageEncipherOnly, 0, true
+	case "decipher_only":
+		return x509.KeyUsageDecipherOnly, 0, true
+	}
+	ext := map[string]x509.ExtKeyUsage{
+		"any_extended": x509.ExtKeyUsageAny, "server_auth": x509.ExtKeyUsageServerAuth,
+		"client_auth": x509.ExtKeyUsageClientAuth, "code_signing": x509.ExtKeyUsageCodeSigning,
+		"email_protection": x509.ExtKeyUsageEmailProtection, "ipsec_end_system": x509.ExtKeyUsageIPSECEndSystem,
+		"ipsec_tunnel": x509.ExtKeyUsageIPSECTunnel, "ipsec_user": x509.ExtKeyUsageIPSECUser,
+		"timestamping": x509.ExtKeyUsageTimeStamping, "ocsp_signing": x509.ExtKeyUsageOCSPSigning,
+		"microsoft_server_gated_crypto":     x509.ExtKeyUsageMicrosoftServerGatedCrypto,
+		"netscape_server_gated_crypto":      x509.ExtKeyUsageNetscapeServerGatedCrypto,
+		"microsoft_commercial_code_signing": x509.ExtKeyUsageMicrosoftCommercialCodeSigning,
+		"microsoft_kernel_code_signing":     x509.ExtKeyUsageMicrosoftKernelCodeSigning,
+	}
+	if e, ok := ext[name]; ok {
+		return 0, e, true
+	}
+	return 0, 0, false
+}
+
+// ---------------------------------------------------------------- CSR and certificates
+
+func createCertRequest(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+	key, alg, err := parsePrivateKey(getString(in, "privateKeyPem"))
+	if err != nil {
+		return "", nil, err
+	}
+	dns, ips, uris, err := sans(in)
+	if err != nil {
+		return "", nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: subject(in), DNSNames: dns, IPAddresses: ips, URIs: uris,
+	}, key)
+	if err != nil {
+		return "", nil, err
+	}
+	sum := sha1.Sum(der) //nolint:gosec
+	return hex.EncodeToString(sum[:]), resource.PropertyMap{
+		"certRequestPem": resource.NewStringProperty(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))),
+		"keyAlgorithm":   resource.NewStringProperty(alg),
+	}, nil
+}
+
+func subjectKeyID(pub any) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	var spki struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(der, &spki); err != nil {
+		return nil, err
+	}
+	sum := sha1.Sum(spki.PublicKey.Bytes) //nolint:gosec
+	return sum[:], nil
+}
+
+func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return "", nil, err
+	}
+	hours := getNumber(in, "validityPeriodHours")
+	if hours <= 0 {
+		return "", nil, fmt.Errorf("validityPeriodHours must be > 0 (got %v)", hours)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             now,
+		NotAfter:              now.Add(time.Duration(hours * float64(time.Hour))),
+		BasicConstraintsValid: true,
+		IsCA:                  getBool(in, "isCaCertificate"),
+	}
+	if tmpl.IsCA {
+		if n := int(getNumber(in, "maxPathLength")); n > 0 {
+			tmpl.MaxPathLen = n
+		}
+	}
+	for _, u := range getStrings(in, "allowedUses") {
+		ku, eku, ok := usage(u)
+		if !ok {
+			return "", nil, fmt.Errorf("unknown allowed use %q", u)
+		}
+		tmpl.KeyUsage |= ku
+		if eku != 0 || u == "any_extended" {
+			tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, eku)
+		}
+	}
+
+	var pub any
+	var signer crypto.Signer
+	parent := tmpl
+	outs := resource.PropertyMap{}
+	if t == tSelfSignedCert {
+		key, alg, err := parsePrivateKey(getString(in, "privateKeyPem"))
+		if err != nil {
+			return "", nil, err
+		}
+		signer, pub = key, key.Public()
+		tmpl.Subject = subject(in)
+		if tmpl.DNSNames, tmpl.IPAddresses, tmpl.URIs, err = sans(in); err != nil {
+			return "", nil, err
+		}
+		skid, err := subjectKeyID(pub)
+		if err != nil {
+			return "", nil, err
+		}
+		if getBool(in, "setSubjectKeyId") {
+			tmpl.SubjectKeyId = skid
+		}
+		if getBool(in, "setAuthorityKeyId") {
+			tmpl.AuthorityKeyId = skid
+		}
+		outs["keyAlgorithm"] = resource.NewStringProperty(alg)
+	} else {
+		blk, _ := pem.Decode([]byte(getString(in, "certRequestPem")))
+		if blk == nil {
+			return "", nil, errors.New("certRequestPem: no PEM block found")
+		}
+		csr, err := x509.ParseCertificateRequest(blk.Bytes)
+		if err != nil {
+			return "", nil, fmt.Errorf("certRequestPem: %w", err)
+		}
+		if err := csr.CheckSignature(); err != nil {
+			return "", nil, fmt.Errorf("certRequestPem: bad signature: %w", err)
+		}
+		cblk, _ := pem.Decode([]byte(getString(in, "caCertPem")))
+		if cblk == nil {
+			return "", nil, errors.New("caCertPem: no PEM block found")
+		}
+		ca, err := x509.ParseCertificate(cblk.Bytes)
+		if err != nil {
+			return "", nil, fmt.Errorf("caCertPem: %w", err)
+		}
+		caKey, caAlg, err := parsePrivateKey(getString(in, "caPrivateKeyPem"))
+		if err != nil {
+			return "", nil, fmt.Errorf("caPrivateKeyPem: %w", err)
+		}
+		caPubDER, _ := x509.MarshalPKIXPublicKey(caKey.Public())
+		certPubDER, _ := x509.MarshalPKIXPublicKey(ca.PublicKey)
+		if string(caPubDER) != string(certPubDER) {
+			return "", nil, errors.New("caPrivateKeyPem does not match the public key of caCertPem")
+		}
+		signer, pub, parent = caKey, csr.PublicKey, ca
+		tmpl.Subject = csr.Subject
+		tmpl.DNSNames, tmpl.IPAddresses, tmpl.URIs = csr.DNSNames, csr.IPAddresses, csr.URIs
+		if getBool(in, "setSubjectKeyId") {
+			if tmpl.SubjectKeyId, err = subjectKeyID(pub); err != nil {
+				return "", nil, err
+			}
+		}
+		outs["caKeyAlgorithm"] = resource.NewStringProperty(caAlg)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return "", nil, err
+	}
+	outs["certPem"] = resource.NewStringProperty(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	outs["validityStartTime"] = resource.NewStringProperty(tmpl.NotBefore.Format(time.RFC3339))
+	outs["validityEndTime"] = resource.NewStringProperty(tmpl.NotAfter.Format(time.RFC3339))
+	outs["readyForRenewal"] = resource.NewBoolProperty(false)
+	if t == tLocallySignedCert && keyAlgorithm(pub) == "" {
+		return "", nil, errors.New("certRequestPem: unsupported public key type")
+	}
+	return serial.String(), outs, nil
+}
