@@ -1,15 +1,20 @@
 """ApiserverAggregation: the kube-apiserver reconfiguration on every master, over SSH (pulumi-command).
 
-Per master, two remote commands run the host script `scripts/apiserver-aggregation.sh`:
+Per master, three remote commands:
 
-    <master>-certs   install-certs / remove-certs   writes <certDir>/aggregator-ca.pem (0644),
-                                                    aggregator.pem (0644), aggregator-key.pem (0600)
-    <master>-flags   apply / revert                 sets the --requestheader-* / --proxy-client-* flags
-                                                    in the layout's config file, restarts, waits for /readyz
+    <master>-script  installs the host script           /var/lib/metrics-aggregation/scripts/
+                     `scripts/apiserver-aggregation.sh`  apiserver-aggregation-<sha256[:12]>.sh (0755),
+                     (sent on stdin, checksum verified)  content-addressed: a new script is a new file
+    <master>-certs   install-certs / remove-certs        <certDir>/aggregator-ca.pem (0644),
+                                                         aggregator.pem (0644), aggregator-key.pem (0600)
+    <master>-flags   apply / revert                      the --requestheader-* / --proxy-client-* flags in
+                                                         the layout's config file; restart; wait for /readyz
 
-The certs steps run in parallel; master N's flags step waits for master N-1's (one apiserver down at
-a time, in the order of `masters`). On destroy the flags steps revert in reverse order, then the
-certs are removed.
+The script travels once, on stdin, instead of inside every command line: command lines stay short, so
+`pulumi preview --diff` shows a script change as one checksum and pulumi-command's error messages
+(which quote the command line) show the real error. The certs steps run in parallel; master N's flags
+step waits for master N-1's (one apiserver down at a time, in the order of `masters`). On destroy the
+flags steps revert in reverse order, then the certs and the script are removed.
 
 Secrets travel on stdin only: never in a command line or an environment variable (previews, logs,
 process lists and pulumi-command's error messages show those). Re-runs are driven by inputs (command
@@ -20,6 +25,7 @@ the new `create`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +37,7 @@ from components.config import Layout, Master, Settings
 
 SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
 SCRIPT_NAME = "apiserver-aggregation"
+HOST_SCRIPT_DIR = "/var/lib/metrics-aggregation/scripts"
 
 # A rotated SSH key must not re-run (and so restart) anything; `delete` keeps using the stored key.
 _IGNORE_KEY_ROTATION = ["connection.privateKey", "connection.proxy.privateKey"]
@@ -41,13 +48,44 @@ def script_text() -> str:
     return SCRIPT_PATH.read_text()
 
 
+@functools.cache
+def host_script_path() -> str:
+    """Where the script lives on a master: content-addressed, so every version has its own file."""
+    digest = hashlib.sha256(script_text().encode()).hexdigest()[:12]
+    return f"{HOST_SCRIPT_DIR}/{SCRIPT_NAME}-{digest}.sh"
+
+
+def _sudo(line: str, sudo: bool) -> str:
+    return f"sudo -n {line}" if sudo else line
+
+
+@functools.cache
+def install_script_command(*, sudo: bool) -> str:
+    """Writes stdin (the script) to host_script_path() atomically, after checking its sha256."""
+    path = host_script_path()
+    digest = hashlib.sha256(script_text().encode()).hexdigest()
+    body = (
+        "set -eu; umask 022; "
+        f"d={shlex.quote(HOST_SCRIPT_DIR)}; f={shlex.quote(path)}; "
+        '(umask 077; mkdir -p "$d"); t=$(mktemp "$d/.install.XXXXXX"); trap \'rm -f "$t"\' EXIT; cat > "$t"; '
+        f'echo "{digest}  $t" | sha256sum -c --quiet - '
+        '|| { echo "the host script arrived damaged (sha256 mismatch); nothing installed" >&2; exit 1; }; '
+        'chmod 0755 "$t"; mv -f "$t" "$f"; echo "installed $f"'
+    )
+    return _sudo(f"sh -c {shlex.quote(body)}", sudo)
+
+
+def remove_script_command(*, sudo: bool) -> str:
+    body = f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true"
+    return _sudo(f"sh -c {shlex.quote(body)}", sudo)
+
+
 def host_command(action: str, options: Sequence[tuple[str, str]], *, sudo: bool) -> str:
-    """The exact command line run on a master: the whole script, its action and options, quoted."""
-    argv = ["bash", "-c", script_text(), SCRIPT_NAME, action]
+    """The exact command line run on a master: the installed script, its action and options, quoted."""
+    argv = ["bash", host_script_path(), action]
     for name, value in options:
         argv += [name, value]
-    line = " ".join(shlex.quote(a) for a in argv)
-    return f"sudo -n {line}" if sudo else line
+    return _sudo(" ".join(shlex.quote(a) for a in argv), sudo)
 
 
 def _connection(settings: Settings, master: Master) -> command.remote.ConnectionArgs:
@@ -116,6 +154,16 @@ class ApiserverAggregation(pulumi.ComponentResource):
             layout: Layout = settings.master_layout(master)
             base = [("--master", master.name), ("--cert-dir", cert_dir)]
             connection = _connection(settings, master)
+            script = command.remote.Command(
+                f"{master.name}-script",
+                connection=connection,
+                create=install_script_command(sudo=sudo),
+                update=install_script_command(sudo=sudo),
+                delete=remove_script_command(sudo=sudo),
+                stdin=script_text(),
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=_IGNORE_KEY_ROTATION),
+            )
             certs = command.remote.Command(
                 f"{master.name}-certs",
                 connection=connection,
@@ -124,7 +172,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
                 delete=host_command("remove-certs", base, sudo=sudo),
                 stdin=bundle,
                 add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, ignore_changes=_IGNORE_KEY_ROTATION),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[script], ignore_changes=_IGNORE_KEY_ROTATION),
             )
             options = base + [
                 ("--layout", layout.value),
@@ -143,7 +191,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
                 add_previous_output_in_env=False,
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[certs] + ([previous] if previous else []),
+                    depends_on=[script, certs] + ([previous] if previous else []),
                     ignore_changes=_IGNORE_KEY_ROTATION,
                 ),
             )

@@ -141,8 +141,8 @@ def _items(value: Any) -> list[Any]:
 def command_tokens(command: Any) -> list[str]:
     """The argv of a remote command line (the program shell-quotes every argument).
 
-    The host script travels as one argument (`bash -c '<script>' ...`), so flags mentioned inside the
-    script text are not mistaken for options.
+    The host script is installed on the master and called by path (`bash <path> apply ... --flag X=Y`);
+    tokens are split as the shell would, so a quoted argument is never mistaken for several options.
     """
     if not isinstance(command, str) or is_unknown(command):
         return []

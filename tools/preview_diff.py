@@ -44,7 +44,7 @@ NAMESPACE = "metrics-aggregation"
 COLUMNS = ("create", "update", "replace", "delete", "same")
 # Steps that are the physical halves of a logical replace (shown with --show-replacement-steps).
 _REPLACEMENT_HALVES = {"create-replacement", "delete-replaced"}
-_HOST_STEP = re.compile(r"^(?P<master>.+)-(certs|flags)$")
+_HOST_STEP = re.compile(r"^(?P<master>.+)-(script|certs|flags)$")
 _SECRET = "[secret]"
 _PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
 _NOT_MASTER = "(not master-specific)"

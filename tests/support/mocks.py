@@ -260,18 +260,14 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
-            raw = rpc.struct_to_dict(request.object) if hasattr(rpc, "struct_to_dict") else None
-            if raw is None:
-                from google.protobuf import json_format
-
-                raw = json_format.MessageToDict(request.object)
+            raw = rpc.deserialize_properties(request.object)  # secrets still in their envelopes
             reg = self.resources[response.urn] if response.urn in self.resources else None
             self.registrations.append(
                 Registration(
                     type=request.type,
                     name=request.name,
                     urn=response.urn,
-                    inputs=plain(rpc.deserialize_properties(request.object)),
+                    inputs=plain(raw),
                     state=reg.state if reg else {},
                     parent=request.parent,
                     dependencies=list(request.dependencies),

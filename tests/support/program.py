@@ -59,13 +59,15 @@ class Run:
 
     @property
     def commands(self) -> list[dict[str, Any]]:
-        """Every remote.Command with plain resolved values, in rollout order (per master: certs, flags)."""
+        """Every remote.Command with plain resolved values, in rollout order (per master: script, certs, flags)."""
         by_urn = {r.urn: r.name for r in self.resources}
         order = {m.name: i for i, m in enumerate(self.settings.masters)}
 
-        def key(r: Registration) -> tuple[int, str]:
+        steps = {"script": 0, "certs": 1, "flags": 2}
+
+        def key(r: Registration) -> tuple[int, int]:
             master, _, step = r.name.rpartition("-")
-            return order.get(master, len(order)), step
+            return order.get(master, len(order)), steps.get(step, len(steps))
 
         out = []
         for r in sorted(self.of_type("command:remote:Command"), key=key):

@@ -119,5 +119,5 @@ def test_ca_key_never_reaches_a_master(stack_config):
     ca_key_pem = ca_key.state["privateKeyPem"]
     for c in result.commands:
         assert ca_key_pem not in (c["stdin"] or "")
-    stdin = result.commands[0]["stdin"]
+    stdin = result.named("master1-certs").inputs["stdin"]
     assert stdin.count("BEGIN CERTIFICATE") == 2 and stdin.count("PRIVATE KEY-----") == 2  # begin + end

@@ -93,13 +93,13 @@ def make_ca(cn: str) -> str:
 
 CLUSTER_CA = make_ca("kubernetes")
 AGGREGATOR_CA = make_ca("front-proxy-aggregator-ca")
-SCRIPT = "#!/usr/bin/env bash\n# sets e.g. --requestheader-allowed-names=<names> and never --kubelet-insecure-tls\n"
+SCRIPT = "/var/lib/metrics-aggregation/scripts/apiserver-aggregation-0123456789ab.sh"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIJ61Z/WU22zJv1PCVZgzj8/uePmKgMlV6P4RboEwb3h"
 
 
 def host_command(action: str, flags: dict[str, str], sudo: bool = True) -> str:
-    """A command line shaped like the program's: the script is one quoted argument, flags follow."""
-    argv = ["bash", "-c", SCRIPT, "aggregation-host", action, "--master", "cp1", "--cert-dir", "/etc/kubernetes/pki"]
+    """A command line shaped like the program's: the installed script by path, its action, flags follow."""
+    argv = ["bash", SCRIPT, action, "--master", "cp1", "--cert-dir", "/etc/kubernetes/pki"]
     for k, v in flags.items():
         argv += ["--flag", f"{k}={v}"]
     line = " ".join(shlex.quote(a) for a in argv)
@@ -201,9 +201,8 @@ def test_proxy_policy_passes_on_the_good_stack():
     assert run(ap.validate_proxy_client_cert, stack_args(good_stack())) == []
 
 
-def test_proxy_policy_passes_with_the_cn_in_a_list_and_ignores_the_script_text():
+def test_proxy_policy_passes_with_the_cn_in_a_list():
     create = host_command("apply", flags("someone-else,front-proxy-aggregator"))
-    assert "--requestheader-allowed-names=<names>" in create  # inside the script argument
     assert run(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create}))) == []
 
 
@@ -533,7 +532,7 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
     assert "'proxy-client-key' is RSA 1024 bits" in text["strong-keys"]
     assert "'proxy-client' is valid for 17520 hours" in text["leaf-validity-bounded"]
     assert "without connection.hostKey" in text["host-keys-pinned-in-production"]
-    assert len(found["host-keys-pinned-in-production"]) == 6  # certs + flags on each of 3 masters
+    assert len(found["host-keys-pinned-in-production"]) == 9  # script, certs, flags on each of 3 masters
 
 
 def yaml_masters_without_host_keys() -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+from components.apiserver import script_text
 from tests.support.program import run
 
 
@@ -35,6 +36,8 @@ def test_secret_inputs_are_marked_secret(stack_config):
         assert "connection" in r.secret_inputs, r.name  # holds the SSH key
         if r.name.endswith("-certs"):
             assert "stdin" in r.secret_inputs, r.name  # holds the proxy-client key
+        if r.name.endswith("-script"):
+            assert r.inputs["stdin"] == script_text()  # the script itself, nothing else
 
 
 def test_no_private_key_in_outputs(stack_config):
@@ -51,6 +54,6 @@ def test_sudo_is_non_interactive(stack_config):
     result = run(stack_config(ssh={"sudo": True}))
     for c in result.commands:
         for field in ("create", "update", "delete"):
-            assert re.match(r"^sudo -n bash -c ", c[field]), c[field][:40]
+            assert re.match(r"^sudo -n (bash|sh -c) ", c[field]), c[field][:40]
     plain = run(stack_config())
-    assert all(c["create"].startswith("bash -c ") for c in plain.commands)
+    assert all(re.match(r"^(bash|sh -c) ", c["create"]) for c in plain.commands)
