@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # apiserver-aggregation: enable the Kubernetes API aggregation layer on one self-managed kube-apiserver.
 #
-# The metrics-aggregation Pulumi program sends this whole file on the command line:
-#   [sudo -n ]bash -c '<this script>' apiserver-aggregation <action> [options]
-# so it sources nothing and needs only bash, coreutils, awk (mawk/gawk/busybox), sed and curl (or wget).
+# The metrics-aggregation Pulumi program installs this file on each master (content-addressed, from
+# stdin) and runs it as  [sudo -n ]bash <file> <action> [options]; it also works whole on the command
+# line as  bash -c '<this script>' apiserver-aggregation <action> [options]. It sources nothing and
+# needs only bash, coreutils, awk (mawk/gawk/busybox), sed and curl (or wget).
 # Interface and behaviour: components/scripts/README.md. Secrets (the proxy-client key) arrive on stdin only
 # and are never printed, put in argv or in the environment.
 set -euo pipefail
@@ -51,10 +52,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() {
+now_ms() { # milliseconds since the epoch; bash 5 has it built in, older bash forks date
 	local t
-	t=$(date +%s%N)
-	printf '%s\n' $((t / 1000000))
+	if [ -n "${EPOCHREALTIME:-}" ]; then
+		t=${EPOCHREALTIME/[.,]/}
+		printf '%s\n' $((10#$t / 1000))
+	else
+		t=$(date +%s%N)
+		printf '%s\n' $((t / 1000000))
+	fi
 }
 
 # ---------------------------------------------------------------------------------------------- options
@@ -698,7 +704,7 @@ readyz_code() { # prints the HTTP status of READYZ_URL (000 when it does not ans
 }
 
 poll_sleep() { # elapsed ms since the restart -> sleep a little: fine-grained at first, then back off
-	if [ "$1" -lt 5000 ]; then sleep 0.1; elif [ "$1" -lt 30000 ]; then sleep 0.5; else sleep 1; fi
+	if [ "$1" -lt 5000 ]; then sleep 0.05; elif [ "$1" -lt 30000 ]; then sleep 0.5; else sleep 1; fi
 }
 
 # wait_ready START_MS DEADLINE_MS: 0 when READYZ_URL answers 200 before the deadline

@@ -86,7 +86,7 @@ class SshRunner:
             "-F", "/dev/null",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self._known_hosts_for(conn)}",
-            "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3",
+            "-o", "ConnectTimeout=5",
             "-o", "LogLevel=ERROR",
             "-p", str(int(conn.get("port") or 22)),
         ]

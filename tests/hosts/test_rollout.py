@@ -87,12 +87,13 @@ def assert_no_secret_in_output(outcome, hosts: list[Host], cert_dir_of) -> None:
 
 def assert_never_two_down(hosts: list[Host]) -> None:
     spans = sorted((a, b, h.name) for h in hosts for a, b in h.down_intervals())
-    for (a1, b1, n1), (a2, b2, n2) in zip(spans, spans[1:]):
+    for (a1, b1, n1), (a2, _b2, n2) in zip(spans, spans[1:], strict=False):
         assert a2 >= b1, f"{n1} was down {a1:.3f}..{b1:.3f} while {n2} went down at {a2:.3f}"
 
 
 def state_files(host: Host) -> list[str]:
-    return sorted(p.name for p in host.path("/var/lib/metrics-aggregation").iterdir())
+    """What the script keeps in its state dir (the program's installed copies of the script aside)."""
+    return sorted(p.name for p in host.path("/var/lib/metrics-aggregation").iterdir() if p.name != "scripts")
 
 
 # ------------------------------------------------------------------------------------------- cases
@@ -279,7 +280,8 @@ def test_non_root_user_with_sudo(lab, make_stack):
     before = h.config_bytes()
     st = make_stack([h], ssh={"user": user, "port": 22, "privateKey": lab.client_key.read_text(), "sudo": True})
     cmds = st.commands()
-    assert all(c["create"].startswith("sudo -n bash -c ") and c["connection"]["user"] == user for c in cmds)
+    assert all(c[k].startswith("sudo -n ") for c in cmds for k in ("create", "update", "delete"))
+    assert all(c["connection"]["user"] == user for c in cmds)
     out = st.runner.up(cmds)
     assert out.ok, out.explain()
     assert_certs(h, "/etc/kubernetes/ssl", st.last.outputs)  # key file 0600 root:root
@@ -297,8 +299,9 @@ def test_non_root_user_without_sudo_rights_fails_clearly(lab, make_stack):
     before = h.config_bytes()
     st = make_stack([h], ssh={"user": user, "port": 22, "privateKey": lab.client_key.read_text(), "sudo": True})
     out = st.up()
-    assert out["m1-certs"].rc != 0 and "password is required" in out["m1-certs"].stderr
-    assert out.skipped() == ["m1-flags"]
+    first = out["m1-script"]  # the first step the program runs on a master
+    assert first.rc != 0 and "password is required" in first.stderr
+    assert sorted(out.skipped()) == ["m1-certs", "m1-flags"]
     assert h.config_bytes() == before and h.restarts() == 0
 
 
@@ -321,9 +324,17 @@ def test_destroy_returns_every_host_to_original_bytes(lab, make_stack):
     # reverts run in reverse rollout order
     reverts = sorted(hosts, key=lambda h: h.down_intervals()[1][0])
     assert [h.name for h in reverts] == ["m-pod", "m-unit", "m-env"]
-    # a second destroy finds nothing to do
-    again = st.runner.destroy(cmds)
-    assert again.ok and all("nothing to revert" in again[f"{h.name}-flags"].stdout for h in hosts)
+    # everything the program put on the hosts is gone, the installed script included
+    assert all(not h.path("/var/lib/metrics-aggregation/scripts").exists() for h in hosts)
+    # a revert that runs again (say, a retried destroy) finds nothing to do and restarts nothing
+    by_name = {c["name"]: c for c in cmds}
+    for h in hosts:
+        script = by_name[f"{h.name}-script"]
+        assert st.runner.run(script["connection"], script["create"], script["stdin"]).rc == 0
+        flags = by_name[f"{h.name}-flags"]
+        r = st.runner.run(flags["connection"], flags["delete"])
+        assert r.rc == 0 and "nothing to revert" in r.stdout, r.stderr
+        assert h.restarts() == 2 and h.config_bytes() == before[h.name]
 
 
 def test_bastion_only_path(lab, make_stack):
@@ -343,7 +354,9 @@ def test_bastion_only_path(lab, make_stack):
 def test_install_certs_refuses_anything_but_ca_cert_key(lab, make_stack):
     h = lab.add_host("m1", "env-file")
     st = make_stack([h])
-    certs = next(c for c in st.commands() if c["name"] == "m1-certs")
+    by_name = {c["name"]: c for c in st.commands()}
+    script, certs = by_name["m1-script"], by_name["m1-certs"]
+    assert st.runner.run(script["connection"], script["create"], script["stdin"]).rc == 0
     blocks = re.findall(r"-----BEGIN [A-Z ]+-----\n.*?-----END [A-Z ]+-----\n", certs["stdin"], re.S)
     assert len(blocks) == 3
     for bad in ("", blocks[0] + blocks[1], blocks[2] + blocks[0] + blocks[1], certs["stdin"] + blocks[0],
