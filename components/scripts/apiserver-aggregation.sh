@@ -810,7 +810,8 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	logs=$(last_logs)
 	change=$(changes_summary "$WORK/report")
 	write_atomic "$prev" "$CONFIG_PATH"
-	if [ -n "$prev_rec" ]; then write_state "$prev_rec" "$RECORD"; else rm -f "$RECORD" "$APPLIED"; fi
+	if [ -n "$prev_rec" ]; then write_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
+	if [ -f "$WORK/prev-applied" ]; then write_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
 	[ "$backup_created" = 1 ] && rm -f "$BACKUP"
 	say "restored the previous $CONFIG_PATH; restarting kube-apiserver on it"
 	if restart_and_wait; then
@@ -864,6 +865,7 @@ do_apply() {
 	fi
 	local backup_created=0 prev=$WORK/prev prev_rec=""
 	cat -- "$CONFIG_PATH" >"$prev"
+	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
 	if [ -f "$RECORD" ]; then
 		prev_rec=$WORK/prev-record
 		cat -- "$RECORD" >"$prev_rec"
@@ -872,6 +874,16 @@ do_apply() {
 		write_state "$CONFIG_PATH" "$BACKUP"
 		backup_created=1
 		say "backed up the original $CONFIG_PATH to $BACKUP"
+	elif [ -f "$APPLIED" ] && [ "$(sha "$CONFIG_PATH")" != "$(cat "$APPLIED")" ]; then
+		# Someone changed the file since our last apply (kubeadm upgrade, an operator): the backup no
+		# longer is "this file without our flags". Replace it by exactly that, computed from the record.
+		if edit_config revert "$CONFIG_PATH" "$WORK/base" "$WORK/base-record" "$WORK/base-report" 2>/dev/null; then
+			write_state "$WORK/base" "$BACKUP"
+			say "$CONFIG_PATH changed since the last apply: refreshed the backup (the file without our flags)"
+		else
+			rm -f "$BACKUP"
+			warn "$CONFIG_PATH changed since the last apply; dropped the stale backup (revert will undo the record)"
+		fi
 	fi
 	# Record first, then the file: a crash in between leaves a record that a revert can still apply.
 	: >"$PENDING"
@@ -919,6 +931,7 @@ do_revert() {
 	local prev=$WORK/prev prev_rec=$WORK/prev-record
 	cat -- "$CONFIG_PATH" >"$prev"
 	cat -- "$RECORD" >"$prev_rec"
+	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
 	: >"$PENDING"
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"

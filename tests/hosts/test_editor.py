@@ -1,0 +1,149 @@
+"""The host script's config editor on generated files (hypothesis), run locally with bash + mawk.
+
+Property, for env-file and systemd-unit files in many shapes (one flag per line or several, single
+line, quotes, comments, blank lines, CRLF, no final newline, pre-existing values of our flags):
+  apply  -> each wanted flag exactly once with the wanted value, every line without one of our flags
+            unchanged, the file still parses (shell words / ExecStart);
+  revert -> the original bytes, both through the backup and through the record (file edited since).
+No namespaces needed; marked `hosts` because it runs the real script with bash, awk and curl.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.hosts import standin
+
+pytestmark = pytest.mark.hosts
+SCRIPT = Path(__file__).resolve().parents[2] / "components" / "scripts" / "apiserver-aggregation.sh"
+
+WANT = {
+    "--requestheader-client-ca-file": "/etc/kubernetes/ssl/aggregator-ca.pem",
+    "--requestheader-allowed-names": "aggregator",
+    "--proxy-client-key-file": "/etc/kubernetes/ssl/aggregator-key.pem",
+    "--enable-aggregator-routing": "true",
+}
+OTHER = ["--v=2", "--secure-port=6443", "--allow-privileged=true", "--authorization-mode=Node,RBAC",
+         "--service-cluster-ip-range=10.96.0.0/16", "--etcd-servers=https://198.18.0.2:2379"]
+PREEXISTING = ["--requestheader-allowed-names=front-proxy-client", "--enable-aggregator-routing=false"]
+
+
+@pytest.fixture(scope="module")
+def readyz():
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/readyz"
+    srv.shutdown()
+
+
+@st.composite
+def config_file(draw):
+    layout = draw(st.sampled_from(["env-file", "systemd-unit"]))
+    flags = draw(st.lists(st.sampled_from(OTHER), min_size=0 if layout == "systemd-unit" else 1, max_size=6, unique=True))
+    flags += draw(st.lists(st.sampled_from(PREEXISTING), max_size=2, unique=True))
+    flags = draw(st.permutations(flags))
+    style = draw(st.sampled_from(["per-line", "one-line", "grouped"]))
+    indent = draw(st.sampled_from(["  ", "    ", "\t", ""]))
+    cont = draw(st.sampled_from([" \\", "  \\", "\\"]))
+    if style == "one-line" or not flags:
+        chunks = [" ".join(flags)]
+    elif style == "per-line":
+        chunks = list(flags)
+    else:
+        chunks = [" ".join(flags[i : i + 2]) for i in range(0, len(flags), 2)]
+    nl = draw(st.sampled_from(["\n", "\r\n"]))
+    comments = draw(st.lists(st.sampled_from(["# kube-apiserver options", "#--v=9 commented out", ""]), max_size=2))
+    if layout == "env-file":
+        q = draw(st.sampled_from(['"', "'"]))
+        first, rest = chunks[0], chunks[1:]
+        body = [f"KUBE_APISERVER_OPTS={q}{first}" + (cont if rest else q)]
+        body += [indent + c + (cont if i < len(rest) - 1 else q) for i, c in enumerate(rest)]
+        lines = comments + ["OTHER_VAR=1"] + body + ["TAIL=x"]
+    else:
+        exec_line = "ExecStart=/usr/local/bin/kube-apiserver"
+        if style == "one-line" or not flags:
+            body = [exec_line + (" " + chunks[0] if chunks[0] else "")]
+        else:
+            body = [exec_line + cont] + [indent + c + (cont if i < len(chunks) - 1 else "") for i, c in enumerate(chunks)]
+        lines = ["[Unit]", "Description=Kubernetes API Server", "", "[Service]", *comments, *body, "Restart=on-failure"]
+    text = nl.join(lines) + (nl if draw(st.booleans()) else "")
+    return layout, text
+
+
+def script(tmp: Path, action: str, layout: str, url: str) -> subprocess.CompletedProcess:
+    args = ["bash", str(SCRIPT), action, "--master", "t", "--layout", layout, "--config-path", str(tmp / "cfg"),
+            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", "true", "--readyz-url", url,
+            "--ready-timeout", "5", "--state-dir", str(tmp / "state")]
+    for k, v in WANT.items():
+        args += ["--flag", f"{k}={v}"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+def without_ours(text: str, want: dict[str, str]) -> list[str]:
+    """The file's lines with our flag tokens cut out (and lines that only held one of them dropped)."""
+    token = re.compile(r"[ \t]*(?:" + "|".join(re.escape(k) for k in want) + r")=[^\s\"']*")
+    out = []
+    for line in text.splitlines(True):
+        cut = token.sub("", line)
+        if cut != line and re.fullmatch(r"[ \t]*\\?(\r?\n)?", cut):
+            continue
+        out.append(cut)
+    return out
+
+
+def words(layout: str, text: str) -> list[str]:
+    text = text.replace("\r\n", "\n")
+    if layout == "env-file":
+        return standin.env_file_args(text, "KUBE_APISERVER_OPTS")
+    return standin.unit_args(text)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=config_file(), edit_after=st.booleans())
+def test_apply_then_revert_round_trips(case, edit_after, readyz, tmp_path_factory, monkeypatch):
+    # the script refuses *-file flags whose file is missing: point them at files that exist
+    layout, text = case
+    tmp = tmp_path_factory.mktemp("editor")
+    ssl = tmp / "ssl"
+    ssl.mkdir()
+    for k in list(WANT):
+        if k.endswith("-file"):
+            (ssl / Path(WANT[k]).name).write_text("x")
+    want = {k: (str(ssl / Path(v).name) if k.endswith("-file") else v) for k, v in WANT.items()}
+    monkeypatch.setitem(globals(), "WANT", want)
+    cfg = tmp / "cfg"
+    cfg.write_bytes(text.encode())
+    r = script(tmp, "apply", layout, readyz)
+    assert r.returncode == 0, r.stderr
+    after = cfg.read_bytes().decode()
+    args = words(layout, after)
+    for k, v in want.items():
+        assert [a for a in args if a.split("=", 1)[0] == k] == [f"{k}={v}"], (k, after)
+    others = [a for a in words(layout, text) if a.split("=", 1)[0] not in want]
+    assert [a for a in args if a.split("=", 1)[0] not in want] == others
+    assert without_ours(text, want) == without_ours(after, want), "a byte outside our flags changed"
+    again = script(tmp, "apply", layout, readyz)
+    assert again.returncode == 0 and "no restart" in again.stdout and cfg.read_bytes().decode() == after
+    if edit_after:  # someone edits the file after the apply: revert must undo only our flags
+        cfg.write_bytes(after.encode() + b"# edited by hand\n")
+    r = script(tmp, "revert", layout, readyz)
+    assert r.returncode == 0, r.stderr
+    expected = text + ("# edited by hand\n" if edit_after else "")
+    assert cfg.read_bytes().decode() == expected
+    assert sorted(p.name for p in (tmp / "state").iterdir()) == []
