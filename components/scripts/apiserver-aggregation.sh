@@ -820,7 +820,7 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	else
 		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
 	fi
-	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${RESTART_ERR:+; $RESTART_ERR}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
+	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
 $change
 $again.
 Last apiserver log lines (of the failed start):
@@ -898,6 +898,7 @@ do_apply() {
 		return 0
 	fi
 	LAST_CODE_NEW=$LAST_CODE
+	RESTART_ERR_NEW=$RESTART_ERR
 	rollback "$prev" "$prev_rec" "$backup_created"
 }
 
@@ -941,6 +942,7 @@ do_revert() {
 		return 0
 	fi
 	LAST_CODE_NEW=$LAST_CODE
+	RESTART_ERR_NEW=$RESTART_ERR
 	rollback "$prev" "$prev_rec" 0
 }
 

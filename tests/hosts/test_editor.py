@@ -147,3 +147,23 @@ def test_apply_then_revert_round_trips(case, edit_after, readyz, tmp_path_factor
     expected = text + ("# edited by hand\n" if edit_after else "")
     assert cfg.read_bytes().decode() == expected
     assert sorted(p.name for p in (tmp / "state").iterdir()) == []
+
+
+def test_pending_marker_forces_restart_on_an_unchanged_file(readyz, tmp_path):
+    """A run cut off between writing the file and readiness leaves `.pending`: the re-run restarts."""
+    cfg = tmp_path / "cfg"
+    cfg.write_text('KUBE_APISERVER_OPTS="--v=2"\n')
+    marker = tmp_path / "restarted"
+    args = ["bash", str(SCRIPT), "apply", "--master", "t", "--layout", "env-file", "--config-path", str(cfg),
+            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", f"touch {marker}", "--readyz-url", readyz,
+            "--ready-timeout", "5", "--state-dir", str(tmp_path / "state"), "--flag", "--enable-aggregator-routing=true"]
+    assert subprocess.run(args, capture_output=True, timeout=60).returncode == 0
+    assert marker.exists()
+    marker.unlink()
+    (tmp_path / "state" / (str(cfg).lstrip("/").replace("/", "_") + ".pending")).write_text("")
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "previous run stopped before kube-apiserver was ready" in r.stdout
+    assert marker.exists()
+    assert not (tmp_path / "state" / (str(cfg).lstrip("/").replace("/", "_") + ".pending")).exists()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert "no restart" in r.stdout

@@ -377,3 +377,30 @@ def test_samples_look_like_real_installs():
     assert len(standin.unit_args((SAMPLES / "kube-apiserver.service").read_text())) > 20
     flags, mounts = standin.static_pod((SAMPLES / "kube-apiserver.yaml").read_text())
     assert len(flags) >= 20 and ("/etc/kubernetes/pki", "/etc/kubernetes/pki") in mounts
+
+
+def test_kubeadm_upgrade_rewrites_manifest_then_reapply_and_revert(lab, make_stack):
+    """`kubeadm upgrade` regenerates the manifest (our flags gone, a new image): a re-apply puts the flags
+    back, and the revert returns the *upgraded* manifest, not the stale pre-upgrade backup."""
+    h = lab.add_host("m-pod", "static-pod")
+    original = h.config_bytes()
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 10, "certDir": "/etc/kubernetes/ssl"})
+    cmds = st.commands()
+    assert st.runner.up(cmds).ok
+    upgraded = original.replace(b"kube-apiserver:v1.34.1", b"kube-apiserver:v1.35.0")
+    assert upgraded != original
+    h.path(h.config_path).write_bytes(upgraded)  # what kubeadm upgrade leaves behind
+    deadline = time.monotonic() + 15
+    while h.restarts() < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    h.wait_ready()
+    assert "--proxy-client-cert-file" not in h.running_flags()
+    out = st.runner.up(cmds, update=True)
+    assert out.ok, out.explain()
+    assert "changed since the last apply: refreshed the backup" in out["m-pod-flags"].stdout
+    assert_flags_once(h, st.flags_for(h))
+    assert b"kube-apiserver:v1.35.0" in h.config_bytes()
+    assert {k: h.running_flags().get(k) for k in st.flags_for(h)} == st.flags_for(h)
+    out = st.runner.destroy(cmds)
+    assert out.ok, out.explain()
+    assert h.config_bytes() == upgraded
