@@ -247,10 +247,7 @@ module metrics-aggregation/toolchain/pulumi-resource-kubernetes
 
 go $GO_MIN_VERSION
 
-require (
-	$K8S_PROVIDER_MODULE $K8S_PROVIDER_PSEUDO
-	github.com/pulumi/pulumi-kubernetes/sdk/v4 $K8S_PROVIDER_SDK_VERSION
-)
+require $K8S_PROVIDER_MODULE $K8S_PROVIDER_PSEUDO
 
 replace $K8S_PROVIDER_MODULE => ./provider
 
