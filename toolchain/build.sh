@@ -146,6 +146,7 @@ recipe_hash() {
 	case $1 in
 	python) (cd "$HERE/adapters/pulumi-language-python" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
 	tls) (cd "$HERE/adapters/pulumi-resource-tls" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
+	command) (cd "$HERE/adapters/pulumi-resource-command" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
 	*) printf '%s\n' "$KEY" ;;
 	esac
 }
@@ -262,21 +263,28 @@ EOF
 }
 
 build_command() {
-	served command "$COMMAND_PROVIDER_MODULE@$COMMAND_PROVIDER_PSEUDO" || return 3
 	local dir
 	dir=$(new_wrapper pulumi-resource-command)
-	cat >"$dir/go.mod" <<EOF
+	if served command "$COMMAND_PROVIDER_MODULE@$COMMAND_PROVIDER_PSEUDO"; then
+		# Upstream release (plain module, no replace directives).
+		cat >"$dir/go.mod" <<EOF
 module metrics-aggregation/toolchain/pulumi-resource-command
 
 go $GO_MIN_VERSION
 
 require $COMMAND_PROVIDER_MODULE $COMMAND_PROVIDER_PSEUDO
 EOF
-	tools_file "$dir" "$COMMAND_PROVIDER_MODULE/cmd/pulumi-resource-command"
+		tools_file "$dir" "$COMMAND_PROVIDER_MODULE/cmd/pulumi-resource-command"
+		(cd "$dir" && run_logged command go mod tidy)
+		go_build command "$dir" "$PROVIDERS/pulumi-resource-command" \
+			"-s -w -X $COMMAND_PROVIDER_MODULE/pkg/version.Version=v$COMMAND_TARGET_VERSION" \
+			"" "$COMMAND_PROVIDER_MODULE/cmd/pulumi-resource-command"
+		return
+	fi
+	say "command: upstream not served ($(cat "$LOGS/command.unavailable")); building the project's stand-in toolchain/adapters/pulumi-resource-command"
+	cp "$HERE/adapters/pulumi-resource-command/go.mod" "$HERE/adapters/pulumi-resource-command/"*.go "$dir/"
 	(cd "$dir" && run_logged command go mod tidy)
-	go_build command "$dir" "$PROVIDERS/pulumi-resource-command" \
-		"-s -w -X $COMMAND_PROVIDER_MODULE/pkg/version.Version=v$COMMAND_TARGET_VERSION" \
-		"" "$COMMAND_PROVIDER_MODULE/cmd/pulumi-resource-command"
+	go_build command "$dir" "$PROVIDERS/pulumi-resource-command" "-s -w -X main.Version=$COMMAND_TARGET_VERSION" "" .
 }
 
 build_tls() {
