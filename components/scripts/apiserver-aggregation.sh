@@ -225,7 +225,7 @@ install_certs() {
 		mode=0644
 		[ "$name" = aggregator-key.pem ] && mode=0600
 		target="$CERT_DIR/$name"
-		if [ -f "$target" ] && cmp -s "$tmp/$i" "$target"; then
+		if same_file "$tmp/$i" "$target"; then
 			# Same bytes: not rewritten; still make sure mode and owner are right.
 			chmod "$mode" "$target" || die "cannot chmod $target"
 			[ "$as_root" = 1 ] && { chown 0:0 "$target" || die "cannot chown $target"; }
@@ -667,6 +667,11 @@ edit_config() {
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+same_file() { # A B: both regular files with the same bytes (cmp is diffutils: fall back to sha256sum)
+	[ -f "$1" ] && [ -f "$2" ] || return 1
+	if command -v cmp >/dev/null 2>&1; then cmp -s -- "$1" "$2"; else [ "$(sha "$1")" = "$(sha "$2")" ]; fi
+}
+
 # write_atomic SRC DEST: copy SRC over DEST with DEST's mode and owner, via a hidden temp file in DEST's
 # directory and rename (the kubelet ignores hidden files in its manifest directory).
 write_atomic() {
@@ -845,7 +850,7 @@ do_apply() {
 	say "$CONFIG_PATH ($LAYOUT):"
 	sed 's/^/  /' "$report" || true
 	if [ "$ACTION" = check ]; then
-		if cmp -s "$new" "$CONFIG_PATH"; then say "check: unchanged"; else
+		if same_file "$new" "$CONFIG_PATH"; then say "check: unchanged"; else
 			say "check: would change $CONFIG_PATH:"
 			diff -u "$CONFIG_PATH" "$new" | tail -n +3 || true
 		fi
@@ -854,11 +859,11 @@ do_apply() {
 	if [ "$LAYOUT" = static-pod ]; then
 		warn "kubeadm upgrade rewrites $CONFIG_PATH and drops these flags: put them in ClusterConfiguration.apiServer.extraArgs (kubeadm-config) too"
 	fi
-	if cmp -s "$new" "$CONFIG_PATH"; then
+	if same_file "$new" "$CONFIG_PATH"; then
 		if [ -f "$PENDING" ]; then
 			say "unchanged, but a previous run stopped before kube-apiserver was ready on this file; restarting it"
 		else
-			[ -s "$newrec" ] && ! cmp -s "$newrec" "${RECORD}" && write_state "$newrec" "$RECORD"
+			[ -s "$newrec" ] && ! same_file "$newrec" "$RECORD" && write_state "$newrec" "$RECORD"
 			say "unchanged: all ${#FLAGS[@]} flags already set in $CONFIG_PATH; no restart"
 			return 0
 		fi
@@ -924,7 +929,7 @@ do_revert() {
 	fi
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
-	if cmp -s "$new" "$CONFIG_PATH"; then
+	if same_file "$new" "$CONFIG_PATH"; then
 		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0

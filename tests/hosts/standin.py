@@ -216,7 +216,7 @@ def validate(hostdir: Path, args: list[str], mounts) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- serve
-def serve(hostdir: Path) -> int:
+def serve(hostdir: Path, gen: int = 1) -> int:
     cfg = settings(hostdir)
     try:
         args, mounts = read_args(hostdir, cfg)
@@ -230,7 +230,8 @@ def serve(hostdir: Path) -> int:
     (hostdir / "running.json.tmp").write_text(json.dumps({"pid": os.getpid(), "flags": flags, "args": args}))
     os.replace(hostdir / "running.json.tmp", hostdir / "running.json")
     started = time.monotonic()
-    ready_after = float(cfg.get("startup_seconds", 1.0))
+    # the host's first boot is quick (lab set-up); every restart takes startup_seconds
+    ready_after = float(cfg.get("startup_seconds", 1.0)) if gen > 1 else min(0.5, float(cfg.get("startup_seconds", 1.0)))
     state = {"ready": False}
 
     class Handler(BaseHTTPRequestHandler):
@@ -274,7 +275,7 @@ def supervise(hostdir: Path) -> int:
     def start() -> subprocess.Popen:
         nonlocal gen
         gen += 1
-        p = subprocess.Popen([sys.executable, __file__, "serve", str(hostdir)], stdout=logf, stderr=logf)
+        p = subprocess.Popen([sys.executable, __file__, "serve", str(hostdir), str(gen)], stdout=logf, stderr=logf)
         event(hostdir, "start", gen=gen, pid=p.pid)
         (hostdir / "child.pid").write_text(str(p.pid))
         (hostdir / "generation.tmp").write_text(str(gen))
@@ -326,4 +327,6 @@ def supervise(hostdir: Path) -> int:
 
 if __name__ == "__main__":
     cmd, hostdir = sys.argv[1], Path(sys.argv[2])
-    sys.exit({"serve": serve, "supervise": supervise}[cmd](hostdir))
+    if cmd == "serve":
+        sys.exit(serve(hostdir, int(sys.argv[3]) if len(sys.argv) > 3 else 1))
+    sys.exit(supervise(hostdir))

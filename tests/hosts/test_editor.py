@@ -61,6 +61,8 @@ def config_file(draw):
     style = draw(st.sampled_from(["per-line", "one-line", "grouped"]))
     indent = draw(st.sampled_from(["  ", "    ", "\t", ""]))
     cont = draw(st.sampled_from([" \\", "  \\", "\\"]))
+    if layout == "env-file" and not indent and cont == "\\":
+        cont = " \\"  # "--a=b\" + "--c=d" would be ONE shell word: no real file is written that way
     if style == "one-line" or not flags:
         chunks = [" ".join(flags)]
     elif style == "per-line":
