@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -90,10 +91,21 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
     return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
-def run(config: dict[str, Any], *, preview: bool = False, stack: str = "test", fresh_keys: bool = False) -> Run:
-    """Evaluate the program with this stack config (the `metrics-aggregation:*` keys, unprefixed)."""
+def run(
+    config: dict[str, Any],
+    *,
+    preview: bool = False,
+    stack: str = "test",
+    fresh_keys: bool = False,
+    record: bool = True,
+) -> Run:
+    """Evaluate the program with this stack config (the `metrics-aggregation:*` keys, unprefixed).
+
+    `record=False` uses Pulumi's own mock monitor (no per-resource bookkeeping: `Run.resources` is
+    empty), for benchmarks that time the program rather than the harness.
+    """
     mocks = Mocks(fresh_keys=fresh_keys)
-    monitor = RecordingMonitor(mocks)
+    monitor = RecordingMonitor(mocks) if record else pulumi_mocks.MockMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     set_all_config(config_values(config))
     result: dict[str, Any] = {}
@@ -107,6 +119,6 @@ def run(config: dict[str, Any], *, preview: bool = False, stack: str = "test", f
     try:
         _sync_await(run_pulumi_func(body))
     except Exception as exc:
-        exc.registrations = monitor.registrations  # type: ignore[attr-defined]
+        exc.registrations = getattr(monitor, "registrations", [])  # type: ignore[attr-defined]
         raise
-    return Run(resources=monitor.registrations, outputs=result["outputs"], settings=result["settings"])
+    return Run(resources=getattr(monitor, "registrations", []), outputs=result["outputs"], settings=result["settings"])
