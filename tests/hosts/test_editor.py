@@ -99,11 +99,13 @@ def script(tmp: Path, action: str, layout: str, url: str) -> subprocess.Complete
 
 def without_ours(text: str, want: dict[str, str]) -> list[str]:
     """The file's lines with our flag tokens cut out (and lines that only held one of them dropped)."""
-    token = re.compile(r"[ \t]*(?:" + "|".join(re.escape(k) for k in want) + r")=[^\s\"']*")
+    names = "|".join(re.escape(k) for k in want)
+    token = re.compile(r"[ \t]*(?:" + names + r")=[^\s\"']*")
+    item = re.compile(r"^([ \t]*- )([\"']?)(?:" + names + r")=.*\2(\r?\n)?$")  # a YAML list item
     out = []
     for line in text.splitlines(True):
-        cut = token.sub("", line)
-        if cut != line and re.fullmatch(r"[ \t]*\\?(\r?\n)?", cut):
+        cut = item.sub(r"\1\3", line) if item.match(line) else token.sub("", line)
+        if cut != line and re.fullmatch(r"[ \t]*(- *)?\\?(\r?\n)?", cut):
             continue
         out.append(cut)
     return out
@@ -169,3 +171,79 @@ def test_pending_marker_forces_restart_on_an_unchanged_file(readyz, tmp_path):
     assert not (tmp_path / "state" / (str(cfg).lstrip("/").replace("/", "_") + ".pending")).exists()
     r = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert "no restart" in r.stdout
+
+
+KUBEADM = (Path(__file__).resolve().parent / "samples" / "kube-apiserver.yaml").read_text()
+
+
+@st.composite
+def manifest(draw):
+    lines = KUBEADM.splitlines(True)
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- kube-apiserver") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("    - "))
+    flags = lines[start:end]
+    flags = draw(st.lists(st.sampled_from(flags), min_size=1, max_size=len(flags), unique=True))
+    extra = draw(st.lists(st.sampled_from([
+        "    - --requestheader-allowed-names=front-proxy-client\n",
+        '    - "--enable-aggregator-routing=false"\n',
+        "    - --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt\n",
+    ]), max_size=3, unique=True))
+    body = lines[:start] + draw(st.permutations(flags + extra)) + lines[end:]
+    text = "".join(body)
+    if draw(st.booleans()):  # a minimal pod: no volumes, no mounts at all
+        text = re.sub(r"    volumeMounts:\n(    [- ].*\n|      .*\n)*", "", text)
+        text = re.sub(r"  volumes:\n(  [- ].*\n|    .*\n|      .*\n)*", "", text)
+    cert_dir = draw(st.sampled_from(["/etc/kubernetes/pki", "/etc/kubernetes/pki/front-proxy", "/etc/kubernetes/ssl"]))
+    return text, cert_dir
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=manifest(), edit_after=st.booleans())
+def test_static_pod_apply_then_revert_round_trips(case, edit_after, readyz, tmp_path_factory):
+    text, cert_dir = case
+    tmp = tmp_path_factory.mktemp("pod")
+    cfg = tmp / "cfg"
+    cfg.write_text(text)
+    want = {
+        "--requestheader-client-ca-file": f"{cert_dir}/aggregator-ca.pem",
+        "--requestheader-allowed-names": "aggregator",
+        "--enable-aggregator-routing": "true",
+    }
+    args = ["bash", str(SCRIPT), "apply", "--master", "t", "--layout", "static-pod", "--config-path", str(cfg),
+            "--cert-dir", cert_dir, "--restart-command", "", "--readyz-url", readyz, "--ready-timeout", "1",
+            "--state-dir", str(tmp / "state")]
+    for k, v in want.items():
+        args += ["--flag", f"{k}={v}"]
+    r = subprocess.run(args + ["--flag", "--v=2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no such file" in r.stderr  # --requestheader-client-ca-file is checked
+    r = subprocess.run(["bash", str(SCRIPT), "check", *args[3:]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and cfg.read_text() == text
+    # apply needs the file to exist: use a cert dir that does, same manifest semantics
+    real = tmp / "certs"
+    real.mkdir()
+    (real / "aggregator-ca.pem").write_text("x")
+    args = [a.replace(cert_dir, str(real)) for a in args]
+    want = {k: v.replace(cert_dir, str(real)) for k, v in want.items()}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    after = cfg.read_text()
+    flags, mounts = standin.static_pod(after)
+    for k, v in want.items():
+        assert [a for a in flags if a.split("=", 1)[0] == k] == [f"{k}={v}"]
+    assert standin.visible_in_pod(f"{real}/aggregator-ca.pem", mounts)
+    # apart from our flags, only the aggregator-certs mount + volume (and their list keys) were added
+    volume_lines = {"volumeMounts:\n", "volumes:\n", "- hostPath:\n", "readOnly: true\n", "type: DirectoryOrCreate\n",
+                    f"- mountPath: {real}\n", f"path: {real}\n", "name: aggregator-certs\n"}
+    kept = iter(without_ours(after, want))
+    for line in without_ours(text, want):
+        for x in kept:
+            if x == line:
+                break
+            assert x.strip() + "\n" in volume_lines, f"unexpected line {x!r}"
+        else:
+            raise AssertionError(f"line lost: {line!r}")
+    if edit_after:
+        cfg.write_text(after + "# edited by hand\n")
+    r = subprocess.run([a if a != "apply" else "revert" for a in args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert cfg.read_text() == text + ("# edited by hand\n" if edit_after else "")
