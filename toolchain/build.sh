@@ -12,7 +12,9 @@
 #   bash toolchain/build.sh install-plugins        only the plugin-cache step of `env`
 #   bash toolchain/build.sh list                   components and their state
 #   bash toolchain/build.sh key                    print the cache key
+#   bash toolchain/build.sh prune                  delete the cache dirs of other keys
 # Components: command pulumi python tls kubernetes etcd metrics-server kube-apiserver kubectl
+#             kube-controller-manager
 #
 # Environment: TOOLCHAIN_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/metrics-aggregation/toolchain).
 # GOMODCACHE/GOCACHE are left at the go command's defaults so all builds share downloads.
@@ -35,7 +37,7 @@ STAMPS=$TC_DIR/stamps
 LOGS=$TC_DIR/logs
 LOG=$TC_DIR/build.log
 
-ALL_COMPONENTS=(command pulumi python tls kubernetes etcd metrics-server kube-apiserver kubectl)
+ALL_COMPONENTS=(command pulumi python tls kubernetes etcd metrics-server kube-apiserver kubectl kube-controller-manager)
 
 export CGO_ENABLED=0
 export GOFLAGS=-mod=mod
@@ -163,6 +165,7 @@ outputs() {
 	metrics-server) echo bin/metrics-server ;;
 	kube-apiserver) echo bin/kube-apiserver ;;
 	kubectl) echo bin/kubectl ;;
+	kube-controller-manager) echo bin/kube-controller-manager ;;
 	*) return 1 ;;
 	esac
 }
@@ -175,7 +178,7 @@ version_of() {
 	tls) echo "$TLS_TARGET_VERSION" ;;
 	etcd) echo "$ETCD_VERSION" ;;
 	metrics-server) echo "$METRICS_SERVER_VERSION" ;;
-	kube-apiserver | kubectl) echo "$KUBERNETES_VERSION" ;;
+	kube-apiserver | kubectl | kube-controller-manager) echo "$KUBERNETES_VERSION" ;;
 	esac
 }
 
@@ -330,10 +333,13 @@ EOF
 		"" sigs.k8s.io/metrics-server/cmd/metrics-server
 }
 
-# kube-apiserver and kubectl share one wrapper module.
+# kube-apiserver, kubectl and kube-controller-manager share one wrapper module.
+KUBERNETES_MAINS=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+	k8s.io/kubernetes/cmd/kube-controller-manager)
 kubernetes_wrapper() {
-	local dir=$WORK/kubernetes gomod staging gover
-	if [[ -f $dir/.ready && $(cat "$dir/.ready") == "$KEY" ]]; then
+	local dir=$WORK/kubernetes gomod staging gover ready
+	ready="$KEY ${KUBERNETES_MAINS[*]}"
+	if [[ -f $dir/.ready && $(cat "$dir/.ready") == "$ready" ]]; then
 		printf '%s\n' "$dir"
 		return
 	fi
@@ -353,9 +359,9 @@ kubernetes_wrapper() {
 		done < <(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$gomod")
 		printf ')\n'
 	} >"$dir/go.mod"
-	tools_file "$dir" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+	tools_file "$dir" "${KUBERNETES_MAINS[@]}"
 	(cd "$dir" && run_logged kube-apiserver go mod tidy)
-	printf '%s\n' "$KEY" >"$dir/.ready"
+	printf '%s\n' "$ready" >"$dir/.ready"
 	printf '%s\n' "$dir"
 }
 
@@ -382,6 +388,15 @@ build_kubectl() {
 	local dir
 	dir=$(kubernetes_wrapper)
 	go_build kubectl "$dir" "$BIN/kubectl" "$(kubernetes_ldflags)" "" k8s.io/kubernetes/cmd/kubectl
+}
+
+# Not asked for by the sandbox plan, but cheap from the same wrapper: without its namespace
+# controller a bare kube-apiserver never finishes deleting a Namespace (`pulumi destroy` waits).
+build_kube_controller_manager() {
+	local dir
+	dir=$(kubernetes_wrapper)
+	go_build kube-controller-manager "$dir" "$BIN/kube-controller-manager" "$(kubernetes_ldflags)" "" \
+		k8s.io/kubernetes/cmd/kube-controller-manager
 }
 
 # ------------------------------------------------------------------ commands
@@ -474,13 +489,31 @@ cmd_install_plugins() {
 	done
 }
 
+# shq VALUE: single-quoted for any POSIX shell (make runs recipes with /bin/sh).
+shq() {
+	local q="'\\''"
+	printf "'%s'" "${1//\'/$q}"
+}
+
 cmd_env() {
 	local var
 	[[ -x $BIN/pulumi ]] || say "warning: $BIN/pulumi is not built yet (run: make toolchain)"
 	if [[ -x $BIN/pulumi ]]; then cmd_install_plugins; else load_pulumi_env; fi
-	printf 'export PATH=%q\n' "$BIN:$PATH"
+	printf 'export PATH=%s\n' "$(shq "$BIN:$PATH")"
 	for var in "${PULUMI_ENV_VARS[@]}"; do
-		if [[ -n ${!var+x} ]]; then printf 'export %s=%q\n' "$var" "${!var}"; fi
+		if [[ -n ${!var+x} ]]; then printf 'export %s=%s\n' "$var" "$(shq "${!var}")"; fi
+	done
+}
+
+# prune: remove the cache dirs of other keys (older versions.env contents).
+cmd_prune() {
+	local d
+	[[ -d $CACHE_ROOT ]] || return 0
+	for d in "$CACHE_ROOT"/*/; do
+		d=${d%/}
+		[[ ${d##*/} == "$KEY" ]] && continue
+		say "removing stale toolchain $d ($(du -sh "$d" | cut -f1))"
+		rm -rf "$d"
 	done
 }
 
@@ -503,8 +536,9 @@ main() {
 	install-plugins) cmd_install_plugins ;;
 	list) cmd_list ;;
 	key) printf '%s\n' "$KEY" ;;
+	prune) cmd_prune ;;
 	-h | --help | help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
-	*) die "unknown subcommand '$sub' (build, bin-dir, env, install-plugins, list, key)" ;;
+	*) die "unknown subcommand '$sub' (build, bin-dir, env, install-plugins, list, key, prune)" ;;
 	esac
 }
 
