@@ -522,7 +522,7 @@ cmd_list() {
 	for comp in "${ALL_COMPONENTS[@]}"; do
 		state=missing
 		if is_built "$comp"; then state=built; fi
-		printf '%-15s %-10s %-8s %s\n' "$comp" "$(version_of "$comp")" "$state" "$(outputs "$comp")"
+		printf '%-24s %-10s %-8s %s\n' "$comp" "$(version_of "$comp")" "$state" "$(outputs "$comp")"
 	done
 }
 
