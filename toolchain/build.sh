@@ -24,7 +24,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$HERE/.." && pwd)
 VERSIONS_FILE=$HERE/versions.env
-# shellcheck source=versions.env
+# shellcheck source=versions.env disable=SC1091
 . "$VERSIONS_FILE"
 
 KEY=$(sha256sum "$VERSIONS_FILE" | cut -c1-12)
@@ -461,8 +461,9 @@ cmd_build() {
 }
 
 load_pulumi_env() {
+	# shellcheck disable=SC2034 # read by pulumi.env
 	TOOLCHAIN_REPO_ROOT=$REPO_ROOT
-	# shellcheck source=pulumi.env
+	# shellcheck source=pulumi.env disable=SC1091
 	. "$HERE/pulumi.env"
 }
 
