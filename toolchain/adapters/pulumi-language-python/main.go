@@ -17,11 +17,12 @@
 // Supported: Run (preview/up/destroy/refresh), GetRequiredPackages (reads the
 // pulumi-plugin.json files of the installed Python packages), InstallDependencies
 // (virtualenv + `pip install -r requirements.txt`), GetPluginInfo, About,
-// GetProgramDependencies, RuntimeOptionsPrompts (none).
+// GetProgramDependencies, RuntimeOptionsPrompts (none), RunPlugin for policy packs (kind analyzer:
+// `python -u -m pulumi.policy <engine> <pack dir>`, which the engine uses since v3.221).
 // Runtime options from Pulumi.yaml: `virtualenv` (relative to the project root) and
 // `toolchain: pip` (the default). uv and poetry toolchains are not supported.
 // Not supported (Unimplemented): code generation (GeneratePackage/Program/Project),
-// Template, Pack, RunPlugin (Python component providers and policy packs).
+// Template, Pack, RunPlugin for Python component providers (PulumiPlugin.yaml).
 package main
 
 import (
@@ -37,6 +38,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
@@ -170,8 +172,13 @@ func resolvePython(info *pulumirpc.ProgramInfo, fallbackRoot string, mustExist b
 	if err != nil {
 		return nil, err
 	}
+	return resolvePythonEnv(venv, os.Environ(), mustExist)
+}
+
+// resolvePythonEnv is resolvePython for a given virtualenv ("" = none) and base environment.
+func resolvePythonEnv(venv string, base []string, mustExist bool) (*pythonEnv, error) {
 	env := []string{}
-	for _, kv := range os.Environ() {
+	for _, kv := range base {
 		if strings.HasPrefix(kv, "PYTHONHOME=") {
 			continue
 		}
@@ -379,10 +386,12 @@ func (h *pythonHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulum
 	return &pulumirpc.RunResponse{}, nil
 }
 
-// streamWriter forwards InstallDependencies output to the engine.
+// streamWriter forwards InstallDependencies output to the engine (gRPC streams are not safe for
+// concurrent Send: stdout and stderr share one mutex).
 type streamWriter struct {
 	server pulumirpc.LanguageRuntime_InstallDependenciesServer
 	stderr bool
+	mu     *sync.Mutex
 }
 
 func (w streamWriter) Write(p []byte) (int, error) {
@@ -391,10 +400,79 @@ func (w streamWriter) Write(p []byte) (int, error) {
 	if w.stderr {
 		resp = &pulumirpc.InstallDependenciesResponse{Stderr: chunk}
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if err := w.server.Send(resp); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// pluginWriter forwards RunPlugin output to the engine.
+type pluginWriter struct {
+	server pulumirpc.LanguageRuntime_RunPluginServer
+	stderr bool
+	mu     *sync.Mutex
+}
+
+func (w pluginWriter) Write(p []byte) (int, error) {
+	chunk := append([]byte(nil), p...)
+	resp := &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stdout{Stdout: chunk}}
+	if w.stderr {
+		resp = &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stderr{Stderr: chunk}}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.server.Send(resp); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// RunPlugin runs a Python policy pack (PulumiPolicy.yaml) for the engine:
+// `python -u -m pulumi.policy <engine address> <pack dir>` in the pack's virtualenv.
+func (h *pythonHost) RunPlugin(req *pulumirpc.RunPluginRequest, server pulumirpc.LanguageRuntime_RunPluginServer) error {
+	if req.GetKind() != "analyzer" {
+		return fmt.Errorf("pulumi-language-python (metrics-aggregation adapter): running %q plugins "+
+			"is not supported, only policy packs", req.GetKind())
+	}
+	info := req.GetInfo()
+	venv, err := venvDir(info, req.GetPwd())
+	if err != nil {
+		return err
+	}
+	base := req.GetEnv()
+	if len(base) == 0 {
+		base = os.Environ()
+	}
+	py, err := resolvePythonEnv(venv, base, true)
+	if err != nil {
+		return err
+	}
+	dir := req.GetPwd()
+	if info != nil && info.GetProgramDirectory() != "" {
+		dir = info.GetProgramDirectory()
+	}
+	args := append([]string{"-u", "-m", "pulumi.policy"}, req.GetArgs()...)
+	args = append(args, dir)
+
+	mu := &sync.Mutex{}
+	cmd := exec.CommandContext(server.Context(), py.python, args...)
+	cmd.Dir = dir
+	cmd.Env = py.env
+	cmd.Stdout = pluginWriter{server: server, mu: mu}
+	cmd.Stderr = pluginWriter{server: server, stderr: true, mu: mu}
+	code := int32(0)
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) {
+			return fmt.Errorf("running %s: %w", py.python, err)
+		}
+		code = int32(exitErr.ExitCode())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return server.Send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: code}})
 }
 
 func (h *pythonHost) InstallDependencies(req *pulumirpc.InstallDependenciesRequest,
@@ -405,8 +483,9 @@ func (h *pythonHost) InstallDependencies(req *pulumirpc.InstallDependenciesReque
 	if info != nil && info.GetProgramDirectory() != "" {
 		dir = info.GetProgramDirectory()
 	}
-	stdout := streamWriter{server: server}
-	stderr := streamWriter{server: server, stderr: true}
+	mu := &sync.Mutex{}
+	stdout := streamWriter{server: server, mu: mu}
+	stderr := streamWriter{server: server, stderr: true, mu: mu}
 	run := func(env []string, name string, args ...string) error {
 		fmt.Fprintf(stdout, "$ %s %s\n", name, strings.Join(args, " "))
 		cmd := exec.CommandContext(server.Context(), name, args...)
