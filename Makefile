@@ -56,14 +56,15 @@ toolchain: ## build the pinned engine, language host and providers into ~/.cache
 	bash toolchain/build.sh build
 
 .PHONY: preview
-preview: venv ## pulumi preview --diff for STACK, offline (local file backend, passphrase secrets)
-	source <(bash toolchain/build.sh env) && pulumi preview --diff --stack "$(STACK)"
+preview: venv toolchain ## pulumi preview --diff for STACK, offline (local file backend, passphrase secrets), with the policy pack
+	source <(bash toolchain/build.sh env) && pulumi stack select --create "$(STACK)" && \
+	  pulumi preview --diff --stack "$(STACK)" --policy-pack policy --policy-pack-config "policy/config/$(STACK).json"
 
 .PHONY: up
-up: venv ## pulumi up for STACK, offline settings as for preview
-	source <(bash toolchain/build.sh env) && pulumi up --stack "$(STACK)"
+up: venv toolchain ## pulumi up for STACK, offline settings as for preview
+	source <(bash toolchain/build.sh env) && pulumi stack select --create "$(STACK)" && pulumi up --stack "$(STACK)"
 
 .PHONY: preview-diff
-preview-diff: venv ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
+preview-diff: venv toolchain ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
 	source <(bash toolchain/build.sh env) && \
 	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
