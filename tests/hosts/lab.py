@@ -420,6 +420,9 @@ tail -n 20 {d}/apiserver.log 2>/dev/null || true
 
     def _start(self, h: Host) -> None:
         binds = "\n".join(f"mount --bind {h.dir / sub} {mp}" for mp, sub in MOUNTS.items())
+        # a master's root has Debian's default ~/.bashrc (bash reads it for ssh commands), not the
+        # runner's (pyenv, cargo, go on PATH)
+        binds += "\nif [ -f /etc/skel/.bashrc ] && [ -f /root/.bashrc ]; then mount --bind /etc/skel/.bashrc /root/.bashrc; fi"
         (h.dir / "init.sh").write_text(f"set -e\n{binds}\nexec {sys.executable} {STANDIN} supervise {h.dir}\n")
         if h.layout is None:
             (h.dir / "init.sh").write_text(f"set -e\n{binds}\nexec sleep infinity\n")
