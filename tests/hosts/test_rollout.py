@@ -404,3 +404,16 @@ def test_kubeadm_upgrade_rewrites_manifest_then_reapply_and_revert(lab, make_sta
     out = st.runner.destroy(cmds)
     assert out.ok, out.explain()
     assert h.config_bytes() == upgraded
+
+
+def test_lab_without_privileges_fails_with_the_reason(tmp_path, monkeypatch):
+    """No root / no namespaces: the tier fails (pytest.fail in the `lab` fixture) saying why, never skips."""
+    from tests.hosts import lab as lab_mod
+
+    monkeypatch.setattr(lab_mod.os, "geteuid", lambda: 1000)
+    with pytest.raises(lab_mod.LabError, match="needs root"):
+        lab_mod.Lab.create(tmp_path)
+    monkeypatch.undo()
+    monkeypatch.setattr(lab_mod, "sh", lambda *a, **k: lab_mod.subprocess.CompletedProcess(a, 1, "", "Operation not permitted"))
+    with pytest.raises(lab_mod.LabError, match="cannot create a network namespace.*Operation not permitted"):
+        lab_mod.Lab.create(tmp_path)
