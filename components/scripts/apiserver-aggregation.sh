@@ -766,7 +766,7 @@ restart_and_wait() { # -> 0 when ready; prints the time it took
 		grace=$((READY_TIMEOUT < 60 ? READY_TIMEOUT : 60))
 		if wait_down $((start + grace * 1000)); then
 			t=$(now_ms)
-			say "the kubelet stopped the old kube-apiserver pod after $(((t - start) / 1000)).$(((t - start) % 1000 / 100))s"
+			say "readyz down after $(((t - start) / 1000)).$(((t - start) % 1000 / 100))s: the kubelet is replacing the kube-apiserver pod"
 		else
 			warn "readyz kept answering 200 for ${grace}s after the manifest changed; the kubelet may not have restarted the pod yet"
 		fi

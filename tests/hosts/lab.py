@@ -410,10 +410,20 @@ case "$*" in
 esac
 """,
             "journalctl": f"""#!/bin/sh
-# journalctl of a test host: the stand-in kube-apiserver's log
-tail -n 20 {d}/apiserver.log 2>/dev/null || true
+# journalctl of a test host: the stand-in kube-apiserver's log, as the journal shows a unit's lines
+tail -n 20 {d}/apiserver.log 2>/dev/null | sed 's/^/{h.name} kube-apiserver[journal]: /' || true
 """,
         }
+        if h.layout == "static-pod":
+            shims["crictl"] = f"""#!/bin/sh
+# crictl of a test host: the stand-in plays the kube-apiserver container (id = its pid)
+case "$1" in
+  ps) pid=$(cat {d}/child.pid 2>/dev/null) && [ -n "$pid" ] && echo "standin$pid" ;;
+  logs) tail -n 20 {d}/apiserver.log 2>/dev/null ;;
+  *) echo "crictl (test host): unsupported: $*" >&2; exit 1 ;;
+esac
+exit 0
+"""
         for name, text in shims.items():
             (sbin / name).write_text(text)
             os.chmod(sbin / name, 0o755)

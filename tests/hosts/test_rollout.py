@@ -215,8 +215,9 @@ def test_rolling_three_hosts_never_two_down(lab, make_stack):
     assert certs_end <= min(downs)
 
 
-def test_refused_flag_rolls_back_and_names_the_host(lab, make_stack):
-    h1, h2 = lab.add_host("m1", "env-file"), lab.add_host("m2", "env-file")
+@pytest.mark.parametrize("layout", ["env-file", "static-pod"])
+def test_refused_flag_rolls_back_and_names_the_host(lab, make_stack, layout):
+    h1, h2 = lab.add_host("m1", layout), lab.add_host("m2", "env-file")
     before1, before2 = h1.config_bytes(), h2.config_bytes()
     running_before = h1.running_flags()
     h1.refuse("--enable-aggregator-routing")
@@ -228,6 +229,8 @@ def test_refused_flag_rolls_back_and_names_the_host(lab, make_stack):
     assert "master m1" in r.stderr
     assert "+ --enable-aggregator-routing=true" in r.stderr  # the flag change
     assert "refused by the test" in r.stderr  # the apiserver's last log lines
+    # from the journal (systemd) or from the container runtime (static pod: crictl logs)
+    assert ("m1 kube-apiserver[journal]:" in r.stderr) == (layout != "static-pod")
     assert "the previous file is back and kube-apiserver is ready on it" in r.stderr
     assert out.skipped() == ["m2-flags"]
     # host 1: old file, old flags, ready; no record of a change that did not happen
