@@ -811,7 +811,7 @@ changes_summary() { grep -v '^= ' "$1" | sed 's/^/  /' || true; }
 
 # rollback: the new file did not come up; put the previous one back and make sure that one runs again.
 rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
-	local prev=$1 prev_rec=$2 backup_created=$3 logs change again
+	local prev=$1 prev_rec=$2 backup_created=$3 logs change again hint
 	logs=$(last_logs)
 	change=$(changes_summary "$WORK/report")
 	write_atomic "$prev" "$CONFIG_PATH"
@@ -825,7 +825,12 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	else
 		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
 	fi
-	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
+	hint=""
+	case ${LAST_CODE_NEW:-} in
+	401 | 403) hint="; readyz refuses anonymous requests (--anonymous-auth=false or RBAC without system:public-info-viewer?): point readyzUrl at an endpoint that answers 200 without credentials" ;;
+	000) hint="; nothing answered at that address" ;;
+	esac
+	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${hint}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
 $change
 $again.
 Last apiserver log lines (of the failed start):

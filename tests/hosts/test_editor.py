@@ -247,3 +247,38 @@ def test_static_pod_apply_then_revert_round_trips(case, edit_after, readyz, tmp_
     r = subprocess.run([a if a != "apply" else "revert" for a in args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert cfg.read_text() == text + ("# edited by hand\n" if edit_after else "")
+
+
+def test_readyz_refusing_anonymous_requests_rolls_back_with_a_hint(tmp_path):
+    """--anonymous-auth=false: /readyz answers 401 and never 200; apply restores the file and says why."""
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = tmp_path / "cfg"
+        original = 'KUBE_APISERVER_OPTS="--anonymous-auth=false --v=2"\n'
+        cfg.write_text(original)
+        r = subprocess.run(
+            ["bash", str(SCRIPT), "apply", "--master", "cp9", "--layout", "env-file", "--config-path", str(cfg),
+             "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", "true", "--ready-timeout", "1",
+             "--readyz-url", f"http://127.0.0.1:{srv.server_port}/readyz", "--state-dir", str(tmp_path / "state"),
+             "--flag", "--enable-aggregator-routing=true"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        srv.shutdown()
+    assert r.returncode == 1
+    assert "master cp9" in r.stderr and ": 401; readyz refuses anonymous requests" in r.stderr
+    assert "+ --enable-aggregator-routing=true" in r.stderr
+    assert cfg.read_text() == original
+    assert "NOT ready on it either" in r.stderr  # readyz never says 200 here, even on the old file
+    # no record or backup of a change that did not happen; `.pending` stays: readiness is unconfirmed
+    assert [p.suffix for p in (tmp_path / "state").iterdir()] == [".pending"]
