@@ -48,7 +48,7 @@ hosts: venv system-deps ## host tier: the host script over real SSH in network n
 	$(BIN)/pytest tests/hosts -q -m hosts
 
 .PHONY: test
-test: lint unit hosts ## everything CI runs
+test: lint unit hosts e2e ## everything CI runs
 
 # ---- the Pulumi toolchain and engine (built from Go modules; see toolchain/versions.env) -------------
 .PHONY: toolchain
@@ -68,3 +68,9 @@ up: venv toolchain ## pulumi up for STACK, offline settings as for preview
 preview-diff: venv toolchain ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
 	source <(bash toolchain/build.sh env) && \
 	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
+.PHONY: toolchain-pulumi
+toolchain-pulumi: ## only what the engine tests and preview/up need
+	bash toolchain/build.sh build pulumi python tls command kubernetes etcd kube-apiserver kube-controller-manager
+.PHONY: e2e
+e2e: venv system-deps toolchain-pulumi ## engine tier: pulumi up/preview/destroy for real against the SSH test hosts
+	$(BIN)/pytest tests/e2e -q -m e2e

@@ -1,0 +1,107 @@
+"""Fixtures of the engine tier: the built toolchain, the SSH test hosts of tests/hosts, a local control
+plane, and one stack on a throw-away file backend.
+
+The lab (tests.hosts.lab) and the stack config of the host tier (tests.hosts.conftest.stack_config) are
+reused as they are, so the engine drives the program against the same hosts the host tier uses.
+A missing toolchain that cannot be built, a machine without namespaces, or a control plane that does
+not start FAIL the tier with the reason: nothing here skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.controlplane import ControlPlane, ControlPlaneError
+from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain, ToolchainError
+from tests.hosts.conftest import stack_config
+from tests.hosts.lab import Host, Lab, LabError
+
+# env-file, systemd-unit and static-pod: the three layouts, one master each (3 hosts max)
+LAYOUTS = ("env-file", "systemd-unit", "static-pod")
+
+
+@pytest.fixture(scope="session")
+def toolchain(tmp_path_factory: pytest.TempPathFactory) -> Toolchain:
+    try:
+        return Toolchain.ensure(tmp_path_factory.mktemp("pulumi-home"))
+    except ToolchainError as e:
+        pytest.fail(f"the engine tier needs the built toolchain: {e}", pytrace=False)
+
+
+@dataclass
+class Scenario:
+    """One stack over three test hosts and a control plane, shared by the ordered cases of a module."""
+
+    lab: Lab
+    hosts: list[Host]
+    cp: ControlPlane
+    stack: E2EStack
+    config: dict[str, Any]  # the metrics-aggregation:* values (unprefixed), as the host tier writes them
+    original: dict[str, bytes]  # host name -> config file bytes before anything ran
+    tmp: Path
+    results: dict[str, Any] = field(default_factory=dict)  # what earlier cases left for later ones
+    times: dict[str, float] = field(default_factory=dict)
+
+    def settings(self):
+        from components import config as config_mod
+
+        return config_mod.parse(self.config)
+
+    def master(self, host: Host):
+        return next(m for m in self.settings().masters if m.name == host.name)
+
+    def cert_dir(self, host: Host) -> str:
+        return self.settings().cert_dir(self.master(host))
+
+    def require(self, key: str) -> Any:
+        if key not in self.results:
+            pytest.fail(f"an earlier case did not leave {key!r} (it failed or was deselected); run the module in order",
+                        pytrace=False)
+        return self.results[key]
+
+
+def stack_values(config: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
+    """Full config keys for Pulumi.<stack>.yaml: everything but the SSH key (set as a secret)."""
+    plain = {f"{PROJECT}:{k}": v for k, v in config.items()}
+    ssh = dict(plain[f"{PROJECT}:ssh"])
+    ssh.pop("privateKey")
+    plain[f"{PROJECT}:ssh"] = ssh
+    plain["kubernetes:kubeconfig"] = str(kubeconfig)
+    return plain
+
+
+@pytest.fixture(scope="module")
+def scenario(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "lab").mkdir()
+    try:
+        lab = Lab.create(tmp / "lab")
+    except LabError as e:
+        pytest.fail(f"cannot build the SSH test hosts: {e}", pytrace=False)
+    cp = None
+    try:
+        hosts = [lab.add_host(f"m{i + 1}", layout=layout) for i, layout in enumerate(LAYOUTS)]
+        original = {h.name: h.config_bytes() for h in hosts}
+        try:
+            cp = ControlPlane.start(toolchain.bin_dir, tmp / "controlplane")
+        except ControlPlaneError as e:
+            pytest.fail(f"cannot start the local control plane (etcd + kube-apiserver): {e}", pytrace=False)
+        # no kubelet: the Deployment never gets pods (expectNoPods), and nothing can make the APIService
+        # Available (waitForAvailable false). The Service's endpoints: see ControlPlane.fake_endpoints.
+        config = stack_config(lab, hosts, metricsServer={"replicas": 1, "waitForAvailable": False, "expectNoPods": True})
+        cp.fake_endpoints("kube-system", "metrics-server")
+        proj = Project.copy(tmp / "project")
+        stack = proj.stack(
+            toolchain, tmp / "backend", "e2e", stack_values(config, cp.kubeconfig),
+            secret_paths={f"{PROJECT}:ssh.privateKey": config["ssh"]["privateKey"]},
+        )
+        yield Scenario(lab, hosts, cp, stack, config, original, tmp)
+    finally:
+        if cp is not None:
+            cp.close()
+        lab.close()
