@@ -25,6 +25,7 @@ READYZ_URL=""
 READY_TIMEOUT=""
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
+LOCK=""
 VOLUME_NAME=aggregator-certs
 FLAGS=()
 CLEANUP=()
@@ -794,6 +795,18 @@ last_logs() {
 }
 
 # ----------------------------------------------------------------------------------------- apply / revert
+# lock_config: one apply/revert per config file at a time (two stacks, or an operator's manual `check`
+# racing a rollout, must not interleave their backups and records). Waits at most the ready timeout.
+lock_config() { # LOCKFILE
+	if ! command -v flock >/dev/null 2>&1; then
+		warn "flock not found: not guarding $CONFIG_PATH against a concurrent run"
+		return 0
+	fi
+	exec 9>>"$1" || die "cannot open the lock file $1"
+	flock -w "$READY_TIMEOUT" 9 ||
+		die "another apply/revert of $CONFIG_PATH has held $1 for ${READY_TIMEOUT}s; is a rollout still running on this master?"
+}
+
 setup_host_state() {
 	validate_host_opts
 	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
@@ -803,6 +816,8 @@ setup_host_state() {
 	RECORD=$STATE_DIR/$key.record
 	APPLIED=$STATE_DIR/$key.applied
 	PENDING=$STATE_DIR/$key.pending
+	LOCK=$STATE_DIR/$key.lock
+	lock_config "$LOCK"
 	WORK=$(umask 077 && mktemp -d "$STATE_DIR/.work.XXXXXX") || die "cannot create a work dir in $STATE_DIR"
 	CLEANUP+=("$WORK")
 }
@@ -822,6 +837,7 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	if restart_and_wait; then
 		again="the previous file is back and kube-apiserver is ready on it"
 		rm -f "$PENDING"
+		[ -n "$prev_rec" ] || rm -f "$LOCK" # nothing of ours is left on this master
 	else
 		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
 	fi
@@ -915,12 +931,13 @@ do_apply() {
 do_revert() {
 	setup_host_state
 	if [ ! -f "$RECORD" ]; then
+		rm -f "$LOCK"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
 		return 0
 	fi
 	if [ ! -f "$CONFIG_PATH" ]; then
 		warn "$CONFIG_PATH does not exist; nothing to revert"
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK"
 		return 0
 	fi
 	local new=$WORK/new report=$WORK/report
@@ -935,7 +952,7 @@ do_revert() {
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
 	if same_file "$new" "$CONFIG_PATH"; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK"
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0
 	fi
@@ -947,7 +964,7 @@ do_revert() {
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK"
 		say "done: aggregation flags removed on $MASTER"
 		return 0
 	fi

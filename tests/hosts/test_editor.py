@@ -281,4 +281,4 @@ def test_readyz_refusing_anonymous_requests_rolls_back_with_a_hint(tmp_path):
     assert cfg.read_text() == original
     assert "NOT ready on it either" in r.stderr  # readyz never says 200 here, even on the old file
     # no record or backup of a change that did not happen; `.pending` stays: readiness is unconfirmed
-    assert [p.suffix for p in (tmp_path / "state").iterdir()] == [".pending"]
+    assert sorted(p.suffix for p in (tmp_path / "state").iterdir()) == [".lock", ".pending"]
