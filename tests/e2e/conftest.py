@@ -30,7 +30,8 @@ def toolchain(tmp_path_factory: pytest.TempPathFactory) -> Toolchain:
     try:
         return Toolchain.ensure(tmp_path_factory.mktemp("pulumi-home"))
     except ToolchainError as e:
-        pytest.fail(f"the engine tier needs the built toolchain: {e}", pytrace=False)
+        reason = str(e)
+    pytest.fail(f"the engine tier needs the built toolchain: {reason}", pytrace=False)
 
 
 @dataclass
@@ -100,7 +101,12 @@ def scenario(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> 
             toolchain, tmp / "backend", "e2e", stack_values(config, cp.kubeconfig),
             secret_paths={f"{PROJECT}:ssh.privateKey": config["ssh"]["privateKey"]},
         )
-        yield Scenario(lab, hosts, cp, stack, config, original, tmp)
+        sc = Scenario(lab, hosts, cp, stack, config, original, tmp)
+        try:
+            yield sc
+        finally:
+            # everything the engine printed, for a failing run (never contains key material: case 4)
+            (tmp / "engine-output.log").write_text("\n".join(stack.outputs))
     finally:
         if cp is not None:
             cp.close()

@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.engine import PRIVATE_KEY_RE, PROJECT, step_ops
 from tests.hosts import standin
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 CERT_FILES = {"aggregator-ca.pem": 0o644, "aggregator.pem": 0o644, "aggregator-key.pem": 0o600}
 
