@@ -153,27 +153,11 @@ class ApiserverAggregation(pulumi.ComponentResource):
             cert_dir = settings.cert_dir(master)
             layout: Layout = settings.master_layout(master)
             base = [("--master", master.name), ("--cert-dir", cert_dir)]
-            connection = _connection(settings, master)
-            script = command.remote.Command(
-                f"{master.name}-script",
-                connection=connection,
-                create=install_script_command(sudo=sudo),
-                update=install_script_command(sudo=sudo),
-                delete=remove_script_command(sudo=sudo),
-                stdin=script_text(),
-                add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, ignore_changes=_IGNORE_KEY_ROTATION),
-            )
-            certs = command.remote.Command(
-                f"{master.name}-certs",
-                connection=connection,
-                create=host_command("install-certs", base, sudo=sudo),
-                update=host_command("install-certs", base, sudo=sudo),
-                delete=host_command("remove-certs", base, sudo=sudo),
-                stdin=bundle,
-                add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[script], ignore_changes=_IGNORE_KEY_ROTATION),
-            )
+            step = functools.partial(self._step, master, _connection(settings, master))
+            script = step("script", install_script_command(sudo=sudo), remove_script_command(sudo=sudo), [],
+                          stdin=script_text())
+            certs = step("certs", host_command("install-certs", base, sudo=sudo),
+                         host_command("remove-certs", base, sudo=sudo), [script], stdin=bundle)
             options = base + [
                 ("--layout", layout.value),
                 ("--config-path", settings.master_config_path(master)),
@@ -182,21 +166,32 @@ class ApiserverAggregation(pulumi.ComponentResource):
                 ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
             ]
             options += [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(cert_dir).items()]
-            flags = command.remote.Command(
-                f"{master.name}-flags",
-                connection=connection,
-                create=host_command("apply", options, sudo=sudo),
-                update=host_command("apply", options, sudo=sudo),
-                delete=host_command("revert", options, sudo=sudo),
-                add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=[script, certs] + ([previous] if previous else []),
-                    ignore_changes=_IGNORE_KEY_ROTATION,
-                ),
-            )
+            flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
+                         [script, certs] + ([previous] if previous else []))
             previous = flags
             self.final_steps.append(flags)
         self.done = self.final_steps[-1]
         self.flags = settings.apiserver_flags()
         self.register_outputs({"flags": self.flags})
+
+    def _step(
+        self,
+        master: Master,
+        connection: command.remote.ConnectionArgs,
+        kind: str,
+        apply: str,
+        undo: str,
+        after: list[pulumi.Resource],
+        stdin: pulumi.Input[str] | None = None,
+    ) -> command.remote.Command:
+        """One remote command of a master; `update` is `create` again: re-runs come from inputs."""
+        return command.remote.Command(
+            f"{master.name}-{kind}",
+            connection=connection,
+            create=apply,
+            update=apply,
+            delete=undo,
+            stdin=stdin,
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after, ignore_changes=_IGNORE_KEY_ROTATION),
+        )

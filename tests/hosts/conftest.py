@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from tests.hosts.lab import Host, Lab, LabError
 from tests.hosts.remote import Outcome, SshRunner
+from tests.support.program import with_overrides
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 def stack_config(lab: Lab, hosts: list[Host], **overrides: Any) -> dict[str, Any]:
     """A stack config (keys without the namespace) whose masters are these test hosts, in this order."""
-    cfg: dict[str, Any] = {
+    base: dict[str, Any] = {
         "masters": [
             {"name": h.name, "address": h.address, "hostKey": h.host_key_pub, "layout": h.layout} for h in hosts
         ],
@@ -38,14 +38,7 @@ def stack_config(lab: Lab, hosts: list[Host], **overrides: Any) -> dict[str, Any
         "apiserver": {"readyTimeoutSeconds": 10},
         "metricsServer": {"replicas": 1},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            merged = copy.deepcopy(cfg[key])
-            merged.update(value)
-            cfg[key] = merged
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(base, overrides)
 
 
 @dataclass

@@ -8,6 +8,7 @@ remote commands the program built (`Run.commands`) over real SSH.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,17 @@ class Run:
             deps |= set(a.dependencies)
         return deps
 
+    def waits_for(self, reg: Registration) -> set[str]:
+        """Every URN this resource waits for: directly, through its parents or through other resources."""
+        seen: set[str] = set()
+        todo = list(self.depends_on(reg))
+        while todo:
+            urn = todo.pop()
+            if urn not in seen:
+                seen.add(urn)
+                todo.extend(self.depends_on(self.by_urn(urn)))
+        return seen
+
     @property
     def commands(self) -> list[dict[str, Any]]:
         """Every remote.Command with plain resolved values, in rollout order (per master: script, certs, flags)."""
@@ -85,6 +97,17 @@ class Run:
                 }
             )
         return out
+
+
+def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with top-level keys replaced, and mapping keys (ssh, pki, ...) merged one level deep."""
+    cfg = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
 
 
 def config_values(config: dict[str, Any]) -> dict[str, str]:

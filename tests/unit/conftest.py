@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 from typing import Any
 
 import pytest
+
+from tests.support.program import with_overrides
 
 
 @pytest.fixture(scope="session")
@@ -26,20 +27,13 @@ def stack_config(ssh_private_key: str):
     """stack_config(n_masters=3, **overrides) -> a valid config dict (keys without the namespace)."""
 
     def make(n_masters: int = 3, **overrides: Any) -> dict[str, Any]:
-        cfg: dict[str, Any] = {
+        base: dict[str, Any] = {
             "masters": masters(n_masters),
             "ssh": {"user": "root", "port": 22, "privateKey": ssh_private_key},
             "pki": {"hosts": ["127.0.0.1", "kubernetes", "kubernetes.default"]},
             "apiserver": {"layout": "env-file"},
             "metricsServer": {"replicas": 1},
         }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-                merged = copy.deepcopy(cfg[key])
-                merged.update(value)
-                cfg[key] = merged
-            else:
-                cfg[key] = value
-        return cfg
+        return with_overrides(base, overrides)
 
     return make

@@ -36,18 +36,6 @@ def test_cert_steps_are_not_serialised(stack_config, n):
         assert result.named(f"{m.name}-script").dependencies == []
 
 
-def closure(result, reg):
-    """Every URN this resource waits for, directly, through its parents or through other resources."""
-    seen: set[str] = set()
-    todo = list(result.depends_on(reg))
-    while todo:
-        urn = todo.pop()
-        if urn not in seen:
-            seen.add(urn)
-            todo.extend(result.depends_on(result.by_urn(urn)))
-    return seen
-
-
 @pytest.mark.parametrize("n", [1, 3, 7])
 def test_metrics_server_waits_for_every_master(stack_config, n):
     result = run(stack_config(n_masters=n))
@@ -55,7 +43,7 @@ def test_metrics_server_waits_for_every_master(stack_config, n):
     k8s = [r for r in result.resources if r.type.startswith("kubernetes:")]
     assert k8s, "metrics-server registered no Kubernetes objects"
     for r in k8s:
-        assert finals <= closure(result, r), f"{r.type} {r.name} may start before every master is done"
+        assert finals <= result.waits_for(r), f"{r.type} {r.name} may start before every master is done"
     apiservice = [r for r in k8s if r.type == "kubernetes:apiregistration.k8s.io/v1:APIService"]
     assert len(apiservice) == 1
 

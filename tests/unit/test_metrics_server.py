@@ -669,21 +669,11 @@ def test_whole_program_every_metrics_server_resource_waits_for_every_master(stac
     flags = {r.urn for r in result.of_type("command:remote:Command") if r.name.endswith("-flags")}
     assert len(flags) == 3
 
-    def waits_for(reg) -> set[str]:  # directly, through parents, or through other resources
-        seen: set[str] = set()
-        todo = list(result.depends_on(reg))
-        while todo:
-            urn = todo.pop()
-            if urn not in seen:
-                seen.add(urn)
-                todo.extend(result.depends_on(result.by_urn(urn)))
-        return seen
-
     (comp,) = result.of_type(ms.TYPE)
     children = [r for r in result.resources if r.parent == comp.urn]
     assert len(children) >= 15
     for r in [comp, *children]:
-        assert flags <= waits_for(r), f"{r.type} {r.name} may start before every master is done"
+        assert flags <= result.waits_for(r), f"{r.type} {r.name} may start before every master is done"
         # and the component passes the program's depends_on to each child itself
         assert set(comp.dependencies) <= set(r.dependencies), r.name
 
