@@ -233,6 +233,8 @@ def test_destroy_restores_every_host(scenario):
         d = s.cert_dir(h)
         left = [n for n in CERT_FILES if h.path(f"{d}/{n}").exists()]
         assert left == [], f"{h.name}: {left} left in {d}"
+        scripts = h.path("/var/lib/metrics-aggregation/scripts")
+        assert not (scripts.exists() and any(scripts.iterdir())), f"{h.name}: host script left behind"
         assert h.readyz() == 200, h.name
         running = h.running_flags()
         assert not any(k.startswith(("--requestheader-", "--proxy-client-")) for k in running), running
