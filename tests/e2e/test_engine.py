@@ -228,6 +228,7 @@ def test_destroy_restores_every_host(scenario):
     result, took = s.stack.destroy()
     s.times["destroy"] = took
     assert result.summary.result == "succeeded", result.stdout[-3000:]
+    assert not PRIVATE_KEY_RE.search(result.stdout + result.stderr), "a private key in destroy's output"
     for h in s.hosts:
         assert h.config_bytes() == s.original[h.name], f"{h.name}: the config file is not back to its original bytes"
         d = s.cert_dir(h)
