@@ -304,7 +304,7 @@ def _cluster_role_binding(
 def _service(s: _Scope) -> k8s.core.v1.Service:
     return k8s.core.v1.Service(
         s.child("service"),
-        metadata=s.meta(APP),
+        metadata=s.meta(APP, annotations=_no_pods_annotations(s)),
         spec=k8s.core.v1.ServiceSpecArgs(
             selector=SELECTOR,
             ports=[
@@ -400,13 +400,18 @@ def _pod_annotations(s: _Scope, pki: _ServingPki) -> pulumi.Output[dict[str, str
     )
 
 
+def _no_pods_annotations(s: _Scope) -> dict[str, str] | None:
+    """A cluster without kubelets (the sandbox) never runs the pods: the Deployment's await (ready
+    replicas) and the Service's (endpoints from ready pods) are skipped there, and only there. The
+    APIService's Available wait stays: it proves the aggregation path whatever serves it."""
+    return {SKIP_AWAIT_ANNOTATION: "true"} if s.settings.expect_no_pods else None
+
+
 def _deployment(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apps.v1.Deployment:
     volumes, mounts = _volumes(s)
-    # The sandbox has no kubelet: its Deployment never gets pods, so only there is its await skipped.
-    annotations = {SKIP_AWAIT_ANNOTATION: "true"} if s.settings.expect_no_pods else None
     return k8s.apps.v1.Deployment(
         s.child("deployment"),
-        metadata=s.meta(APP, annotations=annotations),
+        metadata=s.meta(APP, annotations=_no_pods_annotations(s)),
         spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=s.settings.replicas,
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR),

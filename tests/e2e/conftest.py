@@ -92,10 +92,9 @@ def scenario(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> 
             cp = ControlPlane.start(toolchain.bin_dir, tmp / "controlplane")
         except ControlPlaneError as e:
             pytest.fail(f"cannot start the local control plane (etcd + kube-apiserver): {e}", pytrace=False)
-        # no kubelet: the Deployment never gets pods (expectNoPods), and nothing can make the APIService
-        # Available (waitForAvailable false). The Service's endpoints: see ControlPlane.fake_endpoints.
+        # no kubelet: the Deployment never gets pods and the Service no endpoints (expectNoPods skips both
+        # awaits), and nothing can make the APIService Available (waitForAvailable false).
         config = stack_config(lab, hosts, metricsServer={"replicas": 1, "waitForAvailable": False, "expectNoPods": True})
-        cp.fake_endpoints("kube-system", "metrics-server")
         proj = Project.copy(tmp / "project")
         stack = proj.stack(
             toolchain, tmp / "backend", "e2e", stack_values(config, cp.kubeconfig),

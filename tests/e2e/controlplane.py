@@ -3,14 +3,11 @@ kube-controller-manager (garbage collector only), from the toolchain's bin dir.
 
     cp = ControlPlane.start(bin_dir, workdir)   # < 60 s; raises ControlPlaneError with the logs
     cp.kubeconfig                               # path of an admin kubeconfig (system:masters)
-    cp.fake_endpoints("kube-system", "metrics-server")
     cp.close()                                  # kills what it started, by pid
 
 Why each piece:
-  * there is no kubelet, scheduler or endpoints controller, so a Service with a selector never gets
-    endpoints; pulumi-kubernetes' Service await then waits its full 10 minutes. `fake_endpoints`
-    plays the endpoints controller for one Service (a ready address in 198.18.255.0/24, never
-    routed) so `up` can finish; the tests say so where they call it.
+  * there is no kubelet, scheduler or endpoints controller: the Deployment never gets pods and the
+    Service no endpoints, so the stacks set metricsServer.expectNoPods (both awaits skipped).
   * pulumi-kubernetes deletes with `propagationPolicy: Foreground`: the object keeps a
     `foregroundDeletion` finalizer until the garbage collector (kube-controller-manager) removes it,
     so `destroy` needs the garbage collector running.
@@ -193,14 +190,6 @@ class ControlPlane:
 
     def get(self, path: str, raw: bool = False):
         return self.request("GET", path, raw=raw)
-
-    def fake_endpoints(self, namespace: str, name: str, port: int = 10250) -> None:
-        """Play the endpoints controller for one Service: one ready address (never routed)."""
-        body = {
-            "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": namespace},
-            "subsets": [{"addresses": [{"ip": "198.18.255.254"}], "ports": [{"name": "https", "port": port}]}],
-        }
-        self.request("POST", f"/api/v1/namespaces/{namespace}/endpoints", body)
 
     # ---- teardown
     def close(self) -> None:

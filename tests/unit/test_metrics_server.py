@@ -513,6 +513,7 @@ def annotations(result: Result, typ: str) -> dict[str, str]:
 
 API = "kubernetes:apiregistration.k8s.io/v1:APIService"
 DEPLOY = "kubernetes:apps/v1:Deployment"
+SVC = "kubernetes:core/v1:Service"
 
 
 def test_wait_for_available_annotation(default: Result):
@@ -520,12 +521,13 @@ def test_wait_for_available_annotation(default: Result):
     assert "pulumi.com/waitFor" not in annotations(evaluate(waitForAvailable=False), API)
 
 
-def test_expect_no_pods_skips_await_on_the_deployment_only():
+def test_expect_no_pods_skips_await_on_the_deployment_and_service_only():
     result = evaluate(expectNoPods=True)
     assert annotations(result, DEPLOY) == {"pulumi.com/skipAwait": "true"}
+    assert annotations(result, SVC) == {"pulumi.com/skipAwait": "true"}  # no pods: no endpoints either
     assert annotations(result, API) == {"pulumi.com/waitFor": "condition=Available"}
     for r in result.recorded.resources:
-        if r.type not in (DEPLOY,) and r.type.startswith("kubernetes:"):
+        if r.type not in (DEPLOY, SVC) and r.type.startswith("kubernetes:"):
             assert "pulumi.com/skipAwait" not in (r.inputs["metadata"].get("annotations") or {}), r.name
 
 
