@@ -413,8 +413,9 @@ class MetricsServer(_Model):
     metric_resolution: str = "15s"
     node_count: Annotated[int, Field(ge=0)] = 0
     wait_for_available: bool = True
-    # The sandbox has no kubelet, so its Deployment never gets pods; it says so here, explicitly,
-    # and the program then skips waiting for the Deployment (never for the APIService).
+    # A control plane without kubelets (the local sandbox) never runs the pods; a stack says so here,
+    # explicitly, and the program then skips the Deployment's and the Service's awaits (never the
+    # APIService's).
     expect_no_pods: bool = False
 
     @field_validator("version")
