@@ -74,3 +74,9 @@ toolchain-pulumi: ## only what the engine tests and preview/up need
 .PHONY: e2e
 e2e: venv system-deps toolchain-pulumi ## engine tier: pulumi up/preview/destroy for real against the SSH test hosts
 	$(BIN)/pytest tests/e2e -q -m e2e
+
+.PHONY: bench
+bench: venv system-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)
+	$(BIN)/python bench/program_scale.py
+	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/engine.py
