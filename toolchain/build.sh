@@ -500,6 +500,8 @@ cmd_env() {
 	local var
 	[[ -x $BIN/pulumi ]] || say "warning: $BIN/pulumi is not built yet (run: make toolchain)"
 	if [[ -x $BIN/pulumi ]]; then cmd_install_plugins; else load_pulumi_env; fi
+	# A file:// backend must exist before `pulumi stack select --create` can use it.
+	if [[ $PULUMI_BACKEND_URL == file://* ]]; then mkdir -p "${PULUMI_BACKEND_URL#file://}"; fi
 	printf 'export PATH=%s\n' "$(shq "$BIN:$PATH")"
 	for var in "${PULUMI_ENV_VARS[@]}"; do
 		if [[ -n ${!var+x} ]]; then printf 'export %s=%s\n' "$var" "$(shq "${!var}")"; fi
