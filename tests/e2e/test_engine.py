@@ -19,20 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.engine import PRIVATE_KEY_RE, PROJECT, step_ops
-from tests.hosts import standin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 CERT_FILES = {"aggregator-ca.pem": 0o644, "aggregator.pem": 0o644, "aggregator-key.pem": 0o600}
-
-
-def _file_args(host) -> list[str]:
-    text = host.config_bytes().decode()
-    if host.layout == "env-file":
-        return standin.env_file_args(text, "KUBE_APISERVER_OPTS")
-    if host.layout == "systemd-unit":
-        return standin.unit_args(text)
-    return standin.static_pod(text)[0]
 
 
 def _openssl(*args: str) -> str:
@@ -111,7 +101,7 @@ def test_up_creates_certs_flags_and_rolls_one_master_at_a_time(scenario):
     # flags: in every master's file exactly once, and the running stand-in apiserver started with them
     for h in s.hosts:
         flags = settings.apiserver_flags(s.cert_dir(h))
-        args = _file_args(h)
+        args = h.config_args()
         for name, value in flags.items():
             hits = [a for a in args if a == name or a.startswith(name + "=")]
             assert hits == [f"{name}={value}"], f"{h.name}: {name}: {hits}"

@@ -139,6 +139,17 @@ class Host:
     def config_bytes(self) -> bytes:
         return self.path(self.config_path).read_bytes()
 
+    def config_args(self) -> list[str]:
+        """The kube-apiserver arguments the config file holds now (parsed as systemd/the kubelet would)."""
+        from tests.hosts import standin
+
+        text = self.config_bytes().decode()
+        if self.layout == "env-file":
+            return standin.env_file_args(text, "KUBE_APISERVER_OPTS")
+        if self.layout == "systemd-unit":
+            return standin.unit_args(text)
+        return standin.static_pod(text)[0]
+
     def events(self) -> list[dict]:
         f = self.dir / "events.jsonl"
         return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []

@@ -26,18 +26,8 @@ CERT_FILES = {"aggregator-ca.pem": 0o644, "aggregator.pem": 0o644, "aggregator-k
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def file_args(host: Host) -> list[str]:
-    """The kube-apiserver arguments the host's config file holds now (parsed as systemd/kubelet would)."""
-    text = host.config_bytes().decode()
-    if host.layout == "env-file":
-        return standin.env_file_args(text, "KUBE_APISERVER_OPTS")
-    if host.layout == "systemd-unit":
-        return standin.unit_args(text)
-    return standin.static_pod(text)[0]
-
-
 def assert_flags_once(host: Host, flags: dict[str, str]) -> None:
-    args = file_args(host)
+    args = host.config_args()
     for name, value in flags.items():
         hits = [a for a in args if a == name or a.startswith(name + "=")]
         assert hits == [f"{name}={value}"], f"{host.name}: {name} should be set exactly once to {value!r}, found {hits}"

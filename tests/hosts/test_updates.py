@@ -12,13 +12,13 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.hosts.test_rollout import assert_flags_once, file_args
+from tests.hosts.test_rollout import assert_flags_once
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(240)]
 
 
 def values(host, flag: str) -> list[str]:
-    return [a.partition("=")[2] for a in file_args(host) if a.partition("=")[0] == flag]
+    return [a.partition("=")[2] for a in host.config_args() if a.partition("=")[0] == flag]
 
 
 def test_flag_set_change_converges_and_destroy_still_restores(lab, make_stack):
