@@ -45,7 +45,8 @@ class KeySpec:
         )
 
 
-def _subject(pki: Pki, common_name: str) -> tls.SelfSignedCertSubjectArgs:
+def _subject(pki: Pki, common_name: str) -> dict[str, object]:
+    """The subject fields shared by the CA and the proxy-client certificate (only the CN differs)."""
     s = pki.subject
     return dict(
         common_name=common_name,
