@@ -17,7 +17,8 @@ Outputs the metrics-aggregation stack marks secret stay secret here (StackRefere
 
 Config (namespace hpa-consumer): metricsStack (required), namespace (default), appName (php-apache),
 image (registry.k8s.io/hpa-example), cpuRequest (200m), cpuLimit (500m), cpuUtilization (50),
-minReplicas (1), maxReplicas (5), verifyApiService (true).
+minReplicas (1), maxReplicas (5), verifyApiService (true), expectNoPods (false: true only on a control
+plane without kubelets, where the Deployment and Service awaits would never finish).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Settings:
     min_replicas: int
     max_replicas: int
     verify_api_service: bool
+    expect_no_pods: bool
 
 
 def load_settings(config: pulumi.Config | None = None) -> Settings:
@@ -98,6 +100,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         min_replicas=cfg.get_int("minReplicas") or 1,
         max_replicas=cfg.get_int("maxReplicas") or 5,
         verify_api_service=cfg.get_bool("verifyApiService") is not False,
+        expect_no_pods=cfg.get_bool("expectNoPods") is True,
     )
     if not 1 <= s.cpu_utilization <= 100:
         raise ConsumerConfigError(f"hpa-consumer:cpuUtilization is {s.cpu_utilization}; use 1-100 (percent of the CPU request)")
@@ -156,9 +159,14 @@ def main() -> dict[str, Any]:
         }
     )
     labels = {"app": s.app}
+    # A control plane without kubelets (metrics-aggregation's local sandbox) never runs the pods: there,
+    # and only there, the Deployment's and the Service's awaits are skipped.
+    no_pods = {"pulumi.com/skipAwait": "true"} if s.expect_no_pods else {}
     deployment = k8s.apps.v1.Deployment(
         s.app,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=s.app, namespace=s.namespace, labels=labels, annotations=annotations),
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=s.app, namespace=s.namespace, labels=labels, annotations=annotations.apply(lambda a: {**a, **no_pods})
+        ),
         spec=k8s.apps.v1.DeploymentSpecArgs(
             # No `replicas`: the HPA owns the replica count; declaring it would make every `up` fight it.
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
@@ -185,7 +193,7 @@ def main() -> dict[str, Any]:
     )
     service = k8s.core.v1.Service(
         s.app,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=s.app, namespace=s.namespace, labels=labels),
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=s.app, namespace=s.namespace, labels=labels, annotations=no_pods or None),
         spec=k8s.core.v1.ServiceSpecArgs(
             selector=labels, ports=[k8s.core.v1.ServicePortArgs(port=80, target_port="http", name="http")]
         ),

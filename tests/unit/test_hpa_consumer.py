@@ -175,6 +175,22 @@ def test_verification_can_be_switched_off(program):
     assert ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "php-apache") in mocks.resources
 
 
+def test_expect_no_pods_skips_only_the_pod_awaits(program):
+    def annotations(mocks, type_):
+        return mocks.resources[(type_, "php-apache")].inputs["metadata"].get("annotations") or {}
+
+    mocks, run = program()
+    run(lambda result: result["exports"]["hpaName"])
+    for type_ in ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service"):
+        assert "pulumi.com/skipAwait" not in annotations(mocks, type_)
+
+    mocks, run = program(expectNoPods="true")
+    run(lambda result: result["exports"]["hpaName"])
+    for type_ in ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service"):
+        assert annotations(mocks, type_)["pulumi.com/skipAwait"] == "true"
+    assert "pulumi.com/skipAwait" not in annotations(mocks, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+
+
 def test_missing_metrics_api_service_stops_with_a_clear_message(program):
     outputs = {k: v for k, v in OUTPUTS.items() if k != "metricsApiService"}
     mocks, run = program(outputs)
