@@ -76,7 +76,14 @@ def install_script_command(*, sudo: bool) -> str:
 
 
 def remove_script_command(*, sudo: bool) -> str:
-    body = f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true"
+    """Removes the installed scripts, unless a config or cert dir on the host is still managed (an
+    `.owner` file in the state dir): then another resource (a renamed master) still needs them."""
+    state = shlex.quote(HOST_SCRIPT_DIR.rsplit("/", 1)[0])
+    body = (
+        f"set -- {state}/*.owner; "
+        'if [ -e "$1" ]; then echo "kept the host scripts: still managing $*"; exit 0; fi; '
+        f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true"
+    )
     return _sudo(f"sh -c {shlex.quote(body)}", sudo)
 
 

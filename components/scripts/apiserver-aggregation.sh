@@ -197,6 +197,32 @@ split_pem() {
 		}'
 }
 
+# ------------------------------------------------------------------------------------------- ownership
+# Which Pulumi resource (its --master name) manages a config file or a cert dir on this host. A master
+# renamed in the stack is a new resource: Pulumi runs the new name's create first and the old name's
+# delete last, and that delete must not undo what the new name now owns. Ownership moves on every
+# successful apply/install-certs; revert/remove-certs by a former owner leave things alone.
+owner_file() { # KIND PATH
+	printf '%s/%s-%s.owner\n' "$STATE_DIR" "$1" "$(printf '%s' "${2#/}" | tr -c 'A-Za-z0-9._-' '_')"
+}
+claim() { # KIND PATH
+	local f
+	f=$(owner_file "$1" "$2")
+	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
+	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
+	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
+	mv -f "$f.tmp" "$f" || die "cannot write $f"
+}
+owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
+	local f owner
+	f=$(owner_file "$1" "$2")
+	[ -f "$f" ] || return 1
+	owner=$(cat -- "$f")
+	[ "$owner" != "$MASTER" ] || return 1
+	printf '%s\n' "$owner"
+}
+release() { rm -f -- "$(owner_file "$1" "$2")"; } # KIND PATH
+
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
 	local pem tmp kinds i name mode target t2 owner_note="" as_root=0
@@ -244,11 +270,16 @@ install_certs() {
 		mv -f "$t2" "$target" || die "cannot rename into $target"
 		say "$target written ($mode$owner_note)"
 	done < <(cert_files)
+	claim certs "$CERT_DIR"
 }
 
 remove_certs() {
 	need_abs --cert-dir "$CERT_DIR"
-	local name
+	local name owner
+	if owner=$(owner_other_than_me certs "$CERT_DIR"); then
+		say "kept the certificates in $CERT_DIR: master resource '$owner' manages them now (a renamed master?)"
+		return 0
+	fi
 	while IFS= read -r name; do
 		if [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
 			rm -f -- "$CERT_DIR/$name" || die "cannot remove $CERT_DIR/$name"
@@ -257,6 +288,7 @@ remove_certs() {
 			say "$CERT_DIR/$name already absent"
 		fi
 	done < <(cert_files)
+	release certs "$CERT_DIR"
 }
 
 # --------------------------------------------------------------------------------------- config editing
@@ -885,6 +917,7 @@ do_apply() {
 			say "unchanged, but a previous run stopped before kube-apiserver was ready on this file; restarting it"
 		else
 			[ -s "$newrec" ] && ! same_file "$newrec" "$RECORD" && write_state "$newrec" "$RECORD"
+			claim config "$CONFIG_PATH"
 			say "unchanged: all ${#FLAGS[@]} flags already set in $CONFIG_PATH; no restart"
 			return 0
 		fi
@@ -920,6 +953,7 @@ do_apply() {
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
 		rm -f "$PENDING"
+		claim config "$CONFIG_PATH"
 		say "done: aggregation flags active on $MASTER"
 		return 0
 	fi
@@ -930,6 +964,11 @@ do_apply() {
 
 do_revert() {
 	setup_host_state
+	local owner
+	if owner=$(owner_other_than_me config "$CONFIG_PATH"); then
+		say "left $CONFIG_PATH as it is: master resource '$owner' manages it now (a renamed master?)"
+		return 0
+	fi
 	if [ ! -f "$RECORD" ]; then
 		rm -f "$LOCK"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
@@ -937,7 +976,7 @@ do_revert() {
 	fi
 	if [ ! -f "$CONFIG_PATH" ]; then
 		warn "$CONFIG_PATH does not exist; nothing to revert"
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
 		return 0
 	fi
 	local new=$WORK/new report=$WORK/report
@@ -952,7 +991,7 @@ do_revert() {
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
 	if same_file "$new" "$CONFIG_PATH"; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0
 	fi
@@ -964,7 +1003,7 @@ do_revert() {
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "done: aggregation flags removed on $MASTER"
 		return 0
 	fi
