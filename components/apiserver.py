@@ -1,20 +1,20 @@
 """ApiserverAggregation: the kube-apiserver reconfiguration on every master, over SSH (pulumi-command).
 
-Per master, three remote commands:
+Per master, two remote commands:
 
-    <master>-script  installs the host script           /var/lib/metrics-aggregation/scripts/
-                     `scripts/apiserver-aggregation.sh`  apiserver-aggregation-<sha256[:12]>.sh (0755),
-                     (sent on stdin, checksum verified)  content-addressed: a new script is a new file
-    <master>-certs   install-certs / remove-certs        <certDir>/aggregator-ca.pem (0644),
-                                                         aggregator.pem (0644), aggregator-key.pem (0600)
-    <master>-flags   apply / revert                      the --requestheader-* / --proxy-client-* flags in
-                                                         the layout's config file; restart; wait for /readyz
+    <master>-certs   installs the host script, then     /var/lib/metrics-aggregation/scripts/
+                     install-certs / remove-certs       apiserver-aggregation-<sha256[:12]>.sh (0755,
+                     (stdin: the script, then the PEMs) content-addressed, sha256-checked);
+                                                        <certDir>/aggregator-ca.pem (0644),
+                                                        aggregator.pem (0644), aggregator-key.pem (0600)
+    <master>-flags   apply / revert                     the --requestheader-* / --proxy-client-* flags in
+                                                        the layout's config file; restart; wait for /readyz
 
-The script travels once, on stdin, instead of inside every command line: command lines stay short, so
-`pulumi preview --diff` shows a script change as one checksum and pulumi-command's error messages
-(which quote the command line) show the real error. The certs steps run in parallel; master N's flags
-step waits for master N-1's (one apiserver down at a time, in the order of `masters`). On destroy the
-flags steps revert in reverse order, then the certs and the script are removed.
+The script travels on stdin, once per master, instead of inside every command line: command lines stay
+short, so `pulumi preview --diff` shows a script change as a new checksum in the flags command, and
+pulumi-command's error messages (which quote the command line) show the real error. The certs steps run
+in parallel; master N's flags step waits for master N-1's (one apiserver down at a time, in the order of
+`masters`). On destroy the flags steps revert in reverse order, then the certs and the script go.
 
 Secrets travel on stdin only: never in a command line or an environment variable (previews, logs,
 process lists and pulumi-command's error messages show those). Re-runs are driven by inputs (command
@@ -59,32 +59,46 @@ def _sudo(line: str, sudo: bool) -> str:
     return f"sudo -n {line}" if sudo else line
 
 
-@functools.cache
-def install_script_command(*, sudo: bool) -> str:
-    """Writes stdin (the script) to host_script_path() atomically, after checking its sha256."""
-    path = host_script_path()
-    digest = hashlib.sha256(script_text().encode()).hexdigest()
-    body = (
+def _install_script(then: str) -> str:
+    """Shell that installs the script from the first len(script) bytes of stdin (atomically, after
+    checking its sha256; a no-op rewrite when it is there already), then runs `then` with the rest."""
+    data = script_text().encode()
+    return (
         "set -eu; umask 022; "
-        f"d={shlex.quote(HOST_SCRIPT_DIR)}; f={shlex.quote(path)}; "
-        '(umask 077; mkdir -p "$d"); t=$(mktemp "$d/.install.XXXXXX"); trap \'rm -f "$t"\' EXIT; cat > "$t"; '
-        f'echo "{digest}  $t" | sha256sum -c --quiet - '
+        f"d={shlex.quote(HOST_SCRIPT_DIR)}; f={shlex.quote(host_script_path())}; "
+        '(umask 077; mkdir -p "$d"); t=$(mktemp "$d/.install.XXXXXX"); trap \'rm -f "$t"\' EXIT; '
+        f'head -c {len(data)} > "$t"; '
+        f'echo "{hashlib.sha256(data).hexdigest()}  $t" | sha256sum -c --quiet - '
         '|| { echo "the host script arrived damaged (sha256 mismatch); nothing installed" >&2; exit 1; }; '
-        'chmod 0755 "$t"; mv -f "$t" "$f"; echo "installed $f"'
+        f'chmod 0755 "$t"; mv -f "$t" "$f"; {then}'
     )
-    return _sudo(f"sh -c {shlex.quote(body)}", sudo)
 
 
-def remove_script_command(*, sudo: bool) -> str:
-    """Removes the installed scripts, unless a config or cert dir on the host is still managed (an
-    `.owner` file in the state dir): then another resource (a renamed master) still needs them."""
+def _remove_scripts() -> str:
+    """Shell that removes the installed scripts, unless a config or cert dir on the host is still managed
+    (an `.owner` file in the state dir): then another resource (a renamed master) still needs them."""
     state = shlex.quote(HOST_SCRIPT_DIR.rsplit("/", 1)[0])
-    body = (
+    return (
         f"set -- {state}/*.owner; "
         'if [ -e "$1" ]; then echo "kept the host scripts: still managing $*"; exit 0; fi; '
         f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true"
     )
-    return _sudo(f"sh -c {shlex.quote(body)}", sudo)
+
+
+def certs_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
+    """(apply, undo) of a master's certs step.
+
+    apply: stdin is the host script followed by the PEM bundle; the script is installed from the first
+    bytes, then `install-certs` reads the PEMs from the rest. undo: `remove-certs`, then the scripts."""
+    args = " ".join(shlex.quote(a) for pair in options for a in pair)
+    apply = _install_script(f'exec bash "$f" install-certs {args}')
+    undo = (
+        f"set -eu; f={shlex.quote(host_script_path())}; "
+        f'if [ -f "$f" ]; then bash "$f" remove-certs {args}; '
+        'else echo "warning: $f is gone; the certificates were left in place" >&2; fi; '
+        + _remove_scripts()
+    )
+    return _sudo(f"sh -c {shlex.quote(apply)}", sudo), _sudo(f"sh -c {shlex.quote(undo)}", sudo)
 
 
 def host_command(action: str, options: Sequence[tuple[str, str]], *, sudo: bool) -> str:
@@ -150,8 +164,11 @@ class ApiserverAggregation(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("metrics-aggregation:apiserver:ApiserverAggregation", name, None, opts)
-        bundle = pulumi.Output.secret(
-            pulumi.Output.all(ca_cert_pem, proxy_cert_pem, proxy_key_pem).apply(lambda p: _pem_bundle(*p))
+        # stdin of every certs step: the host script, then the PEMs (secret as a whole)
+        stdin = pulumi.Output.secret(
+            pulumi.Output.all(ca_cert_pem, proxy_cert_pem, proxy_key_pem).apply(
+                lambda p: script_text() + _pem_bundle(*p)
+            )
         )
         sudo = settings.ssh.sudo
         previous: pulumi.Resource | None = None
@@ -161,10 +178,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
             layout: Layout = settings.master_layout(master)
             base = [("--master", master.name), ("--cert-dir", cert_dir)]
             step = functools.partial(self._step, master, _connection(settings, master))
-            script = step("script", install_script_command(sudo=sudo), remove_script_command(sudo=sudo), [],
-                          stdin=script_text())
-            certs = step("certs", host_command("install-certs", base, sudo=sudo),
-                         host_command("remove-certs", base, sudo=sudo), [script], stdin=bundle)
+            certs = step("certs", *certs_commands(base, sudo=sudo), [], stdin=stdin)
             options = base + [
                 ("--layout", layout.value),
                 ("--config-path", settings.master_config_path(master)),
@@ -174,7 +188,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
             ]
             options += [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(cert_dir).items()]
             flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
-                         [script, certs] + ([previous] if previous else []))
+                         [certs] + ([previous] if previous else []))
             previous = flags
             self.final_steps.append(flags)
         self.done = self.final_steps[-1]

@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from components.apiserver import script_text
 from tests.hosts import standin
 from tests.hosts.lab import SAMPLES, Host, tcp_open
 
@@ -293,9 +294,9 @@ def test_non_root_user_without_sudo_rights_fails_clearly(lab, make_stack):
     before = h.config_bytes()
     st = make_stack([h], ssh={"user": user, "port": 22, "privateKey": lab.client_key.read_text(), "sudo": True})
     out = st.up()
-    first = out["m1-script"]  # the first step the program runs on a master
+    first = out["m1-certs"]  # the first step the program runs on a master
     assert first.rc != 0 and "password is required" in first.stderr
-    assert sorted(out.skipped()) == ["m1-certs", "m1-flags"]
+    assert sorted(out.skipped()) == ["m1-flags"]
     assert h.config_bytes() == before and h.restarts() == 0
 
 
@@ -323,8 +324,8 @@ def test_destroy_returns_every_host_to_original_bytes(lab, make_stack):
     # a revert that runs again (say, a retried destroy) finds nothing to do and restarts nothing
     by_name = {c["name"]: c for c in cmds}
     for h in hosts:
-        script = by_name[f"{h.name}-script"]
-        assert st.runner.run(script["connection"], script["create"], script["stdin"]).rc == 0
+        certs = by_name[f"{h.name}-certs"]  # puts the script back (and the certificates)
+        assert st.runner.run(certs["connection"], certs["create"], certs["stdin"]).rc == 0
         flags = by_name[f"{h.name}-flags"]
         r = st.runner.run(flags["connection"], flags["delete"])
         assert r.rc == 0 and "nothing to revert" in r.stdout, r.stderr
@@ -349,13 +350,15 @@ def test_install_certs_refuses_anything_but_ca_cert_key(lab, make_stack):
     h = lab.add_host("m1", "env-file")
     st = make_stack([h])
     by_name = {c["name"]: c for c in st.commands()}
-    script, certs = by_name["m1-script"], by_name["m1-certs"]
-    assert st.runner.run(script["connection"], script["create"], script["stdin"]).rc == 0
-    blocks = re.findall(r"-----BEGIN [A-Z ]+-----\n.*?-----END [A-Z ]+-----\n", certs["stdin"], re.S)
+    certs = by_name["m1-certs"]
+    script = script_text()
+    pems = certs["stdin"][len(script):]  # stdin: the host script, then the PEMs
+    assert certs["stdin"].startswith(script)
+    blocks = re.findall(r"-----BEGIN [A-Z ]+-----\n.*?-----END [A-Z ]+-----\n", pems, re.S)
     assert len(blocks) == 3
-    for bad in ("", blocks[0] + blocks[1], blocks[2] + blocks[0] + blocks[1], certs["stdin"] + blocks[0],
-                certs["stdin"].replace("-----END", "not base64!\n-----END", 1), "hello\n" + certs["stdin"]):
-        r = st.runner.run(certs["connection"], certs["create"], bad)
+    for bad in ("", blocks[0] + blocks[1], blocks[2] + blocks[0] + blocks[1], pems + blocks[0],
+                pems.replace("-----END", "not base64!\n-----END", 1), "hello\n" + pems):
+        r = st.runner.run(certs["connection"], certs["create"], script + bad)
         assert r.rc != 0 and "refusing to install certificates" in r.stderr and "nothing written" in r.stderr
         assert "PRIVATE KEY-----\n" not in r.stdout + r.stderr
         assert not h.path("/etc/kubernetes/ssl").exists() or list(h.path("/etc/kubernetes/ssl").iterdir()) == []

@@ -89,7 +89,7 @@ def test_renamed_master_keeps_its_host_configured(lab, make_stack):
     assert out.ok, out.explain()
     assert "master resource 'cp-renamed' manages it now" in out["m1-flags"].stdout
     assert "manages them now" in out["m1-certs"].stdout
-    assert "kept the host scripts" in out["m1-script"].stdout
+    assert "kept the host scripts" in out["m1-certs"].stdout
     assert_flags_once(h, old.flags_for(h))  # the same flags: only the name changed
     assert h.path("/etc/kubernetes/ssl/aggregator-key.pem").exists()
 

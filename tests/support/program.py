@@ -72,11 +72,11 @@ class Run:
 
     @property
     def commands(self) -> list[dict[str, Any]]:
-        """Every remote.Command with plain resolved values, in rollout order (per master: script, certs, flags)."""
+        """Every remote.Command with plain resolved values, in rollout order (per master: certs, flags)."""
         by_urn = {r.urn: r.name for r in self.resources}
         order = {m.name: i for i, m in enumerate(self.settings.masters)}
 
-        steps = {"script": 0, "certs": 1, "flags": 2}
+        steps = {"certs": 0, "flags": 1}
 
         def key(r: Registration) -> tuple[int, int]:
             master, _, step = r.name.rpartition("-")

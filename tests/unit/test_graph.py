@@ -19,7 +19,7 @@ def test_flags_roll_one_master_after_the_other(stack_config, n):
     for i, master in enumerate(order):
         step = result.named(f"{master}-flags")
         deps = names(result, step.dependencies)
-        expected = {f"{master}-script", f"{master}-certs"} | ({f"{order[i - 1]}-flags"} if i else set())
+        expected = {f"{master}-certs"} | ({f"{order[i - 1]}-flags"} if i else set())
         assert deps == expected, (master, deps)
 
 
@@ -29,11 +29,8 @@ def test_cert_steps_are_not_serialised(stack_config, n):
     commands = {r.urn for r in result.of_type("command:remote:Command")}
     for m in result.settings.masters:
         step = result.named(f"{m.name}-certs")
-        own_script = result.named(f"{m.name}-script").urn
-        assert not (set(step.dependencies) - {own_script}) & commands, f"{m.name}-certs waits for another host"
-        assert names(result, step.dependencies) == {
-            f"{m.name}-script", "aggregator-ca", "proxy-client", "proxy-client-key"}
-        assert result.named(f"{m.name}-script").dependencies == []
+        assert not set(step.dependencies) & commands, f"{m.name}-certs waits for another host step"
+        assert names(result, step.dependencies) == {"aggregator-ca", "proxy-client", "proxy-client-key"}
 
 
 @pytest.mark.parametrize("n", [1, 3, 7])

@@ -532,7 +532,7 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
     assert "'proxy-client-key' is RSA 1024 bits" in text["strong-keys"]
     assert "'proxy-client' is valid for 17520 hours" in text["leaf-validity-bounded"]
     assert "without connection.hostKey" in text["host-keys-pinned-in-production"]
-    assert len(found["host-keys-pinned-in-production"]) == 9  # script, certs, flags on each of 3 masters
+    assert len(found["host-keys-pinned-in-production"]) == 6  # certs + flags on each of 3 masters
 
 
 def yaml_masters_without_host_keys() -> list[dict]:

@@ -40,11 +40,11 @@ def test_invariants(stack_config, masters, hosts):
     assert {canonical(a) for a in [m["address"] for m in masters] + hosts} == sans
     # 2. two steps per master, unique names, flags chained in list order
     commands = result.commands
-    assert [c["name"] for c in commands] == [f"{m['name']}-{s}" for m in masters for s in ("script", "certs", "flags")]
+    assert [c["name"] for c in commands] == [f"{m['name']}-{s}" for m in masters for s in ("certs", "flags")]
     previous = None
     for m in masters:
         flags = next(c for c in commands if c["name"] == f"{m['name']}-flags")
-        own = {f"{m['name']}-script", f"{m['name']}-certs"}
+        own = {f"{m['name']}-certs"}
         assert flags["depends_on"] == sorted(own | ({previous} if previous else set()))
         assert flags["connection"]["host"] == m["address"]
         previous = flags["name"]

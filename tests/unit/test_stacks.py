@@ -29,7 +29,7 @@ def test_stack_evaluates(stack, ssh_private_key):
     cfg = stack_file(stack)
     cfg["ssh"]["privateKey"] = ssh_private_key
     result = run(cfg, preview=True)
-    assert len(result.commands) == 3 * len(cfg["masters"])
+    assert len(result.commands) == 2 * len(cfg["masters"])
 
 
 def test_dev_is_the_binary_install(ssh_private_key):
@@ -37,7 +37,7 @@ def test_dev_is_the_binary_install(ssh_private_key):
     cfg["ssh"]["privateKey"] = ssh_private_key
     result = run(cfg)
     assert [m["address"] for m in result.outputs["masters"]] == ["10.0.0.101", "10.0.0.102", "10.0.0.103"]
-    assert "--layout env-file" in result.commands[2]["create"]
+    assert "--layout env-file" in result.commands[1]["create"]
     assert result.outputs["apiserverFlags"]["--proxy-client-cert-file"] == "/etc/kubernetes/ssl/aggregator.pem"
 
 
