@@ -45,9 +45,7 @@ class Run:
 
     def ancestors(self, reg: Registration) -> list[Registration]:
         out = []
-        while reg.parent and not reg.parent.endswith(f"::{PROJECT}-test") and any(
-            r.urn == reg.parent for r in self.resources
-        ):
+        while reg.parent and any(r.urn == reg.parent for r in self.resources):  # the Stack is not recorded
             reg = self.by_urn(reg.parent)
             out.append(reg)
         return out

@@ -99,8 +99,7 @@ def test_validity_from_config(dev_like):
     assert leaf.not_valid_after_utc <= ca.not_valid_after_utc
     not_after = dt.datetime.fromisoformat(dev_like.outputs["proxyClientCertNotAfter"].replace("Z", "+00:00"))
     assert not_after == leaf.not_valid_after_utc
-    lsc = dev_like.named("proxy-client") if False else next(
-        r for r in dev_like.of_type("tls:index/locallySignedCert:LocallySignedCert"))
+    [lsc] = [r for r in dev_like.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == "proxy-client"]
     assert lsc.inputs["earlyRenewalHours"] == 720
 
 
