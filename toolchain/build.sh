@@ -481,11 +481,13 @@ cmd_install_plugins() {
 			continue
 		fi
 		if [[ -e ${dest%/*} ]]; then
-			PATH="$BIN:$PATH" pulumi plugin rm resource "$name" "$version" --yes >&2 ||
+			PULUMI_HOME=$PULUMI_HOME PATH="$BIN:$PATH" pulumi plugin rm resource "$name" "$version" --yes >&2 ||
 				rm -rf "${dest%/*}" "${dest%/*}.lock"
 		fi
 		say "installing plugin resource $name $version into $PULUMI_HOME/plugins"
-		PATH="$BIN:$PATH" pulumi plugin install resource "$name" "$version" --file "$bin" >&2 ||
+		# PULUMI_HOME explicitly: pulumi.env sets it without exporting it, and the CLI would otherwise
+		# install into ~/.pulumi, where the project's runs never look
+		PULUMI_HOME=$PULUMI_HOME PATH="$BIN:$PATH" pulumi plugin install resource "$name" "$version" --file "$bin" >&2 ||
 			die "pulumi plugin install resource $name $version --file $bin"
 	done
 }
