@@ -7,7 +7,8 @@ Per master, two remote commands:
                      (stdin: the script, then the PEMs) content-addressed, sha256-checked);
                                                         <certDir>/aggregator-ca.pem (0644),
                                                         aggregator.pem (0644), aggregator-key.pem (0600)
-    <master>-flags   apply / revert                     the --requestheader-* / --proxy-client-* flags in
+    <master>-flags   apply / revert                     the --requestheader-* / --proxy-client-* flags (and
+                                                        the extraFlags of apiserver and the master) in
                                                         the layout's config file; restart; wait for /readyz
 
 The script travels on stdin, once per master, instead of inside every command line: command lines stay
@@ -186,12 +187,14 @@ class ApiserverAggregation(pulumi.ComponentResource):
                 ("--readyz-url", settings.apiserver.readyz_url),
                 ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
             ]
-            options += [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(cert_dir).items()]
+            # the aggregation flags, then apiserver.extraFlags merged with this master's extraFlags
+            options += [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(master).items()]
             flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
                          [certs] + ([previous] if previous else []))
             previous = flags
             self.final_steps.append(flags)
         self.done = self.final_steps[-1]
+        # the `apiserverFlags` output: what every master gets (no master's own extraFlags)
         self.flags = settings.apiserver_flags()
         self.register_outputs({"flags": self.flags})
 

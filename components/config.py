@@ -14,10 +14,13 @@ snake_case attributes here (pydantic aliases).
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -54,6 +58,29 @@ _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 # Master names become part of Pulumi resource names (`<name>-certs`, `<name>-flags`).
 _MASTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 _HOURS_PER_YEAR = 8760
+
+# The kube-apiserver flags this program sets itself (Settings.apiserver_flags), each with what to do instead
+# of naming it in apiserver.extraFlags / masters[].extraFlags.
+MANAGED_FLAGS: dict[str, str] = {
+    "--requestheader-client-ca-file": "it points at the aggregator CA this program writes into apiserver.certDir; "
+    "set apiserver.certDir (or the master's layout) instead",
+    "--requestheader-allowed-names": "it is the proxy-client certificate's CN; set pki.proxyClientCommonName instead",
+    "--requestheader-extra-headers-prefix": "this program sets it to X-Remote-Extra-; remove it from extraFlags",
+    "--requestheader-group-headers": "this program sets it to X-Remote-Group; remove it from extraFlags",
+    "--requestheader-username-headers": "this program sets it to X-Remote-User; remove it from extraFlags",
+    "--proxy-client-cert-file": "it points at the proxy-client certificate this program writes into "
+    "apiserver.certDir; set apiserver.certDir (or the master's layout) instead",
+    "--proxy-client-key-file": "it points at the proxy-client key this program writes into apiserver.certDir; "
+    "set apiserver.certDir (or the master's layout) instead",
+    "--enable-aggregator-routing": "set apiserver.enableAggregatorRouting (true/false) instead",
+}
+_FLAG_NAME = re.compile(r"^--[a-z0-9]+(-[a-z0-9]+)*$")
+# The host script edits the config file token by token (whitespace-separated words inside a quoted env
+# variable, an ExecStart= line, a YAML list item): a value must be one word without quotes, '$', '%',
+# '\' or '#' (systemd and the shell would interpret them).
+_FLAG_VALUE = re.compile(r"^[A-Za-z0-9_.,:/=@+*~-]+$")
+# How large a kubelet CA file may be (it goes into a ConfigMap; a CA bundle is a few KiB).
+MAX_CA_FILE_BYTES = 256 * 1024
 
 
 class ConfigError(Exception):
@@ -155,6 +182,7 @@ class Master(_Model):
     user: str | None = None
     layout: Layout | None = None
     config_path: str | None = None
+    extra_flags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -185,6 +213,83 @@ class Master(_Model):
     @classmethod
     def _config_path(cls, v: str | None) -> str | None:
         return v if v is None else _absolute_path(v)
+
+    @field_validator("extra_flags", mode="before")
+    @classmethod
+    def _extra_flags(cls, v: Any) -> Any:
+        return _check_extra_flags(v)
+
+
+def _check_extra_flags(v: Any) -> dict[str, str]:
+    """apiserver.extraFlags / masters[].extraFlags: {--name: value} -> the same with string values.
+
+    YAML gives numbers and booleans for unquoted values: whole numbers and true/false become the text
+    kube-apiserver expects ('800', 'true'); anything else must be a string."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise _problem(
+            (), v, "must be a mapping of kube-apiserver flags to values, e.g. {--requestheader-uid-headers: X-Remote-Uid}"
+        )
+    problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+    out: dict[str, str] = {}
+    for name, value in v.items():
+        if not isinstance(name, str) or not _FLAG_NAME.match(name):
+            problems.append(((), name, _bad_flag_name(name)))
+            continue
+        if name in MANAGED_FLAGS:
+            problems.append(((), name, f"is a flag this program manages itself; {MANAGED_FLAGS[name]}"))
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        elif isinstance(value, float):
+            problems.append(
+                (
+                    (name,),
+                    value,
+                    "is a number with a fraction, which YAML may have changed (1.10 reads as 1.1); "
+                    "quote it, e.g. '0.001'" if math.isfinite(value) else "is not a flag value; quote it",
+                )
+            )
+            continue
+        elif isinstance(value, str):
+            text = value
+        elif value is None:
+            problems.append(((name,), None, "has no value (null); give the flag a value, or remove it"))
+            continue
+        else:
+            problems.append(((name,), value, "must be a string (or a whole number, true or false)"))
+            continue
+        if not _FLAG_VALUE.match(text):
+            problems.append(
+                (
+                    (name,),
+                    text,
+                    "is not a usable flag value: use one word of letters, digits and _ . , : / = @ + * ~ - "
+                    "(no spaces, quotes, '$', '%', '\\' or '#': the flag is written into the master's "
+                    "config file, where the shell or systemd would interpret them)",
+                )
+            )
+            continue
+        out[name] = text
+    if problems:
+        raise _Problems(problems)
+    return out
+
+
+def _bad_flag_name(name: Any) -> str:
+    text = str(name)
+    fix = "is not a kube-apiserver flag name; write it as --name (lowercase letters, digits and dashes)"
+    if "=" in text:
+        flag, _, value = text.partition("=")
+        return f"{fix}, the value apart: '{flag}: {value}'"
+    if not text.startswith("-") and _FLAG_NAME.match(f"--{text}"):
+        return f"{fix}, e.g. '--{text}'"
+    if _FLAG_NAME.match(text.lower()):
+        return f"{fix}, e.g. '{text.lower()}'"
+    return fix
 
 
 def _absolute_path(v: str) -> str:
@@ -364,6 +469,13 @@ class Apiserver(_Model):
     readyz_url: str = "https://127.0.0.1:6443/readyz"
     ready_timeout_seconds: int = 120
     enable_aggregator_routing: bool = True
+    # Extra kube-apiserver flags on every master (masters[].extraFlags are merged over them).
+    extra_flags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extra_flags", mode="before")
+    @classmethod
+    def _extra_flags(cls, v: Any) -> Any:
+        return _check_extra_flags(v)
 
     @field_validator("config_path", "cert_dir")
     @classmethod
@@ -405,6 +517,9 @@ class MetricsServer(_Model):
     replicas: Annotated[int, Field(ge=1, le=10)] = 1
     kubelet_insecure_tls: bool = False
     kubelet_ca_cert_pem: str | None = None
+    # A file on the machine running pulumi (relative: to the project directory), read at config load; the
+    # validated settings then carry its text in kubelet_ca_cert_pem, as if that key had been set.
+    kubelet_ca_cert_file: str | None = None
     preferred_address_types: tuple[
         Literal["Hostname", "InternalDNS", "InternalIP", "ExternalDNS", "ExternalIP"], ...
     ] = ("InternalIP", "ExternalIP", "Hostname")
@@ -433,9 +548,43 @@ class MetricsServer(_Model):
             raise ValueError("must be a duration of at least 10s, such as 15s or 1m")
         return v
 
+    @field_validator("kubelet_ca_cert_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or any(c in v for c in "\n\0")):
+            raise ValueError(
+                "must be the path of a PEM file on the machine running pulumi (relative paths are "
+                "relative to the project directory)"
+            )
+        return v
+
     @model_validator(mode="after")
-    def _cross(self) -> MetricsServer:
+    def _cross(self, info: ValidationInfo) -> MetricsServer:
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        from_file: str | None = None
+        if self.kubelet_ca_cert_file is not None:
+            if self.kubelet_ca_cert_pem is not None:
+                problems.append(
+                    (
+                        ("kubeletCaCertFile",),
+                        self.kubelet_ca_cert_file,
+                        "is set together with kubeletCaCertPem; choose one: remove kubeletCaCertPem to read "
+                        "the CA from the file, or remove kubeletCaCertFile",
+                    )
+                )
+            else:
+                from_file, problem = _read_ca_file(self.kubelet_ca_cert_file, info.context or {})
+                if problem:
+                    problems.append((("kubeletCaCertFile",), self.kubelet_ca_cert_file, problem))
+            if self.kubelet_insecure_tls:
+                problems.append(
+                    (
+                        ("kubeletInsecureTls",),
+                        True,
+                        "is set together with kubeletCaCertFile; choose one: remove kubeletInsecureTls "
+                        "to verify kubelets with the CA in kubeletCaCertFile",
+                    )
+                )
         if self.kubelet_insecure_tls and self.kubelet_ca_cert_pem:
             problems.append(
                 (
@@ -460,7 +609,66 @@ class MetricsServer(_Model):
             )
         if problems:
             raise _Problems(problems)
+        if from_file is not None:
+            return self.model_copy(update={"kubelet_ca_cert_pem": from_file})
         return self
+
+
+FileReader = Callable[[Path], bytes]
+
+
+def read_local_file(path: Path) -> bytes:
+    """The default FileReader: the file's bytes (at most MAX_CA_FILE_BYTES + 1 of them)."""
+    with open(path, "rb") as f:
+        return f.read(MAX_CA_FILE_BYTES + 1)
+
+
+def _read_ca_file(path: str, context: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the PEM text, None) or (None, what is wrong and how to fix it) for metricsServer.kubeletCaCertFile.
+
+    Reads through context["read_file"] (default: the local disk); a relative path is resolved against
+    context["base_dir"] (default: the working directory, which `pulumi` sets to the project directory)."""
+    read: FileReader = context.get("read_file") or read_local_file
+    base = Path(context.get("base_dir") or Path.cwd())
+    full = Path(path).expanduser()
+    if not full.is_absolute():
+        full = base / full
+    where = f"{full}" if Path(path).expanduser().is_absolute() else f"{full} (relative to the project directory {base})"
+    try:
+        data = read(full)
+    except FileNotFoundError:
+        return None, (
+            f"cannot be read: {where} does not exist; create it with the PEM CA certificate that signed the "
+            "kubelets' serving certificates, or fix the path"
+        )
+    except IsADirectoryError:
+        return None, f"cannot be read: {where} is a directory; point it at the CA certificate file"
+    except OSError as e:
+        return None, (
+            f"cannot be read: {where}: {e.strerror or e}; make it readable by the user running pulumi, "
+            "or fix the path"
+        )
+    if len(data) > MAX_CA_FILE_BYTES:
+        return None, f"is larger than {MAX_CA_FILE_BYTES // 1024} KiB ({where}); point it at the CA certificate only"
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    if "PRIVATE KEY-----" in text:
+        return None, (
+            f"holds a private key ({where}); the file's contents go into a ConfigMap: point it at the CA "
+            "certificate only (-----BEGIN CERTIFICATE-----)"
+        )
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        return None, (
+            f"is not a PEM certificate ({where}): it needs one or more -----BEGIN CERTIFICATE----- blocks "
+            "(convert a DER file with `openssl x509 -inform der -in ca.der -out ca.pem`)"
+        )
+    return text, None
 
 
 class Settings(_Model):
@@ -514,9 +722,24 @@ class Settings(_Model):
     def requestheader_allowed_names(self) -> list[str]:
         return [self.pki.proxy_client_common_name]
 
-    def apiserver_flags(self, cert_dir: str | None = None) -> dict[str, str]:
-        """The kube-apiserver flags the program sets (design.md, "Files on each master")."""
-        d = cert_dir or self.apiserver.resolved("cert_dir", self.apiserver.layout)
+    def extra_flags(self, m: Master | None = None) -> dict[str, str]:
+        """apiserver.extraFlags with master m's extraFlags merged over them (the master's value wins)."""
+        merged = {**self.apiserver.extra_flags, **(m.extra_flags if m else {})}
+        return dict(sorted(merged.items()))
+
+    def apiserver_flags(self, master: Master | None = None) -> dict[str, str]:
+        """The kube-apiserver flags the program sets on `master` (design.md, "Files on each master"):
+        the aggregation flags (paths in the master's certDir), then apiserver.extraFlags merged with the
+        master's extraFlags, sorted by name.
+
+        Without a master: the set common to every master, the `apiserverFlags` output: the default
+        layout's certDir and apiserver.extraFlags only (no master's own extraFlags)."""
+        if master is not None and not isinstance(master, Master):
+            raise TypeError(
+                f"apiserver_flags takes a Master (for its certDir and extraFlags), not {type(master).__name__}: "
+                "call settings.apiserver_flags(master)"
+            )
+        d = self.cert_dir(master) if master else self.apiserver.resolved("cert_dir", self.apiserver.layout)
         flags = {
             "--requestheader-client-ca-file": f"{d}/aggregator-ca.pem",
             "--requestheader-allowed-names": ",".join(self.requestheader_allowed_names),
@@ -528,6 +751,7 @@ class Settings(_Model):
         }
         if self.apiserver.enable_aggregator_routing:
             flags["--enable-aggregator-routing"] = "true"
+        flags.update(self.extra_flags(master))
         return flags
 
     def cert_sans(self) -> tuple[list[str], list[str]]:
@@ -571,10 +795,14 @@ class Settings(_Model):
 
 
 def _key_path(loc: tuple[str | int, ...]) -> str:
+    """`metrics-aggregation:masters[1].extraFlags["--v"]`: Pulumi's --path syntax (a key that is not an
+    identifier, such as a flag name, in brackets)."""
     out = f"{NAMESPACE}:"
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", part):
+            out += f"[{json.dumps(part)}]"
         else:
             out += part if i == 0 else f".{part}"
     return out
@@ -626,8 +854,14 @@ def _messages(err: ValidationError) -> list[str]:
     return lines
 
 
-def parse(raw: Mapping[str, Any]) -> Settings:
-    """Validate the stack's `metrics-aggregation:*` values; raise ConfigError with every problem."""
+def parse(
+    raw: Mapping[str, Any], *, read_file: FileReader | None = None, base_dir: Path | str | None = None
+) -> Settings:
+    """Validate the stack's `metrics-aggregation:*` values; raise ConfigError with every problem.
+
+    Files named in the config (metricsServer.kubeletCaCertFile) are read with `read_file` (default: from
+    the local disk), relative paths against `base_dir` (default: the working directory, the project
+    directory under `pulumi`); the returned settings hold their contents."""
     data = {k: v for k, v in raw.items() if v is not None}
     problems: list[str] = []
     if "masters" not in data:
@@ -638,7 +872,7 @@ def parse(raw: Mapping[str, Any]) -> Settings:
     if "ssh" not in data:
         data["ssh"] = {}
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings.model_validate(data, context={"read_file": read_file, "base_dir": base_dir})
     except ValidationError as err:
         problems.extend(m for m in _messages(err) if not m.startswith(f"{_key_path(('masters',))}: (missing)"))
         raise ConfigError(problems) from None

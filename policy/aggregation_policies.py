@@ -371,8 +371,8 @@ def validate_no_kubelet_insecure_tls(args: ResourceValidationArgs, report_violat
     if not settings_from(args.get_config()).production:
         return
     hint = (
-        "production stacks verify kubelet serving certificates: set metricsServer.kubeletCaCertPem and "
-        "drop metricsServer.kubeletInsecureTls"
+        "production stacks verify kubelet serving certificates: set metricsServer.kubeletCaCertPem (or "
+        "metricsServer.kubeletCaCertFile) and drop metricsServer.kubeletInsecureTls"
     )
     if args.resource_type == DEPLOYMENT:
         containers = _items(get(args.props, "spec", "template", "spec", "containers"))

@@ -103,7 +103,7 @@ def test_up_creates_certs_flags_and_rolls_one_master_at_a_time(scenario):
 
     # flags: in every master's file exactly once, and the running stand-in apiserver started with them
     for h in s.hosts:
-        flags = settings.apiserver_flags(s.cert_dir(h))
+        flags = settings.apiserver_flags(s.master(h))
         args = h.config_args()
         for name, value in flags.items():
             hits = [a for a in args if a == name or a.startswith(name + "=")]

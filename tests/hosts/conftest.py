@@ -62,7 +62,7 @@ class Stack:
             self.commands()
         s = self.last.settings
         master = next(m for m in s.masters if m.name == host.name)
-        return s.apiserver_flags(s.cert_dir(master))
+        return s.apiserver_flags(master)
 
     def cert_dir(self, host: Host) -> str:
         if self.last is None:
