@@ -510,6 +510,9 @@ class Apiserver(_Model):
         return LAYOUT_DEFAULTS[layout][field] if value is None else value
 
 
+METRIC_RESOLUTION_FLOOR_SECONDS = 10  # metrics-server's default --kubelet-request-timeout
+
+
 class MetricsServer(_Model):
     version: str = "v0.8.1"
     image: str = "registry.k8s.io/metrics-server/metrics-server"
@@ -543,9 +546,14 @@ class MetricsServer(_Model):
     @field_validator("metric_resolution")
     @classmethod
     def _resolution(cls, v: str) -> str:
+        # metrics-server refuses to start (it panics) unless --metric-resolution is LONGER than
+        # --kubelet-request-timeout, whose default is 10s: 10s itself crash-loops the pods.
         m = re.match(r"^(\d+)(s|m)$", v)
-        if not m or int(m[1]) * (60 if m[2] == "m" else 1) < 10:
-            raise ValueError("must be a duration of at least 10s, such as 15s or 1m")
+        if not m or int(m[1]) * (60 if m[2] == "m" else 1) <= METRIC_RESOLUTION_FLOOR_SECONDS:
+            raise ValueError(
+                f"must be a duration longer than {METRIC_RESOLUTION_FLOOR_SECONDS}s (metrics-server's kubelet "
+                "request timeout; metrics-server exits at start otherwise), such as 15s or 1m"
+            )
         return v
 
     @field_validator("kubelet_ca_cert_file")

@@ -52,6 +52,8 @@ BAD = [
     ("bad host key", lambda c: c["masters"][0].update(hostKey="AAAA"), "masters[0].hostKey", "'AAAA'", "ssh-keyscan"),
     ("relative config path", lambda c: c["apiserver"].update(configPath="etc/kube.conf"), "apiserver.configPath", "'etc/kube.conf'", "absolute path"),
     ("bad SAN", lambda c: c["pki"].update(hosts=["ok.example", "bad_name!"]), "pki.hosts[1]", "'bad_name!'", "neither an IP address nor a DNS name"),
+    # metrics-server v0.9 panics at start when the resolution is not longer than its 10s kubelet timeout
+    ("resolution equals kubelet timeout", lambda c: c["metricsServer"].update(metricResolution="10s"), "metricsServer.metricResolution", "'10s'", "longer than 10s"),
     ("empty restart command", lambda c: c["apiserver"].update(restartCommand=""), "apiserver.restartCommand", "''", "needs a restart command"),
 ]
 
