@@ -7,6 +7,10 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 STACK ?= dev
+# The toolchain components preview/up, the sandbox and the e2e tier need (toolchain/build.sh list).
+ENGINE_COMPONENTS := pulumi python tls command kubernetes etcd kube-apiserver kube-controller-manager metrics-server kubectl
+# `make demo`'s sandbox (sandbox/cluster.py defaults; Pulumi.sandbox.yaml names these paths).
+SANDBOX_DIR := /run/metrics-aggregation-sandbox
 # Tools installed into the venv (actionlint, ruff, pytest) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # System packages the test hosts and linters need (Debian names).
@@ -37,7 +41,7 @@ system-deps: ## install the Debian packages the host tests need (when missing)
 .PHONY: lint
 lint: venv system-deps ## ruff + shellcheck
 	$(BIN)/ruff check .
-	shellcheck components/scripts/*.sh $(wildcard toolchain/*.sh) $(wildcard tests/hosts/*.sh) .ci/run
+	shellcheck components/scripts/*.sh sandbox/*.sh $(wildcard toolchain/*.sh) $(wildcard tests/hosts/*.sh) .ci/run
 
 .PHONY: unit
 unit: venv system-deps ## unit tier: the whole program under Pulumi mocks
@@ -69,11 +73,25 @@ preview-diff: venv toolchain ## markdown summary of `pulumi preview --json` per 
 	source <(bash toolchain/build.sh env) && \
 	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
 .PHONY: toolchain-pulumi
-toolchain-pulumi: ## only what the engine tests and preview/up need
-	bash toolchain/build.sh build pulumi python tls command kubernetes etcd kube-apiserver kube-controller-manager
+toolchain-pulumi: ## only what preview/up, the sandbox and the engine tests need
+	bash toolchain/build.sh build $(ENGINE_COMPONENTS)
 .PHONY: e2e
 e2e: venv system-deps toolchain-pulumi ## engine tier: pulumi up/preview/destroy for real against the SSH test hosts
 	$(BIN)/pytest tests/e2e -q -m e2e
+
+# ---- the sandbox: a real control plane in network namespaces (sandbox/) ------------------------------
+.PHONY: sandbox-up
+sandbox-up: venv system-deps toolchain-pulumi ## start the sandbox (etcd, 3 masters with sshd + kube-apiserver, nodes); idempotent
+	$(BIN)/python -m sandbox up --dir $(SANDBOX_DIR)
+
+.PHONY: sandbox-down
+sandbox-down: venv ## stop the sandbox and delete everything it made (namespaces, $(SANDBOX_DIR), the sandbox stack's state)
+	$(BIN)/python -m sandbox down --dir $(SANDBOX_DIR)
+
+.PHONY: demo
+demo: sandbox-up ## the whole job on a fresh machine: build, start the sandbox, pulumi up -s sandbox, query the metrics API
+	source <(bash toolchain/build.sh env) && \
+	  SANDBOX_DIR=$(SANDBOX_DIR) KUBECTL="$$(bash toolchain/build.sh bin-dir)/kubectl" bash sandbox/demo.sh
 
 .PHONY: bench
 bench: venv system-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)

@@ -1,0 +1,547 @@
+"""The sandbox: a real control plane on this machine, built from network and mount namespaces.
+
+    sb = Sandbox(Path("/run/metrics-aggregation-sandbox"))     # block 198.18.200.0/24, netns prefix masbx
+    sb.up(log=print)      # idempotent: a healthy sandbox is left alone, a broken one is rebuilt
+    sb.down()             # kills what it started (every process in its namespaces), deletes them and the dir
+
+Topology (B = the block, 200 for `make demo`; the tests pick a free one):
+  <prefix>-br     the network: a bridge that every namespace below has a veth on (its own namespace,
+                  so the runner's firewall and br_netfilter settings never see the traffic)
+  runner          198.18.B.1   the operator: pulumi, kubectl, the tests (a veth from the root namespace)
+  <prefix>-ctl    198.18.B.2   etcd (plain HTTP, sandbox only) and kube-controller-manager (garbage collector)
+  <prefix>-m1..3  198.18.B.11+ the masters: sshd + a real kube-apiserver each, configured like a binary
+                  install (env-file layout, /etc/kubernetes/kube-apiserver.conf), in a private mount
+                  namespace, run by supervisor.py and restarted by `/usr/local/sbin/apiserverctl restart`
+  <prefix>-pods   198.18.B.20  podrunner.py: runs the metrics-server Deployment's container as a process
+                  and registers the Service's EndpointSlice (there is no kubelet or endpoints controller)
+  <prefix>-nodes  198.18.B.30  kubelets.py: emulated nodes (Node objects + /metrics/resource on :10250+i)
+Files: <dir>/pki (pki.py), <dir>/admin.kubeconfig (the operator's), <dir>/agent.sock (an ssh-agent with
+the sandbox's SSH key: the stack uses ssh.agentSocketPath, so no key is in any config file),
+<dir>/masters/<name>/ (each master's /etc/kubernetes, state dir, logs), <dir>/sandbox.json (what to kill).
+Only addresses in 198.18.0.0/15 are configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox import pki as pki_mod
+from sandbox.kube import Api, ApiError
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_DIR = Path("/run/metrics-aggregation-sandbox")
+DEFAULT_BLOCK = 200
+DEFAULT_PREFIX = "masbx"
+MASTERS = ("master1", "master2", "master3")
+NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")
+ENV_FILE = "/etc/kubernetes/kube-apiserver.conf"
+RESTART_COMMAND = "/usr/local/sbin/apiserverctl restart"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "metrics-server", "kubectl")
+SSHD = "/usr/sbin/sshd"
+# a master's private mounts: inside path -> directory under the master's dir
+MOUNTS = {
+    "/etc/kubernetes": "etc-kubernetes",
+    "/var/lib/metrics-aggregation": "state",
+    "/usr/local/sbin": "sbin",
+}
+Log = Callable[[str], None]
+
+
+class SandboxError(Exception):
+    pass
+
+
+def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise SandboxError(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def wait_for(pred: Callable[[], object], what: str, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise SandboxError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def tcp_open(addr: str, port: int) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def default_bin_dir() -> Path:
+    p = sh("bash", str(REPO / "toolchain" / "build.sh"), "bin-dir", timeout=60)
+    return Path(p.stdout.strip())
+
+
+@dataclass
+class Sandbox:
+    dir: Path = DEFAULT_DIR
+    block: int = DEFAULT_BLOCK
+    prefix: str = DEFAULT_PREFIX
+    bin_dir: Path | None = None
+    python: str = sys.executable
+    state: dict = field(default_factory=dict)
+
+    # ---- names and addresses
+    def ip(self, last: int) -> str:
+        return f"198.18.{self.block}.{last}"
+
+    @property
+    def runner_ip(self) -> str:
+        return self.ip(1)
+
+    @property
+    def ctl_ip(self) -> str:
+        return self.ip(2)
+
+    @property
+    def pods_ip(self) -> str:
+        return self.ip(20)
+
+    @property
+    def nodes_ip(self) -> str:
+        return self.ip(30)
+
+    @property
+    def masters(self) -> dict[str, str]:
+        return {name: self.ip(11 + i) for i, name in enumerate(MASTERS)}
+
+    def ns(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def master_ns(self, name: str) -> str:
+        return self.ns(f"m{MASTERS.index(name) + 1}")
+
+    def master_dir(self, name: str) -> Path:
+        return self.dir / "masters" / name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "admin.kubeconfig"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.dir / "agent.sock"
+
+    @property
+    def pki(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "sandbox.json"
+
+    def servers(self) -> tuple[str, ...]:
+        return tuple(f"https://{a}:6443" for a in self.masters.values())
+
+    def api(self, timeout: float = 5.0) -> Api:
+        return Api(self.servers(), ca=self.pki / "ca.crt", cert=self.pki / "admin.crt", key=self.pki / "admin.key",
+                   timeout=timeout)
+
+    def master_api(self, name: str, cert: str = "admin") -> Api:
+        """A client of one master only (cert: a stem of pki.py's table)."""
+        return Api((f"https://{self.masters[name]}:6443",), ca=self.pki / "ca.crt",
+                   cert=self.pki / f"{cert}.crt", key=self.pki / f"{cert}.key")
+
+    def bin(self, name: str) -> str:
+        assert self.bin_dir is not None
+        return str(self.bin_dir / name)
+
+    # ---- state
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.state_file)
+
+    def _track(self, kind: str, value) -> None:
+        self.state.setdefault(kind, [])
+        if value not in self.state[kind]:
+            self.state[kind].append(value)
+        self._save()
+
+    # ---- health
+    def problems(self) -> list[str]:
+        """What is wrong with a running sandbox ([] = healthy); nothing is started or stopped."""
+        st = self._load()
+        if not st.get("complete"):
+            return ["no complete sandbox here" if not st else "a sandbox start did not finish"]
+        out = []
+        for name, pid in st.get("pids", {}).items():
+            if not Path(f"/proc/{pid}").exists():
+                out.append(f"{name} (pid {pid}) is not running")
+        for name in MASTERS:
+            if not self.master_api(name).ok():
+                out.append(f"{name}: kube-apiserver is not ready")
+        return out
+
+    # ---- up
+    def up(self, log: Log = print, timeout: float = 180) -> None:
+        if os.geteuid() != 0:
+            raise SandboxError("the sandbox needs root (network and mount namespaces, sshd): run it as root")
+        for tool in ("ip", "nsenter", "unshare", "ssh-keygen", "ssh-agent", "ssh-add", "curl", "flock"):
+            if not shutil.which(tool):
+                raise SandboxError(f"{tool} is missing: run `make system-deps`")
+        if not Path(SSHD).exists():
+            raise SandboxError(f"{SSHD} is missing: run `make system-deps` (openssh-server)")
+        self.bin_dir = self.bin_dir or default_bin_dir()
+        missing = [b for b in BINARIES if not (self.bin_dir / b).exists()]
+        if missing:
+            raise SandboxError(f"missing from {self.bin_dir}: {', '.join(missing)} (bash toolchain/build.sh build {' '.join(missing)})")
+        if len(str(self.agent_socket)) > 100:
+            raise SandboxError(f"{self.agent_socket}: too long for a unix socket; use a shorter sandbox dir")
+        if self.state_file.exists():
+            bad = self.problems()
+            if not bad:
+                self.state = self._load()
+                log(f"[sandbox] already up ({self.dir}); `make sandbox-down` to remove it")
+                return
+            log(f"[sandbox] rebuilding: {'; '.join(bad)}")
+            self.down(log)
+        elif self._namespaces_present():
+            log("[sandbox] removing leftovers of an earlier sandbox")
+            self.down(log)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self.state = {"dir": str(self.dir), "block": self.block, "prefix": self.prefix, "netns": [], "pids": {},
+                      "masters": self.masters, "bin_dir": str(self.bin_dir)}
+        self._save()
+        try:
+            self._check_block()
+            log("[sandbox] certificates (sandbox cluster CA, apiserver serving certs, admin, kubelets)")
+            pki_mod.ensure(self.pki, self.masters, self.nodes_ip, list(NODES))
+            log(f"[sandbox] network 198.18.{self.block}.0/24 ({self.ns('br')})")
+            self._network()
+            self._ssh()
+            log(f"[sandbox] etcd on {self.ctl_ip}:2379")
+            self._etcd(deadline)
+            log("[sandbox] kube-apiserver on " + ", ".join(f"{n} {a}" for n, a in self.masters.items()))
+            self._masters(deadline)
+            self._kubeconfig()
+            self._controller_manager()
+            log(f"[sandbox] emulated nodes on {self.nodes_ip}, metrics-server pod runner on {self.pods_ip}")
+            self._daemons(deadline)
+        except BaseException:
+            log("[sandbox] start failed; cleaning up (logs stay in " + str(self.dir) + " until the next up)")
+            self.down(log, keep_dir=True)
+            raise
+        self.state["complete"] = True
+        self._save()
+        log(f"[sandbox] up in {time.monotonic() - t0:.0f}s: KUBECONFIG={self.kubeconfig}")
+
+    def _namespaces_present(self) -> bool:
+        out = sh("ip", "netns", "list", check=False).stdout
+        return any(line.split()[0].startswith(f"{self.prefix}-") for line in out.splitlines() if line.strip())
+
+    def _check_block(self) -> None:
+        used = sh("ip", "-4", "-o", "addr", "show").stdout
+        if f" 198.18.{self.block}." in used:
+            raise SandboxError(f"198.18.{self.block}.0/24 is already configured on this machine (another sandbox or test run)")
+
+    def _network(self) -> None:
+        br = self.ns("br")
+        sh("ip", "netns", "add", br)
+        self._track("netns", br)
+        sh("ip", "-n", br, "link", "set", "lo", "up")
+        sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", br, "link", "set", "br0", "up")
+        roles = ["ctl", *[f"m{i + 1}" for i in range(len(MASTERS))], "pods", "nodes"]
+        addrs = [self.ctl_ip, *self.masters.values(), self.pods_ip, self.nodes_ip]
+        for i, (role, addr) in enumerate(zip(roles, addrs, strict=True)):
+            ns = self.ns(role)
+            sh("ip", "netns", "add", ns)
+            self._track("netns", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            self._veth(br, f"v{i}", ns, addr)
+        # the runner: one veth from the root namespace
+        root_if = f"{self.prefix}{self.block}"[:15]
+        sh("ip", "link", "add", root_if, "type", "veth", "peer", "name", "vroot", "netns", br)
+        self._track("links", root_if)
+        sh("ip", "-n", br, "link", "set", "vroot", "master", "br0")
+        sh("ip", "-n", br, "link", "set", "vroot", "up")
+        sh("ip", "addr", "add", f"{self.runner_ip}/24", "dev", root_if)
+        sh("ip", "link", "set", root_if, "up")
+
+    def _veth(self, br: str, port: str, ns: str, addr: str) -> None:
+        sh("ip", "-n", br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", br, "link", "set", port, "master", "br0")
+        sh("ip", "-n", br, "link", "set", port, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+
+    def _spawn(self, name: str, argv: list[str], logfile: Path) -> subprocess.Popen:
+        """A daemon that outlives this process (its own session); its pid goes into sandbox.json."""
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        out = open(logfile, "ab")  # noqa: SIM115
+        p = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
+                             cwd=self.dir)
+        out.close()
+        self.state["pids"][name] = p.pid
+        self._save()
+        return p
+
+    def _alive(self, name: str) -> None:
+        pid = self.state["pids"][name]
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    raise FileNotFoundError
+        except (OSError, IndexError):
+            log = self.dir / "logs" / f"{name}.log"
+            tail = log.read_text(errors="replace")[-2500:] if log.exists() else ""
+            raise SandboxError(f"{name} exited:\n{tail}") from None
+
+    def _ssh(self) -> None:
+        key = self.dir / "id_ed25519"
+        if not key.exists():
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "metrics-aggregation-sandbox", "-f", str(key))
+        (self.dir / "authorized_keys").write_text((self.dir / "id_ed25519.pub").read_text())
+        self.agent_socket.unlink(missing_ok=True)
+        self._spawn("ssh-agent", ["ssh-agent", "-D", "-a", str(self.agent_socket)], self.dir / "logs" / "ssh-agent.log")
+        wait_for(self.agent_socket.exists, "ssh-agent socket", 10, 0.05)
+        sh("ssh-add", "-q", str(key), env={**os.environ, "SSH_AUTH_SOCK": str(self.agent_socket)})
+
+    def _etcd(self, deadline: float) -> None:
+        url = f"http://{self.ctl_ip}:2379"
+        self._spawn("etcd", [
+            "ip", "netns", "exec", self.ns("ctl"), self.bin("etcd"), "--name", "sandbox",
+            "--data-dir", str(self.dir / "etcd"),
+            "--listen-client-urls", f"{url},http://127.0.0.1:2379", "--advertise-client-urls", url,
+            "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+            "--initial-cluster", "sandbox=http://127.0.0.1:2380", "--listen-metrics-urls", "http://127.0.0.1:2381",
+            "--log-level", "warn", "--quota-backend-bytes", str(512 * 1024 * 1024), "--unsafe-no-fsync",
+        ], self.dir / "logs" / "etcd.log")
+
+        def healthy() -> bool:
+            self._alive("etcd")
+            p = sh("curl", "-s", "--max-time", "2", f"{url}/health", check=False)
+            return '"health":"true"' in p.stdout.replace(" ", "")
+
+        wait_for(healthy, "etcd", max(5.0, deadline - time.monotonic()))
+
+    # ---- masters
+    def env_file_text(self, name: str) -> str:
+        """The master's kube-apiserver flags, as a binary install keeps them: no aggregation flags."""
+        a = self.masters[name]
+        flags = [
+            f"--advertise-address={a}", "--bind-address=0.0.0.0", "--secure-port=6443",
+            f"--etcd-servers=http://{self.ctl_ip}:2379",
+            "--allow-privileged=true", "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--client-ca-file=/etc/kubernetes/pki/ca.crt",
+            "--tls-cert-file=/etc/kubernetes/pki/apiserver.crt",
+            "--tls-private-key-file=/etc/kubernetes/pki/apiserver.key",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file=/etc/kubernetes/pki/sa.pub",
+            "--service-account-signing-key-file=/etc/kubernetes/pki/sa.key",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--profiling=false", "--v=1",
+        ]
+        body = " \\\n".join(flags)
+        return (f"# kube-apiserver flags of {name} (sandbox), read by its unit as EnvironmentFile=\n"
+                f"# ExecStart=/usr/local/bin/kube-apiserver $KUBE_APISERVER_OPTS\n"
+                f'KUBE_APISERVER_OPTS="{body}"\n')
+
+    def _master_files(self, name: str) -> None:
+        d = self.master_dir(name)
+        for sub in MOUNTS.values():
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        etc = d / "etc-kubernetes"
+        (etc / "pki").mkdir(exist_ok=True)
+        for src, dst in (("ca.crt", "ca.crt"), (f"apiserver-{name}.crt", "apiserver.crt"),
+                         (f"apiserver-{name}.key", "apiserver.key"), ("sa.key", "sa.key"), ("sa.pub", "sa.pub")):
+            shutil.copyfile(self.pki / src, etc / "pki" / dst)
+            os.chmod(etc / "pki" / dst, 0o600 if dst.endswith(".key") else 0o644)
+        conf = etc / "kube-apiserver.conf"
+        conf.write_text(self.env_file_text(name))
+        os.chmod(conf, 0o644)
+        (d / "original-kube-apiserver.conf").write_bytes(conf.read_bytes())
+        key = d / "ssh_host_ed25519_key"
+        if not key.exists():
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key))
+        (d / "sshd_config").write_text(
+            f"Port 22\nListenAddress {self.masters[name]}\nHostKey {key}\nPidFile none\n"
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+            "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "StrictModes no\nAllowTcpForwarding no\nX11Forwarding no\nMaxStartups 50:30:100\nLogLevel INFO\n"
+            "Subsystem sftp internal-sftp\n"
+        )
+        sbin = d / "sbin"
+        shims = {
+            "apiserverctl": f"""#!/bin/bash
+# apiserverctl: the sandbox master's service manager command for kube-apiserver (supervisor.py)
+#   restart   stop kube-apiserver, re-read {ENV_FILE}, start it; returns once the new process started
+#   status    print the supervisor's generation and whether the apiserver process runs
+set -euo pipefail
+d={d}
+case "${{1:-}}" in
+restart)
+	gen=$(cat "$d/generation")
+	kill -HUP "$(cat "$d/supervisor.pid")"
+	for _ in $(seq 1 1200); do
+		[ "$(cat "$d/generation")" != "$gen" ] && exit 0
+		sleep 0.05
+	done
+	echo "apiserverctl: the supervisor did not restart kube-apiserver within 60s" >&2
+	exit 1
+	;;
+status) echo "generation $(cat "$d/generation")" ;;
+*) echo "usage: apiserverctl restart|status" >&2; exit 2 ;;
+esac
+""",
+            "journalctl": f"""#!/bin/bash
+# journalctl of a sandbox master: the kube-apiserver unit's log (supervisor.py writes it)
+set -euo pipefail
+n=20
+while [ $# -gt 0 ]; do case "$1" in -n) n=$2; shift 2 ;; *) shift ;; esac; done
+tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
+""",
+        }
+        for shim, text in shims.items():
+            (sbin / shim).write_text(text)
+            os.chmod(sbin / shim, 0o755)
+        binds = "\n".join(f"mount --bind {d / sub} {mp}" for mp, sub in MOUNTS.items())
+        # the master's root gets Debian's default ~/.bashrc for SSH commands, not the runner's
+        binds += "\nif [ -f /etc/skel/.bashrc ] && [ -f /root/.bashrc ]; then mount --bind /etc/skel/.bashrc /root/.bashrc; fi"
+        (d / "init.sh").write_text(
+            f"set -e\n{binds}\nexec {self.python} {HERE / 'supervisor.py'} {d} {self.bin('kube-apiserver')} {ENV_FILE}\n")
+
+    def _masters(self, deadline: float) -> None:
+        for mp in MOUNTS:
+            Path(mp).mkdir(parents=True, exist_ok=True)  # empty mount points on the runner
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        for name in MASTERS:
+            self._master_files(name)
+            self._spawn(f"{name}-supervisor", [
+                "ip", "netns", "exec", self.master_ns(name), "unshare", "-m", "--propagation", "private", "--",
+                "sh", str(self.master_dir(name) / "init.sh")], self.dir / "logs" / f"{name}-supervisor.log")
+        for name in MASTERS:
+            wait_for(lambda n=name: self._alive(f"{n}-supervisor") or (self.master_dir(n) / "supervisor.pid").exists(),
+                     f"{name}: supervisor", 15, 0.05)
+            pid = (self.master_dir(name) / "supervisor.pid").read_text().strip()
+            self._spawn(f"{name}-sshd", ["nsenter", "-t", pid, "-m", "-n", "--", SSHD, "-D", "-e", "-f",
+                                         str(self.master_dir(name) / "sshd_config")],
+                        self.dir / "logs" / f"{name}-sshd.log")
+        for name, addr in self.masters.items():
+            def ready(n=name, a=addr) -> bool:
+                self._alive(f"{n}-supervisor")
+                return tcp_open(a, 22) and self.master_api(n).ok()
+            try:
+                wait_for(ready, f"{name}: sshd and kube-apiserver /readyz", max(5.0, deadline - time.monotonic()), 0.3)
+            except SandboxError as e:
+                tail = (self.master_dir(name) / "kube-apiserver.log").read_text(errors="replace")[-3000:]
+                raise SandboxError(f"{e}\n{tail}") from None
+        wait_for(lambda: self.api().get("/api/v1/namespaces/kube-system") is not None, "namespace kube-system",
+                 max(5.0, deadline - time.monotonic()))
+
+    def host_keys(self) -> dict[str, str]:
+        return {n: " ".join((self.master_dir(n) / "ssh_host_ed25519_key.pub").read_text().split()[:2]) for n in MASTERS}
+
+    def _kubeconfig(self) -> None:
+        first = next(iter(self.masters.values()))
+        doc = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "sandbox",
+            "clusters": [{"name": "sandbox", "cluster": {"server": f"https://{first}:6443",
+                                                          "certificate-authority": str(self.pki / "ca.crt")}}],
+            "users": [{"name": "sandbox-admin", "user": {"client-certificate": str(self.pki / "admin.crt"),
+                                                         "client-key": str(self.pki / "admin.key")}}],
+            "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox-admin"}}],
+        }
+        self.kubeconfig.write_text(json.dumps(doc, indent=1) + "\n")
+        os.chmod(self.kubeconfig, 0o600)
+
+    def _controller_manager(self) -> None:
+        # only the garbage collector: pulumi-kubernetes deletes with Foreground propagation, which needs it;
+        # no endpoints/endpointslice controllers (podrunner.py registers the Service's endpoints)
+        self._spawn("kube-controller-manager", [
+            "ip", "netns", "exec", self.ns("ctl"), self.bin("kube-controller-manager"),
+            f"--kubeconfig={self.kubeconfig}", "--controllers=garbagecollector", "--leader-elect=false",
+            "--bind-address=127.0.0.1", "--secure-port=10257", "--use-service-account-credentials=false",
+        ], self.dir / "logs" / "kube-controller-manager.log")
+
+    def _daemons(self, deadline: float) -> None:
+        env_py = [self.python, "-m"]
+        common = ["--dir", str(self.dir), "--servers", ",".join(self.servers())]
+        self._spawn("kubelets", ["ip", "netns", "exec", self.ns("nodes"), "env", f"PYTHONPATH={REPO}", *env_py,
+                                 "sandbox.kubelets", *common, "--address", self.nodes_ip, "--nodes", ",".join(NODES)],
+                    self.dir / "logs" / "kubelets.log")
+        self._spawn("podrunner", ["ip", "netns", "exec", self.ns("pods"), "env", f"PYTHONPATH={REPO}", *env_py,
+                                  "sandbox.podrunner", *common, "--address", self.pods_ip,
+                                  "--metrics-server", self.bin("metrics-server")],
+                    self.dir / "logs" / "podrunner.log")
+
+        def nodes_ready() -> bool:
+            self._alive("kubelets")
+            self._alive("podrunner")
+            try:
+                items = (self.api().get("/api/v1/nodes") or {}).get("items", [])
+            except (OSError, ApiError):
+                return False
+            return len(items) == len(NODES)
+
+        wait_for(nodes_ready, "the emulated nodes to register", max(5.0, deadline - time.monotonic()), 0.3)
+
+    # ---- down
+    def down(self, log: Log = print, keep_dir: bool = False) -> None:
+        st = self._load() or self.state
+        prefix = st.get("prefix", self.prefix)
+        namespaces = [line.split()[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines()
+                      if line.strip() and line.split()[0].startswith(f"{prefix}-")]
+        pids = set(st.get("pids", {}).values())
+        for ns in namespaces:
+            p = sh("ip", "netns", "pids", ns, check=False)
+            pids.update(int(x) for x in p.stdout.split() if x.isdigit())
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 10
+            while pids and time.monotonic() < deadline:
+                pids = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
+                time.sleep(0.1)
+        for ns in namespaces:
+            sh("ip", "netns", "del", ns, check=False)
+        for link in st.get("links", []):
+            if sh("ip", "link", "show", link, check=False).returncode == 0:
+                sh("ip", "link", "del", link, check=False)
+        if self.dir.exists() and not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if namespaces or st:
+            log(f"[sandbox] down: {len(namespaces)} namespaces removed" + ("" if keep_dir else f", {self.dir} deleted"))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
