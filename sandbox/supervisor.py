@@ -8,7 +8,7 @@ kube-apiserver running as a unit with `EnvironmentFile=<env file>` and
   * SIGHUP = `systemctl restart kube-apiserver`: stop the process (SIGTERM, then SIGKILL after 20 s), re-read
     the env file, start it again; <hostdir>/generation counts starts (the restart command waits for it);
   * a process that exits on its own is started again after 2 s (Restart=on-failure, RestartSec=2), so a
-    bad flag shows as an apiserver that never becomes ready, as under systemd;
+    bad flag shows as an apiserver that never becomes ready, as under systemd; <hostdir>/crashes counts these;
   * an env file that does not parse is logged and retried, like systemd refusing to start the unit;
   * SIGTERM stops kube-apiserver and the supervisor.
 Its log (<hostdir>/kube-apiserver.log) is what the master's `journalctl -u kube-apiserver` shim prints.
@@ -61,24 +61,27 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: want.__setitem__("stop", True))
     signal.signal(signal.SIGINT, lambda *_: want.__setitem__("stop", True))
     log = open(hostdir / "kube-apiserver.log", "ab", buffering=0)  # noqa: SIM115
-    gen = 0
     child: subprocess.Popen | None = None
 
     def note(msg: str) -> None:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {msg}\n".encode())
 
-    def start() -> subprocess.Popen | None:
-        nonlocal gen
-        gen += 1
-        tmp = hostdir / "generation.tmp"
-        tmp.write_text(str(gen))
-        os.replace(tmp, hostdir / "generation")
+    counters = {"generation": 0, "crashes": 0}
+
+    def bump(name: str) -> None:
+        counters[name] += 1
+        tmp = hostdir / f"{name}.tmp"
+        tmp.write_text(str(counters[name]))
+        os.replace(tmp, hostdir / name)
+
+    def start(crashed: bool = False) -> subprocess.Popen | None:
+        bump("crashes" if crashed else "generation")
         try:
             args = env_file_args(env_file.read_text(), var)
         except (OSError, BadEnvFile) as e:
             note(f"kube-apiserver.service: {e}")
             return None
-        note(f"Started kube-apiserver (start {gen}): {' '.join(args)}")
+        note(f"Started kube-apiserver: {' '.join(args)}")
         return subprocess.Popen([binary, *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def stop(p: subprocess.Popen | None) -> None:
@@ -108,7 +111,7 @@ def main(argv: list[str]) -> int:
                 if child is not None:
                     note(f"kube-apiserver exited with status {child.returncode}; restarting in {RESTART_SEC:.0f}s")
             elif time.monotonic() - failed_at >= RESTART_SEC:
-                child, failed_at = start(), None
+                child, failed_at = start(crashed=True), None
     stop(child)
     return 0
 

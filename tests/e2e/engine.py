@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "toolchain" / "build.sh"
 # the components `pulumi preview/up` of this program needs, and the local control plane of the tier
 ENGINE_COMPONENTS = ("pulumi", "python", "tls", "command", "kubernetes")
-CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "metrics-server", "kubectl")
 PROJECT = "metrics-aggregation"
 PASSPHRASE = "e2e-test-passphrase"
 PRIVATE_KEY_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
