@@ -194,7 +194,7 @@ class Sandbox:
             return ["no complete sandbox here" if not st else "a sandbox start did not finish"]
         out = []
         for name, pid in st.get("pids", {}).items():
-            if not Path(f"/proc/{pid}").exists():
+            if _zombie(pid):  # gone, or exited and not yet reaped by whoever started it
                 out.append(f"{name} (pid {pid}) is not running")
         for name in MASTERS:
             if not self.master_api(name).ok():
@@ -309,15 +309,10 @@ class Sandbox:
         return p
 
     def _alive(self, name: str) -> None:
-        pid = self.state["pids"][name]
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    raise FileNotFoundError
-        except (OSError, IndexError):
+        if _zombie(self.state["pids"][name]):
             log = self.dir / "logs" / f"{name}.log"
             tail = log.read_text(errors="replace")[-2500:] if log.exists() else ""
-            raise SandboxError(f"{name} exited:\n{tail}") from None
+            raise SandboxError(f"{name} exited:\n{tail}")
 
     def _ssh(self) -> None:
         key = self.dir / "id_ed25519"
