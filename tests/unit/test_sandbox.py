@@ -1,0 +1,614 @@
+"""The sandbox behind `make demo` (sandbox/), without root, namespaces, network or daemons:
+Pulumi.sandbox.yaml names what sandbox/cluster.py starts and evaluates under the mocks; the masters'
+env-file parsing (supervisor.py), the pod runner's reading of the program's own Deployment
+(podrunner.py), the emulated kubelets' metrics (kubelets.py), the sandbox certificates (pki.py) and the
+API client (kube.py, against a local TLS server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import http.client
+import http.server
+import ipaddress
+import json
+import socket
+import ssl
+import stat
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from components import config as config_mod
+from components import metrics_server as ms
+from sandbox import cluster, kubelets, podrunner
+from sandbox import pki as sandbox_pki
+from sandbox.kube import Api, ApiError
+from sandbox.supervisor import BadEnvFile, env_file_args
+from tests.support.program import Run, run
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = yaml.safe_load((ROOT / "Pulumi.sandbox.yaml").read_text())["config"]
+VAR = "KUBE_APISERVER_OPTS"
+NS = "kube-system"
+SB = cluster.Sandbox()  # the defaults `make demo` uses; constructing it starts nothing
+
+
+def stack_config() -> dict:
+    """The `metrics-aggregation:*` keys of Pulumi.sandbox.yaml, unprefixed (a fresh copy)."""
+    return {k.partition(":")[2]: copy.deepcopy(v) for k, v in STACK.items() if k.startswith("metrics-aggregation:")}
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sandbox's certificates for its default masters and nodes, made by sandbox/pki.py."""
+    d = tmp_path_factory.mktemp("sandbox") / "pki"
+    sandbox_pki.ensure(d, SB.masters, SB.nodes_ip, list(cluster.NODES))
+    return d
+
+
+@pytest.fixture(scope="module")
+def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
+    """The program evaluated with Pulumi.sandbox.yaml; the kubelet CA file (which `python -m sandbox up`
+    writes under /run) is served from pki_dir through the config's file reader. -> (run, paths read)."""
+    wanted = Path(stack_config()["metricsServer"]["kubeletCaCertFile"])
+    asked: list[Path] = []
+
+    def reader(path: Path) -> bytes:
+        asked.append(path)
+        if path != wanted:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return (pki_dir / "kubelet-ca.crt").read_bytes()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config_mod, "read_local_file", reader)  # parse()'s default reader, used by load()
+        result = run(stack_config())
+    return result, asked
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+# ---------------------------------------------------------------- 1. Pulumi.sandbox.yaml == cluster.py
+
+
+def test_stack_file_names_what_cluster_starts():
+    cfg = stack_config()
+    assert SB.dir == cluster.DEFAULT_DIR
+    assert [(m["name"], m["address"]) for m in cfg["masters"]] == list(SB.masters.items())
+    assert cfg["ssh"]["agentSocketPath"] == str(SB.agent_socket)
+    assert "privateKey" not in cfg["ssh"]
+    assert STACK["kubernetes:kubeconfig"] == str(SB.kubeconfig)
+    kubelet_ca = cfg["metricsServer"]["kubeletCaCertFile"]
+    assert kubelet_ca == str(cluster.DEFAULT_DIR / "pki" / "kubelet-ca.crt")
+    assert kubelet_ca == str(sandbox_pki.Pki(SB.pki).path("kubelet-ca"))  # the file pki.ensure writes
+    apiserver = cfg["apiserver"]
+    assert apiserver["restartCommand"] == cluster.RESTART_COMMAND
+    assert apiserver["configPath"] == cluster.ENV_FILE
+    assert apiserver["layout"] == "env-file"
+    assert cfg["metricsServer"]["expectNoPods"] is True
+    assert cfg["metricsServer"]["waitForAvailable"] is True
+
+
+def test_stack_paths_are_the_masters_private_ones():
+    """What the host script writes lands in a master's own mounts, never on the runner's /etc; and the
+    readyz URL is the port the env file gives kube-apiserver."""
+    apiserver = stack_config()["apiserver"]
+
+    def private(path: str) -> bool:
+        return any(path == mp or path.startswith(mp + "/") for mp in cluster.MOUNTS)
+
+    assert private(apiserver["configPath"])
+    assert private(apiserver["certDir"])
+    assert private(apiserver["restartCommand"].split()[0])
+    assert private("/var/lib/metrics-aggregation/scripts")  # components/apiserver.py HOST_SCRIPT_DIR
+    url = urlsplit(apiserver["readyzUrl"])
+    args = env_file_args(SB.env_file_text(cluster.MASTERS[0]), VAR)
+    assert f"--secure-port={url.port}" in args
+    assert url.hostname == "127.0.0.1" and "--bind-address=0.0.0.0" in args
+
+
+def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
+    result, asked = sandbox_run
+    pem = (pki_dir / "kubelet-ca.crt").read_text()
+    assert asked == [Path(stack_config()["metricsServer"]["kubeletCaCertFile"])]
+    assert result.settings.metrics_server.kubelet_ca_cert_pem == pem
+    assert load_cert(pki_dir / "kubelet-ca.crt").extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+    dep = result.of_type("kubernetes:apps/v1:Deployment")
+    svc = result.of_type("kubernetes:core/v1:Service")
+    api_service = result.of_type("kubernetes:apiregistration.k8s.io/v1:APIService")
+    assert len(dep) == len(svc) == len(api_service) == 1
+    args = dep[0].inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--kubelet-certificate-authority={ms.KUBELET_CA_DIR}/{ms.KUBELET_CA_KEY}" in args
+    assert not any(a.startswith("--kubelet-insecure-tls") for a in args)
+    cms = [r.inputs for r in result.of_type("kubernetes:core/v1:ConfigMap")
+           if r.inputs["metadata"]["name"] == ms.KUBELET_CA_CONFIGMAP_NAME]
+    assert [cm["data"] for cm in cms] == [{ms.KUBELET_CA_KEY: pem}]
+
+    for reg in (dep[0], svc[0]):
+        assert reg.inputs["metadata"]["annotations"][ms.SKIP_AWAIT_ANNOTATION] == "true", reg.name
+    annotations = api_service[0].inputs["metadata"]["annotations"]
+    assert annotations[ms.WAIT_FOR_ANNOTATION] == ms.WAIT_FOR_AVAILABLE
+    assert ms.SKIP_AWAIT_ANNOTATION not in annotations
+
+    connections = [c["connection"] for c in result.commands]
+    assert [c["host"] for c in connections[::2]] == list(SB.masters.values())
+    assert {c.get("agentSocketPath") for c in connections} == {str(SB.agent_socket)}
+    assert not any(c.get("privateKey") for c in connections)
+
+
+# ---------------------------------------------------------------- 2. supervisor.env_file_args
+
+
+def flags_of(text: str) -> list[str]:
+    """The flags of an env file written as `VAR="--a \\<newline> --b"`, read without the shell."""
+    body = text.split(f'{VAR}="', 1)[1].split('"', 1)[0]
+    return [w for line in body.split("\n") for w in line.rstrip("\\").split()]
+
+
+@pytest.mark.parametrize("master", cluster.MASTERS)
+def test_env_file_round_trip(master):
+    text = SB.env_file_text(master)
+    expected = flags_of(text)
+    assert len(expected) > 10 and expected[0] == f"--advertise-address={SB.masters[master]}"
+    assert f"--etcd-servers=http://{SB.ctl_ip}:2379" in expected
+    assert env_file_args(text, VAR) == expected
+
+
+@pytest.mark.parametrize("sample", ["kube-apiserver.conf", "kube-apiserver-oneline.conf",
+                                    "kube-apiserver-preexisting.conf"])
+def test_env_file_samples_of_binary_installs(sample):
+    text = (ROOT / "tests" / "hosts" / "samples" / sample).read_text()
+    assert env_file_args(text, VAR) == flags_of(text)
+
+
+def test_env_file_comments_continuations_and_other_variables():
+    text = (
+        "# kube-apiserver options\n"
+        "OTHER=1\n"
+        "\n"
+        "   # an indented comment with a \"quote\n"
+        f'{VAR}="--a=1 \\\n'
+        "  --b=two\t\\\n"
+        '    --c=/etc/k/x.pem"\n'
+        "# KUBE_APISERVER_OPTS=\"--commented-out=1\"\n"
+        "LAST='single quoted'\n"
+    )
+    assert env_file_args(text, VAR) == ["--a=1", "--b=two", "--c=/etc/k/x.pem"]
+    assert env_file_args(text, "OTHER") == ["1"]
+    assert env_file_args(text, "LAST") == ["single", "quoted"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("OTHER=1\n# KUBE_APISERVER_OPTS=\"--v=2\"\n", f"does not set {VAR}"),
+    (f'{VAR}="--v=2 \\\n  --secure-port=6443\n', "Failed to parse environment file"),
+    (f"{VAR}='--v=2\n", "Failed to parse environment file"),
+    ("--v=2 --secure-port=6443\n", "invalid environment assignment"),
+], ids=["missing variable", "unbalanced double quote", "unbalanced single quote", "not an assignment"])
+def test_bad_env_file(text, words):
+    with pytest.raises(BadEnvFile, match=words):
+        env_file_args(text, VAR)
+
+
+# ---------------------------------------------------------------- 3. podrunner.desired
+
+
+def _ints(obj):
+    """JSON as the API server returns it: the mocks record whole numbers as floats (10250.0)."""
+    return json.loads(json.dumps(obj), parse_float=lambda s: int(float(s)) if float(s).is_integer() else float(s))
+
+
+PATHS = {
+    "kubernetes:apps/v1:Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    "kubernetes:core/v1:Secret": "/api/v1/namespaces/{ns}/secrets/{name}",
+    "kubernetes:core/v1:ConfigMap": "/api/v1/namespaces/{ns}/configmaps/{name}",
+    "kubernetes:core/v1:ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
+    "kubernetes:core/v1:Service": "/api/v1/namespaces/{ns}/services/{name}",
+}
+
+
+class FakeApi:
+    """kube.Api's read side over a table path -> object; apply records what would be written."""
+
+    def __init__(self, objects: dict[str, dict]):
+        self.objects = copy.deepcopy(objects)
+        self.applied: list[tuple[str, str, dict]] = []
+
+    def get(self, path: str, *, raw: bool = False):
+        assert not raw
+        return copy.deepcopy(self.objects.get(path))
+
+    def apply(self, path: str, name: str, body: dict) -> dict:
+        self.applied.append((path, name, body))
+        return body
+
+
+@pytest.fixture(scope="module")
+def objects(sandbox_run) -> dict[str, dict]:
+    """What the program creates in the cluster, keyed by API path, as the API server would serve it."""
+    result, _ = sandbox_run
+    table = {}
+    for type_, pattern in PATHS.items():
+        for reg in result.of_type(type_):
+            obj = _ints(reg.inputs)
+            obj["metadata"] = {**obj["metadata"], "uid": f"uid-{reg.name}", "resourceVersion": "1"}
+            table[pattern.format(ns=obj["metadata"]["namespace"], name=obj["metadata"]["name"])] = obj
+    return table
+
+
+DEPLOYMENT = PATHS["kubernetes:apps/v1:Deployment"].format(ns=NS, name=podrunner.NAME)
+SERVICE_ACCOUNT = PATHS["kubernetes:core/v1:ServiceAccount"].format(ns=NS, name="metrics-server")
+SECRET = PATHS["kubernetes:core/v1:Secret"].format(ns=NS, name="metrics-server-serving-cert")
+CONFIGMAP = PATHS["kubernetes:core/v1:ConfigMap"].format(ns=NS, name=ms.KUBELET_CA_CONFIGMAP_NAME)
+
+
+def test_desired_runs_the_programs_deployment(objects, pki_dir, tmp_path):
+    assert {DEPLOYMENT, SERVICE_ACCOUNT, SECRET, CONFIGMAP} <= set(objects)
+    container = objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    pod = podrunner.desired(FakeApi(objects), NS, tmp_path)
+    assert pod is not None
+
+    vols = tmp_path / "volumes"
+    assert len(pod.args) == len(container["args"])
+    rewritten = 0
+    for original, got in zip(container["args"], pod.args, strict=True):
+        flag, eq, value = original.partition("=")
+        under = [mp for mp in mounts if eq and (value == mp or value.startswith(mp + "/"))]
+        if under:
+            rewritten += 1
+            assert got == f"{flag}={vols / mounts[under[0]]}{value[len(under[0]):]}", original
+        else:
+            assert got == original
+    assert rewritten >= 4
+    for arg in (f"--cert-dir={vols / 'tmp-dir'}", f"--tls-cert-file={vols}/serving-cert/tls.crt",
+                f"--tls-private-key-file={vols}/serving-cert/tls.key",
+                f"--kubelet-certificate-authority={vols}/kubelet-ca/{ms.KUBELET_CA_KEY}",
+                "--kubelet-use-node-status-port", "--secure-port=10250", "--metric-resolution=15s"):
+        assert arg in pod.args
+    assert not any("/etc/metrics-server" in a for a in pod.args)
+
+    secret = objects[SECRET]["data"]
+    assert pod.files == {
+        **{f"serving-cert/{k}": base64.b64decode(v) for k, v in secret.items()},
+        f"kubelet-ca/{ms.KUBELET_CA_KEY}": (pki_dir / "kubelet-ca.crt").read_bytes(),
+    }
+    assert {"serving-cert/tls.crt", "serving-cert/tls.key"} <= set(pod.files)
+    assert pod.files["serving-cert/tls.crt"].startswith(b"-----BEGIN CERTIFICATE-----")
+    assert pod.dirs == ["tmp-dir", "serving-cert", "kubelet-ca"]
+    assert (pod.service_account, pod.port, pod.port_name) == ("metrics-server", 10250, "https")
+
+
+@pytest.mark.parametrize("gone", [SECRET, SERVICE_ACCOUNT, CONFIGMAP, DEPLOYMENT])
+def test_desired_waits_for_what_the_pod_needs(objects, tmp_path, gone):
+    assert podrunner.desired(FakeApi(objects), NS, tmp_path) is not None
+    table = {p: o for p, o in objects.items() if p != gone}
+    assert podrunner.desired(FakeApi(table), NS, tmp_path) is None
+
+
+def test_desired_is_none_for_a_deployment_being_deleted(objects, tmp_path):
+    table = copy.deepcopy(objects)
+    table[DEPLOYMENT]["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    assert podrunner.desired(FakeApi(table), NS, tmp_path) is None
+
+
+def test_fingerprint_follows_args_and_mounted_bytes_only(objects, tmp_path):
+    def fingerprint(table) -> str:
+        pod = podrunner.desired(FakeApi(table), NS, tmp_path)
+        assert pod is not None
+        return pod.fingerprint
+
+    base = fingerprint(objects)
+    assert fingerprint(objects) == base
+
+    same = copy.deepcopy(objects)
+    same[DEPLOYMENT]["metadata"].update(resourceVersion="7", generation=3, labels={"x": "y"})
+    same[SECRET]["metadata"]["resourceVersion"] = "8"
+    same[DEPLOYMENT]["status"] = {"observedGeneration": 3}
+    assert fingerprint(same) == base
+
+    secret_byte = copy.deepcopy(objects)
+    data = bytearray(base64.b64decode(secret_byte[SECRET]["data"]["tls.crt"]))
+    data[40] ^= 0x01
+    secret_byte[SECRET]["data"]["tls.crt"] = base64.b64encode(bytes(data)).decode()
+    assert fingerprint(secret_byte) != base
+
+    configmap = copy.deepcopy(objects)
+    configmap[CONFIGMAP]["data"][ms.KUBELET_CA_KEY] += "\n"
+    assert fingerprint(configmap) != base
+
+    arg = copy.deepcopy(objects)
+    args = arg[DEPLOYMENT]["spec"]["template"]["spec"]["containers"][0]["args"]
+    i = args.index("--metric-resolution=15s")
+    args[i] = "--metric-resolution=20s"
+    assert fingerprint(arg) != base
+
+
+def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
+    """The Service's targetPort (a port name) resolves to the container's port; not ready while no
+    process runs."""
+    api = FakeApi(objects)
+    pod = podrunner.desired(api, NS, tmp_path)
+    runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/nonexistent/metrics-server", ["https://x:6443"])
+    try:
+        runner.sync_slice(pod)
+    finally:
+        runner.log.close()
+    [(path, name, body)] = api.applied
+    assert (path, name) == (f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", podrunner.SLICE_NAME)
+    assert body["metadata"]["labels"]["kubernetes.io/service-name"] == podrunner.NAME
+    svc = objects[PATHS["kubernetes:core/v1:Service"].format(ns=NS, name=podrunner.NAME)]
+    assert body["metadata"]["ownerReferences"][0]["uid"] == svc["metadata"]["uid"]
+    assert body["ports"] == [{"name": "https", "port": 10250, "protocol": "TCP"}]
+    assert body["endpoints"] == [{"addresses": ["198.18.200.20"], "conditions": {"ready": False}}]
+
+
+# ---------------------------------------------------------------- 4. kubelets
+
+
+def parse_prometheus(text: str) -> tuple[dict[str, tuple[float, int | None]], dict[str, str]]:
+    """(name -> (value, timestamp ms or None), name -> TYPE) of an unlabelled Prometheus text exposition."""
+    samples: dict[str, tuple[float, int | None]] = {}
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            types[name] = kind
+        elif line and not line.startswith("#"):
+            parts = line.split()
+            assert len(parts) in (2, 3), line
+            samples[parts[0]] = (float(parts[1]), int(parts[2]) if len(parts) == 3 else None)
+    return samples, types
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_metrics_text(index):
+    t1 = kubelets.STARTED + 123.456
+    dt_s = 37.5
+    m1, types = parse_prometheus(kubelets.metrics_text(index, t1))
+    m2, _ = parse_prometheus(kubelets.metrics_text(index, t1 + dt_s))
+    assert types == {"node_cpu_usage_seconds_total": "counter", "node_memory_working_set_bytes": "gauge",
+                     "resource_scrape_error": "gauge"}
+    cpu1, ts1 = m1["node_cpu_usage_seconds_total"]
+    cpu2, ts2 = m2["node_cpu_usage_seconds_total"]
+    assert cpu1 > 0
+    assert cpu2 - cpu1 == pytest.approx((index + 1) * 0.25 * dt_s, abs=1e-5)
+    assert ts1 == int(t1 * 1000) and ts2 == int((t1 + dt_s) * 1000) and ts2 > ts1
+    for m, ts in ((m1, ts1), (m2, ts2)):
+        assert m["node_memory_working_set_bytes"] == ((index + 1) * 512 * 1024 * 1024, ts)
+        assert m["resource_scrape_error"] == (0, None)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_node_status(index):
+    st = kubelets.node_status(f"sandbox-node-{index + 1}", index, SB.nodes_ip)
+    assert {"type": "InternalIP", "address": SB.nodes_ip} in st["addresses"]
+    assert st["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250 + index
+    ready = [c for c in st["conditions"] if c["type"] == "Ready"]
+    assert len(ready) == 1 and ready[0]["status"] == "True"
+    beat = dt.datetime.strptime(ready[0]["lastHeartbeatTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - beat).total_seconds()) < 60
+
+
+@pytest.mark.timeout(30)
+def test_kubelet_handler_needs_a_bearer_token():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), kubelets.handler_for(1))
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        conn_args = ("127.0.0.1", srv.server_address[1])
+
+        def get(path: str, headers: dict) -> tuple[int, str]:
+            c = http.client.HTTPConnection(*conn_args, timeout=5)
+            try:
+                c.request("GET", path, headers=headers)
+                r = c.getresponse()
+                return r.status, r.read().decode()
+            finally:
+                c.close()
+
+        assert get("/metrics/resource", {})[0] == 401
+        status, body = get("/metrics/resource?x=1", {"Authorization": "Bearer t"})
+        assert status == 200
+        assert parse_prometheus(body)[0]["node_memory_working_set_bytes"][0] == 2 * 512 * 1024 * 1024
+        assert get("/nope", {"Authorization": "Bearer t"})[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
+
+
+# ---------------------------------------------------------------- 5. pki
+
+
+def signature_ok(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        issuer.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                                   ec.ECDSA(cert.signature_hash_algorithm))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def eku(cert: x509.Certificate) -> set:
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_pki_cas(pki_dir):
+    for stem in ("ca", "kubelet-ca"):
+        ca = load_cert(pki_dir / f"{stem}.crt")
+        bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert bc.critical and bc.value.ca, stem
+        assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign, stem
+        assert ca.subject == ca.issuer and signature_ok(ca, ca), stem
+    assert load_cert(pki_dir / "ca.crt").public_key() != load_cert(pki_dir / "kubelet-ca.crt").public_key()
+
+
+def test_pki_apiserver_and_admin_certs(pki_dir):
+    ca = load_cert(pki_dir / "ca.crt")
+    for name, address in SB.masters.items():
+        cert = load_cert(pki_dir / f"apiserver-{name}.crt")
+        assert signature_ok(cert, ca) and cert.issuer == ca.subject
+        assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        assert ExtendedKeyUsageOID.SERVER_AUTH in eku(cert)
+        ips = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.IPAddress)
+        assert {ipaddress.ip_address(address), ipaddress.ip_address("127.0.0.1")} <= set(ips), name
+        others = set(SB.masters.values()) - {address}
+        assert not {ipaddress.ip_address(a) for a in others} & set(ips), name
+    admin = load_cert(pki_dir / "admin.crt")
+    assert signature_ok(admin, ca)
+    assert eku(admin) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert [a.value for a in admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == ["system:masters"]
+
+
+def test_pki_kubelet_certs_are_signed_by_the_kubelet_ca_only(pki_dir):
+    ca, kubelet_ca = load_cert(pki_dir / "ca.crt"), load_cert(pki_dir / "kubelet-ca.crt")
+    for node in cluster.NODES:
+        cert = load_cert(pki_dir / f"kubelet-{node}.crt")
+        assert signature_ok(cert, kubelet_ca), node
+        cert.verify_directly_issued_by(kubelet_ca)
+        assert not signature_ok(cert, ca), node
+        assert cert.issuer != ca.subject
+        assert ExtendedKeyUsageOID.SERVER_AUTH in eku(cert)
+        ips = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.IPAddress)
+        assert ips == [ipaddress.ip_address(SB.nodes_ip)]
+
+
+def test_pki_keys_are_private_and_match_their_certs(pki_dir):
+    keys = sorted(pki_dir.glob("*.key"))
+    assert len(keys) >= 2 + 3 + len(SB.masters) + len(cluster.NODES) + 1
+    assert stat.S_IMODE(pki_dir.stat().st_mode) == 0o700
+    for key_file in keys:
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, key_file.name
+        key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+        crt = key_file.with_suffix(".crt")
+        if crt.exists():
+            assert load_cert(crt).public_key() == key.public_key(), key_file.name
+
+
+def test_pki_ensure_twice_rewrites_nothing(tmp_path):
+    d = tmp_path / "pki"
+    first = sandbox_pki.ensure(d, SB.masters, SB.nodes_ip, list(cluster.NODES))
+    assert {"ca", "kubelet-ca", "sa", "admin", "apiserver-master1", "kubelet-sandbox-node-3"} <= set(first.written)
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in d.iterdir()}
+    second = sandbox_pki.ensure(d, SB.masters, SB.nodes_ip, list(cluster.NODES))
+    assert second.written == []
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in d.iterdir()} == before
+
+
+# ---------------------------------------------------------------- 6. kube.Api
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[tuple[str, str], tuple[int, str]] = {
+        ("GET", "/api/v1/namespaces/kube-system"): (200, json.dumps({"kind": "Namespace", "metadata": {"name": NS}})),
+        ("GET", "/readyz"): (200, "ok"),
+        ("GET", "/forbidden"): (403, json.dumps({"kind": "Status", "status": "Failure", "reason": "Forbidden",
+                                                "message": 'nodes is forbidden: User "x" cannot list', "code": 403})),
+        ("POST", "/conflict"): (409, json.dumps({"kind": "Status", "message": "the object has been modified",
+                                                 "code": 409})),
+        ("GET", "/broken"): (500, "etcd: request timed out (not JSON)"),
+    }
+
+    def _route(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.clients.append(self.connection.getpeercert())  # type: ignore[attr-defined]
+        code, body = self.routes.get((self.command, self.path), (404, json.dumps(
+            {"kind": "Status", "message": f"{self.path} not found", "code": 404})))
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _route
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+@pytest.fixture
+def apiserver(pki_dir):
+    """A TLS server on 127.0.0.1 with master1's serving cert that requires a client cert from the sandbox CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki_dir / "apiserver-master1.crt"), str(pki_dir / "apiserver-master1.key"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(str(pki_dir / "ca.crt"))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.clients = []  # type: ignore[attr-defined]
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield srv, f"https://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
+
+
+@pytest.fixture
+def refused_url():
+    """A port on 127.0.0.1 that refuses connections: bound (so nothing else takes it) but not listening."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield f"https://127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        s.close()
+
+
+def client(pki_dir: Path, *servers: str) -> Api:
+    return Api(servers, ca=pki_dir / "ca.crt", cert=pki_dir / "admin.crt", key=pki_dir / "admin.key", timeout=3)
+
+
+@pytest.mark.timeout(30)
+def test_api_get_and_404(apiserver, pki_dir):
+    srv, url = apiserver
+    api = client(pki_dir, url)
+    assert api.get("/api/v1/namespaces/kube-system") == {"kind": "Namespace", "metadata": {"name": NS}}
+    assert api.get("/api/v1/namespaces/nope") is None
+    assert api.delete("/api/v1/namespaces/nope") is False
+    assert api.ok()
+    cn = [dict(x[0] for x in c["subject"])["commonName"] for c in srv.clients]
+    assert cn and set(cn) == {"sandbox-admin"}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method, path, status, message", [
+    ("GET", "/forbidden", 403, 'nodes is forbidden: User "x" cannot list'),
+    ("POST", "/conflict", 409, "the object has been modified"),
+    ("GET", "/broken", 500, "etcd: request timed out (not JSON)"),
+    ("POST", "/nope", 404, "/nope not found"),
+])
+def test_api_errors(apiserver, pki_dir, method, path, status, message):
+    _, url = apiserver
+    with pytest.raises(ApiError) as info:
+        client(pki_dir, url).request(method, path, {"kind": "X"} if method == "POST" else None)
+    assert info.value.status == status
+    assert str(info.value) == f"HTTP {status}: {message}"
+
+
+@pytest.mark.timeout(30)
+def test_api_falls_through_a_refusing_server(apiserver, pki_dir, refused_url):
+    _, url = apiserver
+    assert client(pki_dir, refused_url, url).get("/api/v1/namespaces/kube-system")["metadata"]["name"] == NS
+    with pytest.raises(OSError):
+        client(pki_dir, refused_url).get("/api/v1/namespaces/kube-system")
+    assert not client(pki_dir, refused_url).ok()
