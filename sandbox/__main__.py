@@ -1,4 +1,4 @@
-"""python -m sandbox up|down|status|env|stack-config  (root; see sandbox/cluster.py)
+"""python -m sandbox up|down|status|env  (root; see sandbox/cluster.py)
 
   up            start the sandbox (idempotent); --timeout SECONDS bounds the start
   down          stop everything it started and delete its namespaces and directory (idempotent)

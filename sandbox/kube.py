@@ -59,15 +59,16 @@ class Api:
         return text if raw else (json.loads(text) if text else {})
 
     @staticmethod
-    @staticmethod
     def _error(e: urllib.error.HTTPError, method: str):
         text = e.read().decode(errors="replace")
         if e.code == 404 and method == "GET":
             return None
         try:
-            text = json.loads(text).get("message", text)
+            doc = json.loads(text)
         except ValueError:
-            pass
+            doc = None
+        if isinstance(doc, dict):
+            text = doc.get("message", text)
         raise ApiError(e.code, text) from None
 
     def get(self, path: str, *, raw: bool = False):
