@@ -4,6 +4,7 @@
 # Environment: the toolchain's exports (eval "$(bash toolchain/build.sh env)"), SANDBOX_DIR, KUBECTL.
 set -euo pipefail
 
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${SANDBOX_DIR:?}"
 : "${KUBECTL:?}"
 export PULUMI_BACKEND_URL="file://$SANDBOX_DIR/state"
@@ -12,10 +13,11 @@ mkdir -p "$SANDBOX_DIR/state"
 
 say() { printf '\n==> %s\n' "$*"; }
 
-say "pulumi up --yes -s sandbox (state: $PULUMI_BACKEND_URL)"
+say "pulumi up --yes -s sandbox, with the policy pack (state: $PULUMI_BACKEND_URL)"
 pulumi stack select --create sandbox --secrets-provider passphrase >/dev/null
 start=$(date +%s)
-pulumi up --yes --stack sandbox --skip-preview --suppress-progress
+pulumi up --yes --stack sandbox --skip-preview --suppress-progress \
+	--policy-pack "$REPO/policy" --policy-pack-config "$REPO/policy/config/sandbox.json"
 say "pulumi up took $(($(date +%s) - start))s"
 
 say "kubectl get apiservice v1beta1.metrics.k8s.io"

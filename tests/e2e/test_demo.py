@@ -41,6 +41,7 @@ def test_demo_script_prints_node_metrics_through_the_aggregation_layer(toolchain
             return p.stdout
 
         out = demo()
+        assert "✅ metrics-aggregation-guardrails" in out, "the policy pack ran and passed:\n" + out[-3000:]
         body = re.search(r'^\{"kind":"NodeMetricsList".*$', out, re.M)
         assert body, out[-3000:]
         usage = {i["metadata"]["name"]: i["usage"] for i in json.loads(body.group(0))["items"]}
