@@ -97,4 +97,5 @@ demo: sandbox-up ## the whole job on a fresh machine: build, start the sandbox, 
 bench: venv system-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)
 	$(BIN)/python bench/program_scale.py
 	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/rollout.py --sandbox
 	$(BIN)/python bench/engine.py

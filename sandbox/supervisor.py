@@ -12,11 +12,16 @@ kube-apiserver running as a unit with `EnvironmentFile=<env file>` and
   * an env file that does not parse is logged and retried, like systemd refusing to start the unit;
   * SIGTERM stops kube-apiserver and the supervisor.
 Its log (<hostdir>/kube-apiserver.log) is what the master's `journalctl -u kube-apiserver` shim prints.
+<hostdir>/events.jsonl has the same transitions with millisecond wall-clock times (time.time()), one JSON
+object a line, for bench/rollout.py --sandbox: {"t", "event", "generation"} with event one of
+  restart (SIGHUP received), stop (SIGTERM sent to the running apiserver), killed (SIGKILL sent after
+  STOP_TIMEOUT), stopped (it exited), started (the new process was spawned), exited (it exited on its own), start-failed (bad env file).
 Standard library only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -57,16 +62,27 @@ def main(argv: list[str]) -> int:
     hostdir, binary, env_file = Path(argv[0]), argv[1], Path(argv[2])
     var = argv[3] if len(argv) > 3 else "KUBE_APISERVER_OPTS"
     want = {"restart": False, "stop": False}
-    signal.signal(signal.SIGHUP, lambda *_: want.__setitem__("restart", True))
+    hup_at: list[float] = []  # when each SIGHUP arrived (for events.jsonl)
+
+    def on_hup(*_) -> None:
+        hup_at.append(time.time())
+        want["restart"] = True
+
+    signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, lambda *_: want.__setitem__("stop", True))
     signal.signal(signal.SIGINT, lambda *_: want.__setitem__("stop", True))
     log = open(hostdir / "kube-apiserver.log", "ab", buffering=0)  # noqa: SIM115
+    events = open(hostdir / "events.jsonl", "ab", buffering=0)  # noqa: SIM115
     child: subprocess.Popen | None = None
 
     def note(msg: str) -> None:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor: {msg}\n".encode())
 
     counters = {"generation": 0, "crashes": 0}
+
+    def event(kind: str, t: float | None = None) -> None:
+        rec = {"t": round(time.time() if t is None else t, 3), "event": kind, "generation": counters["generation"]}
+        events.write((json.dumps(rec) + "\n").encode())
 
     def bump(name: str) -> None:
         counters[name] += 1
@@ -80,20 +96,26 @@ def main(argv: list[str]) -> int:
             args = env_file_args(env_file.read_text(), var)
         except (OSError, BadEnvFile) as e:
             note(f"kube-apiserver.service: {e}")
+            event("start-failed")
             return None
         note(f"Started kube-apiserver: {' '.join(args)}")
-        return subprocess.Popen([binary, *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen([binary, *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        event("started")
+        return p
 
     def stop(p: subprocess.Popen | None) -> None:
         if p is None or p.poll() is not None:
             return
+        event("stop")
         p.terminate()
         try:
             p.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            event("killed")
             p.kill()
             p.wait(5)
         note("Stopped kube-apiserver")
+        event("stopped")
 
     (hostdir / "supervisor.pid").write_text(str(os.getpid()))
     child = start()
@@ -102,6 +124,8 @@ def main(argv: list[str]) -> int:
         time.sleep(0.05)
         if want["restart"]:
             want["restart"] = False
+            while hup_at:
+                event("restart", hup_at.pop(0))
             stop(child)
             child, failed_at = start(), None
             continue
@@ -110,6 +134,7 @@ def main(argv: list[str]) -> int:
                 failed_at = time.monotonic()
                 if child is not None:
                     note(f"kube-apiserver exited with status {child.returncode}; restarting in {RESTART_SEC:.0f}s")
+                    event("exited")
             elif time.monotonic() - failed_at >= RESTART_SEC:
                 child, failed_at = start(crashed=True), None
     stop(child)
