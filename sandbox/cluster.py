@@ -425,6 +425,9 @@ tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
         binds = "\n".join(f"mount --bind {d / sub} {mp}" for mp, sub in MOUNTS.items())
         # the master's root gets Debian's default ~/.bashrc for SSH commands, not the runner's
         binds += "\nif [ -f /etc/skel/.bashrc ] && [ -f /root/.bashrc ]; then mount --bind /etc/skel/.bashrc /root/.bashrc; fi"
+        # its own hostname (UTS namespace): kube-apiserver names its identity lease after the hostname, and
+        # three apiservers sharing one would fight over one lease
+        binds += f"\nhostname {name}"
         (d / "init.sh").write_text(
             f"set -e\n{binds}\nexec {self.python} {HERE / 'supervisor.py'} {d} {self.bin('kube-apiserver')} {ENV_FILE}\n")
 
@@ -435,13 +438,13 @@ tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
         for name in MASTERS:
             self._master_files(name)
             self._spawn(f"{name}-supervisor", [
-                "ip", "netns", "exec", self.master_ns(name), "unshare", "-m", "--propagation", "private", "--",
+                "ip", "netns", "exec", self.master_ns(name), "unshare", "-m", "-u", "--propagation", "private", "--",
                 "sh", str(self.master_dir(name) / "init.sh")], self.dir / "logs" / f"{name}-supervisor.log")
         for name in MASTERS:
             wait_for(lambda n=name: self._alive(f"{n}-supervisor") or (self.master_dir(n) / "supervisor.pid").exists(),
                      f"{name}: supervisor", 15, 0.05)
             pid = (self.master_dir(name) / "supervisor.pid").read_text().strip()
-            self._spawn(f"{name}-sshd", ["nsenter", "-t", pid, "-m", "-n", "--", SSHD, "-D", "-e", "-f",
+            self._spawn(f"{name}-sshd", ["nsenter", "-t", pid, "-m", "-n", "-u", "--", SSHD, "-D", "-e", "-f",
                                          str(self.master_dir(name) / "sshd_config")],
                         self.dir / "logs" / f"{name}-sshd.log")
         for name, addr in self.masters.items():

@@ -49,7 +49,9 @@ def env_file_args(text: str, var: str) -> list[str]:
         raise BadEnvFile(f"Failed to parse environment file: {e}") from None
     values = {}
     for w in words:
-        m = re.match(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", w, re.S)
+        if w == "export":  # `export NAME=value` (shell style): the assignment is the next word
+            continue
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", w, re.S)
         if not m:
             raise BadEnvFile(f"Ignoring invalid environment assignment {w[:40]!r}")
         values[m.group(1)] = m.group(2)

@@ -35,6 +35,10 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+# run as a script by the lab (python standin.py ...): the repo root makes `sandbox` importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from sandbox import supervisor  # noqa: E402
+
 # kube-apiserver flags the stand-in accepts (a real subset of `kube-apiserver --help`, v1.34).
 KNOWN_FLAGS = set(
     """
@@ -100,22 +104,11 @@ def log(hostdir: Path, msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------- config files
 def env_file_args(text: str, var: str) -> list[str]:
-    """EnvironmentFile semantics, close enough: shell-style quoting, backslash-newline continuations."""
-    text = re.sub(r"\\\n", "", text)  # the shell drops backslash-newline (also inside double quotes)
+    """EnvironmentFile semantics: the sandbox masters' service manager's parser (one implementation)."""
     try:
-        words = shlex.split(text, comments=True, posix=True)
-    except ValueError as e:
-        raise Refused(f"Failed to parse environment file: {e}") from None
-    values = {}
-    for w in words:
-        m = re.match(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", w, re.S)
-        if not m:
-            raise Refused(f"Ignoring invalid environment assignment {w[:40]!r}")
-        values[m.group(1)] = m.group(2)
-    if var not in values:
-        raise Refused(f"environment file does not set {var}")
-    # ExecStart=... $KUBE_APISERVER_OPTS: systemd splits the unquoted variable at whitespace.
-    return values[var].split()
+        return supervisor.env_file_args(text, var)
+    except supervisor.BadEnvFile as e:
+        raise Refused(str(e)) from None
 
 
 def unit_args(text: str) -> list[str]:
