@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -107,20 +105,6 @@ class Poller(threading.Thread):
         self.join(10)
 
 
-def free_block_and_prefix() -> tuple[int, str]:
-    """A 198.18.X.0/24 block configured nowhere on this machine (never 200, make demo's), and a netns
-    prefix no namespace uses (Sandbox.down removes every namespace named <prefix>-*)."""
-    from sandbox.cluster import DEFAULT_BLOCK
-
-    used = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
-    for _ in range(200):
-        block, prefix = random.randrange(10, 250), f"mab{random.randrange(16**4):04x}"
-        if block != DEFAULT_BLOCK and f" 198.18.{block}." not in used and f"{prefix}-" not in netns:
-            return block, prefix
-    raise BenchError("no free 198.18.X.0/24 block for the sandbox")
-
-
 def read_events(path: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -130,10 +114,10 @@ def read_events(path: Path) -> list[dict]:
 
 def sandbox_round(n: int, root: Path, tc, poll: float) -> dict:
     """One fresh sandbox, one `pulumi up` of the sandbox stack, the figures of the docstring."""
-    from sandbox.cluster import MASTERS, NODES, Sandbox, SandboxError
+    from sandbox.cluster import MASTERS, NODES, Sandbox, SandboxError, free_block_and_prefix
     from sandbox.kube import ApiError
     from tests.e2e.engine import Project
-    from tests.e2e.test_sandbox import sandbox_config
+    from tests.e2e.sandboxes import sandbox_config
 
     d = root / f"r{n}"
     block, prefix = free_block_and_prefix()

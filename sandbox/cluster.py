@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -62,21 +63,23 @@ class SandboxError(Exception):
     pass
 
 
-def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+def sh(*args: str, check: bool = True, timeout: float = 30, error: type[Exception] = SandboxError,
+       **kw) -> subprocess.CompletedProcess:
     p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
     if check and p.returncode != 0:
-        raise SandboxError(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+        raise error(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
     return p
 
 
-def wait_for(pred: Callable[[], object], what: str, timeout: float, interval: float = 0.2):
+def wait_for(pred: Callable[[], object], what: str, timeout: float, interval: float = 0.2,
+             error: type[Exception] = SandboxError):
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
         if v:
             return v
         if time.monotonic() > deadline:
-            raise SandboxError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise error(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 
@@ -86,6 +89,18 @@ def tcp_open(addr: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def free_block_and_prefix(tag: str = "mas") -> tuple[int, str]:
+    """For a sandbox beside make demo's: a 198.18.X.0/24 block configured nowhere on this machine (never
+    DEFAULT_BLOCK) and a netns prefix <tag><4 hex> no namespace uses (down removes every <prefix>-*)."""
+    used = sh("ip", "-4", "-o", "addr", "show", timeout=10).stdout
+    netns = sh("ip", "netns", "list", timeout=10).stdout
+    for _ in range(200):
+        block, prefix = random.randrange(10, 250), f"{tag}{random.randrange(16**4):04x}"
+        if block != DEFAULT_BLOCK and f" 198.18.{block}." not in used and f"{prefix}-" not in netns:
+            return block, prefix
+    raise SandboxError("no free 198.18.X.0/24 block for a sandbox")
 
 
 def default_bin_dir() -> Path:
@@ -162,6 +177,11 @@ class Sandbox:
         """A client of one master only (cert: a stem of pki.py's table)."""
         return Api((f"https://{self.masters[name]}:6443",), ca=self.pki / "ca.crt",
                    cert=self.pki / f"{cert}.crt", key=self.pki / f"{cert}.key")
+
+    def stack_file_text(self) -> str:
+        """Pulumi.sandbox.yaml for this sandbox: the committed file, moved to its block and directory."""
+        text = (REPO / "Pulumi.sandbox.yaml").read_text()
+        return text.replace(f"198.18.{DEFAULT_BLOCK}.", f"198.18.{self.block}.").replace(str(DEFAULT_DIR), str(self.dir))
 
     def bin(self, name: str) -> str:
         assert self.bin_dir is not None

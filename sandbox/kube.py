@@ -9,6 +9,7 @@ the project's venv may be all there is.
 
 from __future__ import annotations
 
+import argparse
 import json
 import ssl
 import urllib.error
@@ -97,3 +98,19 @@ class Api:
             return self.get(path, raw=True) == "ok"
         except (OSError, ApiError):
             return False
+
+
+def daemon_parser() -> argparse.ArgumentParser:
+    """The options every sandbox daemon takes (cluster.Sandbox._daemons passes them)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", type=Path, required=True, help="the sandbox directory")
+    ap.add_argument("--servers", required=True, help="the apiservers, comma-separated")
+    ap.add_argument("--address", required=True, help="this daemon's address")
+    ap.add_argument("--max-hours", type=float, default=24 * 7, help="exit after this long")
+    return ap
+
+
+def admin_api(sandbox_dir: Path, servers: str) -> Api:
+    """A client of the sandbox's apiservers with its admin certificate."""
+    pki = sandbox_dir / "pki"
+    return Api(tuple(servers.split(",")), ca=pki / "ca.crt", cert=pki / "admin.crt", key=pki / "admin.key")

@@ -16,7 +16,6 @@ Standard library only. Runs until SIGTERM; the Node objects stay (`make sandbox-
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import http.server
 import signal
@@ -26,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandbox.kube import Api, ApiError
+from sandbox.kube import Api, ApiError, admin_api, daemon_parser
 
 BASE_PORT = 10250
 CPU_MILLICORES_PER_INDEX = 250
@@ -122,15 +121,11 @@ def serve(pki: Path, name: str, index: int, address: str) -> http.server.Threadi
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--servers", required=True)
-    ap.add_argument("--address", required=True)
+    ap = daemon_parser()
     ap.add_argument("--nodes", required=True)
-    ap.add_argument("--max-hours", type=float, default=24 * 7)
     a = ap.parse_args(argv)
     pki = a.dir / "pki"
-    api = Api(tuple(a.servers.split(",")), ca=pki / "ca.crt", cert=pki / "admin.crt", key=pki / "admin.key")
+    api = admin_api(a.dir, a.servers)
     names = a.nodes.split(",")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

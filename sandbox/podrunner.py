@@ -19,7 +19,6 @@ says so with metricsServer.expectNoPods. Standard library only; runs until SIGTE
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -31,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandbox.kube import Api, ApiError
+from sandbox.kube import Api, ApiError, admin_api, daemon_parser
 
 NAME = "metrics-server"
 SLICE_NAME = "metrics-server-sandbox"
@@ -192,17 +191,12 @@ class Runner:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", type=Path, required=True)
-    ap.add_argument("--servers", required=True)
-    ap.add_argument("--address", required=True)
+    ap = daemon_parser()
     ap.add_argument("--metrics-server", required=True)
     ap.add_argument("--namespace", default="kube-system")
-    ap.add_argument("--max-hours", type=float, default=24 * 7)
     a = ap.parse_args(argv)
-    pki = a.dir / "pki"
     servers = a.servers.split(",")
-    api = Api(tuple(servers), ca=pki / "ca.crt", cert=pki / "admin.crt", key=pki / "admin.key")
+    api = admin_api(a.dir, a.servers)
     workdir = a.dir / "pods" / NAME
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     runner = Runner(api, a.namespace, workdir, a.address, a.metrics_server, servers)

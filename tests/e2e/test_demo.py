@@ -5,31 +5,24 @@ local demo passphrase kept, as `make demo` uses them)."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 
 import pytest
 import yaml
 
-from sandbox.cluster import DEFAULT_BLOCK, DEFAULT_DIR, NODES, Sandbox, SandboxError
+from sandbox.cluster import NODES
 from tests.e2e.engine import REPO, Project, Toolchain
-from tests.e2e.test_sandbox import _free_block
+from tests.e2e.sandboxes import running_sandbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 
 def test_demo_script_prints_node_metrics_through_the_aggregation_layer(toolchain: Toolchain, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
-    sb = Sandbox(tmp / "sandbox", _free_block(), f"mas{random.randrange(16**4):04x}", bin_dir=toolchain.bin_dir)
-    try:
-        try:
-            sb.up(log=lambda m: None, timeout=180)
-        except SandboxError as e:
-            pytest.fail(f"the sandbox did not start: {e}", pytrace=False)
+    with running_sandbox(toolchain.bin_dir, tmp) as sb:
         project = Project.copy(tmp / "project")
-        text = (REPO / "Pulumi.sandbox.yaml").read_text()
-        text = text.replace(f"198.18.{DEFAULT_BLOCK}.", f"198.18.{sb.block}.").replace(str(DEFAULT_DIR), str(sb.dir))
+        text = sb.stack_file_text()
         (project.dir / "Pulumi.sandbox.yaml").write_text(text)
         env = {k: v for k, v in toolchain.env.items() if k != "PULUMI_BACKEND_URL"}
         env.update(SANDBOX_DIR=str(sb.dir), KUBECTL=str(toolchain.bin_dir / "kubectl"))
@@ -56,5 +49,3 @@ def test_demo_script_prints_node_metrics_through_the_aggregation_layer(toolchain
         again = demo()  # a second `make demo`: nothing to change, the same answers
         assert re.search(r"^\s+\d+ unchanged$", again, re.M) and " created" not in again, again[-3000:]
         assert '"kind":"NodeMetricsList"' in again
-    finally:
-        sb.down(log=lambda m: None)

@@ -13,9 +13,7 @@ import base64
 import copy
 import datetime
 import json
-import random
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -25,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi import automation as auto
 
-from sandbox.cluster import DEFAULT_BLOCK, DEFAULT_DIR, MASTERS, NODES, Sandbox, SandboxError
-from tests.e2e.engine import PROJECT, REPO, E2EStack, Project, Toolchain
+from sandbox.cluster import MASTERS, NODES, Sandbox
+from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
+from tests.e2e.sandboxes import running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -66,45 +64,17 @@ class SandboxScenario:
         return self.results[key]
 
 
-def _free_block() -> int:
-    used = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
-    for _ in range(200):
-        b = random.randrange(10, 250)
-        if b != DEFAULT_BLOCK and f" 198.18.{b}." not in used:
-            return b
-    pytest.fail("no free 198.18.X.0/24 block for the sandbox", pytrace=False)
-
-
-def sandbox_config(sb: Sandbox) -> dict[str, Any]:
-    """Pulumi.sandbox.yaml's config, moved to this sandbox's block and directory, host keys pinned."""
-    text = (REPO / "Pulumi.sandbox.yaml").read_text()
-    text = text.replace(f"198.18.{DEFAULT_BLOCK}.", f"198.18.{sb.block}.").replace(str(DEFAULT_DIR), str(sb.dir))
-    config = yaml.safe_load(text)["config"]
-    keys = sb.host_keys()
-    for m in config[f"{PROJECT}:masters"]:
-        m["hostKey"] = keys[m["name"]]
-    return config
-
-
 @pytest.fixture(scope="module")
 def sandbox(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxScenario]:
     tmp = tmp_path_factory.mktemp("sbx")
-    sb = Sandbox(tmp / "sandbox", _free_block(), f"mas{random.randrange(16**4):04x}", bin_dir=toolchain.bin_dir)
-    try:
-        try:
-            sb.up(log=lambda m: None, timeout=180)
-        except SandboxError as e:
-            pytest.fail(f"the sandbox did not start: {e}", pytrace=False)
+    with running_sandbox(toolchain.bin_dir, tmp) as sb:
         config = sandbox_config(sb)
         original = {m: (sb.master_dir(m) / "etc-kubernetes" / "kube-apiserver.conf").read_bytes() for m in MASTERS}
         stack = Project.copy(tmp / "project").stack(toolchain, tmp / "backend", "sandbox", config)
-        sc = SandboxScenario(sb, stack, config, original, tmp)
         try:
-            yield sc
+            yield SandboxScenario(sb, stack, config, original, tmp)
         finally:
             (tmp / "engine-output.log").write_text("\n".join(stack.outputs))
-    finally:
-        sb.down(log=lambda m: None)
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -6,16 +6,14 @@ Runs on a sandbox of its own (a free block, a random namespace prefix, a temp di
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import time
 
 import pytest
 
-from sandbox.cluster import MASTERS, Sandbox
+from sandbox.cluster import MASTERS, Sandbox, free_block_and_prefix
 from tests.e2e.engine import Toolchain
-from tests.e2e.test_sandbox import _free_block
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -32,7 +30,7 @@ def _addresses(block: int) -> str:
 
 def test_up_is_idempotent_repairs_and_down_removes_everything(toolchain: Toolchain, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sbxlife")
-    sb = Sandbox(tmp / "sandbox", _free_block(), f"mas{random.randrange(16**4):04x}", bin_dir=toolchain.bin_dir)
+    sb = Sandbox(tmp / "sandbox", *free_block_and_prefix(), bin_dir=toolchain.bin_dir)
     logs: list[str] = []
     try:
         sb.up(log=logs.append, timeout=180)

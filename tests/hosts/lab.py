@@ -27,12 +27,13 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandbox import cluster
+from sandbox.cluster import tcp_open
 
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE / "samples"
@@ -61,29 +62,11 @@ class LabError(Exception):
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and p.returncode != 0:
-        raise LabError(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
-    return p
+    return cluster.sh(*args, check=check, timeout=timeout, error=LabError, **kw)
 
 
 def wait_for(pred, what: str, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def tcp_open(addr: str, port: int) -> bool:
-    try:
-        with socket.create_connection((addr, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return cluster.wait_for(pred, what, timeout, interval, error=LabError)
 
 
 def kill_pid(pid: int | None, sig: int = signal.SIGTERM) -> None:

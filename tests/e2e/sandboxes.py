@@ -1,0 +1,39 @@
+"""Sandboxes of the e2e tier and the benchmarks: each on a free block with its own namespace prefix and
+directory, never make demo's (sandbox/cluster.py), always torn down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sandbox.cluster import Sandbox, SandboxError, free_block_and_prefix
+from tests.e2e.engine import PROJECT
+
+
+@contextmanager
+def running_sandbox(bin_dir: Path, root: Path, timeout: float = 180) -> Iterator[Sandbox]:
+    """A started sandbox under `root` (keep it short: the ssh-agent socket lives there)."""
+    block, prefix = free_block_and_prefix()
+    sb = Sandbox(root / "sandbox", block, prefix, bin_dir=bin_dir)
+    try:
+        try:
+            sb.up(log=lambda m: None, timeout=timeout)
+        except SandboxError as e:
+            pytest.fail(f"the sandbox did not start: {e}", pytrace=False)
+        yield sb
+    finally:
+        sb.down(log=lambda m: None)
+
+
+def sandbox_config(sb: Sandbox) -> dict[str, Any]:
+    """Pulumi.sandbox.yaml's config (full keys) moved to this sandbox, the masters' host keys pinned."""
+    config = yaml.safe_load(sb.stack_file_text())["config"]
+    keys = sb.host_keys()
+    for m in config[f"{PROJECT}:masters"]:
+        m["hostKey"] = keys[m["name"]]
+    return config
