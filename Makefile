@@ -11,6 +11,9 @@ STACK ?= dev
 ENGINE_COMPONENTS := pulumi python tls command kubernetes etcd kube-apiserver kube-controller-manager metrics-server kubectl
 # `make demo`'s sandbox (sandbox/cluster.py defaults; Pulumi.sandbox.yaml names these paths).
 SANDBOX_DIR := /run/metrics-aggregation-sandbox
+# The sandbox stack's state lives with the sandbox (sandbox-down deletes both); other stacks use
+# toolchain/pulumi.env's backend.
+STACK_ENV = $(if $(filter sandbox,$(STACK)),export PULUMI_BACKEND_URL=file://$(SANDBOX_DIR)/state &&,)
 # Tools installed into the venv (actionlint, ruff, pytest) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # System packages the test hosts and linters need (Debian names).
@@ -61,16 +64,16 @@ toolchain: ## build the pinned engine, language host and providers into ~/.cache
 
 .PHONY: preview
 preview: venv toolchain ## pulumi preview --diff for STACK, offline (local file backend, passphrase secrets), with the policy pack
-	source <(bash toolchain/build.sh env) && pulumi stack select --create "$(STACK)" && \
+	source <(bash toolchain/build.sh env) && $(STACK_ENV) pulumi stack select --create "$(STACK)" && \
 	  pulumi preview --diff --stack "$(STACK)" --policy-pack policy --policy-pack-config "policy/config/$(STACK).json"
 
 .PHONY: up
 up: venv toolchain ## pulumi up for STACK, offline settings as for preview
-	source <(bash toolchain/build.sh env) && pulumi stack select --create "$(STACK)" && pulumi up --stack "$(STACK)"
+	source <(bash toolchain/build.sh env) && $(STACK_ENV) pulumi stack select --create "$(STACK)" && pulumi up --stack "$(STACK)"
 
 .PHONY: preview-diff
 preview-diff: venv toolchain ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
-	source <(bash toolchain/build.sh env) && \
+	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
 	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
 .PHONY: toolchain-pulumi
 toolchain-pulumi: ## only what preview/up, the sandbox and the engine tests need

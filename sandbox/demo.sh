@@ -41,6 +41,6 @@ cat <<MSG
 The sandbox keeps running. Try:
   export KUBECONFIG=$KUBECONFIG
   $KUBECTL get apiservice v1beta1.metrics.k8s.io
-  eval "\$(bash toolchain/build.sh env)"; PULUMI_BACKEND_URL=$PULUMI_BACKEND_URL pulumi preview --diff -s sandbox
+  make preview STACK=sandbox        (pulumi preview --diff with the policy pack: no changes)
 Tear down:  make sandbox-down        (stops every process, deletes the namespaces, $SANDBOX_DIR and the stack state)
 MSG
