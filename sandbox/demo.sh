@@ -25,10 +25,12 @@ say "kubectl get apiservice v1beta1.metrics.k8s.io"
 
 say "kubectl get --raw /apis/metrics.k8s.io/v1beta1/nodes   (answered by metrics-server through the aggregation layer)"
 # metrics-server reports a node once it has scraped it twice (metricResolution apart): wait up to 90 s
+# for every node to be in the list
+nodes=$("$KUBECTL" get nodes --no-headers | wc -l)
 body=""
 for _ in $(seq 1 45); do
 	body=$("$KUBECTL" get --raw /apis/metrics.k8s.io/v1beta1/nodes)
-	case "$body" in *'"usage"'*) break ;; esac
+	[ "$(grep -o '"usage"' <<<"$body" | wc -l)" -ge "$nodes" ] && break
 	sleep 2
 done
 printf '%s\n' "$body"
