@@ -91,6 +91,10 @@ sandbox-up: venv system-deps toolchain-pulumi ## start the sandbox (etcd, 3 mast
 sandbox-down: venv ## stop the sandbox and delete everything it made (namespaces, $(SANDBOX_DIR), the sandbox stack's state)
 	$(BIN)/python -m sandbox down --dir $(SANDBOX_DIR)
 
+.PHONY: sandbox-status
+sandbox-status: venv ## is the sandbox up? (what runs, each apiserver's readiness)
+	$(BIN)/python -m sandbox status --dir $(SANDBOX_DIR)
+
 .PHONY: demo
 demo: sandbox-up ## the whole job on a fresh machine: build, start the sandbox, pulumi up -s sandbox, query the metrics API
 	source <(bash toolchain/build.sh env) && \
