@@ -19,6 +19,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,7 +80,8 @@ _FLAG_NAME = re.compile(r"^--[a-z0-9]+(-[a-z0-9]+)*$")
 # variable, an ExecStart= line, a YAML list item): a value must be one word without quotes, '$', '%',
 # '\' or '#' (systemd and the shell would interpret them).
 _FLAG_VALUE = re.compile(r"^[A-Za-z0-9_.,:/=@+*~-]+$")
-# How large a kubelet CA file may be (it goes into a ConfigMap; a CA bundle is a few KiB).
+# How large a CA file (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) may be: a CA bundle is a
+# few KiB, and the kubelet CA goes into a ConfigMap.
 MAX_CA_FILE_BYTES = 256 * 1024
 
 
@@ -370,6 +372,9 @@ class Pki(_Model):
     proxy_client_allowed_uses: tuple[str, ...] = PROXY_CLIENT_ALLOWED_USES
     # The cluster CA (optional): lets the policy pack prove the aggregator CA is a different one.
     cluster_ca_cert_pem: str | None = None
+    # A file on the machine running pulumi (relative: to the project directory), read at config load; the
+    # validated settings then carry its text in cluster_ca_cert_pem, as if that key had been set.
+    cluster_ca_cert_file: str | None = None
 
     @field_validator("ca_common_name", "proxy_client_common_name")
     @classmethod
@@ -397,8 +402,13 @@ class Pki(_Model):
         # Accept the spelling of the policy docs (P-256) as well as the provider's (P256).
         return v.replace("-", "") if isinstance(v, str) else v
 
+    @field_validator("cluster_ca_cert_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        return _check_ca_file_path(v)
+
     @model_validator(mode="after")
-    def _cross(self) -> Pki:
+    def _cross(self, info: ValidationInfo) -> Pki:
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
         if self.ca_common_name == self.proxy_client_common_name:
             problems.append(
@@ -456,8 +466,25 @@ class Pki(_Model):
             problems.append(
                 (("clusterCaCertPem",), self.cluster_ca_cert_pem[:40], "is not a PEM certificate")
             )
+        from_file: str | None = None
+        if self.cluster_ca_cert_file is not None:
+            if self.cluster_ca_cert_pem is not None:
+                problems.append(
+                    (
+                        ("clusterCaCertFile",),
+                        self.cluster_ca_cert_file,
+                        "is set together with clusterCaCertPem; choose one: remove clusterCaCertPem to read "
+                        "the CA from the file, or remove clusterCaCertFile",
+                    )
+                )
+            else:
+                from_file, problem = _read_ca_file(self.cluster_ca_cert_file, info.context or {}, CLUSTER_CA_FILE)
+                if problem:
+                    problems.append((("clusterCaCertFile",), self.cluster_ca_cert_file, problem))
         if problems:
             raise _Problems(problems)
+        if from_file is not None:
+            return self.model_copy(update={"cluster_ca_cert_pem": from_file})
         return self
 
 
@@ -559,12 +586,7 @@ class MetricsServer(_Model):
     @field_validator("kubelet_ca_cert_file")
     @classmethod
     def _ca_file(cls, v: str | None) -> str | None:
-        if v is not None and (not v.strip() or any(c in v for c in "\n\0")):
-            raise ValueError(
-                "must be the path of a PEM file on the machine running pulumi (relative paths are "
-                "relative to the project directory)"
-            )
-        return v
+        return _check_ca_file_path(v)
 
     @model_validator(mode="after")
     def _cross(self, info: ValidationInfo) -> MetricsServer:
@@ -581,7 +603,7 @@ class MetricsServer(_Model):
                     )
                 )
             else:
-                from_file, problem = _read_ca_file(self.kubelet_ca_cert_file, info.context or {})
+                from_file, problem = _read_ca_file(self.kubelet_ca_cert_file, info.context or {}, KUBELET_CA_FILE)
                 if problem:
                     problems.append((("kubeletCaCertFile",), self.kubelet_ca_cert_file, problem))
             if self.kubelet_insecure_tls:
@@ -631,8 +653,39 @@ def read_local_file(path: Path) -> bytes:
         return f.read(MAX_CA_FILE_BYTES + 1)
 
 
-def _read_ca_file(path: str, context: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(the PEM text, None) or (None, what is wrong and how to fix it) for metricsServer.kubeletCaCertFile.
+def _check_ca_file_path(v: str | None) -> str | None:
+    """The field check of a `*CaCertFile` key: a usable path (the file itself is read by _read_ca_file)."""
+    if v is not None and (not v.strip() or any(c in v for c in "\n\0")):
+        raise ValueError(
+            "must be the path of a PEM file on the machine running pulumi (relative paths are "
+            "relative to the project directory)"
+        )
+    return v
+
+
+@dataclass(frozen=True)
+class CaFileKind:
+    """What a `*CaCertFile` key holds, for the fix texts of _read_ca_file."""
+
+    # "create it with <what>, or fix the path"
+    what: str
+    # why a private key must not be in the file: "holds a private key (<path>); <why>: point it at ..."
+    private_key_why: str
+
+
+KUBELET_CA_FILE = CaFileKind(
+    what="the PEM CA certificate that signed the kubelets' serving certificates",
+    private_key_why="the file's contents go into a ConfigMap",
+)
+CLUSTER_CA_FILE = CaFileKind(
+    what="the cluster CA certificate, kube-apiserver's --client-ca-file, e.g. /etc/kubernetes/pki/ca.crt",
+    private_key_why="only the certificate is needed to compare the CAs, and the cluster CA's key must stay on the masters",
+)
+
+
+def _read_ca_file(path: str, context: Mapping[str, Any], kind: CaFileKind) -> tuple[str | None, str | None]:
+    """(the PEM text, None) or (None, what is wrong and how to fix it) for a `*CaCertFile` key
+    (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile; `kind` words the fixes).
 
     Reads through context["read_file"] (default: the local disk); a relative path is resolved against
     context["base_dir"] (default: the working directory, which `pulumi` sets to the project directory)."""
@@ -646,8 +699,7 @@ def _read_ca_file(path: str, context: Mapping[str, Any]) -> tuple[str | None, st
         data = read(full)
     except FileNotFoundError:
         return None, (
-            f"cannot be read: {where} does not exist; create it with the PEM CA certificate that signed the "
-            "kubelets' serving certificates, or fix the path"
+            f"cannot be read: {where} does not exist; create it with {kind.what}, or fix the path"
         )
     except IsADirectoryError:
         return None, f"cannot be read: {where} is a directory; point it at the CA certificate file"
@@ -664,7 +716,7 @@ def _read_ca_file(path: str, context: Mapping[str, Any]) -> tuple[str | None, st
         text = ""
     if "PRIVATE KEY-----" in text:
         return None, (
-            f"holds a private key ({where}); the file's contents go into a ConfigMap: point it at the CA "
+            f"holds a private key ({where}); {kind.private_key_why}: point it at the CA "
             "certificate only (-----BEGIN CERTIFICATE-----)"
         )
     from cryptography import x509
@@ -867,9 +919,9 @@ def parse(
 ) -> Settings:
     """Validate the stack's `metrics-aggregation:*` values; raise ConfigError with every problem.
 
-    Files named in the config (metricsServer.kubeletCaCertFile) are read with `read_file` (default: from
-    the local disk), relative paths against `base_dir` (default: the working directory, the project
-    directory under `pulumi`); the returned settings hold their contents."""
+    Files named in the config (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) are read with
+    `read_file` (default: from the local disk), relative paths against `base_dir` (default: the working
+    directory, the project directory under `pulumi`); the returned settings hold their contents."""
     data = {k: v for k, v in raw.items() if v is not None}
     problems: list[str] = []
     if "masters" not in data:

@@ -9,7 +9,7 @@ Policies (issue 6, §3) and what they read:
 
 | policy | kind | resources (type token: property names as in state, camelCase) |
 |---|---|---|
-| aggregator-ca-not-cluster-ca | stack | tls SelfSignedCert (isCaCertificate, subject.commonName, certPem), LocallySignedCert (caCertPem) vs config clusterCaCertPem |
+| aggregator-ca-not-cluster-ca | stack | tls SelfSignedCert (isCaCertificate, subject.commonName, certPem), LocallySignedCert (caCertPem) vs config clusterCaCertPem (or the file of pki.clusterCaCertFile) |
 | proxy-client-cert-accepted | stack | tls LocallySignedCert *proxy-client* (allowedUses), CertRequest *proxy-client* (subject.commonName), command:remote:Command (create: `--flag --requestheader-allowed-names=<CN>`) |
 | no-kubelet-insecure-tls-in-production | resource | kubernetes Deployment (container args/command), command:remote:Command (create) |
 | no-insecure-skip-tls-verify-in-production | resource | kubernetes APIService (spec.insecureSkipTLSVerify) |
@@ -19,7 +19,9 @@ Policies (issue 6, §3) and what they read:
 
 Policy config (per policy, see `pack_config.py`): `production` (bool; default: true when the stack is
 named prod or production), `maxLeafValidityHours` (default 8760), `clusterCaCertPem` (optional; default:
-the stack config `metrics-aggregation:pki.clusterCaCertPem` when the CLI passes the stack config).
+the stack config `metrics-aggregation:pki.clusterCaCertPem` when the CLI passes the stack config, else
+the file named by `metrics-aggregation:pki.clusterCaCertFile`, read by the pack itself, a relative path
+against its working directory; a file it cannot read or that holds no certificate is a violation).
 
 Values that are unknown during a preview (e.g. a certificate not created yet) are skipped, not guessed:
 a check that needs them runs again on the next preview or `up`.
@@ -171,6 +173,8 @@ class Settings:
     production: bool
     max_leaf_validity_hours: int
     cluster_ca_cert_pem: str | None
+    # The stack config pki.clusterCaCertFile, when no PEM is given (read by cluster_ca()).
+    cluster_ca_cert_file: str | None = None
 
 
 def _stack_config(key: str) -> Any:
@@ -190,10 +194,60 @@ def settings_from(config: Mapping[str, Any] | None) -> Settings:
     hours = config.get("maxLeafValidityHours")
     max_hours = int(hours) if isinstance(hours, int | float) and hours > 0 else DEFAULT_MAX_LEAF_VALIDITY_HOURS
     cluster_ca = config.get("clusterCaCertPem")
+    cluster_ca_file = None
     if not cluster_ca:
         pki = _stack_config("pki")
-        cluster_ca = pki.get("clusterCaCertPem") if isinstance(pki, Mapping) else None
-    return Settings(bool(production), max_hours, cluster_ca or None)
+        if isinstance(pki, Mapping):
+            cluster_ca = pki.get("clusterCaCertPem")
+            if not cluster_ca and isinstance(pki.get("clusterCaCertFile"), str) and pki["clusterCaCertFile"]:
+                cluster_ca_file = pki["clusterCaCertFile"]
+    return Settings(bool(production), max_hours, cluster_ca or None, cluster_ca_file)
+
+
+CLUSTER_CA_FILE_KEY = f"{NAMESPACE}:pki.clusterCaCertFile"
+# As components/config.py reads it: a CA bundle is a few KiB.
+MAX_CA_FILE_BYTES = 256 * 1024
+
+
+def cluster_ca(settings: Settings) -> tuple[str | None, str | None]:
+    """(the cluster CA's PEM or None, None) or (None, why the clusterCaCertFile could not be used).
+
+    The PEM of the policy config or of the stack config pki.clusterCaCertPem as given; otherwise the file
+    of the stack config pki.clusterCaCertFile, read here, a relative path against the working directory
+    (under `pulumi preview/up`, the directory pulumi runs the pack in)."""
+    if settings.cluster_ca_cert_pem or not settings.cluster_ca_cert_file:
+        return settings.cluster_ca_cert_pem, None
+    given = settings.cluster_ca_cert_file
+    path = os.path.expanduser(given)
+    if os.path.isabs(path):
+        where = path
+    else:
+        path = os.path.join(os.getcwd(), path)
+        where = f"{path} (relative to the working directory {os.getcwd()})"
+
+    def problem(what: str) -> str:
+        return (
+            f"{CLUSTER_CA_FILE_KEY} (stack config): {given!r} {what}; the aggregator CA cannot be compared "
+            "with the cluster CA: put the cluster CA certificate (kube-apiserver's --client-ca-file, e.g. "
+            "/etc/kubernetes/pki/ca.crt) there, or set policy config clusterCaCertPem "
+            "(policy/pack_config.py --cluster-ca-cert FILE)."
+        )
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CA_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None, problem(f"cannot be read: {where} does not exist")
+    except IsADirectoryError:
+        return None, problem(f"cannot be read: {where} is a directory")
+    except OSError as e:
+        return None, problem(f"cannot be read: {where}: {e.strerror or e}")
+    if len(data) > MAX_CA_FILE_BYTES:
+        return None, problem(f"is larger than {MAX_CA_FILE_BYTES // 1024} KiB ({where})")
+    text = data.decode("ascii", errors="replace")
+    if cert_info(text) is None:
+        return None, problem(f"is not a PEM certificate ({where})")
+    return text, None
 
 
 def _is_proxy_client(name: str) -> bool:
@@ -240,7 +294,11 @@ def validate_ca_not_cluster_ca(args: StackValidationArgs, report_violation: Repo
     apiserver; with the cluster CA, every kubelet/admin client certificate signer becomes that CA.
     """
     settings = settings_from(args.get_config())
-    cluster = cert_info(settings.cluster_ca_cert_pem)
+    pem, problem = cluster_ca(settings)
+    if problem:
+        report_violation(problem, None)
+    cluster = cert_info(pem)
+    source = "clusterCaCertPem" if settings.cluster_ca_cert_pem else "pki.clusterCaCertFile"
     hint = (
         "generate a separate aggregator CA (pki.caCommonName names it) and keep the cluster CA out of "
         "--requestheader-client-ca-file"
@@ -251,12 +309,12 @@ def validate_ca_not_cluster_ca(args: StackValidationArgs, report_violation: Repo
             mine = cert_info(get(r.props, "certPem"))
             if cluster and mine and (mine.der == cluster.der or mine.public_key_der == cluster.public_key_der):
                 report_violation(
-                    f"CA '{r.name}' is the cluster CA (same certificate or key as clusterCaCertPem); {hint}.",
+                    f"CA '{r.name}' is the cluster CA (same certificate or key as {source}); {hint}.",
                     r.urn,
                 )
             elif cluster and isinstance(cn, str) and cluster.common_name and cn == cluster.common_name:
                 report_violation(
-                    f"CA '{r.name}' has the cluster CA's common name '{cn}' (clusterCaCertPem); the "
+                    f"CA '{r.name}' has the cluster CA's common name '{cn}' ({source}); the "
                     f"requestheader CA must be a different CA with its own name: {hint}.",
                     r.urn,
                 )
@@ -270,7 +328,7 @@ def validate_ca_not_cluster_ca(args: StackValidationArgs, report_violation: Repo
             signer = cert_info(get(r.props, "caCertPem"))
             if signer and (signer.der == cluster.der or signer.public_key_der == cluster.public_key_der):
                 report_violation(
-                    f"certificate '{r.name}' is signed by the cluster CA (caCertPem equals clusterCaCertPem); "
+                    f"certificate '{r.name}' is signed by the cluster CA (caCertPem equals {source}); "
                     f"{hint}.",
                     r.urn,
                 )

@@ -194,6 +194,84 @@ def test_ca_policy_reads_the_cluster_ca_from_the_stack_config(monkeypatch):
     assert "is the cluster CA" in message
 
 
+def stack_pki(monkeypatch, **pki) -> None:
+    """The stack config `metrics-aggregation:pki` as the CLI hands it to the pack (PULUMI_CONFIG)."""
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({"metrics-aggregation:pki": json.dumps(pki)}))
+
+
+def test_ca_policy_fails_when_the_cluster_ca_file_holds_the_aggregator_ca(monkeypatch, tmp_path):
+    (tmp_path / "ca.crt").write_text(AGGREGATOR_CA)
+    stack_pki(monkeypatch, clusterCaCertFile=str(tmp_path / "ca.crt"))
+    found = run(ap.validate_ca_not_cluster_ca, stack_args(good_stack()))
+    assert [m for m, _ in found] == [
+        "CA 'aggregator-ca' is the cluster CA (same certificate or key as pki.clusterCaCertFile); generate a "
+        "separate aggregator CA (pki.caCommonName names it) and keep the cluster CA out of "
+        "--requestheader-client-ca-file.",
+        "certificate 'proxy-client' is signed by the cluster CA (caCertPem equals pki.clusterCaCertFile); generate "
+        "a separate aggregator CA (pki.caCommonName names it) and keep the cluster CA out of "
+        "--requestheader-client-ca-file.",
+    ]
+    assert [u for _, u in found] == [urn(ap.SELF_SIGNED_CERT, "aggregator-ca"), urn(ap.LOCALLY_SIGNED_CERT, "proxy-client")]
+
+
+def test_ca_policy_passes_when_the_cluster_ca_file_holds_another_ca(monkeypatch, tmp_path):
+    (tmp_path / "ca.crt").write_text(CLUSTER_CA)
+    stack_pki(monkeypatch, clusterCaCertFile=str(tmp_path / "ca.crt"))
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(good_stack())) == []
+    # and the file is really compared: the cluster CA's own certificate as the aggregator CA fails
+    ca = {"isCaCertificate": True, "subject": {"commonName": "x"}, "certPem": CLUSTER_CA}
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(good_stack(ca=ca)))
+    assert "CA 'aggregator-ca' is the cluster CA (same certificate or key as pki.clusterCaCertFile)" in message
+
+
+def test_ca_policy_reads_a_relative_cluster_ca_file_from_the_working_directory(monkeypatch, tmp_path):
+    """Under `pulumi preview/up` the working directory is where pulumi runs the pack."""
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.crt").write_text(AGGREGATOR_CA)
+    monkeypatch.chdir(tmp_path)
+    stack_pki(monkeypatch, clusterCaCertFile="pki/ca.crt")
+    assert len(run(ap.validate_ca_not_cluster_ca, stack_args(good_stack()))) == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not pem"])
+def test_ca_policy_reports_an_unusable_cluster_ca_file(monkeypatch, tmp_path, case):
+    path = tmp_path / "pki" / "ca.crt"
+    if case == "directory":
+        path.mkdir(parents=True)
+    elif case == "not pem":
+        path.parent.mkdir()
+        path.write_text("hello\n")
+    stack_pki(monkeypatch, clusterCaCertFile=str(path))
+    found = run(ap.validate_ca_not_cluster_ca, stack_args(good_stack()))
+    assert len(found) == 1, found
+    message, where = found[0]
+    what = {"missing": f"cannot be read: {path} does not exist", "directory": f"cannot be read: {path} is a directory",
+            "not pem": f"is not a PEM certificate ({path})"}[case]
+    assert message == (
+        f"metrics-aggregation:pki.clusterCaCertFile (stack config): '{path}' {what}; the aggregator CA cannot be "
+        "compared with the cluster CA: put the cluster CA certificate (kube-apiserver's --client-ca-file, e.g. "
+        "/etc/kubernetes/pki/ca.crt) there, or set policy config clusterCaCertPem "
+        "(policy/pack_config.py --cluster-ca-cert FILE)."
+    )
+    assert where is None
+
+
+def test_ca_policy_names_the_working_directory_of_a_relative_unreadable_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    stack_pki(monkeypatch, clusterCaCertFile="pki/ca.crt")
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(good_stack()))
+    assert (f"'pki/ca.crt' cannot be read: {tmp_path}/pki/ca.crt (relative to the working directory {tmp_path}) "
+            "does not exist") in message
+
+
+def test_ca_policy_prefers_a_given_pem_to_the_cluster_ca_file(monkeypatch, tmp_path):
+    """The policy config's clusterCaCertPem (or the stack's pki.clusterCaCertPem) wins; the file is not read."""
+    stack_pki(monkeypatch, clusterCaCertFile=str(tmp_path / "nope.crt"))
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(good_stack(), {"clusterCaCertPem": CLUSTER_CA})) == []
+    stack_pki(monkeypatch, clusterCaCertFile=str(tmp_path / "nope.crt"), clusterCaCertPem=CLUSTER_CA)
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(good_stack())) == []
+
+
 # --- proxy-client-cert-accepted --------------------------------------------------------------------
 
 

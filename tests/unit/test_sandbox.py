@@ -58,16 +58,21 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
-    """The program evaluated with Pulumi.sandbox.yaml; the kubelet CA file (which `python -m sandbox up`
-    writes under /run) is served from pki_dir through the config's file reader. -> (run, paths read)."""
-    wanted = Path(stack_config()["metricsServer"]["kubeletCaCertFile"])
+    """The program evaluated with Pulumi.sandbox.yaml; the kubelet CA and cluster CA files (which
+    `python -m sandbox up` writes under /run) are served from pki_dir through the config's file reader.
+    -> (run, paths read)."""
+    cfg = stack_config()
+    served = {
+        Path(cfg["metricsServer"]["kubeletCaCertFile"]): pki_dir / "kubelet-ca.crt",
+        Path(cfg["pki"]["clusterCaCertFile"]): pki_dir / "ca.crt",
+    }
     asked: list[Path] = []
 
     def reader(path: Path) -> bytes:
         asked.append(path)
-        if path != wanted:
+        if path not in served:
             raise FileNotFoundError(2, "No such file or directory", str(path))
-        return (pki_dir / "kubelet-ca.crt").read_bytes()
+        return served[path].read_bytes()
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(config_mod, "read_local_file", reader)  # parse()'s default reader, used by load()
@@ -92,12 +97,31 @@ def test_stack_file_names_what_cluster_starts():
     kubelet_ca = cfg["metricsServer"]["kubeletCaCertFile"]
     assert kubelet_ca == str(cluster.DEFAULT_DIR / "pki" / "kubelet-ca.crt")
     assert kubelet_ca == str(sandbox_pki.Pki(SB.pki).path("kubelet-ca"))  # the file pki.ensure writes
+    cluster_ca = cfg["pki"]["clusterCaCertFile"]
+    assert cluster_ca == str(cluster.DEFAULT_DIR / "pki" / "ca.crt")
+    assert cluster_ca == str(sandbox_pki.Pki(SB.pki).path("ca"))
     apiserver = cfg["apiserver"]
     assert apiserver["restartCommand"] == cluster.RESTART_COMMAND
     assert apiserver["configPath"] == cluster.ENV_FILE
     assert apiserver["layout"] == "env-file"
     assert cfg["metricsServer"]["expectNoPods"] is True
     assert cfg["metricsServer"]["waitForAvailable"] is True
+
+
+def test_cluster_ca_file_is_the_masters_client_ca():
+    """pki.clusterCaCertFile is the CA the masters' kube-apiservers take as --client-ca-file (cluster.py
+    copies <dir>/pki/ca.crt to that path on every master)."""
+    args = env_file_args(SB.env_file_text(cluster.MASTERS[0]), VAR)
+    assert "--client-ca-file=/etc/kubernetes/pki/ca.crt" in args
+    assert Path(stack_config()["pki"]["clusterCaCertFile"]) == SB.pki / "ca.crt"
+
+
+def test_stack_file_moves_the_ca_files_with_the_sandbox(tmp_path):
+    """The e2e sandboxes take Pulumi.sandbox.yaml with DEFAULT_DIR replaced by their own directory."""
+    sb = cluster.Sandbox(dir=tmp_path / "sbx", block=201)
+    moved = yaml.safe_load(sb.stack_file_text())["config"]
+    assert moved["metrics-aggregation:pki"]["clusterCaCertFile"] == str(sb.pki / "ca.crt")
+    assert moved["metrics-aggregation:metricsServer"]["kubeletCaCertFile"] == str(sb.pki / "kubelet-ca.crt")
 
 
 def test_stack_paths_are_the_masters_private_ones():
@@ -121,8 +145,10 @@ def test_stack_paths_are_the_masters_private_ones():
 def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
     result, asked = sandbox_run
     pem = (pki_dir / "kubelet-ca.crt").read_text()
-    assert asked == [Path(stack_config()["metricsServer"]["kubeletCaCertFile"])]
+    assert sorted(asked) == sorted([Path(stack_config()["metricsServer"]["kubeletCaCertFile"]),
+                                    Path(stack_config()["pki"]["clusterCaCertFile"])])
     assert result.settings.metrics_server.kubelet_ca_cert_pem == pem
+    assert result.settings.pki.cluster_ca_cert_pem == (pki_dir / "ca.crt").read_text()
     assert load_cert(pki_dir / "kubelet-ca.crt").extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
     dep = result.of_type("kubernetes:apps/v1:Deployment")
