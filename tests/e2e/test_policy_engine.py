@@ -7,6 +7,7 @@ previews without server-side checks when the cluster is unreachable), so nothing
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def prod_config() -> dict:
     return yaml.safe_load((REPO / "Pulumi.prod.yaml").read_text())["config"]
 
 
-def preview_with_pack(toolchain, tmp: Path, name: str, config: dict, ssh_key: str) -> subprocess.CompletedProcess:
+def preview_with_pack(toolchain, tmp: Path, name: str, config: dict, ssh_key: str,
+                      pack_config: Path = REPO / "policy" / "config" / "prod.json") -> subprocess.CompletedProcess:
     proj = Project.copy(tmp / f"project-{name}")
     (tmp / "kubeconfig").write_text(UNREACHABLE_KUBECONFIG)
     config = {**config, "kubernetes:kubeconfig": str(tmp / "kubeconfig")}
@@ -38,7 +40,7 @@ def preview_with_pack(toolchain, tmp: Path, name: str, config: dict, ssh_key: st
                        secret_paths={f"{PROJECT}:ssh.privateKey": ssh_key})
     return subprocess.run(
         [str(stack.pulumi_bin), "preview", "--stack", name, "--non-interactive", "--color", "never",
-         "--policy-pack", str(REPO / "policy"), "--policy-pack-config", str(REPO / "policy" / "config" / "prod.json")],
+         "--policy-pack", str(REPO / "policy"), "--policy-pack-config", str(pack_config)],
         cwd=proj.dir, env=stack.env, capture_output=True, text=True, timeout=300,
     )
 
@@ -72,3 +74,18 @@ def test_a_bad_production_stack_fails_with_each_policys_message(toolchain, tmp_p
     for policy in ("host-keys-pinned-in-production", "no-kubelet-insecure-tls-in-production", "leaf-validity-bounded"):
         assert policy in text, f"{policy} did not fire:\n{text[-4000:]}"
     assert "--kubelet-insecure-tls" in text
+
+
+def test_the_pack_sees_the_stack_under_this_engine(toolchain, tmp_path, ssh_key):
+    """The engine sends the stack's name and config only in ConfigureStack (policy/__main__.py keeps them):
+    a stack named `production` whose pack config does not say `production` is production by its name."""
+    pack_config = json.loads((REPO / "policy" / "config" / "prod.json").read_text())
+    for policy in pack_config.values():
+        policy.pop("production", None)
+    (tmp_path / "pack.json").write_text(json.dumps(pack_config))
+    cfg = prod_config()
+    for m in cfg[f"{PROJECT}:masters"]:
+        m.pop("hostKey")
+    p = preview_with_pack(toolchain, tmp_path, "production", cfg, ssh_key, tmp_path / "pack.json")
+    text = p.stdout + p.stderr
+    assert p.returncode != 0 and "host-keys-pinned-in-production" in text, text[-4000:]
