@@ -466,21 +466,8 @@ class Pki(_Model):
             problems.append(
                 (("clusterCaCertPem",), self.cluster_ca_cert_pem[:40], "is not a PEM certificate")
             )
-        from_file: str | None = None
-        if self.cluster_ca_cert_file is not None:
-            if self.cluster_ca_cert_pem is not None:
-                problems.append(
-                    (
-                        ("clusterCaCertFile",),
-                        self.cluster_ca_cert_file,
-                        "is set together with clusterCaCertPem; choose one: remove clusterCaCertPem to read "
-                        "the CA from the file, or remove clusterCaCertFile",
-                    )
-                )
-            else:
-                from_file, problem = _read_ca_file(self.cluster_ca_cert_file, info.context or {}, CLUSTER_CA_FILE)
-                if problem:
-                    problems.append((("clusterCaCertFile",), self.cluster_ca_cert_file, problem))
+        from_file = _ca_pem_or_file(self.cluster_ca_cert_pem, self.cluster_ca_cert_file, "clusterCaCertPem",
+                                    "clusterCaCertFile", info.context or {}, CLUSTER_CA_FILE, problems)
         if problems:
             raise _Problems(problems)
         if from_file is not None:
@@ -591,21 +578,9 @@ class MetricsServer(_Model):
     @model_validator(mode="after")
     def _cross(self, info: ValidationInfo) -> MetricsServer:
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
-        from_file: str | None = None
+        from_file = _ca_pem_or_file(self.kubelet_ca_cert_pem, self.kubelet_ca_cert_file, "kubeletCaCertPem",
+                                    "kubeletCaCertFile", info.context or {}, KUBELET_CA_FILE, problems)
         if self.kubelet_ca_cert_file is not None:
-            if self.kubelet_ca_cert_pem is not None:
-                problems.append(
-                    (
-                        ("kubeletCaCertFile",),
-                        self.kubelet_ca_cert_file,
-                        "is set together with kubeletCaCertPem; choose one: remove kubeletCaCertPem to read "
-                        "the CA from the file, or remove kubeletCaCertFile",
-                    )
-                )
-            else:
-                from_file, problem = _read_ca_file(self.kubelet_ca_cert_file, info.context or {}, KUBELET_CA_FILE)
-                if problem:
-                    problems.append((("kubeletCaCertFile",), self.kubelet_ca_cert_file, problem))
             if self.kubelet_insecure_tls:
                 problems.append(
                     (
@@ -681,6 +656,22 @@ CLUSTER_CA_FILE = CaFileKind(
     what="the cluster CA certificate, kube-apiserver's --client-ca-file, e.g. /etc/kubernetes/pki/ca.crt",
     private_key_why="only the certificate is needed to compare the CAs, and the cluster CA's key must stay on the masters",
 )
+
+
+def _ca_pem_or_file(pem: str | None, path: str | None, pem_key: str, file_key: str, context: Mapping[str, Any],
+                    kind: CaFileKind, problems: list[tuple[tuple[str | int, ...], Any, str]]) -> str | None:
+    """The rule of each "CA as PEM text or as a file" key pair: the file's PEM text when only the file key
+    is set and it is usable; otherwise None, with what is wrong appended to `problems`."""
+    if path is None:
+        return None
+    if pem is not None:
+        problems.append(((file_key,), path, f"is set together with {pem_key}; choose one: remove {pem_key} to read "
+                         f"the CA from the file, or remove {file_key}"))
+        return None
+    text, problem = _read_ca_file(path, context, kind)
+    if problem:
+        problems.append(((file_key,), path, problem))
+    return text
 
 
 def _read_ca_file(path: str, context: Mapping[str, Any], kind: CaFileKind) -> tuple[str | None, str | None]:
