@@ -476,6 +476,9 @@ class Pki(_Model):
 
 
 class Apiserver(_Model):
+    # false: the apiservers already run aggregation (kubeadm's front-proxy, a hand-made setup); no certs
+    # or flags steps, only a read-only check on every master that the flags are there.
+    manage: bool = True
     layout: Layout = Layout.ENV_FILE
     config_path: str | None = None
     cert_dir: str | None = None
@@ -818,6 +821,20 @@ class Settings(_Model):
                 dns.append(value.lower())
         return ips, dns
 
+    def _unmanaged_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        """With apiserver.manage: false this program writes nothing on the masters, so a setting that
+        only says what to write there would be silently ignored: name it instead."""
+        why = ("is set but apiserver.manage is false, so this program sets no flag on the masters; "
+               "add the flag to the apiserver's own config (kubeadm: ClusterConfiguration.apiServer.extraArgs), "
+               "or set apiserver.manage: true")
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.apiserver.extra_flags:
+            problems.append((("apiserver", "extraFlags"), dict(self.apiserver.extra_flags), why))
+        for i, m in enumerate(self.masters):
+            if m.extra_flags:
+                problems.append((("masters", i, "extraFlags"), dict(m.extra_flags), why))
+        return problems
+
     @model_validator(mode="after")
     def _cross(self) -> Settings:
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
@@ -825,9 +842,11 @@ class Settings(_Model):
             problems.append(
                 (("ssh", "bastion", "host"), self.ssh.bastion.host, "is one of the masters; the jump host must be another machine")
             )
+        if not self.apiserver.manage:
+            problems.extend(self._unmanaged_problems())
         for i, m in enumerate(self.masters):
             layout = self.master_layout(m)
-            if layout is not Layout.STATIC_POD and not self.restart_command(m).strip():
+            if self.apiserver.manage and layout is not Layout.STATIC_POD and not self.restart_command(m).strip():
                 problems.append(
                     (
                         ("apiserver", "restartCommand"),

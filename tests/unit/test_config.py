@@ -55,6 +55,10 @@ BAD = [
     # metrics-server v0.9 panics at start when the resolution is not longer than its 10s kubelet timeout
     ("resolution equals kubelet timeout", lambda c: c["metricsServer"].update(metricResolution="10s"), "metricsServer.metricResolution", "'10s'", "longer than 10s"),
     ("empty restart command", lambda c: c["apiserver"].update(restartCommand=""), "apiserver.restartCommand", "''", "needs a restart command"),
+    # apiserver.manage: false writes nothing on the masters: settings that only say what to write are refused
+    ("extra flags unmanaged", lambda c: c["apiserver"].update(manage=False, extraFlags={"--v": 2}), "apiserver.extraFlags", "{'--v': '2'}", "apiserver.manage is false"),
+    ("master extra flags unmanaged", lambda c: (c["apiserver"].update(manage=False), c["masters"][1].update(extraFlags={"--v": 2})), "masters[1].extraFlags", "{'--v': '2'}", "kubeadm: ClusterConfiguration.apiServer.extraArgs"),
+    ("manage not a bool", lambda c: c["apiserver"].update(manage="maybe"), "apiserver.manage", "'maybe'", "true or false"),
 ]
 
 
