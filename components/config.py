@@ -427,13 +427,15 @@ class ExistingCa(_Model):
         return "keyFile" if self.key_file is not None else "keyPem"
 
     def cert_shown(self, text: str | None = None) -> str:
-        """What a problem with the certificate shows as the value: the path, or the subject (never a key)."""
+        """What a problem with the certificate shows as the value: the path, the subject, or the text's start
+        (never any of a private key pasted there)."""
         if self.cert_file is not None:
             return self.cert_file
+        text = text or self.cert_pem or ""
         try:
-            return _certificate(text or self.cert_pem or "").subject.rfc4514_string()
+            return _certificate(text).subject.rfc4514_string()
         except ValueError:
-            return (text or self.cert_pem or "")[:40]
+            return "<secret>" if "PRIVATE KEY" in text else text[:40]
 
     @property
     def _key_shown(self) -> str:

@@ -32,14 +32,9 @@ _OIDS = {"country": NameOID.COUNTRY_NAME, "province": NameOID.STATE_OR_PROVINCE_
          "locality": NameOID.LOCALITY_NAME, "organization": NameOID.ORGANIZATION_NAME,
          "organizationalUnit": NameOID.ORGANIZATIONAL_UNIT_NAME}
 
-_RSA: list[rsa.RSAPrivateKey] = []
-
-
 def rsa_2048() -> rsa.RSAPrivateKey:
-    """A fresh RSA 2048 key (a handful are made per run: key generation dominates the tests)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _RSA.append(key)
-    return key
+    """A fresh RSA 2048 key, as kubeadm and cfssl make for their CAs."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @dataclass(frozen=True)
@@ -255,6 +250,16 @@ def test_the_unit_fake_signs_with_each_key_form(make_key, form):
     pem_cert(out["certPem"]).verify_directly_issued_by(ca.cert)
 
 
+def test_a_re_encoded_key_gives_the_provider_the_same_input(stack_config, kubeadm):
+    """caPrivateKeyPem forces a new proxy cert: converting the same key (PKCS#1 -> PKCS#8) must not."""
+    key = serialization.load_pem_private_key(kubeadm.key_pem.encode(), None)
+    pkcs1 = run(with_ca(stack_config, kubeadm.config()))
+    pkcs8 = run(with_ca(stack_config, {"certPem": kubeadm.cert_pem, "keyPem": key_pem(key, "pkcs8")}))
+    [a], [b] = ([r.inputs for r in x.of_type(LOCALLY_SIGNED) if r.name == "proxy-client"] for x in (pkcs1, pkcs8))
+    assert a["caPrivateKeyPem"] == b["caPrivateKeyPem"]
+    assert a["caCertPem"] == b["caCertPem"]
+
+
 def test_an_ec_parameters_block_before_the_key_is_dropped(stack_config):
     """`openssl ecparam -genkey` writes EC PARAMETERS first; the tls provider reads only the first block."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -315,6 +320,11 @@ def test_missing_key(stack_config, kubeadm):
         "`pulumi config set --secret --path pki.existingCa.keyPem < front-proxy-ca.key`, or set "
         "pki.existingCa.keyFile to its path"
     )
+
+
+def test_an_empty_existing_ca(stack_config):
+    problems = problems_of(with_ca(stack_config, {}))
+    assert [p.partition(" is required")[0] for p in problems] == [f"{PATH}.certPem: (missing)", f"{PATH}.keyPem: (missing)"]
 
 
 def test_missing_certificate(stack_config, kubeadm):
@@ -460,6 +470,12 @@ def test_key_inside_the_certificate_text(stack_config, kubeadm):
     problem = one_problem(stack_config, {"certPem": kubeadm.cert_pem + kubeadm.key_pem, "keyPem": kubeadm.key_pem},
                           kubeadm.key_pem)
     assert "holds a private key; the certificate goes to every master as aggregator-ca.pem" in problem
+
+
+def test_cert_and_key_swapped(stack_config, kubeadm):
+    problems = problems_of(with_ca(stack_config, {"certPem": kubeadm.key_pem, "keyPem": kubeadm.cert_pem}))
+    assert [p.partition(" holds")[0] for p in problems] == [f"{PATH}.certPem: '<secret>'", f"{PATH}.keyPem: '<secret>'"]
+    assert "MII" not in "\n".join(problems)  # not even the start of the key's DER
 
 
 def test_key_inside_the_certificate_file(stack_config, kubeadm, tmp_path):
