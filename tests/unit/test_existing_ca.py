@@ -175,9 +175,11 @@ def test_the_ca_component_has_no_children(stack_config, kubeadm):
 
 def test_classic_guide_ca_with_the_same_dn_as_its_proxy_cert(stack_config, cfssl):
     """The guide's CA and proxy cert share one DN (CN=aggregator, C=CN, ...): the proxy cert's issuer then
-    equals its subject. That is accepted: Go's x509 (kube-apiserver, metrics-server) looks parents up by
-    name and checks the signature with the CA key; x509.CreateCertificate, like the fake, then writes no
-    authorityKeyIdentifier. caCommonName, whatever it says, is not the existing CA's name."""
+    equals its subject. That is accepted: Go's x509 (kube-apiserver, metrics-server) looks the parent up by
+    the raw issuer name and checks the signature with the CA key, with or without an authorityKeyIdentifier
+    (x509.CreateCertificate writes none when the subject and issuer bytes are equal, as the fake does; both
+    verified with Go 1.26 x509.Verify, ClientAuth). caCommonName, whatever it says, is not the existing CA's
+    name."""
     cfg = with_ca(stack_config, cfssl.config(), subject=GUIDE_DN, proxyClientCommonName="aggregator",
                   caCommonName="aggregator")
     result = run(cfg)
