@@ -13,6 +13,7 @@ snake_case attributes here (pydantic aliases).
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import math
@@ -29,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -358,6 +360,132 @@ class KeyAlgorithm(str, Enum):
     ECDSA = "ECDSA"
 
 
+class ExistingCa(_Model):
+    """pki.existingCa: an aggregator/front-proxy CA that exists already (a cfssl CA like the classic guide's,
+    kubeadm's front-proxy-ca). The proxy-client certificate is then signed by it, and its certificate is
+    what the masters get as aggregator-ca.pem, so extension apiservers see no CA change.
+
+    Each of certificate and key comes from secret config (certPem, keyPem) or from a file on the machine
+    running pulumi (certFile, keyFile, read like pki.clusterCaCertFile); after validation cert_pem and
+    key_pem hold the texts, the certificate is one CA certificate that is valid now and the key is its own,
+    unencrypted. The key is a SecretStr: no repr or error shows it."""
+
+    cert_pem: str | None = None
+    key_pem: SecretStr | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        # pydantic's own messages show the value they refused: the key must not reach them.
+        if not isinstance(v, Mapping):
+            raise _problem((), f"<{type(v).__name__}>", "must be a mapping {certPem or certFile, keyPem or keyFile}; "
+                           "see pki.existingCa in the config reference of README.md")
+        known = {"certPem", "keyPem", "certFile", "keyFile", "cert_pem", "key_pem", "cert_file", "key_file"}
+        problems = [((k,), "<secret>", "is not a known key of pki.existingCa; use certPem or certFile, and keyPem "
+                     "or keyFile") for k in v if k not in known]
+        for k in ("keyPem", "key_pem"):
+            if k in v and v[k] is not None and not isinstance(v[k], str):
+                problems.append(((k,), "<secret>", "must be the PEM text of the CA's private key (a string)"))
+        if problems:
+            raise _Problems(problems)
+        return v
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _files(cls, v: str | None) -> str | None:
+        return _check_ca_file_path(v)
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> ExistingCa:
+        context = info.context or {}
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        cert_text = _existing_ca_source(self.cert_pem, self.cert_file, "certPem", "certFile", EXISTING_CA_CERT_FILE,
+                                        context, problems)
+        key_text = _existing_ca_source(self.key_pem.get_secret_value() if self.key_pem else None, self.key_file,
+                                       "keyPem", "keyFile", EXISTING_CA_KEY_FILE, context, problems)
+        if problems or cert_text is None or key_text is None:
+            raise _Problems(problems)
+        cert = self._check_cert(cert_text, problems)
+        key = self._check_key(key_text, problems)
+        if cert is not None and key is not None and _spki(key.public_key()) != _spki(cert.public_key()):
+            problems.append(((self.key_source,), self._key_shown,
+                             f"does not match the certificate of pki.existingCa.{self.cert_source} "
+                             f"({cert.subject.rfc4514_string()}); give that CA certificate's own private key"))
+        if problems:
+            raise _Problems(problems)
+        return self.model_copy(update={"cert_pem": _pem_as_written(cert_text), "key_pem": SecretStr(key_text)})
+
+    @property
+    def cert_source(self) -> str:
+        """The key the certificate came from: certFile or certPem."""
+        return "certFile" if self.cert_file is not None else "certPem"
+
+    @property
+    def key_source(self) -> str:
+        return "keyFile" if self.key_file is not None else "keyPem"
+
+    def cert_shown(self, text: str | None = None) -> str:
+        """What a problem with the certificate shows as the value: the path, the subject, or the text's start
+        (never any of a private key pasted there)."""
+        if self.cert_file is not None:
+            return self.cert_file
+        text = text or self.cert_pem or ""
+        try:
+            return _certificate(text).subject.rfc4514_string()
+        except ValueError:
+            return "<secret>" if "PRIVATE KEY" in text else text[:40]
+
+    @property
+    def _key_shown(self) -> str:
+        return self.key_file if self.key_file is not None else "<secret>"
+
+    def _check_cert(self, text: str, problems: list[tuple[tuple[str | int, ...], Any, str]]) -> Any:
+        cert, problem = _existing_ca_certificate(text)
+        found = [problem] if problem is not None else _not_a_usable_ca(cert, dt.datetime.now(dt.UTC))
+        problems.extend(((self.cert_source,), self.cert_shown(text), p) for p in found)
+        return None if found else cert
+
+    def _check_key(self, text: str, problems: list[tuple[tuple[str | int, ...], Any, str]]) -> Any:
+        key, problem = _existing_ca_key(text)
+        if problem is not None:
+            problems.append(((self.key_source,), self._key_shown, problem))
+        return key
+
+    # --- what pki.AggregatorCA needs (valid only after validation) ---
+
+    def certificate(self) -> Any:
+        """The CA certificate (cryptography x509.Certificate)."""
+        return _certificate(self.cert_pem or "")
+
+    def signing_key_pem(self) -> str:
+        """The CA key as unencrypted PKCS#8 PEM, whatever form it was given in (PKCS#1, SEC1, PKCS#8; other
+        PEM blocks such as EC PARAMETERS dropped): the tls provider reads only a file's first PEM block, and
+        a re-encoded but unchanged key must not replace the proxy-client certificate (caPrivateKeyPem
+        forces a new one)."""
+        from cryptography.hazmat.primitives import serialization
+
+        key, problem = _existing_ca_key(self.key_pem.get_secret_value() if self.key_pem else "")
+        if problem is not None:
+            raise ValueError("pki.existingCa was not validated")  # never with the key in the message
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+
+    def key_algorithm(self) -> str:
+        """RSA, ECDSA or ED25519: the tls provider's name of the CA key's algorithm."""
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        public = self.certificate().public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            return "RSA"
+        return "ECDSA" if isinstance(public, ec.EllipticCurvePublicKey) else "ED25519"
+
+    def not_after(self) -> str:
+        """The CA certificate's notAfter, RFC 3339 in UTC (as the tls provider writes validity_end_time)."""
+        return self.certificate().not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Pki(_Model):
     ca_common_name: str = "aggregator-ca"
     proxy_client_common_name: str = "aggregator"
@@ -375,6 +503,9 @@ class Pki(_Model):
     # A file on the machine running pulumi (relative: to the project directory), read at config load; the
     # validated settings then carry its text in cluster_ca_cert_pem, as if that key had been set.
     cluster_ca_cert_file: str | None = None
+    # An existing aggregator/front-proxy CA to sign the proxy-client certificate with (instead of creating
+    # one); caCommonName and caValidityHours then do not apply.
+    existing_ca: ExistingCa | None = None
 
     @field_validator("ca_common_name", "proxy_client_common_name")
     @classmethod
@@ -410,7 +541,11 @@ class Pki(_Model):
     @model_validator(mode="after")
     def _cross(self, info: ValidationInfo) -> Pki:
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
-        if self.ca_common_name == self.proxy_client_common_name:
+        # The rules of the CA this program creates. An existing CA may share the proxy certificate's DN (the
+        # classic guide's cfssl CA and proxy cert are both CN=aggregator): Go's x509 verification then still
+        # finds the CA by name and checks the signature with its key (the cert just carries no
+        # authorityKeyIdentifier), so kube-apiserver and metrics-server accept it.
+        if self.existing_ca is None and self.ca_common_name == self.proxy_client_common_name:
             problems.append(
                 (
                     ("caCommonName",),
@@ -425,7 +560,7 @@ class Pki(_Model):
             )
         if self.key_algorithm is KeyAlgorithm.RSA and self.rsa_bits > 8192:
             problems.append((("rsaBits",), self.rsa_bits, "is above 8192; use 2048, 3072 or 4096"))
-        if self.cert_validity_hours > self.ca_validity_hours:
+        if self.existing_ca is None and self.cert_validity_hours > self.ca_validity_hours:
             problems.append(
                 (
                     ("certValidityHours",),
@@ -468,6 +603,8 @@ class Pki(_Model):
             )
         from_file = _ca_pem_or_file(self.cluster_ca_cert_pem, self.cluster_ca_cert_file, "clusterCaCertPem",
                                     "clusterCaCertFile", info.context or {}, CLUSTER_CA_FILE, problems)
+        if self.existing_ca is not None:
+            problems.extend(_existing_ca_in_pki(self, from_file or self.cluster_ca_cert_pem, dt.datetime.now(dt.UTC)))
         if problems:
             raise _Problems(problems)
         if from_file is not None:
@@ -643,12 +780,21 @@ def _check_ca_file_path(v: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class CaFileKind:
-    """What a `*CaCertFile` key holds, for the fix texts of _read_ca_file."""
+    """What a CA file key holds (`*CaCertFile`, pki.existingCa.keyFile), for the fix texts of _read_ca_file."""
 
     # "create it with <what>, or fix the path"
     what: str
     # why a private key must not be in the file: "holds a private key (<path>); <why>: point it at ..."
-    private_key_why: str
+    # (unused when holds_key)
+    private_key_why: str = ""
+    # "is set together with <pem key>; choose one: remove <pem key> to read <noun> from the file, ..."
+    noun: str = "the CA"
+    # The file is a private key (PEM text, checked by ExistingCa), not certificates.
+    holds_key: bool = False
+
+    @property
+    def file_noun(self) -> str:
+        return "the CA's private key file" if self.holds_key else "the CA certificate file"
 
 
 KUBELET_CA_FILE = CaFileKind(
@@ -658,6 +804,18 @@ KUBELET_CA_FILE = CaFileKind(
 CLUSTER_CA_FILE = CaFileKind(
     what="the cluster CA certificate, kube-apiserver's --client-ca-file, e.g. /etc/kubernetes/pki/ca.crt",
     private_key_why="only the certificate is needed to compare the CAs, and the cluster CA's key must stay on the masters",
+)
+EXISTING_CA_CERT_FILE = CaFileKind(
+    what="the existing aggregator CA certificate, e.g. a copy of /etc/kubernetes/pki/front-proxy-ca.crt (kubeadm) "
+    "or of the masters' aggregator-ca.pem",
+    private_key_why="the file goes to every master as aggregator-ca.pem; give the key in pki.existingCa.keyFile",
+    noun="the CA certificate",
+)
+EXISTING_CA_KEY_FILE = CaFileKind(
+    what="the existing aggregator CA's private key, e.g. a copy of /etc/kubernetes/pki/front-proxy-ca.key "
+    "(kubeadm) or cfssl's aggregator-ca-key.pem",
+    noun="the CA's private key",
+    holds_key=True,
 )
 
 
@@ -669,7 +827,7 @@ def _ca_pem_or_file(pem: str | None, path: str | None, pem_key: str, file_key: s
         return None
     if pem is not None:
         problems.append(((file_key,), path, f"is set together with {pem_key}; choose one: remove {pem_key} to read "
-                         f"the CA from the file, or remove {file_key}"))
+                         f"{kind.noun} from the file, or remove {file_key}"))
         return None
     text, problem = _read_ca_file(path, context, kind)
     if problem:
@@ -678,11 +836,13 @@ def _ca_pem_or_file(pem: str | None, path: str | None, pem_key: str, file_key: s
 
 
 def _read_ca_file(path: str, context: Mapping[str, Any], kind: CaFileKind) -> tuple[str | None, str | None]:
-    """(the PEM text, None) or (None, what is wrong and how to fix it) for a `*CaCertFile` key
-    (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile; `kind` words the fixes).
+    """(the PEM text, None) or (None, what is wrong and how to fix it) for a CA file key
+    (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile, pki.existingCa.certFile/keyFile; `kind` words
+    the fixes and says whether the file holds certificates or a private key).
 
     Reads through context["read_file"] (default: the local disk); a relative path is resolved against
-    context["base_dir"] (default: the working directory, which `pulumi` sets to the project directory)."""
+    context["base_dir"] (default: the working directory, which `pulumi` sets to the project directory).
+    A private key file is only checked for a PEM key block here: ExistingCa parses it (and never shows it)."""
     read: FileReader = context.get("read_file") or read_local_file
     base = Path(context.get("base_dir") or Path.cwd())
     full = Path(path).expanduser()
@@ -696,18 +856,22 @@ def _read_ca_file(path: str, context: Mapping[str, Any], kind: CaFileKind) -> tu
             f"cannot be read: {where} does not exist; create it with {kind.what}, or fix the path"
         )
     except IsADirectoryError:
-        return None, f"cannot be read: {where} is a directory; point it at the CA certificate file"
+        return None, f"cannot be read: {where} is a directory; point it at {kind.file_noun}"
     except OSError as e:
         return None, (
             f"cannot be read: {where}: {e.strerror or e}; make it readable by the user running pulumi, "
             "or fix the path"
         )
     if len(data) > MAX_CA_FILE_BYTES:
-        return None, f"is larger than {MAX_CA_FILE_BYTES // 1024} KiB ({where}); point it at the CA certificate only"
+        return None, f"is larger than {MAX_CA_FILE_BYTES // 1024} KiB ({where}); point it at {kind.file_noun} only"
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         text = ""
+    return (_key_file_text if kind.holds_key else _cert_file_text)(text, where, kind)
+
+
+def _cert_file_text(text: str, where: str, kind: CaFileKind) -> tuple[str | None, str | None]:
     if "PRIVATE KEY-----" in text:
         return None, (
             f"holds a private key ({where}); {kind.private_key_why}: point it at the CA "
@@ -723,6 +887,241 @@ def _read_ca_file(path: str, context: Mapping[str, Any], kind: CaFileKind) -> tu
             "(convert a DER file with `openssl x509 -inform der -in ca.der -out ca.pem`)"
         )
     return text, None
+
+
+def _key_file_text(text: str, where: str, kind: CaFileKind) -> tuple[str | None, str | None]:
+    if "PRIVATE KEY-----" not in text:
+        return None, (
+            f"holds no PEM private key ({where}); point it at {kind.what} (a DER key converts with "
+            "`openssl pkey -inform der -in ca.der -out ca-key.pem`)"
+        )
+    return text, None
+
+
+# --- an existing aggregator CA (pki.existingCa) ------------------------------------------------------
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
+# A certificate text that can go to the masters unchanged: one block, nothing around it.
+_ONE_CERT_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----(\r?\n)?")
+_EXISTING_CA_MISSING = {
+    "certPem": "is required with pki.existingCa: set the CA certificate with `pulumi config set --path "
+    "pki.existingCa.certPem < front-proxy-ca.crt`, or set pki.existingCa.certFile to its path",
+    "keyPem": "is required with pki.existingCa: set the CA's private key as a secret with `pulumi config set "
+    "--secret --path pki.existingCa.keyPem < front-proxy-ca.key`, or set pki.existingCa.keyFile to its path",
+}
+_STRONG_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_ENCRYPTED_KEY = (
+    "is an encrypted private key, and the program cannot ask for its passphrase: decrypt it "
+    "(`openssl pkey -in ca-key.pem -out ca-key.plain.pem`) and give the decrypted key (as secret config "
+    "with keyPem it stays encrypted in the stack)"
+)
+
+
+def _existing_ca_source(pem: str | None, path: str | None, pem_key: str, file_key: str, kind: CaFileKind,
+                        context: Mapping[str, Any], problems: list[tuple[tuple[str | int, ...], Any, str]]) -> str | None:
+    """The text of one item of pki.existingCa (certificate or key): exactly one of its PEM and file keys."""
+    if pem is None and path is None:
+        problems.append(((pem_key,), None, _EXISTING_CA_MISSING[pem_key]))
+        return None
+    return pem if path is None else _ca_pem_or_file(pem, path, pem_key, file_key, context, kind, problems)
+
+
+def _certificate(text: str) -> Any:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(text.encode())
+
+
+def _spki(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _existing_ca_certificate(text: str) -> tuple[Any, str | None]:
+    """(the one certificate of pki.existingCa.certPem/certFile, None) or (None, what is wrong)."""
+    from cryptography import x509
+
+    if "PRIVATE KEY-----" in text:
+        return None, (
+            "holds a private key; the certificate goes to every master as aggregator-ca.pem: give only the CA "
+            "certificate here, and its key in pki.existingCa.keyPem (secret) or pki.existingCa.keyFile"
+        )
+    try:
+        certs = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        return None, (
+            "is not a PEM certificate: give the CA certificate (-----BEGIN CERTIFICATE-----; convert a DER "
+            "file with `openssl x509 -inform der -in ca.der -out ca.pem`)"
+        )
+    if len(certs) > 1:
+        return None, (
+            f"holds {len(certs)} certificates; give only the CA certificate whose private key is in "
+            "pki.existingCa.keyPem/keyFile (it goes to every master as aggregator-ca.pem)"
+        )
+    return certs[0], None
+
+
+def _not_a_usable_ca(cert: Any, now: dt.datetime) -> list[str]:
+    """What keeps `cert` from signing the proxy-client certificate now. Go's x509 verification (kube-apiserver's
+    requestheader authenticator, metrics-server) refuses a signer without basicConstraints CA:TRUE or, when
+    it has a key usage, without keyCertSign, and any certificate outside its validity period."""
+    from cryptography import x509
+
+    out: list[str] = []
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        out.append(
+            "is not a CA certificate (basicConstraints CA:TRUE is missing), so kube-apiserver would refuse "
+            "what it signs: give the CA certificate (kubeadm: front-proxy-ca.crt; the classic guide: "
+            "aggregator-ca.pem), not a leaf such as the proxy-client certificate"
+        )
+    try:
+        key_usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        key_usage = None
+    if key_usage is not None and not key_usage.key_cert_sign:
+        out.append(
+            "has a key usage without keyCertSign, so kube-apiserver would refuse what it signs: give a CA "
+            "certificate with keyCertSign, or remove pki.existingCa to let the program create a CA"
+        )
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now >= not_after:
+        out.append(
+            f"expired on {_when(not_after)} ({_span(now - not_after)} ago): renew the CA certificate (with the "
+            "same key, certificates it signed stay valid), or remove pki.existingCa to let the program create a CA"
+        )
+    elif now < not_before:
+        out.append(f"is not valid before {_when(not_before)}; check this machine's clock, or wait until then")
+    return out
+
+
+def _existing_ca_key(text: str) -> tuple[Any, str | None]:
+    """(the private key of pki.existingCa.keyPem/keyFile, None) or (None, what is wrong). PKCS#1 (RSA PRIVATE
+    KEY), SEC1 (EC PRIVATE KEY, also after an EC PARAMETERS block) and PKCS#8 (PRIVATE KEY) are read; no
+    message quotes the key or cryptography's own error text."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    blocks = [m for m in _PEM_BLOCK.finditer(text) if m.group(1).endswith("PRIVATE KEY")]
+    if any(m.group(1) == "ENCRYPTED PRIVATE KEY" for m in blocks) or "Proc-Type: 4,ENCRYPTED" in text:
+        return None, _ENCRYPTED_KEY
+    if not blocks:
+        return None, (
+            "holds no PEM private key (-----BEGIN RSA PRIVATE KEY-----, EC PRIVATE KEY or PRIVATE KEY): give the "
+            "CA's private key (kubeadm: front-proxy-ca.key; the classic guide: aggregator-ca-key.pem)"
+        )
+    if len(blocks) > 1:
+        return None, f"holds {len(blocks)} private keys; give only the CA's own key"
+    try:
+        key = serialization.load_pem_private_key(blocks[0].group(0).encode(), password=None)
+    except TypeError:
+        return None, _ENCRYPTED_KEY
+    except (ValueError, UnsupportedAlgorithm):
+        return None, (
+            f"is not a readable {blocks[0].group(1)} (PKCS#1, SEC1 and PKCS#8 PEM keys are read); check that "
+            "it was copied whole"
+        )
+    return _key_kind_problem(key)
+
+
+def _key_kind_problem(key: Any) -> tuple[Any, str | None]:
+    """(key, None) for a key the tls provider signs with and strong enough, else (None, why not)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 2048:
+            return None, (
+                f"is an RSA key of {key.key_size} bits, too weak to sign with: use a CA with a key of at least "
+                "2048 bits, or remove pki.existingCa to let the program create one"
+            )
+        return key, None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in _STRONG_CURVES:
+            return None, f"is an EC key on curve {key.curve.name}; use a CA whose key is on P-256, P-384 or P-521"
+        return key, None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key, None
+    return None, f"is a {type(key).__name__.removeprefix('_')} key; the tls provider signs with RSA, ECDSA or Ed25519 keys only"
+
+
+def _pem_as_written(text: str) -> str:
+    """The certificate text the masters get as aggregator-ca.pem: as given when it is exactly one PEM block
+    (a user's existing file then stays byte for byte; `pulumi config set` without --raw drops the final
+    newline, which is put back, and CRLF line ends become LF as the host script writes them), else the
+    certificate alone, re-encoded."""
+    if _ONE_CERT_BLOCK.fullmatch(text):
+        text = text.replace("\r\n", "\n")
+        return text if text.endswith("\n") else text + "\n"
+    from cryptography.hazmat.primitives import serialization
+
+    return _certificate(text).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _when(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _span(d: dt.timedelta) -> str:
+    """A duration in the unit a person reads it in: days, hours or minutes."""
+    seconds = abs(d.total_seconds())
+    if seconds >= 2 * 86400:
+        return f"{int(seconds // 86400)} days"
+    if seconds >= 2 * 3600:
+        return f"{int(seconds // 3600)} hours"
+    return f"{max(1, int(seconds // 60))} minutes"
+
+
+def _existing_ca_in_pki(pki: Pki, cluster_pem: str | None, now: dt.datetime) -> list[tuple[tuple[str | int, ...], Any, str]]:
+    """The checks of pki.existingCa that need the rest of pki: it is not the cluster CA, and it outlives
+    a proxy-client certificate issued now (pki.certValidityHours)."""
+    ca = pki.existing_ca
+    assert ca is not None
+    cert = ca.certificate()
+    where = ("existingCa", ca.cert_source)
+    out: list[tuple[tuple[str | int, ...], Any, str]] = []
+    cluster = _cluster_ca_match(cert, cluster_pem)
+    if cluster is not None:
+        source = "clusterCaCertFile" if pki.cluster_ca_cert_file is not None else "clusterCaCertPem"
+        out.append((where, ca.cert_shown(), (
+            f"is the cluster CA ({cluster} as pki.{source}); kube-apiserver checks --requestheader-client-ca-file "
+            "before --client-ca-file, so every client certificate of the cluster whose CN is not in "
+            "--requestheader-allowed-names would be refused: give the aggregator/front-proxy CA (kubeadm: "
+            "/etc/kubernetes/pki/front-proxy-ca.crt), or remove pki.existingCa to let the program create one"
+        )))
+    proxy_end = now + dt.timedelta(hours=pki.cert_validity_hours)
+    not_after = cert.not_valid_after_utc
+    if now < not_after < proxy_end:
+        hours = int((not_after - now).total_seconds() // 3600)
+        fix = "renew the CA"
+        if hours >= 1:
+            also = " (and pki.earlyRenewalHours below that)" if hours <= pki.early_renewal_hours else ""
+            fix = f"lower pki.certValidityHours to at most {hours}{also}, or renew the CA"
+        out.append((where, ca.cert_shown(), (
+            f"expires on {_when(not_after)}, {_span(proxy_end - not_after)} before the proxy-client certificate "
+            f"would (now + pki.certValidityHours {pki.cert_validity_hours} = {_when(proxy_end)}): {fix}"
+        )))
+    return out
+
+
+def _cluster_ca_match(cert: Any, cluster_pem: str | None) -> str | None:
+    """'the same certificate' / 'the same key' when `cert` is a certificate of the cluster CA PEM (a bundle)."""
+    if not cluster_pem:
+        return None
+    from cryptography import x509
+
+    try:
+        cluster = x509.load_pem_x509_certificates(cluster_pem.encode())
+    except ValueError:
+        return None  # reported on the cluster CA key itself
+    if any(c == cert for c in cluster):
+        return "the same certificate"
+    if any(_spki(c.public_key()) == _spki(cert.public_key()) for c in cluster):
+        return "the same key"
+    return None
 
 
 class Settings(_Model):

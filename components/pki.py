@@ -7,6 +7,11 @@ The profile mirrors kubeadm's front-proxy-ca / front-proxy-client (certlist.go),
     proxy client     aggregator CA   client_auth, key_encipherment, digital_signature   <certDir>/aggregator.pem
                                                                                         <certDir>/aggregator-key.pem
 
+With pki.existingCa the aggregator CA is one that exists already (the classic guide's cfssl CA, kubeadm's
+front-proxy-ca): no resource is registered for it, the proxy-client certificate is signed with its key
+(from config, a secret Output) and the masters get its certificate as given, so extension apiservers see
+no CA change.
+
 The aggregator CA is a CA of its own, never the cluster CA: kube-apiserver checks
 --requestheader-client-ca-file before --client-ca-file, so a shared CA locks out every ordinary client
 certificate whose CN is not in --requestheader-allowed-names (kubelets, controllers, users).
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
-from components.config import CA_ALLOWED_USES, KeyAlgorithm, Pki
+from components.config import CA_ALLOWED_USES, ExistingCa, KeyAlgorithm, Pki
 
 
 @dataclass(frozen=True)
@@ -61,14 +66,23 @@ def _subject(pki: Pki, common_name: str) -> dict[str, object]:
 
 
 class AggregatorCA(pulumi.ComponentResource):
-    """The self-signed CA named by --requestheader-client-ca-file (file: aggregator-ca.pem)."""
+    """The CA named by --requestheader-client-ca-file (file: aggregator-ca.pem): a self-signed CA this
+    program creates, or the existing CA of pki.existingCa (then the component has no children)."""
 
-    cert_pem: pulumi.Output[str]
+    cert_pem: pulumi.Output[str]  # what the masters get as aggregator-ca.pem
     private_key_pem: pulumi.Output[str]  # secret; stays in state
     key_algorithm: pulumi.Output[str]
+    not_after: pulumi.Output[str]  # RFC 3339
 
     def __init__(self, name: str, pki: Pki, opts: pulumi.ResourceOptions | None = None):
         super().__init__("metrics-aggregation:pki:AggregatorCA", name, None, opts)
+        if pki.existing_ca is not None:
+            self._keep(pki.existing_ca)
+        else:
+            self._create(name, pki)
+        self.register_outputs({"certPem": self.cert_pem, "validityEndTime": self.not_after})
+
+    def _create(self, name: str, pki: Pki) -> None:
         key = KeySpec.of(pki).private_key(f"{name}-key", self)
         cert = tls.SelfSignedCert(
             name,
@@ -85,7 +99,15 @@ class AggregatorCA(pulumi.ComponentResource):
         self.cert_pem = cert.cert_pem
         self.private_key_pem = key.private_key_pem
         self.key_algorithm = key.algorithm
-        self.register_outputs({"certPem": cert.cert_pem, "validityEndTime": cert.validity_end_time})
+        self.not_after = cert.validity_end_time
+
+    def _keep(self, existing: ExistingCa) -> None:
+        # Validated at config load (key matches, a CA, valid, not the cluster CA); the key is a secret from
+        # here on, in whatever form it was given re-encoded as PKCS#8 (see ExistingCa.signing_key_pem).
+        self.cert_pem = pulumi.Output.from_input(existing.cert_pem or "")
+        self.private_key_pem = pulumi.Output.secret(existing.signing_key_pem())
+        self.key_algorithm = pulumi.Output.from_input(existing.key_algorithm())
+        self.not_after = pulumi.Output.from_input(existing.not_after())
 
 
 class ProxyClientCert(pulumi.ComponentResource):

@@ -9,7 +9,7 @@ Policies (issue 6, §3) and what they read:
 
 | policy | kind | resources (type token: property names as in state, camelCase) |
 |---|---|---|
-| aggregator-ca-not-cluster-ca | stack | tls SelfSignedCert (isCaCertificate, subject.commonName, certPem), LocallySignedCert (caCertPem) vs config clusterCaCertPem (or the file of pki.clusterCaCertFile) |
+| aggregator-ca-not-cluster-ca | stack | tls SelfSignedCert (isCaCertificate, subject.commonName, certPem), LocallySignedCert (caCertPem: with pki.existingCa the CA is no resource of the stack, only the signer of the proxy cert) vs config clusterCaCertPem (or the file of pki.clusterCaCertFile) |
 | proxy-client-cert-accepted | stack | tls LocallySignedCert *proxy-client* (allowedUses), CertRequest *proxy-client* (subject.commonName), command:remote:Command (create: `--flag --requestheader-allowed-names=<CN>`) |
 | no-kubelet-insecure-tls-in-production | resource | kubernetes Deployment (container args/command), command:remote:Command (create) |
 | no-insecure-skip-tls-verify-in-production | resource | kubernetes APIService (spec.insecureSkipTLSVerify) |
@@ -303,6 +303,13 @@ def validate_ca_not_cluster_ca(args: StackValidationArgs, report_violation: Repo
         "generate a separate aggregator CA (pki.caCommonName names it) and keep the cluster CA out of "
         "--requestheader-client-ca-file"
     )
+    # CAs of the stack: their names are checked on the CA itself; a signer that is none of them is an existing
+    # CA given in config (pki.existingCa), whose name is checked on the certificate it signed.
+    own_cas = {
+        info.der
+        for r in args.resources
+        if r.resource_type == SELF_SIGNED_CERT and (info := cert_info(get(r.props, "certPem"))) is not None
+    }
     for r in args.resources:
         if r.resource_type == SELF_SIGNED_CERT and get(r.props, "isCaCertificate") is True:
             cn = get(r.props, "subject", "commonName")
@@ -324,14 +331,40 @@ def validate_ca_not_cluster_ca(args: StackValidationArgs, report_violation: Repo
                     f"binary installs; {hint} (set policy config clusterCaCertPem for an exact check).",
                     r.urn,
                 )
-        elif r.resource_type == LOCALLY_SIGNED_CERT and cluster:
+        elif r.resource_type == LOCALLY_SIGNED_CERT:
             signer = cert_info(get(r.props, "caCertPem"))
-            if signer and (signer.der == cluster.der or signer.public_key_der == cluster.public_key_der):
+            if signer is None:
+                continue
+            if cluster and (signer.der == cluster.der or signer.public_key_der == cluster.public_key_der):
                 report_violation(
                     f"certificate '{r.name}' is signed by the cluster CA (caCertPem equals {source}); "
                     f"{hint}.",
                     r.urn,
                 )
+            elif signer.der not in own_cas:
+                _check_existing_ca_name(r, signer, cluster, source, report_violation)
+
+
+def _check_existing_ca_name(r: Any, signer: CertInfo, cluster: CertInfo | None, source: str,
+                            report_violation: ReportViolation) -> None:
+    """The name checks of validate_ca_not_cluster_ca for a signer that is no CA of the stack (pki.existingCa)."""
+    hint = (
+        "give pki.existingCa the aggregator/front-proxy CA (kubeadm: /etc/kubernetes/pki/front-proxy-ca.crt), "
+        "never the cluster CA, or remove pki.existingCa to let the program create one"
+    )
+    cn = signer.common_name
+    if cluster and cn and cn == cluster.common_name:
+        report_violation(
+            f"certificate '{r.name}' is signed by a CA named '{cn}', the cluster CA's common name ({source}); the "
+            f"requestheader CA must be a different CA with its own name: {hint}.",
+            r.urn,
+        )
+    elif not cluster and cn == "kubernetes":
+        report_violation(
+            f"certificate '{r.name}' is signed by a CA named 'kubernetes', the name of the cluster CA in kubeadm "
+            f"and most binary installs; {hint} (set policy config clusterCaCertPem for an exact check).",
+            r.urn,
+        )
 
 
 def validate_proxy_client_cert(args: StackValidationArgs, report_violation: ReportViolation) -> None:

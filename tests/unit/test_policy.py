@@ -623,3 +623,66 @@ def yaml_masters_without_host_keys() -> list[dict]:
 def test_proxy_policy_ignores_a_stack_without_the_aggregation_layer():
     unrelated = [resource("kubernetes:apps/v1:Deployment", "web", {"spec": {}})]
     assert run(ap.validate_proxy_client_cert, stack_args(unrelated)) == []
+
+
+# --- pki.existingCa: the CA is no resource of the stack, only the proxy cert's signer ---------------
+
+
+def existing_ca_stack(ca_pem: str) -> list[PolicyResource]:
+    """The resources of a stack with pki.existingCa: no SelfSignedCert for the aggregator CA."""
+    cert = {"allowedUses": ["client_auth", "key_encipherment", "digital_signature"], "caCertPem": ca_pem,
+            "validityPeriodHours": 8760}
+    return [r for r in good_stack(cert=cert) if r.name != "aggregator-ca"]
+
+
+def test_ca_policy_passes_on_an_existing_front_proxy_ca():
+    stack = existing_ca_stack(make_ca("front-proxy-ca"))
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(stack, {"clusterCaCertPem": CLUSTER_CA})) == []
+    assert run(ap.validate_ca_not_cluster_ca, stack_args(stack)) == []
+
+
+def test_ca_policy_fails_when_the_existing_ca_is_the_cluster_ca():
+    [(message, where)] = run(ap.validate_ca_not_cluster_ca,
+                             stack_args(existing_ca_stack(CLUSTER_CA), {"clusterCaCertPem": CLUSTER_CA}))
+    assert "certificate 'proxy-client' is signed by the cluster CA (caCertPem equals clusterCaCertPem)" in message
+    assert where == urn(ap.LOCALLY_SIGNED_CERT, "proxy-client")
+
+
+def test_ca_policy_fails_on_an_existing_ca_named_like_the_cluster_ca():
+    [message] = messages(ap.validate_ca_not_cluster_ca, stack_args(existing_ca_stack(make_ca("kubernetes"))))
+    assert message.startswith("certificate 'proxy-client' is signed by a CA named 'kubernetes', the name of the "
+                              "cluster CA in kubeadm and most binary installs; give pki.existingCa the "
+                              "aggregator/front-proxy CA")
+    cluster = make_ca("my-cluster-ca")
+    [message] = messages(ap.validate_ca_not_cluster_ca,
+                         stack_args(existing_ca_stack(make_ca("my-cluster-ca")), {"clusterCaCertPem": cluster}))
+    assert "is signed by a CA named 'my-cluster-ca', the cluster CA's common name (clusterCaCertPem)" in message
+
+
+def test_ca_policy_reports_a_ca_of_the_stack_once():
+    """The name of a CA the stack creates is reported on the CA, not again on what it signs."""
+    ca_pem = make_ca("kubernetes")
+    ca = {"isCaCertificate": True, "subject": {"commonName": "kubernetes"}, "certPem": ca_pem}
+    cert = {"allowedUses": ["client_auth"], "caCertPem": ca_pem, "validityPeriodHours": 8760}
+    found = run(ap.validate_ca_not_cluster_ca, stack_args(good_stack(ca=ca, cert=cert)))
+    assert [w for _, w in found] == [urn(ap.SELF_SIGNED_CERT, "aggregator-ca")]
+
+
+def _existing_ca_config(cn: str) -> dict:
+    from tests.unit.test_existing_ca import make_ca as make_existing_ca
+
+    ca = make_existing_ca(ec.generate_private_key(ec.SECP256R1()), cn=cn, form="sec1")
+    return {"existingCa": ca.config()}
+
+
+def test_the_prod_stack_with_an_existing_ca_passes_the_pack(ssh_private_key):
+    regs = _program_run("prod", ssh_private_key, pki=_existing_ca_config("front-proxy-ca"))
+    assert not any(r.type == ap.SELF_SIGNED_CERT and r.name == "aggregator-ca" for r in regs)
+    assert _evaluate(regs, "prod.json") == {}
+
+
+def test_the_prod_stack_with_an_existing_ca_named_kubernetes_fails_the_pack(ssh_private_key):
+    found = _evaluate(_program_run("prod", ssh_private_key, pki=_existing_ca_config("kubernetes")), "prod.json")
+    assert list(found) == ["aggregator-ca-not-cluster-ca"]
+    [message] = found["aggregator-ca-not-cluster-ca"]
+    assert "certificate 'proxy-client' is signed by a CA named 'kubernetes'" in message
