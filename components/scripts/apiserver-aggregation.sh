@@ -26,6 +26,7 @@ READY_TIMEOUT=""
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
 LOCK=""
+KEPT=""
 VOLUME_NAME=aggregator-certs
 FLAGS=()
 CLEANUP=()
@@ -51,7 +52,12 @@ cleanup() {
 	local f
 	for f in "${CLEANUP[@]+"${CLEANUP[@]}"}"; do rm -rf -- "$f" 2>/dev/null || true; done
 }
-trap cleanup EXIT
+on_exit() {
+	# an install-certs that did not reach txn_commit puts back what it replaced, before its temp files go
+	if [ "${TXN_OPEN:-0}" = 1 ]; then txn_rollback; fi
+	cleanup
+}
+trap on_exit EXIT
 
 now_ms() { # milliseconds since the epoch; bash 5 has it built in, older bash forks date
 	local t
@@ -157,7 +163,126 @@ validate_host_opts() {
 	command -v curl >/dev/null 2>&1 || command -v wget >/dev/null 2>&1 || die "curl (or wget) is required to poll $READYZ_URL"
 }
 
+# ------------------------------------------------------------------------------------------- ownership
+# Which Pulumi resource (its --master name) manages a config file or a cert dir on this host. A master
+# renamed in the stack is a new resource: Pulumi runs the new name's create first and the old name's
+# delete last, and that delete must not undo what the new name now owns. Ownership moves on every
+# successful apply/install-certs; revert/remove-certs by a former owner leave things alone.
+path_key() { printf '%s' "${1#/}" | tr -c 'A-Za-z0-9._-' '_'; } # PATH -> one file name
+owner_file() { # KIND PATH
+	printf '%s/%s-%s.owner\n' "$STATE_DIR" "$1" "$(path_key "$2")"
+}
+ensure_state_dir() {
+	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
+}
+claim() { # KIND PATH
+	local f
+	f=$(owner_file "$1" "$2")
+	ensure_state_dir
+	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
+	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
+	mv -f "$f.tmp" "$f" || die "cannot write $f"
+}
+owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
+	local f owner
+	f=$(owner_file "$1" "$2")
+	[ -f "$f" ] || return 1
+	owner=$(cat -- "$f")
+	[ "$owner" != "$MASTER" ] || return 1
+	printf '%s\n' "$owner"
+}
+release() { rm -f -- "$(owner_file "$1" "$2")"; } # KIND PATH
+
+# ------------------------------------------------------------------------------------- kept originals
+# What the cert dir held before the program's first write, so that remove-certs can give it back:
+# STATE/certs-<dir>.kept/ (0700), keyed by the cert dir (not by --master: a renamed master's records
+# are the same records) with, per file name:
+#   NAME + NAME.meta   the original bytes and "MODE UID GID" (.meta is written last: it completes the record)
+#   NAME.absent        the file did not exist
+# and cert-dir.created when the program created the cert dir. Records are taken once, before the first
+# write, and dropped by remove-certs after it put everything back.
+kept_dir() { printf '%s/certs-%s.kept\n' "$STATE_DIR" "$(path_key "$CERT_DIR")"; }
+has_record() { [ -f "$KEPT/$1.meta" ] || [ -f "$KEPT/$1.absent" ]; } # NAME
+
+# fsync: coreutils sync takes files (8.24+); elsewhere sync everything
+fsync_paths() { sync -- "$@" 2>/dev/null || sync; }
+
+# publish_state SRC DEST: SRC (in the kept dir) becomes DEST durably: fsync, rename, fsync the directory
+publish_state() {
+	fsync_paths "$1"
+	mv -f -- "$1" "$2" || die "cannot write $2"
+	fsync_paths "$(dirname -- "$2")"
+}
+
+# keep_original NAME: record NAME of the cert dir (a copy and its mode/owner, or "absent") before the
+# first write, durably, so that even a crash right after the write leaves the way back.
+keep_original() {
+	local name=$1 target=$CERT_DIR/$1 meta
+	if [ -f "$target" ]; then
+		meta=$(stat -c '%a %u %g' -- "$target") || die "cannot stat $target"
+		(umask 077 && cat -- "$target" >"$KEPT/.$name.tmp") || die "cannot keep a copy of $target in $KEPT"
+		publish_state "$KEPT/.$name.tmp" "$KEPT/$name"
+		(umask 077 && printf '%s\n' "$meta" >"$KEPT/.$name.meta.tmp") || die "cannot write $KEPT/$name.meta"
+		publish_state "$KEPT/.$name.meta.tmp" "$KEPT/$name.meta"
+		TXN_RECORDS+=("$KEPT/$name.meta" "$KEPT/$name")
+		say "kept the original $target (mode $meta) in $KEPT: remove-certs puts it back"
+	else
+		(umask 077 && : >"$KEPT/.$name.absent.tmp") || die "cannot write in $KEPT"
+		publish_state "$KEPT/.$name.absent.tmp" "$KEPT/$name.absent"
+		TXN_RECORDS+=("$KEPT/$name.absent")
+	fi
+}
+
+# restore_original NAME: put the kept copy back over CERT_DIR/NAME (temp file + rename), mode and owner.
+restore_original() {
+	local name=$1 target=$CERT_DIR/$1 mode uid gid tmp
+	read -r mode uid gid <"$KEPT/$name.meta" || die "cannot read $KEPT/$name.meta"
+	tmp=$(umask 077 && mktemp "$CERT_DIR/.$name.aggregation.XXXXXX") || die "cannot create a temp file in $CERT_DIR"
+	CLEANUP+=("$tmp")
+	cat -- "$KEPT/$name" >"$tmp" || die "cannot write $tmp"
+	chown "$uid:$gid" "$tmp" || die "cannot give $tmp the original owner $uid:$gid"
+	chmod "$mode" "$tmp" || die "cannot give $tmp the original mode $mode"
+	fsync_paths "$tmp"
+	mv -f -- "$tmp" "$target" || die "cannot rename $tmp to $target"
+	say "$target restored (the original: mode $mode, owner $uid:$gid)"
+}
+
 # ------------------------------------------------------------------------------------------- certificates
+# install-certs is one transaction: each file it replaces is hard-linked into TXN_UNDO first, and any
+# failure after the first write (an EXIT without txn_commit) puts those back, drops the records this
+# run took and removes the cert dir if this run created it. A failed create leaves no Pulumi resource,
+# so no remove-certs would ever run to do it.
+TXN_OPEN=0
+TXN_UNDO=""
+TXN_DONE=()
+TXN_RECORDS=()
+TXN_DIR_CREATED=0
+txn_commit() { TXN_OPEN=0; }
+txn_rollback() {
+	local i name n=0
+	TXN_OPEN=0
+	for ((i = ${#TXN_DONE[@]} - 1; i >= 0; i--)); do
+		name=${TXN_DONE[i]}
+		if [ -e "$TXN_UNDO/$name" ]; then
+			mv -f -- "$TXN_UNDO/$name" "$CERT_DIR/$name" 2>/dev/null || warn "could not put back $CERT_DIR/$name"
+		else
+			rm -f -- "$CERT_DIR/$name" 2>/dev/null || warn "could not remove $CERT_DIR/$name"
+		fi
+		n=$((n + 1))
+	done
+	for name in "${TXN_RECORDS[@]+"${TXN_RECORDS[@]}"}"; do rm -f -- "$name" 2>/dev/null || true; done
+	[ ${#TXN_RECORDS[@]} -eq 0 ] || rmdir -- "$KEPT" 2>/dev/null || true
+	[ "$n" -gt 0 ] && warn "install-certs failed: put back the $n file(s) it had replaced in $CERT_DIR"
+	if [ "$TXN_DIR_CREATED" = 1 ]; then
+		cleanup
+		CLEANUP=()
+		rmdir -- "$CERT_DIR" 2>/dev/null && warn "install-certs failed: removed $CERT_DIR (it created it)"
+		rm -f -- "$KEPT/cert-dir.created"
+		rmdir -- "$KEPT" 2>/dev/null || true
+	fi
+	return 0
+}
+
 cert_files() { printf '%s\n' aggregator-ca.pem aggregator.pem aggregator-key.pem; }
 
 # split_pem DIR: split the PEM blocks on stdin into DIR/1, DIR/2, ... (DIR empty: only check them);
@@ -197,36 +322,29 @@ split_pem() {
 		}'
 }
 
-# ------------------------------------------------------------------------------------------- ownership
-# Which Pulumi resource (its --master name) manages a config file or a cert dir on this host. A master
-# renamed in the stack is a new resource: Pulumi runs the new name's create first and the old name's
-# delete last, and that delete must not undo what the new name now owns. Ownership moves on every
-# successful apply/install-certs; revert/remove-certs by a former owner leave things alone.
-owner_file() { # KIND PATH
-	printf '%s/%s-%s.owner\n' "$STATE_DIR" "$1" "$(printf '%s' "${2#/}" | tr -c 'A-Za-z0-9._-' '_')"
+# check_targets: only regular files (or nothing) are replaced; anything else is refused up front.
+check_targets() {
+	local name target
+	while IFS= read -r name; do
+		target=$CERT_DIR/$name
+		if [ -L "$target" ]; then
+			die "$target is a symbolic link: replace it by the file it points to, or set apiserver.certDir to another directory (nothing written)"
+		elif [ -e "$target" ] && [ ! -f "$target" ]; then
+			die "$target exists and is not a regular file (nothing written)"
+		fi
+	done < <(cert_files)
 }
-claim() { # KIND PATH
-	local f
-	f=$(owner_file "$1" "$2")
-	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
-	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
-	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
-	mv -f "$f.tmp" "$f" || die "cannot write $f"
+
+same_mode_owner() { # FILE MODE UID GID
+	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
-owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
-	local f owner
-	f=$(owner_file "$1" "$2")
-	[ -f "$f" ] || return 1
-	owner=$(cat -- "$f")
-	[ "$owner" != "$MASTER" ] || return 1
-	printf '%s\n' "$owner"
-}
-release() { rm -f -- "$(owner_file "$1" "$2")"; } # KIND PATH
 
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
-	local pem tmp kinds i name mode target t2 owner_note="" as_root=0
-	[ "$(id -u)" = 0 ] && as_root=1
+	local pem tmp kinds i name mode target t2 uid gid first=0
+	uid=$(id -u)
+	gid=$(id -g)
+	[ "$uid" = 0 ] && gid=0
 	# stdin is read once, into memory (a shell variable is neither argv nor environment), and checked
 	# before anything is created or written.
 	pem=$(timeout 60 cat) || die "could not read the certificates from stdin"
@@ -236,13 +354,30 @@ install_certs() {
 	CCK) ;;
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
+	check_targets
+	# Records are taken only where this cert dir has never been installed to (no owner file): a cert
+	# dir installed by a version that kept nothing holds our own files, which are not originals.
+	[ -f "$(owner_file certs "$CERT_DIR")" ] || first=1
+	KEPT=$(kept_dir)
+	ensure_state_dir
+	if [ ! -d "$KEPT" ]; then install -d -m 0700 "$KEPT" || die "cannot create $KEPT"; fi
+	trap 'exit 143' TERM INT
+	TXN_OPEN=1
 	if [ ! -d "$CERT_DIR" ]; then
+		if [ ! -f "$KEPT/cert-dir.created" ]; then
+			(umask 077 && : >"$KEPT/.cert-dir.created.tmp") || die "cannot write in $KEPT"
+			publish_state "$KEPT/.cert-dir.created.tmp" "$KEPT/cert-dir.created"
+			TXN_RECORDS+=("$KEPT/cert-dir.created")
+		fi
 		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
+		TXN_DIR_CREATED=1
 		say "created $CERT_DIR (0755)"
 	fi
 	# A private temp dir in the cert dir: same filesystem (rename is atomic), mode 0700, removed on exit.
 	tmp=$(umask 077 && mktemp -d "$CERT_DIR/.aggregation.XXXXXX") || die "cannot create a temp dir in $CERT_DIR"
 	CLEANUP+=("$tmp")
+	TXN_UNDO=$tmp/undo
+	mkdir -m 0700 "$TXN_UNDO" || die "cannot create $TXN_UNDO"
 	kinds=$(umask 077 && printf '%s\n' "$pem" | split_pem "$tmp") || die "could not split the certificates"
 	[ "$kinds" = CCK ] || die "the certificates on stdin changed while reading them"
 	pem=""
@@ -252,25 +387,26 @@ install_certs() {
 		mode=0644
 		[ "$name" = aggregator-key.pem ] && mode=0600
 		target="$CERT_DIR/$name"
-		if same_file "$tmp/$i" "$target"; then
-			# Same bytes: not rewritten; still make sure mode and owner are right.
-			chmod "$mode" "$target" || die "cannot chmod $target"
-			[ "$as_root" = 1 ] && { chown 0:0 "$target" || die "cannot chown $target"; }
+		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
+		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$uid" "$gid"; then
 			say "$target unchanged"
 			continue
 		fi
 		t2="$tmp/$name.new"
-		if [ "$as_root" = 1 ]; then
-			install -m "$mode" -o 0 -g 0 "$tmp/$i" "$t2" || die "cannot write $t2"
-			owner_note=" root:root"
-		else
-			install -m "$mode" "$tmp/$i" "$t2" || die "cannot write $t2"
-			owner_note=" $(id -un)"
+		install -m "$mode" -o "$uid" -g "$gid" "$tmp/$i" "$t2" || die "cannot write $t2"
+		fsync_paths "$t2"
+		# what this run replaces, for txn_rollback: the old inode itself (a copy where links fail)
+		if [ -f "$target" ]; then
+			ln -- "$target" "$TXN_UNDO/$name" 2>/dev/null || cp -p -- "$target" "$TXN_UNDO/$name" ||
+				die "cannot keep $target for a rollback"
 		fi
-		mv -f "$t2" "$target" || die "cannot rename into $target"
-		say "$target written ($mode$owner_note)"
+		TXN_DONE+=("$name")
+		mv -f -- "$t2" "$target" || die "cannot rename into $target"
+		say "$target written ($mode $(id -un):$(id -gn))"
 	done < <(cert_files)
+	fsync_paths "$CERT_DIR"
 	claim certs "$CERT_DIR"
+	txn_commit
 }
 
 remove_certs() {
@@ -280,15 +416,38 @@ remove_certs() {
 		say "kept the certificates in $CERT_DIR: master resource '$owner' manages them now (a renamed master?)"
 		return 0
 	fi
+	KEPT=$(kept_dir)
+	if [ ! -d "$KEPT" ] && [ ! -f "$(owner_file certs "$CERT_DIR")" ]; then
+		# Nothing of ours here (a retried delete after a complete one): the files are the user's.
+		say "nothing to remove: no record of an install-certs in $STATE_DIR for $CERT_DIR"
+		return 0
+	fi
+	if [ ! -d "$CERT_DIR" ] && [ -d "$KEPT" ] && ls "$KEPT"/*.meta >/dev/null 2>&1; then
+		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
+		warn "$CERT_DIR was gone; created it again to put the original files back"
+	fi
 	while IFS= read -r name; do
-		if [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
+		if [ -f "$KEPT/$name.meta" ]; then
+			restore_original "$name"
+		elif [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
 			rm -f -- "$CERT_DIR/$name" || die "cannot remove $CERT_DIR/$name"
 			say "$CERT_DIR/$name removed"
 		else
 			say "$CERT_DIR/$name already absent"
 		fi
 	done < <(cert_files)
+	[ -d "$CERT_DIR" ] && fsync_paths "$CERT_DIR"
+	if [ -f "$KEPT/cert-dir.created" ] && [ -d "$CERT_DIR" ]; then
+		if rmdir -- "$CERT_DIR" 2>/dev/null; then
+			say "$CERT_DIR removed (install-certs created it)"
+		else
+			say "kept $CERT_DIR: install-certs created it, but it holds other files now"
+		fi
+	fi
+	# The owner file goes before the records: a delete retried after a crash in between still finds
+	# the records and restores again (the same bytes), instead of taking the originals for ours.
 	release certs "$CERT_DIR"
+	rm -rf -- "$KEPT" || die "cannot remove $KEPT"
 }
 
 # --------------------------------------------------------------------------------------- config editing
@@ -970,7 +1129,9 @@ do_revert() {
 		return 0
 	fi
 	if [ ! -f "$RECORD" ]; then
-		rm -f "$LOCK"
+		# An apply that found every flag already set (a hand-made setup) records nothing but owns the
+		# file: let go of it, or the scripts would be kept for an owner that no longer exists.
+		rm -f "$LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
 		return 0
 	fi
