@@ -264,8 +264,13 @@ txn_rollback() {
 	for ((i = ${#TXN_DONE[@]} - 1; i >= 0; i--)); do
 		name=${TXN_DONE[i]}
 		if [ -e "$TXN_UNDO/$name" ]; then
+			# the rename never happened: the same inode (or, a copy, the same bytes, mode and owner)
+			[ "$TXN_UNDO/$name" -ef "$CERT_DIR/$name" ] && continue
+			same_file "$TXN_UNDO/$name" "$CERT_DIR/$name" &&
+				[ "$(stat -c '%a %u %g' -- "$TXN_UNDO/$name")" = "$(stat -c '%a %u %g' -- "$CERT_DIR/$name")" ] && continue
 			mv -f -- "$TXN_UNDO/$name" "$CERT_DIR/$name" 2>/dev/null || warn "could not put back $CERT_DIR/$name"
 		else
+			[ -e "$CERT_DIR/$name" ] || continue
 			rm -f -- "$CERT_DIR/$name" 2>/dev/null || warn "could not remove $CERT_DIR/$name"
 		fi
 		n=$((n + 1))

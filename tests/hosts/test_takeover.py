@@ -148,3 +148,155 @@ def test_handmade_state_round_trip(lab, make_stack):
     assert_nothing_of_ours_left(h)
     running = restart_and_assert_ready(st, h)
     assert {k: running.get(k) for k in HANDMADE_FLAGS} == HANDMADE_FLAGS
+
+
+def test_cert_dir_created_by_us_is_removed_only_when_empty(lab, make_stack):
+    h = lab.add_host("m1", "env-file")
+    assert not h.path(SSL).exists()
+    st = make_stack([h])
+    commands = st.commands()
+    out = st.runner.up(commands)
+    assert out.ok, out.explain()
+    assert "created /etc/kubernetes/ssl" in out["m1-certs"].stdout
+    out = st.runner.destroy(commands)
+    assert out.ok, out.explain()
+    assert not h.path(SSL).exists(), "the cert dir the program created is still there"
+    assert_nothing_of_ours_left(h)
+
+    # the operator drops a file of their own into the directory the program created: it stays, and so does
+    # the directory
+    out = st.runner.up(commands)
+    assert out.ok, out.explain()
+    h.put_file(f"{SSL}/etcd.pem", b"operator's file\n", 0o600)
+    out = st.runner.destroy(commands)
+    assert out.ok, out.explain()
+    assert sorted(p.name for p in h.path(SSL).iterdir()) == ["etcd.pem"]
+    assert h.path(f"{SSL}/etcd.pem").read_bytes() == b"operator's file\n"
+    assert "holds other files now" in out["m1-certs"].stdout
+    assert state_files(h) == []
+
+
+def test_failed_install_certs_puts_back_what_it_replaced(lab, make_stack):
+    """The key file is a mount point (EBUSY on rename): install-certs fails after writing the CA and the
+    cert. A failed create leaves no resource, so no remove-certs would run: the script itself must put the
+    originals back. The same for an update that fails: the previous certificates come back, and the
+    originals kept for destroy are not touched."""
+    h = handmade_host(lab)
+    before = snapshot(h)
+    key = f"{SSL}/aggregator-key.pem"
+    st = make_stack([h])
+    commands = st.commands()
+    nsenter_mount(h, "mount", "--bind", key, key)
+    try:
+        out = st.runner.up(commands)
+    finally:
+        nsenter_mount(h, "umount", key)
+    r = out["k8s-master1-certs"]
+    assert r.rc == 1, out.explain()
+    assert "master k8s-master1: error: cannot rename into /etc/kubernetes/ssl/aggregator-key.pem" in r.stderr
+    assert "install-certs failed: put back the 2 file(s) it had replaced" in r.stderr
+    assert "aggregator-ca.pem written" in r.stdout and "aggregator.pem written" in r.stdout
+    assert out.skipped() == ["k8s-master1-flags"]
+    assert_same(h, before, snapshot(h))
+    assert state_files(h) == [] or state_files(h) == ["scripts"], state_files(h)
+    assert [p.name for p in h.path(SSL).iterdir() if p.name.startswith(".")] == []
+    assert h.restarts() == 0
+
+    # a later up succeeds; an update to a new CA that fails half-way (the CA written, the proxy cert
+    # refused) puts our previous files back
+    out = st.runner.up(commands)
+    assert out.ok, out.explain()
+    ours = snapshot(h)
+    renewed = make_stack([h], pki={"hosts": ["127.0.0.1", "kubernetes", "kubernetes.default"],
+                                   "caCommonName": "metrics-aggregation-ca-2"})
+    new_commands = renewed.commands()
+    cert = f"{SSL}/aggregator.pem"
+    nsenter_mount(h, "mount", "--bind", cert, cert)
+    try:
+        out = renewed.runner.up(new_commands, update=True)
+    finally:
+        nsenter_mount(h, "umount", cert)
+    r = out["k8s-master1-certs"]
+    assert r.rc == 1 and "aggregator-ca.pem written" in r.stdout, out.explain()
+    assert "put back the 1 file(s) it had replaced" in r.stderr
+    assert_same(h, ours, snapshot(h))
+    assert h.restarts() == 0
+
+    out = st.runner.destroy(commands)
+    assert out.ok, out.explain()
+    assert_same(h, before, snapshot(h))
+    assert_nothing_of_ours_left(h)
+
+
+def test_failed_first_flags_apply_then_destroy(lab, make_stack):
+    """The certs step took over the hand-made files, then the flags step failed and rolled back. Pulumi
+    recorded only the certs step, so destroy runs only remove-certs: everything is back, byte for byte."""
+    h = handmade_host(lab)
+    before = snapshot(h)
+    h.refuse("--audit-log-maxage=7")
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 4, "extraFlags": {"--audit-log-maxage": 7}})
+    commands = st.commands()
+    out = st.runner.up(commands)
+    assert out["k8s-master1-certs"].rc == 0 and out["k8s-master1-flags"].rc == 1, out.explain()
+    assert "the previous file is back and kube-apiserver is ready on it" in out["k8s-master1-flags"].stderr
+    out = st.runner.destroy(recorded(commands, out))
+    assert list(out.results) == ["k8s-master1-certs"] and out.ok, out.explain()
+    assert_same(h, before, snapshot(h))
+    assert_nothing_of_ours_left(h)
+    (h.dir / "refuse").unlink()
+    running = restart_and_assert_ready(st, h)
+    assert {k: running.get(k) for k in HANDMADE_FLAGS} == HANDMADE_FLAGS
+
+
+def test_renamed_master_restores_the_handmade_files(lab, make_stack):
+    """The new name's creates run first (its install-certs must not keep our files as originals), the old
+    name's deletes last (a no-op: no longer the owner); the final destroy gives back the user's files."""
+    h = handmade_host(lab)
+    before = snapshot(h)
+    old = make_stack([h])
+    old_commands = old.commands()
+    assert old.runner.up(old_commands).ok
+    renamed = make_stack([h], masters=[{"name": "cp-renamed", "address": h.address, "hostKey": h.host_key_pub,
+                                        "layout": h.layout}])
+    new_commands = renamed.commands()
+    out = renamed.runner.up(new_commands)
+    assert out.ok, out.explain()
+    out = old.runner.destroy(old_commands)
+    assert out.ok, out.explain()
+    assert "manages them now" in out["k8s-master1-certs"].stdout
+    assert_certs(h, SSL, renamed.last.outputs)  # still ours: the new name manages them
+    out = renamed.runner.destroy(new_commands)
+    assert out.ok, out.explain()
+    assert_same(h, before, snapshot(h))
+    assert_nothing_of_ours_left(h)
+    running = restart_and_assert_ready(renamed, h)
+    assert {k: running.get(k) for k in HANDMADE_FLAGS} == HANDMADE_FLAGS
+
+
+def test_a_retried_remove_certs_leaves_the_restored_files_alone(lab, make_stack):
+    """A delete that ran on the host but whose result was lost is retried by Pulumi: the second
+    remove-certs must not take the user's restored files for ours."""
+    h = handmade_host(lab)
+    before = snapshot(h)
+    st = make_stack([h])
+    commands = st.commands()
+    assert st.runner.up(commands).ok
+    assert st.runner.destroy(commands).ok
+    certs = next(c for c in commands if c["name"] == "k8s-master1-certs")
+    r = st.runner.run(certs["connection"], certs["delete"])
+    assert r.rc == 0, r.stderr
+    assert_same(h, before, snapshot(h))
+
+
+def test_symlinked_cert_file_is_refused_before_anything_is_written(lab, make_stack):
+    h = handmade_host(lab)
+    h.path(f"{SSL}/aggregator.pem").rename(h.path(f"{SSL}/proxy-client.pem"))
+    h.path(f"{SSL}/aggregator.pem").symlink_to("proxy-client.pem")
+    before = snapshot(h)
+    st = make_stack([h])
+    out = st.runner.up(st.commands())
+    r = out["k8s-master1-certs"]
+    assert r.rc == 1 and "/etc/kubernetes/ssl/aggregator.pem is a symbolic link" in r.stderr, out.explain()
+    assert "apiserver.certDir" in r.stderr and "nothing written" in r.stderr
+    assert_same(h, before, snapshot(h))
+    assert h.path(f"{SSL}/aggregator.pem").is_symlink()
