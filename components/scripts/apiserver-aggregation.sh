@@ -29,6 +29,9 @@ LOCK=""
 KEPT=""
 VOLUME_NAME=aggregator-certs
 FLAGS=()
+REQ_KIND=() # verify: equal|file|listed, with REQ_ARG (--NAME=VALUE or --NAME) and REQ_WHY (may be empty)
+REQ_ARG=()
+REQ_WHY=()
 CLEANUP=()
 
 say() { printf '%s: %s: %s\n' "$PROG" "${MASTER:-?}" "$*" 2>/dev/null || true; }
@@ -46,6 +49,9 @@ usage: apiserver-aggregation <action> [options]
                 --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
                 [--state-dir DIR] [--log-command CMD] --flag --NAME=VALUE [--flag --NAME=VALUE ...]
   check         the same options as apply: print what apply would change, change nothing
+  verify        --master NAME --layout L --config-path PATH   (read-only: changes nothing)
+                [--require --NAME=VALUE] [--require-file-flag --NAME] [--require-listed --NAME=ITEM]
+                (each may be followed by --why TEXT, shown with its problem)
 EOF
 }
 cleanup() {
@@ -108,6 +114,19 @@ parse_args() {
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
 		--flag) FLAGS+=("$val") ;;
+		--require | --require-file-flag | --require-listed)
+			case $opt in
+			--require) REQ_KIND+=(equal) ;;
+			--require-file-flag) REQ_KIND+=(file) ;;
+			*) REQ_KIND+=(listed) ;;
+			esac
+			REQ_ARG+=("$val")
+			REQ_WHY+=("")
+			;;
+		--why)
+			[ ${#REQ_KIND[@]} -gt 0 ] || die "--why must follow a --require, --require-file-flag or --require-listed"
+			REQ_WHY[${#REQ_KIND[@]} - 1]=$val
+			;;
 		*) die "unknown option $opt" ;;
 		esac
 	done
@@ -810,6 +829,11 @@ function do_revert(   r, name) {
 	undo_volumes()
 	if ("@volumes" in REC) rep("- hostPath volume " RAW["@volumes"] " (removed)")
 }
+# ---- read-only listing (verify): the flags of the region, NAME<TAB>VALUE, or NAME alone when bare
+function list_flags(   k) {
+	if (!scan()) { print ERR > "/dev/stderr"; return }
+	for (k = 1; k <= NT; k++) print TNAME[k] (TFORM[k] == "bare" ? "" : "\t" TVAL[k])
+}
 BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
 {
 	c = 0; line = $0
@@ -817,6 +841,7 @@ BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
 	n++; L[n] = line; CR[n] = c
 }
 END {
+	if (mode == "list") { list_flags(); exit (ERR != "") ? 3 : 0 }
 	while ((getline line < want) > 0) {
 		split(line, f, "\t"); NW++; WN[NW] = f[1]; WV[NW] = f[2]; WT[NW] = f[3]; WANT[f[1]] = 1
 	}
@@ -1178,6 +1203,118 @@ do_revert() {
 	rollback "$prev" "$prev_rec" 0
 }
 
+# ------------------------------------------------------------------------------------------------ verify
+# verify (apiserver.manage: false): read the layout's config file with the editor's own region finder
+# and check the flags against the requirements. It writes nothing: no state dir, no lock (the config
+# file is only ever replaced by rename, so a read sees a whole old or a whole new file), no temp file.
+PROBLEMS=0
+declare -A FVAL=() FBARE=()
+problem() {
+	printf '%s: master %s: error: %s\n' "$PROG" "${MASTER:-?}" "$*" >&2 2>/dev/null || true
+	PROBLEMS=$((PROBLEMS + 1))
+}
+why() { [ -z "$1" ] || printf ' (%s)' "$1"; } # WHY -> " (WHY)" or nothing
+
+validate_verify_opts() {
+	need_abs --config-path "$CONFIG_PATH"
+	case $LAYOUT in
+	env-file | systemd-unit | static-pod) ;;
+	*) die "--layout must be env-file, systemd-unit or static-pod, got '$LAYOUT'" ;;
+	esac
+	[ ${#REQ_KIND[@]} -gt 0 ] || die "verify needs at least one --require, --require-file-flag or --require-listed"
+	local i arg
+	for i in "${!REQ_KIND[@]}"; do
+		arg=${REQ_ARG[i]}
+		case $arg in *[[:cntrl:]]*) die "requirement '$arg' contains control characters" ;; esac
+		case ${REQ_KIND[i]}:$arg in
+		file:--[a-z0-9]*) case $arg in *=* | *[!a-z0-9-]*) die "--require-file-flag takes a flag name (--NAME), got '$arg'" ;; esac ;;
+		equal:--[a-z0-9]*=* | listed:--[a-z0-9]*=?*) ;;
+		equal:*) die "--require takes --NAME=VALUE, got '$arg'" ;;
+		*) die "--require-listed takes --NAME=ITEM, got '$arg'" ;;
+		esac
+	done
+}
+
+# read_flags: FVAL[--name]=value of the last occurrence (kube-apiserver: the last one wins); FBARE[--name]=1
+# for a flag given without a value
+read_flags() {
+	local listing line name
+	[ -f "$CONFIG_PATH" ] || die "$CONFIG_PATH does not exist (layout $LAYOUT): is this the kube-apiserver config file of this master?"
+	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
+		die "cannot read $CONFIG_PATH as layout $LAYOUT: $listing"
+	while IFS= read -r line; do
+		[ -n "$line" ] || continue
+		if [[ $line == *$'\t'* ]]; then
+			name=${line%%$'\t'*}
+			FVAL[$name]=${line#*$'\t'}
+			unset "FBARE[$name]"
+		else
+			name=$line
+			FVAL[$name]=""
+			FBARE[$name]=1
+		fi
+	done <<<"$listing"
+}
+
+shown() { if [ -n "${FBARE[$1]+x}" ]; then printf '%s' "$1"; else printf '%s=%s' "$1" "${FVAL[$1]}"; fi; } # NAME
+
+check_equal() { # --NAME=VALUE WHY
+	local name=${1%%=*} want=${1#*=}
+	if [ -z "${FVAL[$name]+x}" ]; then
+		problem "$name is not set$(why "$2")"
+	elif [ -n "${FBARE[$name]+x}" ]; then
+		[ "$want" = true ] || problem "$name is set without a value, expected $1$(why "$2")"
+	elif [ "${FVAL[$name]}" != "$want" ]; then
+		problem "$(shown "$name"), expected $1$(why "$2")"
+	fi
+}
+
+check_file() { # --NAME WHY
+	local name=$1 path
+	if [ -z "${FVAL[$name]+x}" ]; then
+		problem "$name is not set$(why "$2")"
+		return
+	fi
+	path=${FVAL[$name]}
+	if [ -z "$path" ]; then
+		problem "$name is set without a file name$(why "$2")"
+	elif [ -f "$path" ]; then
+		:
+	elif [ -e "$path" ]; then
+		problem "$name=$path: not a regular file"
+	else
+		problem "$name=$path: no such file"
+	fi
+}
+
+check_listed() { # --NAME=ITEM WHY: unset or empty means "any"; else a comma list that must hold ITEM
+	local name=${1%%=*} item=${1#*=} entry
+	[ -n "${FVAL[$name]:-}" ] || return 0
+	local -a entries
+	IFS=, read -r -a entries <<<"${FVAL[$name]}"
+	for entry in "${entries[@]}"; do
+		entry=${entry#"${entry%%[![:space:]]*}"}
+		entry=${entry%"${entry##*[![:space:]]}"}
+		[ "$entry" = "$item" ] && return 0
+	done
+	problem "$(shown "$name") does not list '$item'$(why "$2")"
+}
+
+do_verify() {
+	validate_verify_opts
+	read_flags
+	local i
+	for i in "${!REQ_KIND[@]}"; do
+		case ${REQ_KIND[i]} in
+		equal) check_equal "${REQ_ARG[i]}" "${REQ_WHY[i]}" ;;
+		file) check_file "${REQ_ARG[i]}" "${REQ_WHY[i]}" ;;
+		listed) check_listed "${REQ_ARG[i]}" "${REQ_WHY[i]}" ;;
+		esac
+	done
+	[ "$PROBLEMS" = 0 ] || exit 1
+	say "verify: $CONFIG_PATH ($LAYOUT) meets all ${#REQ_KIND[@]} requirements: aggregation is configured"
+}
+
 main() {
 	parse_args "$@"
 	case $ACTION in
@@ -1185,6 +1322,7 @@ main() {
 	remove-certs) remove_certs ;;
 	apply | check) do_apply ;;
 	revert) do_revert ;;
+	verify) do_verify ;;
 	-h | --help | help) usage ;;
 	*)
 		usage

@@ -1,0 +1,207 @@
+"""Host tier: `verify`, the read-only check of `apiserver.manage: false` (issue 10, deliverable 3).
+
+The step's commands come from components.apiserver (`verify_step_commands(verify_options(settings, master))`,
+the settings of the stack config under test), run over real SSH with the script on stdin, as the program's
+verify step runs them. Each case checks the exit status and the one line per problem, and that verify
+changed nothing: the config file (bytes, inode, mtime), the state dir (no record, no lock) and the apiserver
+(no restart).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from components.apiserver import script_text, verify_options, verify_step_commands
+from tests.hosts.lab import Host
+from tests.hosts.test_rollout import state_files
+from tests.hosts.test_takeover import cfssl_like_pems, handmade_host
+
+pytestmark = [pytest.mark.hosts, pytest.mark.timeout(240)]
+
+PKI = "/etc/kubernetes/pki"
+KUBEADM = {"pki": {"hosts": ["127.0.0.1"], "proxyClientCommonName": "front-proxy-client"},
+           "apiserver": {"readyTimeoutSeconds": 10, "enableAggregatorRouting": False}}
+
+
+def kubeadm_host(lab, name: str = "k8s-master2") -> Host:
+    """A kubeadm control plane: aggregation with the front-proxy files, no --enable-aggregator-routing."""
+    pems = cfssl_like_pems()
+    files = {
+        f"{PKI}/front-proxy-ca.crt": (pems["aggregator-ca.pem"], 0o644, 0, 0),
+        f"{PKI}/front-proxy-client.crt": (pems["aggregator.pem"], 0o644, 0, 0),
+        f"{PKI}/front-proxy-client.key": (pems["aggregator-key.pem"], 0o600, 0, 0),
+    }
+    return lab.add_host(name, "static-pod", sample="kube-apiserver-kubeadm.yaml", files=files)
+
+
+class Verify:
+    """The verify step of one master, as the program builds it for a stack config."""
+
+    def __init__(self, st, host: Host):
+        st.commands()
+        s = st.last.settings
+        master = next(m for m in s.masters if m.name == host.name)
+        self.st, self.host = st, host
+        self.options = verify_options(s, master)
+        self.create, self.delete = verify_step_commands(self.options, sudo=s.ssh.sudo)
+        self.conn = next(c for c in st.last.commands if c["connection"]["host"] == host.address)["connection"]
+
+    def run(self):
+        """create (install the script from stdin, then verify), asserting that nothing else changed."""
+        h = self.host
+        cfg = h.path(h.config_path)
+        st1, bytes1, restarts = os.stat(cfg), cfg.read_bytes(), h.restarts()
+        state1 = state_files(h)
+        r = self.st.runner.run(self.conn, self.create, script_text())
+        st2 = os.stat(cfg)
+        assert (cfg.read_bytes(), st2.st_ino, st2.st_mtime_ns) == (bytes1, st1.st_ino, st1.st_mtime_ns)
+        assert state_files(h) == state1, "verify wrote into the state dir"
+        assert h.restarts() == restarts
+        return r
+
+    def problems(self, r) -> list[str]:
+        return r.stderr.splitlines()
+
+
+def edit(h: Host, old: str, new: str) -> None:
+    cfg = h.path(h.config_path)
+    text = cfg.read_text()
+    assert old in text, old
+    cfg.write_text(text.replace(old, new))
+
+
+# ------------------------------------------------------------------------------------------- cases
+def test_kubeadm_front_proxy_manifest_passes_and_changes_nothing(lab, make_stack):
+    h = kubeadm_host(lab)
+    st = make_stack([h], **KUBEADM)
+    v = Verify(st, h)
+    r = v.run()
+    assert r.rc == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.splitlines() == [
+        "apiserver-aggregation: k8s-master2: verify: /etc/kubernetes/manifests/kube-apiserver.yaml (static-pod) "
+        "meets all 7 requirements: aggregation is configured"
+    ]
+    assert state_files(h) == [], "verify left a record or a lock"
+    assert [p.name for p in h.path(h.config_path).parent.iterdir()] == ["kube-apiserver.yaml"]
+    # delete: the installed script goes too; nothing of the program is left on the master
+    r = st.runner.run(v.conn, v.delete)
+    assert r.rc == 0, r.stderr
+    assert sorted(p.name for p in h.path("/var/lib/metrics-aggregation").iterdir()) == []
+
+
+def test_kubeadm_manifest_with_the_default_settings_names_each_problem(lab, make_stack):
+    """Default settings (CN aggregator, enableAggregatorRouting true) on kubeadm's front-proxy setup."""
+    h = kubeadm_host(lab)
+    st = make_stack([h], pki={"hosts": ["127.0.0.1"]})
+    r = Verify(st, h).run()
+    assert r.rc == 1
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "apiserver-aggregation: master k8s-master2: error: --requestheader-allowed-names=front-proxy-client does not "
+        "list 'aggregator' (pki.proxyClientCommonName)",
+        "apiserver-aggregation: master k8s-master2: error: --enable-aggregator-routing is not set "
+        "(apiserver.enableAggregatorRouting: true wants =true)",
+    ]
+
+
+def test_kubeadm_missing_front_proxy_file_is_named(lab, make_stack):
+    h = kubeadm_host(lab)
+    h.path(f"{PKI}/front-proxy-client.crt").unlink()
+    st = make_stack([h], **KUBEADM)
+    r = Verify(st, h).run()
+    assert r.rc == 1
+    assert r.stderr.splitlines() == [
+        "apiserver-aggregation: master k8s-master2: error: --proxy-client-cert-file="
+        "/etc/kubernetes/pki/front-proxy-client.crt: no such file"
+    ]
+
+
+SSL = "/etc/kubernetes/ssl"
+E = "apiserver-aggregation: master k8s-master1: error: "
+STD = "(the standard value, as kubeadm and this program set it)"
+# (what is changed in the hand-made env file, the problem lines verify must print: [] = passes)
+ENV_CASES = [
+    ("  --enable-aggregator-routing=true \\\n", "",
+     [E + "--enable-aggregator-routing is not set (apiserver.enableAggregatorRouting: true wants =true)"]),
+    ("--enable-aggregator-routing=true", "--enable-aggregator-routing=false",
+     [E + "--enable-aggregator-routing=false, expected --enable-aggregator-routing=true "
+          "(apiserver.enableAggregatorRouting: true wants =true)"]),
+    ("--enable-aggregator-routing=true", "--enable-aggregator-routing", []),  # a bare boolean flag is true
+    ("--requestheader-allowed-names=aggregator", "--requestheader-allowed-names=front-proxy-client",
+     [E + "--requestheader-allowed-names=front-proxy-client does not list 'aggregator' (pki.proxyClientCommonName)"]),
+    ("--requestheader-allowed-names=aggregator", "--requestheader-allowed-names=front-proxy-client,aggregator", []),
+    ("--requestheader-allowed-names=aggregator", "--requestheader-allowed-names=", []),  # empty: any CN
+    ("  --requestheader-allowed-names=aggregator \\\n", "", []),  # unset: any CN
+    ("--requestheader-group-headers=X-Remote-Group", "--requestheader-group-headers=X-Group",
+     [E + f"--requestheader-group-headers=X-Group, expected --requestheader-group-headers=X-Remote-Group {STD}"]),
+    ("  --requestheader-username-headers=X-Remote-User \\\n", "",
+     [E + f"--requestheader-username-headers is not set {STD}"]),
+    ("--requestheader-extra-headers-prefix=X-Remote-Extra-", "--requestheader-extra-headers-prefix=X-Extra-",
+     [E + "--requestheader-extra-headers-prefix=X-Extra-, expected "
+          f"--requestheader-extra-headers-prefix=X-Remote-Extra- {STD}"]),
+    ("  --requestheader-client-ca-file=/etc/kubernetes/ssl/aggregator-ca.pem \\\n", "",
+     [E + "--requestheader-client-ca-file is not set"]),
+    ("--proxy-client-cert-file=/etc/kubernetes/ssl/aggregator.pem",
+     "--proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt",
+     [E + "--proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt: no such file"]),
+    ("--proxy-client-key-file=/etc/kubernetes/ssl/aggregator-key.pem", "--proxy-client-key-file=/etc/kubernetes/ssl",
+     [E + "--proxy-client-key-file=/etc/kubernetes/ssl: not a regular file"]),
+    # the last occurrence wins, as in kube-apiserver
+    ("  --v=2\"", "  --requestheader-group-headers=X-Group --v=2\"",
+     [E + f"--requestheader-group-headers=X-Group, expected --requestheader-group-headers=X-Remote-Group {STD}"]),
+]
+
+
+def test_env_file_with_the_handmade_flags_passes_and_each_problem_is_named(lab, make_stack):
+    h = handmade_host(lab)
+    original = h.config_bytes()
+    st = make_stack([h])
+    v = Verify(st, h)
+    r = v.run()
+    assert r.rc == 0 and r.stderr == "", r.stderr
+    assert "kube-apiserver.conf (env-file) meets all 8 requirements" in r.stdout
+    for old, new, problems in ENV_CASES:
+        h.path(h.config_path).write_bytes(original)
+        edit(h, old, new)
+        r = v.run()
+        assert v.problems(r) == problems, f"{old!r} -> {new!r}"
+        assert r.rc == (1 if problems else 0), f"{old!r} -> {new!r}: rc {r.rc}"
+    # several problems at once: one line each, every one naming the master
+    h.path(h.config_path).write_bytes(original)
+    edit(h, "  --enable-aggregator-routing=true \\\n", "")
+    edit(h, "--requestheader-allowed-names=aggregator", "--requestheader-allowed-names=front-proxy-client")
+    os.unlink(h.path(f"{SSL}/aggregator-key.pem"))
+    r = v.run()
+    assert r.rc == 1 and len(v.problems(r)) == 3 and all(line.startswith(E) for line in v.problems(r))
+    assert state_files(h) == []
+
+
+def test_env_file_without_any_flags_region_is_a_clear_error(lab, make_stack):
+    h = handmade_host(lab)
+    st = make_stack([h])
+    h.path(h.config_path).write_text("# KUBE_APISERVER_OPTS moved to the unit\n")
+    r = Verify(st, h).run()
+    assert r.rc == 1
+    assert re.fullmatch(
+        E + r"cannot read /etc/kubernetes/kube-apiserver.conf as layout env-file: no variable assignment holding "
+        r"--flags .*\n", r.stderr), r.stderr
+
+
+def test_verify_delete_keeps_the_scripts_while_a_managed_step_needs_them(lab, make_stack):
+    """A host that another stack (or a step not yet deleted) manages with certs/flags keeps the scripts."""
+    h = handmade_host(lab)
+    st = make_stack([h])
+    commands = st.commands()
+    assert st.runner.up(commands).ok
+    v = Verify(st, h)
+    assert v.run().rc == 0
+    r = st.runner.run(v.conn, v.delete)
+    assert r.rc == 0 and "kept the host scripts" in r.stdout, r.stdout + r.stderr
+    assert h.path("/var/lib/metrics-aggregation/scripts").exists()
+    out = st.runner.destroy(commands)
+    assert out.ok, out.explain()
+    assert not h.path("/var/lib/metrics-aggregation/scripts").exists()
