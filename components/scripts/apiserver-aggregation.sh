@@ -1281,9 +1281,9 @@ check_file() { # --NAME WHY
 	elif [ -f "$path" ]; then
 		:
 	elif [ -e "$path" ]; then
-		problem "$name=$path: not a regular file"
+		problem "$name=$path: not a regular file$(why "$2")"
 	else
-		problem "$name=$path: no such file"
+		problem "$name=$path: no such file$(why "$2")"
 	fi
 }
 
