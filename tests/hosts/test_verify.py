@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components.apiserver import script_text, verify_options, verify_step_commands
+from tests.hosts import standin
 from tests.hosts.lab import Host
+from tests.hosts.test_editor import SCRIPT, config_file, manifest, words
 from tests.hosts.test_rollout import state_files
 from tests.hosts.test_takeover import cfssl_like_pems, handmade_host
 
@@ -205,3 +210,79 @@ def test_verify_delete_keeps_the_scripts_while_a_managed_step_needs_them(lab, ma
     out = st.runner.destroy(commands)
     assert out.ok, out.explain()
     assert not h.path("/var/lib/metrics-aggregation/scripts").exists()
+
+
+def test_after_the_programs_own_apply_verify_passes_on_every_layout(lab, make_stack):
+    hosts = [lab.add_host("m-env", "env-file"), lab.add_host("m-unit", "systemd-unit"), lab.add_host("m-pod", "static-pod")]
+    st = make_stack(hosts)
+    before = {h.name: Verify(st, h).run() for h in hosts}
+    for h in hosts:
+        r = before[h.name]
+        assert r.rc == 1 and len(r.stderr.splitlines()) == 7, r.stderr  # all but allowed-names (unset: any)
+        assert f"master {h.name}: error: --proxy-client-key-file is not set" in r.stderr
+    commands = st.commands()
+    out = st.runner.up(commands)
+    assert out.ok, out.explain()
+    for h in hosts:
+        r = Verify(st, h).run()
+        assert r.rc == 0 and "meets all 8 requirements" in r.stdout, f"{h.name}: {r.stderr}"
+    assert st.runner.destroy(commands).ok
+
+
+# ------------------------------------------------------------------ local: the listing, the options
+def verify_locally(tmp, layout: str, text: str, *requirements: str) -> subprocess.CompletedProcess:
+    cfg = tmp / "cfg"
+    cfg.write_bytes(text.encode())
+    args = ["bash", str(SCRIPT), "verify", "--master", "t", "--layout", layout, "--config-path", str(cfg), *requirements]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert cfg.read_bytes() == text.encode()
+    return r
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.one_of(config_file(), manifest().map(lambda m: ("static-pod", m[0]))), pick=st.integers(0, 100))
+def test_verify_reads_the_flags_as_systemd_and_the_kubelet_do(case, pick, tmp_path_factory):
+    """Every flag that systemd (EnvironmentFile / ExecStart) or the kubelet would pass, with its last value,
+    meets `--require`; one changed value gives exactly one problem line naming it."""
+    layout, text = case
+    args = standin.static_pod(text)[0] if layout == "static-pod" else words(layout, text)
+    flags = dict(a.split("=", 1) for a in args)
+    tmp = tmp_path_factory.mktemp("verify")
+    if not flags:
+        return
+    requirements = [x for k, v in flags.items() for x in ("--require", f"{k}={v}")]
+    r = verify_locally(tmp, layout, text, *requirements)
+    assert r.returncode == 0, r.stderr
+    assert f"meets all {len(flags)} requirements" in r.stdout
+    name = sorted(flags)[pick % len(flags)]
+    wrong = [x if x != f"{name}={flags[name]}" else f"{name}=other" for x in requirements]
+    r = verify_locally(tmp, layout, text, *wrong)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"apiserver-aggregation: master t: error: {name}={flags[name]}, expected {name}=other"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ([], "verify needs at least one --require"),
+    (["--why", "x", "--require", "--v=2"], "--why must follow a --require"),
+    (["--require", "--v"], "--require takes --NAME=VALUE, got '--v'"),
+    (["--require", "v=2"], "--require takes --NAME=VALUE, got 'v=2'"),
+    (["--require-file-flag", "--proxy-client-cert-file=/x"], "--require-file-flag takes a flag name (--NAME)"),
+    (["--require-listed", "--requestheader-allowed-names="], "--require-listed takes --NAME=ITEM"),
+    (["--layout", "kubeadm", "--require", "--v=2"], "--layout must be env-file, systemd-unit or static-pod, got 'kubeadm'"),
+])
+def test_verify_refuses_bad_options_before_reading(tmp_path, options, message):
+    state = tmp_path / "state"
+    args = ["bash", str(SCRIPT), "verify", "--master", "t", "--layout", "env-file", "--config-path",
+            str(tmp_path / "missing.conf"), "--state-dir", str(state), *options]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith("apiserver-aggregation: master t: error: ") and message in r.stderr, r.stderr
+    assert not state.exists()
+
+
+def test_verify_of_a_missing_config_file_names_it(tmp_path):
+    r = subprocess.run(["bash", str(SCRIPT), "verify", "--master", "cp1", "--layout", "static-pod", "--config-path",
+                        str(tmp_path / "kube-apiserver.yaml"), "--require", "--v=2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == (f"apiserver-aggregation: master cp1: error: {tmp_path}/kube-apiserver.yaml does not exist "
+                        "(layout static-pod): is this the kube-apiserver config file of this master?\n")
