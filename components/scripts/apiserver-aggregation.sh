@@ -244,7 +244,7 @@ keep_original() {
 		(umask 077 && printf '%s\n' "$meta" >"$KEPT/.$name.meta.tmp") || die "cannot write $KEPT/$name.meta"
 		publish_state "$KEPT/.$name.meta.tmp" "$KEPT/$name.meta"
 		TXN_RECORDS+=("$KEPT/$name.meta" "$KEPT/$name")
-		say "kept the original $target (mode $meta) in $KEPT: remove-certs puts it back"
+		say "kept the original $target (mode uid gid: $meta) in $KEPT: remove-certs puts it back"
 	else
 		(umask 077 && : >"$KEPT/.$name.absent.tmp") || die "cannot write in $KEPT"
 		publish_state "$KEPT/.$name.absent.tmp" "$KEPT/$name.absent"
@@ -301,8 +301,6 @@ txn_rollback() {
 		cleanup
 		CLEANUP=()
 		rmdir -- "$CERT_DIR" 2>/dev/null && warn "install-certs failed: removed $CERT_DIR (it created it)"
-		rm -f -- "$KEPT/cert-dir.created"
-		rmdir -- "$KEPT" 2>/dev/null || true
 	fi
 	return 0
 }
