@@ -31,7 +31,7 @@ KUBEADM = {"pki": {"hosts": ["127.0.0.1"], "proxyClientCommonName": "front-proxy
            "apiserver": {"readyTimeoutSeconds": 10, "enableAggregatorRouting": False}}
 
 
-def kubeadm_host(lab, name: str = "k8s-master2") -> Host:
+def kubeadm_host(lab, name: str = "k8s-master2", **kw) -> Host:
     """A kubeadm control plane: aggregation with the front-proxy files, no --enable-aggregator-routing."""
     pems = cfssl_like_pems()
     files = {
@@ -39,7 +39,7 @@ def kubeadm_host(lab, name: str = "k8s-master2") -> Host:
         f"{PKI}/front-proxy-client.crt": (pems["aggregator.pem"], 0o644, 0, 0),
         f"{PKI}/front-proxy-client.key": (pems["aggregator-key.pem"], 0o600, 0, 0),
     }
-    return lab.add_host(name, "static-pod", sample="kube-apiserver-kubeadm.yaml", files=files)
+    return lab.add_host(name, "static-pod", sample="kube-apiserver-kubeadm.yaml", files=files, **kw)
 
 
 class Verify:
@@ -96,6 +96,21 @@ def test_kubeadm_front_proxy_manifest_passes_and_changes_nothing(lab, make_stack
     r = st.runner.run(v.conn, v.delete)
     assert r.rc == 0, r.stderr
     assert sorted(p.name for p in h.path("/var/lib/metrics-aggregation").iterdir()) == []
+
+
+def test_kubeadm_as_a_sudo_user(lab, make_stack):
+    """A non-root SSH user with sudo: the manifest and the key (root, 0600) are read as root."""
+    user = lab.ensure_ops_user()
+    h = kubeadm_host(lab, sudo_user=user)
+    st = make_stack([h], ssh={"user": user, "port": 22, "privateKey": lab.client_key.read_text(), "sudo": True},
+                    **KUBEADM)
+    v = Verify(st, h)
+    assert v.create.startswith("sudo -n ") and v.delete.startswith("sudo -n ")
+    os.chmod(h.path(h.config_path), 0o600)
+    r = v.run()
+    assert r.rc == 0 and "meets all 7 requirements" in r.stdout, r.stderr
+    r = st.runner.run(v.conn, v.delete)
+    assert r.rc == 0 and not h.path("/var/lib/metrics-aggregation/scripts").exists(), r.stderr
 
 
 def test_kubeadm_manifest_with_the_default_settings_names_each_problem(lab, make_stack):
