@@ -357,6 +357,19 @@ check_targets() {
 	done < <(cert_files)
 }
 
+# remove_stale_temps [MINUTES]: the temp dirs (split PEMs, key included) and temp files that a run killed
+# outright (SIGKILL, power loss) left in the cert dir; only those older than MINUTES when given (a live
+# run takes seconds).
+remove_stale_temps() {
+	[ -d "$CERT_DIR" ] || return 0
+	local age=() f
+	[ -n "${1:-}" ] && age=(-mmin "+$1")
+	while IFS= read -r -d '' f; do
+		rm -rf -- "$f" && warn "removed $f, left behind by an install-certs/remove-certs that was killed"
+	done < <(find "$CERT_DIR" -mindepth 1 -maxdepth 1 \( -name '.aggregation.*' -o -name '.*.aggregation.*' \) \
+		"${age[@]+"${age[@]}"}" -print0 2>/dev/null)
+}
+
 same_mode_owner() { # FILE MODE UID GID
 	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
@@ -377,6 +390,7 @@ install_certs() {
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
 	check_targets
+	remove_stale_temps 10
 	# Records are taken only where this cert dir has never been installed to (no owner file): a cert
 	# dir installed by a version that kept nothing holds our own files, which are not originals.
 	[ -f "$(owner_file certs "$CERT_DIR")" ] || first=1
@@ -458,6 +472,7 @@ remove_certs() {
 			say "$CERT_DIR/$name already absent"
 		fi
 	done < <(cert_files)
+	remove_stale_temps
 	[ -d "$CERT_DIR" ] && fsync_paths "$CERT_DIR"
 	if [ -f "$KEPT/cert-dir.created" ] && [ -d "$CERT_DIR" ]; then
 		if rmdir -- "$CERT_DIR" 2>/dev/null; then

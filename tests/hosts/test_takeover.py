@@ -10,6 +10,9 @@ byte as they were, with their modes and owners, and the apiserver must restart a
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
+import signal
 import subprocess
 
 import pytest
@@ -18,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.hosts.lab import Host
+from tests.hosts.lab import Host, wait_for
 from tests.hosts.test_rollout import CERT_FILES, assert_certs, assert_flags_once, state_files
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(240)]
@@ -300,3 +303,49 @@ def test_symlinked_cert_file_is_refused_before_anything_is_written(lab, make_sta
     assert "apiserver.certDir" in r.stderr and "nothing written" in r.stderr
     assert_same(h, before, snapshot(h))
     assert h.path(f"{SSL}/aggregator.pem").is_symlink()
+
+
+def test_a_crash_between_two_writes_leaves_a_way_back(lab, make_stack):
+    """install-certs killed outright (SIGKILL: power loss, the OOM killer) after replacing the CA file and
+    before the cert file: no rollback runs and Pulumi records nothing. The originals were kept durably
+    before each write, so the next up does not take the program's CA file for an original, and destroy
+    gives back every user file; the temp dir the killed run left (key material) is gone."""
+    if not shutil.which("strace"):  # the crash is placed with strace's fault injection; never skipped
+        pytest.fail("strace is missing: apt-get install -y strace", pytrace=False)
+    h = handmade_host(lab)
+    before = snapshot(h)
+    st = make_stack([h])
+    commands = st.commands()
+    certs = next(c for c in commands if c["name"] == "k8s-master1-certs")
+    kept = h.path("/var/lib/metrics-aggregation/certs-etc_kubernetes_ssl.kept")
+    ours_ca = st.last.outputs["aggregatorCaCertPem"].encode()
+    # strace holds the rename onto aggregator.pem (the second write) for 60 s: the crash happens there
+    hold = f"{SSL}/aggregator.pem"
+    argv = ["nsenter", "-t", str(h.supervisor.pid), "-m", "-n", "--",
+            "strace", "-f", "-qq", "-o", "/dev/null", "-P", hold, "-e", "trace=rename,renameat,renameat2",
+            "-e", "inject=rename,renameat,renameat2:delay_enter=60000000", "sh", "-c", certs["create"]]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        p.stdin.write(certs["stdin"].encode())
+        p.stdin.close()
+        wait_for(lambda: (kept / "aggregator.pem.meta").exists()
+                 and h.path(f"{SSL}/aggregator-ca.pem").read_bytes() == ours_ca, "the first write", 30)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+    crashed = snapshot(h)
+    assert crashed[f"{SSL}/aggregator-ca.pem"][0] == ours_ca
+    assert crashed[f"{SSL}/aggregator.pem"] == before[f"{SSL}/aggregator.pem"]
+    assert crashed[f"{SSL}/aggregator-key.pem"] == before[f"{SSL}/aggregator-key.pem"]
+    assert [p.name for p in h.path(SSL).iterdir() if p.name.startswith(".aggregation.")], "expected the killed run's temp dir"
+
+    out = st.runner.up(commands)
+    assert out.ok, out.explain()
+    stdout = out["k8s-master1-certs"].stdout
+    assert "kept the original /etc/kubernetes/ssl/aggregator-ca.pem" not in stdout, "took the program's file for an original"
+    assert "kept the original /etc/kubernetes/ssl/aggregator-key.pem" in stdout
+    out = st.runner.destroy(commands)
+    assert out.ok, out.explain()
+    assert_same(h, before, snapshot(h))
+    assert_nothing_of_ours_left(h)
