@@ -1256,26 +1256,27 @@ read_flags() {
 	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
 		die "cannot read $CONFIG_PATH as layout $LAYOUT: $listing"
 	while IFS= read -r line; do
-		[ -n "$line" ] || continue
+		name=${line%%$'\t'*}
+		# only names kube-apiserver could have (the requirements are validated the same way)
+		[[ $name =~ ^--[a-z0-9][a-z0-9-]*$ ]] || continue
 		if [[ $line == *$'\t'* ]]; then
-			name=${line%%$'\t'*}
 			FVAL[$name]=${line#*$'\t'}
-			unset "FBARE[$name]"
+			FBARE[$name]=0
 		else
-			name=$line
 			FVAL[$name]=""
 			FBARE[$name]=1
 		fi
 	done <<<"$listing"
 }
 
-shown() { if [ -n "${FBARE[$1]+x}" ]; then printf '%s' "$1"; else printf '%s=%s' "$1" "${FVAL[$1]}"; fi; } # NAME
+is_bare() { [ "${FBARE[$1]:-0}" = 1 ]; } # NAME
+shown() { if is_bare "$1"; then printf '%s' "$1"; else printf '%s=%s' "$1" "${FVAL[$1]}"; fi; } # NAME
 
 check_equal() { # --NAME=VALUE WHY
 	local name=${1%%=*} want=${1#*=}
 	if [ -z "${FVAL[$name]+x}" ]; then
 		problem "$name is not set$(why "$2")"
-	elif [ -n "${FBARE[$name]+x}" ]; then
+	elif is_bare "$name"; then
 		[ "$want" = true ] || problem "$name is set without a value, expected $1$(why "$2")"
 	elif [ "${FVAL[$name]}" != "$want" ]; then
 		problem "$(shown "$name"), expected $1$(why "$2")"
