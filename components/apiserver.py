@@ -110,6 +110,58 @@ def host_command(action: str, options: Sequence[tuple[str, str]], *, sudo: bool)
     return _sudo(" ".join(shlex.quote(a) for a in argv), sudo)
 
 
+# apiserver.manage: false — the read-only check of a master that already runs aggregation (kubeadm's
+# front-proxy, a hand-made setup): which flags must hold what, and which must name existing files.
+VERIFY_HEADER_FLAGS = (
+    "--requestheader-extra-headers-prefix",
+    "--requestheader-group-headers",
+    "--requestheader-username-headers",
+)
+VERIFY_FILE_FLAGS = ("--requestheader-client-ca-file", "--proxy-client-cert-file", "--proxy-client-key-file")
+
+
+def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
+    """The options of `verify` on `master`: the header flags with the standard values (the ones this
+    program and kubeadm set), the CA/cert/key flags naming existing files, requestheader-allowed-names
+    empty or listing pki.proxyClientCommonName, and --enable-aggregator-routing=true when configured."""
+    flags = settings.apiserver_flags(master)
+    options = [
+        ("--master", master.name),
+        ("--layout", settings.master_layout(master).value),
+        ("--config-path", settings.master_config_path(master)),
+    ]
+    for name in VERIFY_HEADER_FLAGS:
+        options += [("--require", f"{name}={flags[name]}"), ("--why", "the standard value, as kubeadm and this program set it")]
+    options += [("--require-file-flag", name) for name in VERIFY_FILE_FLAGS]
+    options += [
+        ("--require-listed", f"--requestheader-allowed-names={settings.pki.proxy_client_common_name}"),
+        ("--why", "pki.proxyClientCommonName"),
+    ]
+    if settings.apiserver.enable_aggregator_routing:
+        options += [
+            ("--require", "--enable-aggregator-routing=true"),
+            ("--why", "apiserver.enableAggregatorRouting: true wants =true"),
+        ]
+    return options
+
+
+def verify_command(options: Sequence[tuple[str, str]], *, sudo: bool) -> str:
+    """`verify` with the installed script: the command line for a master whose script is already there."""
+    return host_command("verify", options, sudo=sudo)
+
+
+def verify_step_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
+    """(create, delete) of a master's verify step (apiserver.manage: false); its stdin is `script_text()`.
+
+    create: install the script from stdin (as the certs step does), then `verify`: it reads the config file
+    and changes nothing. delete: remove the installed scripts, unless a `.owner` file says a certs or flags
+    step (of this or another stack) still needs them."""
+    args = " ".join(shlex.quote(a) for pair in options for a in pair)
+    create = _install_script(f'exec bash "$f" verify {args}')
+    delete = "set -eu; " + _remove_scripts()
+    return _sudo(f"sh -c {shlex.quote(create)}", sudo), _sudo(f"sh -c {shlex.quote(delete)}", sudo)
+
+
 def _connection(settings: Settings, master: Master) -> command.remote.ConnectionArgs:
     ssh = settings.ssh
     key = pulumi.Output.secret(ssh.private_key) if ssh.private_key else None

@@ -26,8 +26,12 @@ READY_TIMEOUT=""
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
 LOCK=""
+KEPT=""
 VOLUME_NAME=aggregator-certs
 FLAGS=()
+REQ_KIND=() # verify: equal|file|listed, with REQ_ARG (--NAME=VALUE or --NAME) and REQ_WHY (may be empty)
+REQ_ARG=()
+REQ_WHY=()
 CLEANUP=()
 
 say() { printf '%s: %s: %s\n' "$PROG" "${MASTER:-?}" "$*" 2>/dev/null || true; }
@@ -45,13 +49,21 @@ usage: apiserver-aggregation <action> [options]
                 --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
                 [--state-dir DIR] [--log-command CMD] --flag --NAME=VALUE [--flag --NAME=VALUE ...]
   check         the same options as apply: print what apply would change, change nothing
+  verify        --master NAME --layout L --config-path PATH   (read-only: changes nothing)
+                [--require --NAME=VALUE] [--require-file-flag --NAME] [--require-listed --NAME=ITEM]
+                (each may be followed by --why TEXT, shown with its problem)
 EOF
 }
 cleanup() {
 	local f
 	for f in "${CLEANUP[@]+"${CLEANUP[@]}"}"; do rm -rf -- "$f" 2>/dev/null || true; done
 }
-trap cleanup EXIT
+on_exit() {
+	# an install-certs that did not reach txn_commit puts back what it replaced, before its temp files go
+	if [ "${TXN_OPEN:-0}" = 1 ]; then txn_rollback; fi
+	cleanup
+}
+trap on_exit EXIT
 
 now_ms() { # milliseconds since the epoch; bash 5 has it built in, older bash forks date
 	local t
@@ -102,6 +114,19 @@ parse_args() {
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
 		--flag) FLAGS+=("$val") ;;
+		--require | --require-file-flag | --require-listed)
+			case $opt in
+			--require) REQ_KIND+=(equal) ;;
+			--require-file-flag) REQ_KIND+=(file) ;;
+			*) REQ_KIND+=(listed) ;;
+			esac
+			REQ_ARG+=("$val")
+			REQ_WHY+=("")
+			;;
+		--why)
+			[ ${#REQ_KIND[@]} -gt 0 ] || die "--why must follow a --require, --require-file-flag or --require-listed"
+			REQ_WHY[${#REQ_KIND[@]} - 1]=$val
+			;;
 		*) die "unknown option $opt" ;;
 		esac
 	done
@@ -157,7 +182,129 @@ validate_host_opts() {
 	command -v curl >/dev/null 2>&1 || command -v wget >/dev/null 2>&1 || die "curl (or wget) is required to poll $READYZ_URL"
 }
 
+# ------------------------------------------------------------------------------------------- ownership
+# Which Pulumi resource (its --master name) manages a config file or a cert dir on this host. A master
+# renamed in the stack is a new resource: Pulumi runs the new name's create first and the old name's
+# delete last, and that delete must not undo what the new name now owns. Ownership moves on every
+# successful apply/install-certs; revert/remove-certs by a former owner leave things alone.
+path_key() { printf '%s' "${1#/}" | tr -c 'A-Za-z0-9._-' '_'; } # PATH -> one file name
+owner_file() { # KIND PATH
+	printf '%s/%s-%s.owner\n' "$STATE_DIR" "$1" "$(path_key "$2")"
+}
+ensure_state_dir() {
+	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
+}
+claim() { # KIND PATH
+	local f
+	f=$(owner_file "$1" "$2")
+	ensure_state_dir
+	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
+	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
+	mv -f "$f.tmp" "$f" || die "cannot write $f"
+}
+owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
+	local f owner
+	f=$(owner_file "$1" "$2")
+	[ -f "$f" ] || return 1
+	owner=$(cat -- "$f")
+	[ "$owner" != "$MASTER" ] || return 1
+	printf '%s\n' "$owner"
+}
+release() { rm -f -- "$(owner_file "$1" "$2")"; } # KIND PATH
+
+# ------------------------------------------------------------------------------------- kept originals
+# What the cert dir held before the program's first write, so that remove-certs can give it back:
+# STATE/certs-<dir>.kept/ (0700), keyed by the cert dir (not by --master: a renamed master's records
+# are the same records) with, per file name:
+#   NAME + NAME.meta   the original bytes and "MODE UID GID" (.meta is written last: it completes the record)
+#   NAME.absent        the file did not exist
+# and cert-dir.created when the program created the cert dir. Records are taken once, before the first
+# write, and dropped by remove-certs after it put everything back.
+kept_dir() { printf '%s/certs-%s.kept\n' "$STATE_DIR" "$(path_key "$CERT_DIR")"; }
+has_record() { [ -f "$KEPT/$1.meta" ] || [ -f "$KEPT/$1.absent" ]; } # NAME
+
+# fsync: coreutils sync takes files (8.24+); elsewhere sync everything
+fsync_paths() { sync -- "$@" 2>/dev/null || sync; }
+
+# publish_state SRC DEST: SRC (in the kept dir) becomes DEST durably: fsync, rename, fsync the directory
+publish_state() {
+	fsync_paths "$1"
+	mv -f -- "$1" "$2" || die "cannot write $2"
+	fsync_paths "$(dirname -- "$2")"
+}
+
+# keep_original NAME: record NAME of the cert dir (a copy and its mode/owner, or "absent") before the
+# first write, durably, so that even a crash right after the write leaves the way back.
+keep_original() {
+	local name=$1 target=$CERT_DIR/$1 meta
+	if [ -f "$target" ]; then
+		meta=$(stat -c '%a %u %g' -- "$target") || die "cannot stat $target"
+		(umask 077 && cat -- "$target" >"$KEPT/.$name.tmp") || die "cannot keep a copy of $target in $KEPT"
+		publish_state "$KEPT/.$name.tmp" "$KEPT/$name"
+		(umask 077 && printf '%s\n' "$meta" >"$KEPT/.$name.meta.tmp") || die "cannot write $KEPT/$name.meta"
+		publish_state "$KEPT/.$name.meta.tmp" "$KEPT/$name.meta"
+		TXN_RECORDS+=("$KEPT/$name.meta" "$KEPT/$name")
+		say "kept the original $target (mode uid gid: $meta) in $KEPT: remove-certs puts it back"
+	else
+		(umask 077 && : >"$KEPT/.$name.absent.tmp") || die "cannot write in $KEPT"
+		publish_state "$KEPT/.$name.absent.tmp" "$KEPT/$name.absent"
+		TXN_RECORDS+=("$KEPT/$name.absent")
+	fi
+}
+
+# restore_original NAME: put the kept copy back over CERT_DIR/NAME (temp file + rename), mode and owner.
+restore_original() {
+	local name=$1 target=$CERT_DIR/$1 mode uid gid tmp
+	read -r mode uid gid <"$KEPT/$name.meta" || die "cannot read $KEPT/$name.meta"
+	tmp=$(umask 077 && mktemp "$CERT_DIR/.$name.aggregation.XXXXXX") || die "cannot create a temp file in $CERT_DIR"
+	CLEANUP+=("$tmp")
+	cat -- "$KEPT/$name" >"$tmp" || die "cannot write $tmp"
+	chown "$uid:$gid" "$tmp" || die "cannot give $tmp the original owner $uid:$gid"
+	chmod "$mode" "$tmp" || die "cannot give $tmp the original mode $mode"
+	fsync_paths "$tmp"
+	mv -f -- "$tmp" "$target" || die "cannot rename $tmp to $target"
+	say "$target restored (the original: mode $mode, owner $uid:$gid)"
+}
+
 # ------------------------------------------------------------------------------------------- certificates
+# install-certs is one transaction: each file it replaces is hard-linked into TXN_UNDO first, and any
+# failure after the first write (an EXIT without txn_commit) puts those back, drops the records this
+# run took and removes the cert dir if this run created it. A failed create leaves no Pulumi resource,
+# so no remove-certs would ever run to do it.
+TXN_OPEN=0
+TXN_UNDO=""
+TXN_DONE=()
+TXN_RECORDS=()
+TXN_DIR_CREATED=0
+txn_commit() { TXN_OPEN=0; }
+txn_rollback() {
+	local i name n=0
+	TXN_OPEN=0
+	for ((i = ${#TXN_DONE[@]} - 1; i >= 0; i--)); do
+		name=${TXN_DONE[i]}
+		if [ -e "$TXN_UNDO/$name" ]; then
+			# the rename never happened: the same inode (or, a copy, the same bytes, mode and owner)
+			[ "$TXN_UNDO/$name" -ef "$CERT_DIR/$name" ] && continue
+			same_file "$TXN_UNDO/$name" "$CERT_DIR/$name" &&
+				[ "$(stat -c '%a %u %g' -- "$TXN_UNDO/$name")" = "$(stat -c '%a %u %g' -- "$CERT_DIR/$name")" ] && continue
+			mv -f -- "$TXN_UNDO/$name" "$CERT_DIR/$name" 2>/dev/null || warn "could not put back $CERT_DIR/$name"
+		else
+			[ -e "$CERT_DIR/$name" ] || continue
+			rm -f -- "$CERT_DIR/$name" 2>/dev/null || warn "could not remove $CERT_DIR/$name"
+		fi
+		n=$((n + 1))
+	done
+	for name in "${TXN_RECORDS[@]+"${TXN_RECORDS[@]}"}"; do rm -f -- "$name" 2>/dev/null || true; done
+	[ ${#TXN_RECORDS[@]} -eq 0 ] || rmdir -- "$KEPT" 2>/dev/null || true
+	[ "$n" -gt 0 ] && warn "install-certs failed: put back the $n file(s) it had replaced in $CERT_DIR"
+	if [ "$TXN_DIR_CREATED" = 1 ]; then
+		cleanup
+		CLEANUP=()
+		rmdir -- "$CERT_DIR" 2>/dev/null && warn "install-certs failed: removed $CERT_DIR (it created it)"
+	fi
+	return 0
+}
+
 cert_files() { printf '%s\n' aggregator-ca.pem aggregator.pem aggregator-key.pem; }
 
 # split_pem DIR: split the PEM blocks on stdin into DIR/1, DIR/2, ... (DIR empty: only check them);
@@ -197,36 +344,42 @@ split_pem() {
 		}'
 }
 
-# ------------------------------------------------------------------------------------------- ownership
-# Which Pulumi resource (its --master name) manages a config file or a cert dir on this host. A master
-# renamed in the stack is a new resource: Pulumi runs the new name's create first and the old name's
-# delete last, and that delete must not undo what the new name now owns. Ownership moves on every
-# successful apply/install-certs; revert/remove-certs by a former owner leave things alone.
-owner_file() { # KIND PATH
-	printf '%s/%s-%s.owner\n' "$STATE_DIR" "$1" "$(printf '%s' "${2#/}" | tr -c 'A-Za-z0-9._-' '_')"
+# check_targets: only regular files (or nothing) are replaced; anything else is refused up front.
+check_targets() {
+	local name target
+	while IFS= read -r name; do
+		target=$CERT_DIR/$name
+		if [ -L "$target" ]; then
+			die "$target is a symbolic link: replace it by the file it points to, or set apiserver.certDir to another directory (nothing written)"
+		elif [ -e "$target" ] && [ ! -f "$target" ]; then
+			die "$target exists and is not a regular file (nothing written)"
+		fi
+	done < <(cert_files)
 }
-claim() { # KIND PATH
-	local f
-	f=$(owner_file "$1" "$2")
-	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
-	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
-	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
-	mv -f "$f.tmp" "$f" || die "cannot write $f"
+
+# remove_stale_temps [MINUTES]: the temp dirs (split PEMs, key included) and temp files that a run killed
+# outright (SIGKILL, power loss) left in the cert dir; only those older than MINUTES when given (a live
+# run takes seconds).
+remove_stale_temps() {
+	[ -d "$CERT_DIR" ] || return 0
+	local age=() f
+	[ -n "${1:-}" ] && age=(-mmin "+$1")
+	while IFS= read -r -d '' f; do
+		rm -rf -- "$f" && warn "removed $f, left behind by an install-certs/remove-certs that was killed"
+	done < <(find "$CERT_DIR" -mindepth 1 -maxdepth 1 \( -name '.aggregation.*' -o -name '.*.aggregation.*' \) \
+		"${age[@]+"${age[@]}"}" -print0 2>/dev/null)
 }
-owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
-	local f owner
-	f=$(owner_file "$1" "$2")
-	[ -f "$f" ] || return 1
-	owner=$(cat -- "$f")
-	[ "$owner" != "$MASTER" ] || return 1
-	printf '%s\n' "$owner"
+
+same_mode_owner() { # FILE MODE UID GID
+	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
-release() { rm -f -- "$(owner_file "$1" "$2")"; } # KIND PATH
 
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
-	local pem tmp kinds i name mode target t2 owner_note="" as_root=0
-	[ "$(id -u)" = 0 ] && as_root=1
+	local pem tmp kinds i name mode target t2 uid gid first=0
+	uid=$(id -u)
+	gid=$(id -g)
+	[ "$uid" = 0 ] && gid=0
 	# stdin is read once, into memory (a shell variable is neither argv nor environment), and checked
 	# before anything is created or written.
 	pem=$(timeout 60 cat) || die "could not read the certificates from stdin"
@@ -236,13 +389,31 @@ install_certs() {
 	CCK) ;;
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
+	check_targets
+	remove_stale_temps 10
+	# Records are taken only where this cert dir has never been installed to (no owner file): a cert
+	# dir installed by a version that kept nothing holds our own files, which are not originals.
+	[ -f "$(owner_file certs "$CERT_DIR")" ] || first=1
+	KEPT=$(kept_dir)
+	ensure_state_dir
+	if [ ! -d "$KEPT" ]; then install -d -m 0700 "$KEPT" || die "cannot create $KEPT"; fi
+	trap 'exit 143' TERM INT
+	TXN_OPEN=1
 	if [ ! -d "$CERT_DIR" ]; then
+		if [ ! -f "$KEPT/cert-dir.created" ]; then
+			(umask 077 && : >"$KEPT/.cert-dir.created.tmp") || die "cannot write in $KEPT"
+			publish_state "$KEPT/.cert-dir.created.tmp" "$KEPT/cert-dir.created"
+			TXN_RECORDS+=("$KEPT/cert-dir.created")
+		fi
 		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
+		TXN_DIR_CREATED=1
 		say "created $CERT_DIR (0755)"
 	fi
 	# A private temp dir in the cert dir: same filesystem (rename is atomic), mode 0700, removed on exit.
 	tmp=$(umask 077 && mktemp -d "$CERT_DIR/.aggregation.XXXXXX") || die "cannot create a temp dir in $CERT_DIR"
 	CLEANUP+=("$tmp")
+	TXN_UNDO=$tmp/undo
+	mkdir -m 0700 "$TXN_UNDO" || die "cannot create $TXN_UNDO"
 	kinds=$(umask 077 && printf '%s\n' "$pem" | split_pem "$tmp") || die "could not split the certificates"
 	[ "$kinds" = CCK ] || die "the certificates on stdin changed while reading them"
 	pem=""
@@ -252,25 +423,26 @@ install_certs() {
 		mode=0644
 		[ "$name" = aggregator-key.pem ] && mode=0600
 		target="$CERT_DIR/$name"
-		if same_file "$tmp/$i" "$target"; then
-			# Same bytes: not rewritten; still make sure mode and owner are right.
-			chmod "$mode" "$target" || die "cannot chmod $target"
-			[ "$as_root" = 1 ] && { chown 0:0 "$target" || die "cannot chown $target"; }
+		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
+		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$uid" "$gid"; then
 			say "$target unchanged"
 			continue
 		fi
 		t2="$tmp/$name.new"
-		if [ "$as_root" = 1 ]; then
-			install -m "$mode" -o 0 -g 0 "$tmp/$i" "$t2" || die "cannot write $t2"
-			owner_note=" root:root"
-		else
-			install -m "$mode" "$tmp/$i" "$t2" || die "cannot write $t2"
-			owner_note=" $(id -un)"
+		install -m "$mode" -o "$uid" -g "$gid" "$tmp/$i" "$t2" || die "cannot write $t2"
+		fsync_paths "$t2"
+		# what this run replaces, for txn_rollback: the old inode itself (a copy where links fail)
+		if [ -f "$target" ]; then
+			ln -- "$target" "$TXN_UNDO/$name" 2>/dev/null || cp -p -- "$target" "$TXN_UNDO/$name" ||
+				die "cannot keep $target for a rollback"
 		fi
-		mv -f "$t2" "$target" || die "cannot rename into $target"
-		say "$target written ($mode$owner_note)"
+		TXN_DONE+=("$name")
+		mv -f -- "$t2" "$target" || die "cannot rename into $target"
+		say "$target written ($mode $(id -un):$(id -gn))"
 	done < <(cert_files)
+	fsync_paths "$CERT_DIR"
 	claim certs "$CERT_DIR"
+	txn_commit
 }
 
 remove_certs() {
@@ -280,15 +452,39 @@ remove_certs() {
 		say "kept the certificates in $CERT_DIR: master resource '$owner' manages them now (a renamed master?)"
 		return 0
 	fi
+	KEPT=$(kept_dir)
+	if [ ! -d "$KEPT" ] && [ ! -f "$(owner_file certs "$CERT_DIR")" ]; then
+		# Nothing of ours here (a retried delete after a complete one): the files are the user's.
+		say "nothing to remove: no record of an install-certs in $STATE_DIR for $CERT_DIR"
+		return 0
+	fi
+	if [ ! -d "$CERT_DIR" ] && [ -d "$KEPT" ] && ls "$KEPT"/*.meta >/dev/null 2>&1; then
+		install -d -m 0755 "$CERT_DIR" || die "cannot create $CERT_DIR"
+		warn "$CERT_DIR was gone; created it again to put the original files back"
+	fi
 	while IFS= read -r name; do
-		if [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
+		if [ -f "$KEPT/$name.meta" ]; then
+			restore_original "$name"
+		elif [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
 			rm -f -- "$CERT_DIR/$name" || die "cannot remove $CERT_DIR/$name"
 			say "$CERT_DIR/$name removed"
 		else
 			say "$CERT_DIR/$name already absent"
 		fi
 	done < <(cert_files)
+	remove_stale_temps
+	[ -d "$CERT_DIR" ] && fsync_paths "$CERT_DIR"
+	if [ -f "$KEPT/cert-dir.created" ] && [ -d "$CERT_DIR" ]; then
+		if rmdir -- "$CERT_DIR" 2>/dev/null; then
+			say "$CERT_DIR removed (install-certs created it)"
+		else
+			say "kept $CERT_DIR: install-certs created it, but it holds other files now"
+		fi
+	fi
+	# The owner file goes before the records: a delete retried after a crash in between still finds
+	# the records and restores again (the same bytes), instead of taking the originals for ours.
 	release certs "$CERT_DIR"
+	rm -rf -- "$KEPT" || die "cannot remove $KEPT"
 }
 
 # --------------------------------------------------------------------------------------- config editing
@@ -646,6 +842,11 @@ function do_revert(   r, name) {
 	undo_volumes()
 	if ("@volumes" in REC) rep("- hostPath volume " RAW["@volumes"] " (removed)")
 }
+# ---- read-only listing (verify): the flags of the region, NAME<TAB>VALUE, or NAME alone when bare
+function list_flags(   k) {
+	if (!scan()) { print ERR > "/dev/stderr"; return }
+	for (k = 1; k <= NT; k++) print TNAME[k] (TFORM[k] == "bare" ? "" : "\t" TVAL[k])
+}
 BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
 {
 	c = 0; line = $0
@@ -653,6 +854,7 @@ BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
 	n++; L[n] = line; CR[n] = c
 }
 END {
+	if (mode == "list") { list_flags(); exit (ERR != "") ? 3 : 0 }
 	while ((getline line < want) > 0) {
 		split(line, f, "\t"); NW++; WN[NW] = f[1]; WV[NW] = f[2]; WT[NW] = f[3]; WANT[f[1]] = 1
 	}
@@ -970,7 +1172,9 @@ do_revert() {
 		return 0
 	fi
 	if [ ! -f "$RECORD" ]; then
-		rm -f "$LOCK"
+		# An apply that found every flag already set (a hand-made setup) records nothing but owns the
+		# file: let go of it, or the scripts would be kept for an owner that no longer exists.
+		rm -f "$LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
 		return 0
 	fi
@@ -1012,6 +1216,119 @@ do_revert() {
 	rollback "$prev" "$prev_rec" 0
 }
 
+# ------------------------------------------------------------------------------------------------ verify
+# verify (apiserver.manage: false): read the layout's config file with the editor's own region finder
+# and check the flags against the requirements. It writes nothing: no state dir, no lock (the config
+# file is only ever replaced by rename, so a read sees a whole old or a whole new file), no temp file.
+PROBLEMS=0
+declare -A FVAL=() FBARE=()
+problem() {
+	printf '%s: master %s: error: %s\n' "$PROG" "${MASTER:-?}" "$*" >&2 2>/dev/null || true
+	PROBLEMS=$((PROBLEMS + 1))
+}
+why() { [ -z "$1" ] || printf ' (%s)' "$1"; } # WHY -> " (WHY)" or nothing
+
+validate_verify_opts() {
+	need_abs --config-path "$CONFIG_PATH"
+	case $LAYOUT in
+	env-file | systemd-unit | static-pod) ;;
+	*) die "--layout must be env-file, systemd-unit or static-pod, got '$LAYOUT'" ;;
+	esac
+	[ ${#REQ_KIND[@]} -gt 0 ] || die "verify needs at least one --require, --require-file-flag or --require-listed"
+	local i arg
+	for i in "${!REQ_KIND[@]}"; do
+		arg=${REQ_ARG[i]}
+		case $arg in *[[:cntrl:]]*) die "requirement '$arg' contains control characters" ;; esac
+		case ${REQ_KIND[i]}:$arg in
+		file:--[a-z0-9]*) case $arg in *=* | *[!a-z0-9-]*) die "--require-file-flag takes a flag name (--NAME), got '$arg'" ;; esac ;;
+		equal:--[a-z0-9]*=* | listed:--[a-z0-9]*=?*) ;;
+		equal:*) die "--require takes --NAME=VALUE, got '$arg'" ;;
+		*) die "--require-listed takes --NAME=ITEM, got '$arg'" ;;
+		esac
+	done
+}
+
+# read_flags: FVAL[--name]=value of the last occurrence (kube-apiserver: the last one wins); FBARE[--name]=1
+# for a flag given without a value
+read_flags() {
+	local listing line name
+	[ -f "$CONFIG_PATH" ] || die "$CONFIG_PATH does not exist (layout $LAYOUT): is this the kube-apiserver config file of this master?"
+	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
+		die "cannot read $CONFIG_PATH as layout $LAYOUT: $listing"
+	while IFS= read -r line; do
+		name=${line%%$'\t'*}
+		# only names kube-apiserver could have (the requirements are validated the same way)
+		[[ $name =~ ^--[a-z0-9][a-z0-9-]*$ ]] || continue
+		if [[ $line == *$'\t'* ]]; then
+			FVAL[$name]=${line#*$'\t'}
+			FBARE[$name]=0
+		else
+			FVAL[$name]=""
+			FBARE[$name]=1
+		fi
+	done <<<"$listing"
+}
+
+is_bare() { [ "${FBARE[$1]:-0}" = 1 ]; } # NAME
+shown() { if is_bare "$1"; then printf '%s' "$1"; else printf '%s=%s' "$1" "${FVAL[$1]}"; fi; } # NAME
+
+check_equal() { # --NAME=VALUE WHY
+	local name=${1%%=*} want=${1#*=}
+	if [ -z "${FVAL[$name]+x}" ]; then
+		problem "$name is not set$(why "$2")"
+	elif is_bare "$name"; then
+		[ "$want" = true ] || problem "$name is set without a value, expected $1$(why "$2")"
+	elif [ "${FVAL[$name]}" != "$want" ]; then
+		problem "$(shown "$name"), expected $1$(why "$2")"
+	fi
+}
+
+check_file() { # --NAME WHY
+	local name=$1 path
+	if [ -z "${FVAL[$name]+x}" ]; then
+		problem "$name is not set$(why "$2")"
+		return
+	fi
+	path=${FVAL[$name]}
+	if [ -z "$path" ]; then
+		problem "$name is set without a file name$(why "$2")"
+	elif [ -f "$path" ]; then
+		:
+	elif [ -e "$path" ]; then
+		problem "$name=$path: not a regular file$(why "$2")"
+	else
+		problem "$name=$path: no such file$(why "$2")"
+	fi
+}
+
+check_listed() { # --NAME=ITEM WHY: unset or empty means "any"; else a comma list that must hold ITEM
+	local name=${1%%=*} item=${1#*=} entry
+	[ -n "${FVAL[$name]:-}" ] || return 0
+	local -a entries
+	IFS=, read -r -a entries <<<"${FVAL[$name]}"
+	for entry in "${entries[@]}"; do
+		entry=${entry#"${entry%%[![:space:]]*}"}
+		entry=${entry%"${entry##*[![:space:]]}"}
+		[ "$entry" = "$item" ] && return 0
+	done
+	problem "$(shown "$name") does not list '$item'$(why "$2")"
+}
+
+do_verify() {
+	validate_verify_opts
+	read_flags
+	local i
+	for i in "${!REQ_KIND[@]}"; do
+		case ${REQ_KIND[i]} in
+		equal) check_equal "${REQ_ARG[i]}" "${REQ_WHY[i]}" ;;
+		file) check_file "${REQ_ARG[i]}" "${REQ_WHY[i]}" ;;
+		listed) check_listed "${REQ_ARG[i]}" "${REQ_WHY[i]}" ;;
+		esac
+	done
+	[ "$PROBLEMS" = 0 ] || exit 1
+	say "verify: $CONFIG_PATH ($LAYOUT) meets all ${#REQ_KIND[@]} requirements: aggregation is configured"
+}
+
 main() {
 	parse_args "$@"
 	case $ACTION in
@@ -1019,6 +1336,7 @@ main() {
 	remove-certs) remove_certs ;;
 	apply | check) do_apply ;;
 	revert) do_revert ;;
+	verify) do_verify ;;
 	-h | --help | help) usage ;;
 	*)
 		usage

@@ -159,6 +159,22 @@ class Host:
             out.append((down, float("inf")))
         return out
 
+    def put_file(self, inside: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+        """Write a file inside the host as its admin would have left it (parents 0755, then mode, owner)."""
+        target = self.path(inside)
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_bytes(data)
+        os.chown(target, uid, gid)
+        os.chmod(target, mode)
+
+    def file_state(self, inside: str) -> tuple[bytes, int, int, int] | None:
+        """(bytes, mode, uid, gid) of a file inside the host; None when it does not exist."""
+        target = self.path(inside)
+        if not target.exists():
+            return None
+        st = os.stat(target)
+        return target.read_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid
+
     def readyz(self) -> int:
         """HTTP status of https://127.0.0.1:6443/readyz inside the host (0: no answer)."""
         p = sh("ip", "netns", "exec", self.ns, "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
@@ -291,7 +307,10 @@ class Lab:
         return OPS_USER
 
     def add_host(self, name: str, layout: str | None = "env-file", *, behind: Host | None = None,
-                 sample: str | None = None, startup_seconds: float = 0.6, sudo_user: str | None = None) -> Host:
+                 sample: str | None = None, startup_seconds: float = 0.6, sudo_user: str | None = None,
+                 files: dict[str, tuple[bytes, int, int, int]] | None = None) -> Host:
+        """`files`: inside path -> (bytes, mode, uid, gid), on the host before its apiserver first starts
+        (the state an earlier, hand-made setup left behind)."""
         i = len(self.hosts)
         if i >= 60:
             raise LabError("at most 60 hosts per lab")
@@ -329,6 +348,8 @@ class Lab:
         host = Host(self, name, i, ns, address, hostdir, layout, behind)
         self.hosts.append(host)
         self._write_host_files(host, sample, startup_seconds, sudo_user)
+        for inside, (data, mode, uid, gid) in (files or {}).items():
+            host.put_file(inside, data, mode, uid, gid)
         self._start(host)
         return host
 

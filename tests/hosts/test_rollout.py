@@ -227,8 +227,10 @@ def test_refused_flag_rolls_back_and_names_the_host(lab, make_stack, layout):
     # host 1: old file, old flags, ready; no record of a change that did not happen
     assert h1.config_bytes() == before1
     assert h1.readyz() == 200 and h1.running_flags() == running_before
-    # only the installed certificates are recorded (their step succeeded): no record of a flag change
-    assert state_files(h1) == [f"certs-{st.cert_dir(h1).strip('/').replace('/', '_')}.owner"]
+    # only the installed certificates are recorded (their step succeeded: its owner and what the cert dir
+    # held before, for remove-certs): no record of a flag change
+    key = st.cert_dir(h1).strip("/").replace("/", "_")
+    assert state_files(h1) == [f"certs-{key}.kept", f"certs-{key}.owner"]
     # host 2: certs only, never restarted
     assert h2.config_bytes() == before2 and h2.restarts() == 0
     assert_never_two_down([h1, h2])
