@@ -204,19 +204,24 @@ class ApiserverAggregation(pulumi.ComponentResource):
 
     flags: dict[str, str]
     final_steps: list[pulumi.Resource]  # every master's flags step, in rollout order
-    done: pulumi.Resource  # the last flags step: it transitively waits for every master
+    # what metrics-server waits for: the last flags step (it transitively waits for every master), or
+    # every master's verify step with apiserver.manage: false
+    done: list[pulumi.Resource]
 
     def __init__(
         self,
         name: str,
         settings: Settings,
         *,
-        ca_cert_pem: pulumi.Input[str],
-        proxy_cert_pem: pulumi.Input[str],
-        proxy_key_pem: pulumi.Input[str],
+        ca_cert_pem: pulumi.Input[str] | None = None,
+        proxy_cert_pem: pulumi.Input[str] | None = None,
+        proxy_key_pem: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("metrics-aggregation:apiserver:ApiserverAggregation", name, None, opts)
+        if not settings.apiserver.manage:
+            self._verify_only(settings)
+            return
         # stdin of every certs step: the host script, then the PEMs (secret as a whole)
         stdin = pulumi.Output.secret(
             pulumi.Output.all(ca_cert_pem, proxy_cert_pem, proxy_key_pem).apply(
@@ -245,9 +250,23 @@ class ApiserverAggregation(pulumi.ComponentResource):
                          [certs] + ([previous] if previous else []))
             previous = flags
             self.final_steps.append(flags)
-        self.done = self.final_steps[-1]
+        self.done = [self.final_steps[-1]]
         # the `apiserverFlags` output: what every master gets (no master's own extraFlags)
         self.flags = settings.apiserver_flags()
+        self.register_outputs({"flags": self.flags})
+
+    def _verify_only(self, settings: Settings) -> None:
+        """apiserver.manage: false: the apiservers already run aggregation (kubeadm's front-proxy, a
+        hand-made setup), so nothing is written; a read-only `<master>-verify` step per master fails `up`
+        naming the master and each missing or mismatched flag. The steps change nothing, so they run in
+        parallel, and metrics-server waits for all of them. They re-run when their options change."""
+        self.final_steps = []
+        for master in settings.masters:
+            create, delete = verify_step_commands(verify_options(settings, master), sudo=settings.ssh.sudo)
+            step = self._step(master, _connection(settings, master), "verify", create, delete, [], stdin=script_text())
+            self.final_steps.append(step)
+        self.done = list(self.final_steps)
+        self.flags = {}  # this program sets no flag
         self.register_outputs({"flags": self.flags})
 
     def _step(

@@ -3,6 +3,9 @@
     AggregatorCA ─► ProxyClientCert ─► ApiserverAggregation (certs ∥, flags master1 → master2 → …)
                                               └─► MetricsServer (after every master) ─► APIService Available
 
+With apiserver.manage: false, ApiserverAggregation only verifies every master (read-only, in parallel) and
+no certificate is made.
+
 `__main__.py` calls `build` with the validated stack config and exports what it returns; the tests
 call it the same way under Pulumi's mocks.
 """
@@ -17,6 +20,8 @@ from components.pki import AggregatorCA, ProxyClientCert
 
 def build(settings: Settings) -> dict[str, object]:
     """Register every resource; return the stack outputs (design.md "Outputs": the contract)."""
+    if not settings.apiserver.manage:
+        return _verify_only(settings)
     ca = AggregatorCA("aggregator-ca", settings.pki)
     ips, dns = settings.cert_sans()
     proxy = ProxyClientCert("proxy-client", settings.pki, ca, ip_addresses=ips, dns_names=dns)
@@ -29,11 +34,26 @@ def build(settings: Settings) -> dict[str, object]:
     )
     # One edge to the last flags step covers every master (the steps form a chain); an edge to each
     # would make the SDK's cycle check quadratic in the number of masters.
-    metrics = MetricsServer("metrics-server", settings.metrics_server, depends_on=[apiserver.done])
+    metrics = MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done)
+    return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem, proxy=proxy)
+
+
+def _verify_only(settings: Settings) -> dict[str, object]:
+    """apiserver.manage: false: the apiservers keep their own aggregation CA, cert and flags (kubeadm's
+    front-proxy, a hand-made setup). No certificate is made; every master is checked, read-only, and
+    metrics-server follows. The CA output is pki.existingCa's certificate when the stack gives it."""
+    ca = AggregatorCA("aggregator-ca", settings.pki) if settings.pki.existing_ca else None
+    apiserver = ApiserverAggregation("apiserver", settings)
+    metrics = MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done)
+    return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem if ca else None, proxy=None)
+
+
+def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer, *,
+             ca_cert_pem: object, proxy: ProxyClientCert | None) -> dict[str, object]:
     return {
-        "aggregatorCaCertPem": ca.cert_pem,
-        "proxyClientCertPem": proxy.cert_pem,
-        "proxyClientCertNotAfter": proxy.not_after,
+        "aggregatorCaCertPem": ca_cert_pem,
+        "proxyClientCertPem": proxy.cert_pem if proxy else None,
+        "proxyClientCertNotAfter": proxy.not_after if proxy else None,
         "requestheaderAllowedNames": settings.requestheader_allowed_names,
         "apiserverFlags": apiserver.flags,
         "masters": [{"name": m.name, "address": m.address} for m in settings.masters],
