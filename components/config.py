@@ -78,10 +78,37 @@ MANAGED_FLAGS: dict[str, str] = {
     "--enable-aggregator-routing": "set apiserver.enableAggregatorRouting (true/false) instead",
 }
 _FLAG_NAME = re.compile(r"^--[a-z0-9]+(-[a-z0-9]+)*$")
-# The host script edits the config file token by token (whitespace-separated words inside a quoted env
-# variable, an ExecStart= line, a YAML list item): a value must be one word without quotes, '$', '%',
-# '\' or '#' (systemd and the shell would interpret them).
-_FLAG_VALUE = re.compile(r"^[A-Za-z0-9_.,:/=@+*~-]+$")
+
+# --- the value grammar (issue 11) ---
+# Every value this program puts into a master's kube-apiserver config, generated (the proxy-client CN in
+# --requestheader-allowed-names, the certDir paths of --requestheader-client-ca-file and --proxy-client-*)
+# or given (apiserver.extraFlags, masters[].extraFlags), and every other value it hands the host script as
+# an option (configPath, readyzUrl, keyOwner, the master's name), is ONE word of these characters. The
+# host script edits the config file token by token (whitespace-separated words inside a quoted env
+# variable, an ExecStart= line, a YAML list item): a space, TAB or CR splits a value into a second flag,
+# and quotes, '$', '`', '%', '\', ';', '#' or '!' would be interpreted by the shell (an env file that is
+# sourced), systemd (% specifiers, quotes) or YAML (' #' comments). The host script checks the same
+# grammar again (a second line of defence), with the same pattern: VALUE_PATTERN is a POSIX ERE as well as
+# a Python regex; match it against the WHOLE value, in the C locale (bash: `LC_ALL=C; [[ $v =~ ^[...]+$ ]]`),
+# since ranges such as A-Z take in other letters in other locales.
+VALUE_CHARS = "A-Za-z0-9_.,:/=@+*~-"
+VALUE_PATTERN = f"^[{VALUE_CHARS}]+$"
+VALUE_CHARS_TEXT = "letters, digits and _ . , : / = @ + * ~ -"
+# fullmatch, not match: Python's '$' also matches before a final newline ("2\n" would pass).
+_VALUE = re.compile(f"[{VALUE_CHARS}]+")
+
+
+def is_safe_value(text: Any) -> bool:
+    """Whether `text` is one word of the value grammar (VALUE_PATTERN)."""
+    return isinstance(text, str) and text.isascii() and _VALUE.fullmatch(text) is not None
+
+
+def _unsafe_value_message(what: str) -> str:
+    return (
+        f"is not usable as {what}: use one word of {VALUE_CHARS_TEXT} (no spaces, tabs, line breaks, "
+        "quotes, '$', '`', '%', '\\', ';' or '#': it reaches the master as one word of its kube-apiserver "
+        "config or of the host script's options, where the shell, systemd or YAML would split or interpret them)"
+    )
 # How large a CA file (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) may be: a CA bundle is a
 # few KiB, and the kubelet CA goes into a ConfigMap.
 MAX_CA_FILE_BYTES = 256 * 1024
@@ -266,16 +293,8 @@ def _check_extra_flags(v: Any) -> dict[str, str]:
         else:
             problems.append(((name,), value, "must be a string (or a whole number, true or false)"))
             continue
-        if not _FLAG_VALUE.match(text):
-            problems.append(
-                (
-                    (name,),
-                    text,
-                    "is not a usable flag value: use one word of letters, digits and _ . , : / = @ + * ~ - "
-                    "(no spaces, quotes, '$', '%', '\\' or '#': the flag is written into the master's "
-                    "config file, where the shell or systemd would interpret them)",
-                )
-            )
+        if not is_safe_value(text):
+            problems.append(((name,), text, _unsafe_value_message("a flag value")))
             continue
         out[name] = text
     if problems:
@@ -297,8 +316,11 @@ def _bad_flag_name(name: Any) -> str:
 
 
 def _absolute_path(v: str) -> str:
-    if not v.startswith("/") or any(c in v for c in "\n\0'\"$`\\") or "/../" in v + "/":
-        raise ValueError("must be an absolute path without quotes, '$', '`', '\\' or '..'")
+    """A path on the master (configPath, certDir): absolute, no '..' step, one word of the value grammar."""
+    if not v.startswith("/") or "/../" in v + "/":
+        raise ValueError("must be an absolute path without '..' steps, e.g. /etc/kubernetes/ssl")
+    if not is_safe_value(v):
+        raise ValueError(_unsafe_value_message("a path on the master"))
     return v
 
 
@@ -507,11 +529,24 @@ class Pki(_Model):
     # one); caCommonName and caValidityHours then do not apply.
     existing_ca: ExistingCa | None = None
 
-    @field_validator("ca_common_name", "proxy_client_common_name")
+    @field_validator("ca_common_name")
     @classmethod
-    def _cn(cls, v: str) -> str:
+    def _ca_cn(cls, v: str) -> str:
+        # only in the CA certificate, never on a master
         if not v.strip() or "," in v:
             raise ValueError("must be a non-empty common name without commas")
+        return v
+
+    @field_validator("proxy_client_common_name")
+    @classmethod
+    def _proxy_cn(cls, v: str) -> str:
+        # the value of --requestheader-allowed-names on every master: a comma would make it two names
+        if "," in v:
+            raise ValueError("must be one common name without commas (--requestheader-allowed-names is a "
+                             "comma-separated list), e.g. aggregator")
+        if not is_safe_value(v):
+            raise ValueError(_unsafe_value_message("the common name that becomes --requestheader-allowed-names")
+                             + ", e.g. aggregator")
         return v
 
     @field_validator("hosts")
@@ -639,8 +674,11 @@ class Apiserver(_Model):
     @field_validator("readyz_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s'\"`$\\]+$", v):
+        if not re.match(r"^https?://[^/]", v):
             raise ValueError("must be an http(s) URL such as https://127.0.0.1:6443/readyz")
+        if not is_safe_value(v):
+            raise ValueError(_unsafe_value_message("the readyz URL the host script polls")
+                             + "; e.g. https://127.0.0.1:6443/readyz (IPv6: https://localhost:6443/readyz)")
         return v
 
     @field_validator("ready_timeout_seconds")
