@@ -1315,6 +1315,28 @@ def _key_path(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+# Keys whose values are secrets (`pulumi config set --secret`), in both spellings pydantic accepts, and the
+# mappings that hold them: a problem there shows '<secret>', never the value (CI logs keep error messages).
+SECRET_KEYS = frozenset({"privateKey", "privateKeyPassword", "keyPem", "private_key", "private_key_password", "key_pem"})
+_SECRET_HOLDERS = frozenset({("ssh",), ("ssh", "bastion"), ("pki", "existingCa"), ("pki", "existing_ca")})
+_UNKNOWN_KEY = (
+    "is not a known key (its value is not shown: a misspelt key may hold a secret); check its spelling against "
+    "the config reference in README.md"
+)
+
+
+def _shown(loc: tuple[str | int, ...], value: Any, *, holders: bool = True) -> Any:
+    """The value a problem at `loc` may show: '<secret>' at a secret key or (`holders`: pydantic's own
+    errors, which show whatever was given) in place of a mapping holding one; None stays '(missing)'."""
+    if value is None:
+        return None
+    if any(isinstance(p, str) and p in SECRET_KEYS for p in loc):
+        return "<secret>"
+    if holders and tuple(p for p in loc if isinstance(p, str)) in _SECRET_HOLDERS and not isinstance(value, Mapping):
+        return "<secret>"
+    return value
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "(missing)"
@@ -1323,7 +1345,6 @@ def _show(value: Any) -> str:
 
 
 _PYDANTIC_HINTS = {
-    "extra_forbidden": lambda e: "is not a known key; check its spelling against the config reference in README.md",
     "missing": lambda e: "is required; set it in Pulumi.<stack>.yaml",
     "enum": lambda e: f"is not one of {e['ctx'].get('expected', '')}",
     "literal_error": lambda e: f"is not one of {e['ctx'].get('expected', '')}",
@@ -1347,7 +1368,10 @@ def _messages(err: ValidationError) -> list[str]:
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, _Problems):
             for rel, value, message in cause.items:
-                lines.append(f"{_key_path(loc + rel)}: {_show(value)} {message}")
+                lines.append(f"{_key_path(loc + rel)}: {_show(_shown(loc + rel, value, holders=False))} {message}")
+            continue
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{_key_path(loc)}: {_UNKNOWN_KEY}")
             continue
         if e["type"] == "value_error":
             message = str(cause) if cause is not None else e["msg"]
@@ -1355,6 +1379,7 @@ def _messages(err: ValidationError) -> list[str]:
             hint = _PYDANTIC_HINTS.get(e["type"])
             message = hint(e) if hint else e["msg"]
         value = e.get("input") if e["type"] != "missing" else None
+        value = _shown(loc, value)
         if isinstance(value, Mapping):
             value = "{...}"
         lines.append(f"{_key_path(loc)}: {_show(value)} {message}")
@@ -1398,8 +1423,9 @@ def load(config: Any = None) -> Settings:
     for key in TOP_LEVEL_KEYS:
         try:
             raw[key] = cfg.get_object(key)
-        except Exception as exc:  # a value that is not valid YAML/JSON
-            problems.append(f"{_key_path((key,))}: could not be read ({exc}); fix its YAML")
+        except Exception:  # a value that is not valid YAML/JSON; pulumi's message quotes the value
+            problems.append(f"{_key_path((key,))}: could not be read as YAML/JSON (its value is not shown: it may "
+                            "hold a secret); fix its YAML")
     if problems:
         raise ConfigError(problems)
     return parse(raw)
