@@ -233,12 +233,7 @@ class Master(_Model):
     @field_validator("host_key")
     @classmethod
     def _host_key(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
-            raise ValueError(
-                "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
-                "without the host name, e.g. 'ssh-ed25519 AAAA...'"
-            )
-        return v
+        return _check_host_key(v)
 
     @field_validator("config_path")
     @classmethod
@@ -249,6 +244,15 @@ class Master(_Model):
     @classmethod
     def _extra_flags(cls, v: Any) -> Any:
         return _check_extra_flags(v)
+
+
+def _check_host_key(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
+        raise ValueError(
+            "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
+            "without the host name, e.g. 'ssh-ed25519 AAAA...'"
+        )
+    return v
 
 
 def _check_extra_flags(v: Any) -> dict[str, str]:
@@ -336,6 +340,11 @@ class Bastion(_Model):
     def _host(cls, v: str) -> str:
         return _check_address(v)
 
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        return _check_host_key(v)
+
 
 class Ssh(_Model):
     user: str = "root"
@@ -345,6 +354,9 @@ class Ssh(_Model):
     agent_socket_path: str | None = None
     sudo: bool = False
     bastion: Bastion | None = None
+    # Without a pinned host key pulumi-command checks nothing: the proxy-client key (on stdin) goes to whoever
+    # answers on the master's address. A stack that really has no way to pin them says so here.
+    insecure_skip_host_key_check: bool = False
     dial_error_limit: Annotated[int, Field(ge=1, le=100)] = 10
     per_dial_timeout: Annotated[int, Field(ge=1, le=600)] = 15
 
@@ -1272,6 +1284,27 @@ class Settings(_Model):
                 problems.append((("masters", i, "extraFlags"), dict(m.extra_flags), why))
         return problems
 
+    def unpinned_hosts(self) -> list[str]:
+        """The SSH hosts (masters' names, 'bastion') whose host key the stack does not pin."""
+        out = [m.name for m in self.masters if not m.host_key]
+        if self.ssh.bastion and not self.ssh.bastion.host_key:
+            out.append(f"bastion {self.ssh.bastion.host}")
+        return out
+
+    def _unpinned_host_keys(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        why = ("is required: without it the program does not check whom it connects to, and sends the "
+               "proxy-client key (and root commands) to whoever answers on {address}; pin the key with one "
+               "line of `ssh-keyscan -t ed25519 {address}` without the host name, checked against the host's "
+               "own /etc/ssh/ssh_host_ed25519_key.pub, or set ssh.insecureSkipHostKeyCheck: true where nobody "
+               "can stand in for the host")
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = [
+            (("masters", i, "hostKey"), None, why.format(address=m.address))
+            for i, m in enumerate(self.masters) if not m.host_key
+        ]
+        if self.ssh.bastion and not self.ssh.bastion.host_key:
+            problems.append((("ssh", "bastion", "hostKey"), None, why.format(address=self.ssh.bastion.host)))
+        return problems
+
     @model_validator(mode="after")
     def _cross(self) -> Settings:
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
@@ -1281,6 +1314,8 @@ class Settings(_Model):
             )
         if not self.apiserver.manage:
             problems.extend(self._unmanaged_problems())
+        if not self.ssh.insecure_skip_host_key_check:
+            problems.extend(self._unpinned_host_keys())
         for i, m in enumerate(self.masters):
             layout = self.master_layout(m)
             if self.apiserver.manage and layout is not Layout.STATIC_POD and not self.restart_command(m).strip():
@@ -1428,7 +1463,14 @@ def load(config: Any = None) -> Settings:
                             "hold a secret); fix its YAML")
     if problems:
         raise ConfigError(problems)
-    return parse(raw)
+    settings = parse(raw)
+    unpinned = settings.unpinned_hosts()
+    if unpinned:  # only with ssh.insecureSkipHostKeyCheck: true (parse refuses them otherwise)
+        pulumi.log.warn(
+            f"{NAMESPACE}:ssh.insecureSkipHostKeyCheck is true: no SSH host key is checked for {', '.join(unpinned)}; "
+            "whoever answers on those addresses gets the proxy-client key and root commands"
+        )
+    return settings
 
 
 def _unknown_top_level_keys() -> list[str]:

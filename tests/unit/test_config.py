@@ -10,6 +10,7 @@ import pytest
 
 from components.config import ConfigError, parse
 from tests.support.program import config_values, run
+from tests.unit.hostkeys import host_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CA_PEM = (ROOT / "Pulumi.prod.yaml").read_text().split("kubeletCaCertPem: |\n", 1)[1]
@@ -124,7 +125,8 @@ def test_defaults_follow_layout(stack_config):
     m = s.masters[0]
     assert s.master_config_path(m) == "/etc/kubernetes/manifests/kube-apiserver.yaml"
     assert s.restart_command(m) == ""
-    override = parse({**stack_config(), "masters": [{"name": "a", "address": "a.example", "layout": "systemd-unit"}]})
+    override = parse({**stack_config(), "masters": [{"name": "a", "address": "a.example", "layout": "systemd-unit",
+                                                                  "hostKey": host_key(0)}]})
     a = override.masters[0]
     assert override.master_config_path(a) == "/etc/systemd/system/kube-apiserver.service"
     assert "daemon-reload" in override.restart_command(a)

@@ -662,6 +662,7 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
         pki={"caCommonName": "kubernetes", "certValidityHours": 17520},
         metricsServer={"kubeletInsecureTls": True, "kubeletCaCertPem": None},
         apiserver={"extraFlags": {"--anonymous-auth": True}},
+        ssh={"insecureSkipHostKeyCheck": True},  # config refuses unpinned masters otherwise
     )
 
     def mutate(t, n, u, inputs, state):
