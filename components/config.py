@@ -98,6 +98,15 @@ VALUE_CHARS_TEXT = "letters, digits and _ . , : / = @ + * ~ -"
 _VALUE = re.compile(f"[{VALUE_CHARS}]+")
 
 
+# apiserver.keyOwner: `user:group` of the proxy-client key, each a name as useradd takes it by default or a
+# numeric id (below 4294967295, which chown reads as -1, "unchanged"); a subset of the value grammar. The host
+# script checks the same pattern (POSIX ERE) again.
+_OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
+KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
+_KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
+_MAX_ID = 4294967294
+
+
 def is_safe_value(text: Any) -> bool:
     """Whether `text` is one word of the value grammar (VALUE_PATTERN)."""
     return isinstance(text, str) and text.isascii() and _VALUE.fullmatch(text) is not None
@@ -672,6 +681,21 @@ class Apiserver(_Model):
     enable_aggregator_routing: bool = True
     # Extra kube-apiserver flags on every master (masters[].extraFlags are merged over them).
     extra_flags: dict[str, str] = Field(default_factory=dict)
+    # user:group of the proxy-client key on the masters (None: root:root), for apiservers run as User=kube.
+    key_owner: str | None = None
+
+    @field_validator("key_owner")
+    @classmethod
+    def _key_owner(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _KEY_OWNER.fullmatch(v) or any(p.isdigit() and int(p) > _MAX_ID for p in v.split(":")):
+            raise ValueError(
+                "must be user:group, each a name (lowercase letters, digits, '_' and '-', starting with a letter "
+                "or '_', at most 32) or a numeric id, e.g. kube:kube (the user kube-apiserver runs as, systemd's "
+                "User=)"
+            )
+        return v
 
     @field_validator("extra_flags", mode="before")
     @classmethod
@@ -1282,6 +1306,10 @@ class Settings(_Model):
         for i, m in enumerate(self.masters):
             if m.extra_flags:
                 problems.append((("masters", i, "extraFlags"), dict(m.extra_flags), why))
+        if self.apiserver.key_owner:
+            problems.append((("apiserver", "keyOwner"), self.apiserver.key_owner,
+                             "is set but apiserver.manage is false, so this program writes no key on the masters; "
+                             "remove it, or set apiserver.manage: true"))
         return problems
 
     def unpinned_hosts(self) -> list[str]:
