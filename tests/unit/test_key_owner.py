@@ -52,3 +52,12 @@ def test_the_pattern_means_the_same_in_bash(owner):
     refused by a separate comparison (4294967295 is chown's -1)."""
     in_bash = subprocess.run(["bash", "-c", 'LC_ALL=C; [[ $1 =~ $2 ]]', "-", owner, KEY_OWNER_PATTERN], check=False)
     assert (in_bash.returncode == 0) == (owner == "4294967295:0"), owner
+
+
+def test_the_owner_reaches_the_certs_step_only(stack_config):
+    from tests.support.program import run
+
+    for c in run(stack_config(apiserver={"keyOwner": "kube:kube"})).commands:
+        for field in ("create", "delete"):
+            assert ("--key-owner kube:kube" in c[field]) == c["name"].endswith("-certs"), (c["name"], field)
+    assert all("--key-owner" not in c["create"] + c["delete"] for c in run(stack_config()).commands)
