@@ -98,15 +98,6 @@ VALUE_CHARS_TEXT = "letters, digits and _ . , : / = @ + * ~ -"
 _VALUE = re.compile(f"[{VALUE_CHARS}]+")
 
 
-# apiserver.keyOwner: `user:group` of the proxy-client key, each a name as useradd takes it by default or a
-# numeric id (below 4294967295, which chown reads as -1, "unchanged"); a subset of the value grammar. The host
-# script checks the same pattern (POSIX ERE) again.
-_OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
-KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
-_KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
-_MAX_ID = 4294967294
-
-
 def is_safe_value(text: Any) -> bool:
     """Whether `text` is one word of the value grammar (VALUE_PATTERN)."""
     return isinstance(text, str) and text.isascii() and _VALUE.fullmatch(text) is not None
@@ -118,6 +109,16 @@ def _unsafe_value_message(what: str) -> str:
         "quotes, '$', '`', '%', '\\', ';' or '#': it reaches the master as one word of its kube-apiserver "
         "config or of the host script's options, where the shell, systemd or YAML would split or interpret them)"
     )
+
+
+# apiserver.keyOwner: `user:group` of the proxy-client key, each a lowercase name ([a-z_][a-z0-9_-]*, at most
+# 32 characters) or a numeric id (at most 4294967294: chown reads 4294967295 as -1, "unchanged"); a subset of
+# the value grammar. The host script is to re-check KEY_OWNER_PATTERN (POSIX ERE, C locale) the same way.
+_OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
+KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
+_KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
+_MAX_ID = 4294967294
+
 # How large a CA file (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) may be: a CA bundle is a
 # few KiB, and the kubelet CA goes into a ConfigMap.
 MAX_CA_FILE_BYTES = 256 * 1024
@@ -1313,7 +1314,7 @@ class Settings(_Model):
         return problems
 
     def unpinned_hosts(self) -> list[str]:
-        """The SSH hosts (masters' names, 'bastion') whose host key the stack does not pin."""
+        """The SSH hosts (masters' names, 'bastion <host>') whose host key the stack does not pin."""
         out = [m.name for m in self.masters if not m.host_key]
         if self.ssh.bastion and not self.ssh.bastion.host_key:
             out.append(f"bastion {self.ssh.bastion.host}")
