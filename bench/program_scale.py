@@ -21,11 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.program import run  # noqa: E402
+from tests.unit.hostkeys import host_key  # noqa: E402
 
 
 def config(n: int, key: str) -> dict:
     return {
-        "masters": [{"name": f"cp{i}", "address": f"198.18.{i // 250}.{i % 250 + 1}"} for i in range(n)],
+        "masters": [{"name": f"cp{i}", "address": f"198.18.{i // 250}.{i % 250 + 1}", "hostKey": host_key(i)}
+                    for i in range(n)],
         "ssh": {"privateKey": key},
         "metricsServer": {"replicas": 2},
     }

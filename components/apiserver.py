@@ -236,7 +236,10 @@ class ApiserverAggregation(pulumi.ComponentResource):
             layout: Layout = settings.master_layout(master)
             base = [("--master", master.name), ("--cert-dir", cert_dir)]
             step = functools.partial(self._step, master, _connection(settings, master))
-            certs = step("certs", *certs_commands(base, sudo=sudo), [], stdin=stdin)
+            # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
+            # left out, so stacks without it keep their command lines
+            owner = [("--key-owner", settings.apiserver.key_owner)] if settings.apiserver.key_owner else []
+            certs = step("certs", *certs_commands(base + owner, sudo=sudo), [], stdin=stdin)
             options = base + [
                 ("--layout", layout.value),
                 ("--config-path", settings.master_config_path(master)),

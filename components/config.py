@@ -78,10 +78,47 @@ MANAGED_FLAGS: dict[str, str] = {
     "--enable-aggregator-routing": "set apiserver.enableAggregatorRouting (true/false) instead",
 }
 _FLAG_NAME = re.compile(r"^--[a-z0-9]+(-[a-z0-9]+)*$")
-# The host script edits the config file token by token (whitespace-separated words inside a quoted env
-# variable, an ExecStart= line, a YAML list item): a value must be one word without quotes, '$', '%',
-# '\' or '#' (systemd and the shell would interpret them).
-_FLAG_VALUE = re.compile(r"^[A-Za-z0-9_.,:/=@+*~-]+$")
+
+# --- the value grammar (issue 11) ---
+# Every value this program puts into a master's kube-apiserver config, generated (the proxy-client CN in
+# --requestheader-allowed-names, the certDir paths of --requestheader-client-ca-file and --proxy-client-*)
+# or given (apiserver.extraFlags, masters[].extraFlags), and every other value it hands the host script as
+# an option (configPath, readyzUrl, keyOwner, the master's name), is ONE word of these characters. The
+# host script edits the config file token by token (whitespace-separated words inside a quoted env
+# variable, an ExecStart= line, a YAML list item): a space, TAB or CR splits a value into a second flag,
+# and quotes, '$', '`', '%', '\', ';', '#' or '!' would be interpreted by the shell (an env file that is
+# sourced), systemd (% specifiers, quotes) or YAML (' #' comments). The host script checks the same
+# grammar again (a second line of defence), with the same pattern: VALUE_PATTERN is a POSIX ERE as well as
+# a Python regex; match it against the WHOLE value, in the C locale (bash: `LC_ALL=C; [[ $v =~ ^[...]+$ ]]`),
+# since ranges such as A-Z take in other letters in other locales.
+VALUE_CHARS = "A-Za-z0-9_.,:/=@+*~-"
+VALUE_PATTERN = f"^[{VALUE_CHARS}]+$"
+VALUE_CHARS_TEXT = "letters, digits and _ . , : / = @ + * ~ -"
+# fullmatch, not match: Python's '$' also matches before a final newline ("2\n" would pass).
+_VALUE = re.compile(f"[{VALUE_CHARS}]+")
+
+
+def is_safe_value(text: Any) -> bool:
+    """Whether `text` is one word of the value grammar (VALUE_PATTERN)."""
+    return isinstance(text, str) and text.isascii() and _VALUE.fullmatch(text) is not None
+
+
+def _unsafe_value_message(what: str) -> str:
+    return (
+        f"is not usable as {what}: use one word of {VALUE_CHARS_TEXT} (no spaces, tabs, line breaks, "
+        "quotes, '$', '`', '%', '\\', ';' or '#': it reaches the master as one word of its kube-apiserver "
+        "config or of the host script's options, where the shell, systemd or YAML would split or interpret them)"
+    )
+
+
+# apiserver.keyOwner: `user:group` of the proxy-client key, each a lowercase name ([a-z_][a-z0-9_-]*, at most
+# 32 characters) or a numeric id (at most 4294967294: chown reads 4294967295 as -1, "unchanged"); a subset of
+# the value grammar. The host script is to re-check KEY_OWNER_PATTERN (POSIX ERE, C locale) the same way.
+_OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
+KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
+_KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
+_MAX_ID = 4294967294
+
 # How large a CA file (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) may be: a CA bundle is a
 # few KiB, and the kubelet CA goes into a ConfigMap.
 MAX_CA_FILE_BYTES = 256 * 1024
@@ -206,12 +243,7 @@ class Master(_Model):
     @field_validator("host_key")
     @classmethod
     def _host_key(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
-            raise ValueError(
-                "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
-                "without the host name, e.g. 'ssh-ed25519 AAAA...'"
-            )
-        return v
+        return _check_host_key(v)
 
     @field_validator("config_path")
     @classmethod
@@ -222,6 +254,15 @@ class Master(_Model):
     @classmethod
     def _extra_flags(cls, v: Any) -> Any:
         return _check_extra_flags(v)
+
+
+def _check_host_key(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
+        raise ValueError(
+            "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
+            "without the host name, e.g. 'ssh-ed25519 AAAA...'"
+        )
+    return v
 
 
 def _check_extra_flags(v: Any) -> dict[str, str]:
@@ -266,16 +307,8 @@ def _check_extra_flags(v: Any) -> dict[str, str]:
         else:
             problems.append(((name,), value, "must be a string (or a whole number, true or false)"))
             continue
-        if not _FLAG_VALUE.match(text):
-            problems.append(
-                (
-                    (name,),
-                    text,
-                    "is not a usable flag value: use one word of letters, digits and _ . , : / = @ + * ~ - "
-                    "(no spaces, quotes, '$', '%', '\\' or '#': the flag is written into the master's "
-                    "config file, where the shell or systemd would interpret them)",
-                )
-            )
+        if not is_safe_value(text):
+            problems.append(((name,), text, _unsafe_value_message("a flag value")))
             continue
         out[name] = text
     if problems:
@@ -297,8 +330,11 @@ def _bad_flag_name(name: Any) -> str:
 
 
 def _absolute_path(v: str) -> str:
-    if not v.startswith("/") or any(c in v for c in "\n\0'\"$`\\") or "/../" in v + "/":
-        raise ValueError("must be an absolute path without quotes, '$', '`', '\\' or '..'")
+    """A path on the master (configPath, certDir): absolute, no '..' step, one word of the value grammar."""
+    if not v.startswith("/") or "/../" in v + "/":
+        raise ValueError("must be an absolute path without '..' steps, e.g. /etc/kubernetes/ssl")
+    if not is_safe_value(v):
+        raise ValueError(_unsafe_value_message("a path on the master"))
     return v
 
 
@@ -314,6 +350,11 @@ class Bastion(_Model):
     def _host(cls, v: str) -> str:
         return _check_address(v)
 
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        return _check_host_key(v)
+
 
 class Ssh(_Model):
     user: str = "root"
@@ -323,6 +364,9 @@ class Ssh(_Model):
     agent_socket_path: str | None = None
     sudo: bool = False
     bastion: Bastion | None = None
+    # Without a pinned host key pulumi-command checks nothing: the proxy-client key (on stdin) goes to whoever
+    # answers on the master's address. A stack that really has no way to pin them says so here.
+    insecure_skip_host_key_check: bool = False
     dial_error_limit: Annotated[int, Field(ge=1, le=100)] = 10
     per_dial_timeout: Annotated[int, Field(ge=1, le=600)] = 15
 
@@ -507,11 +551,24 @@ class Pki(_Model):
     # one); caCommonName and caValidityHours then do not apply.
     existing_ca: ExistingCa | None = None
 
-    @field_validator("ca_common_name", "proxy_client_common_name")
+    @field_validator("ca_common_name")
     @classmethod
-    def _cn(cls, v: str) -> str:
+    def _ca_cn(cls, v: str) -> str:
+        # only in the CA certificate, never on a master
         if not v.strip() or "," in v:
             raise ValueError("must be a non-empty common name without commas")
+        return v
+
+    @field_validator("proxy_client_common_name")
+    @classmethod
+    def _proxy_cn(cls, v: str) -> str:
+        # the value of --requestheader-allowed-names on every master: a comma would make it two names
+        if "," in v:
+            raise ValueError("must be one common name without commas (--requestheader-allowed-names is a "
+                             "comma-separated list), e.g. aggregator")
+        if not is_safe_value(v):
+            raise ValueError(_unsafe_value_message("the common name that becomes --requestheader-allowed-names")
+                             + ", e.g. aggregator")
         return v
 
     @field_validator("hosts")
@@ -625,6 +682,21 @@ class Apiserver(_Model):
     enable_aggregator_routing: bool = True
     # Extra kube-apiserver flags on every master (masters[].extraFlags are merged over them).
     extra_flags: dict[str, str] = Field(default_factory=dict)
+    # user:group of the proxy-client key on the masters (None: root:root), for apiservers run as User=kube.
+    key_owner: str | None = None
+
+    @field_validator("key_owner")
+    @classmethod
+    def _key_owner(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _KEY_OWNER.fullmatch(v) or any(p.isdigit() and int(p) > _MAX_ID for p in v.split(":")):
+            raise ValueError(
+                "must be user:group, each a name (lowercase letters, digits, '_' and '-', starting with a letter "
+                "or '_', at most 32) or a numeric id, e.g. kube:kube (the user kube-apiserver runs as, systemd's "
+                "User=)"
+            )
+        return v
 
     @field_validator("extra_flags", mode="before")
     @classmethod
@@ -639,8 +711,11 @@ class Apiserver(_Model):
     @field_validator("readyz_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s'\"`$\\]+$", v):
+        if not re.match(r"^https?://[^/]", v):
             raise ValueError("must be an http(s) URL such as https://127.0.0.1:6443/readyz")
+        if not is_safe_value(v):
+            raise ValueError(_unsafe_value_message("the readyz URL the host script polls")
+                             + "; e.g. https://127.0.0.1:6443/readyz (IPv6: https://localhost:6443/readyz)")
         return v
 
     @field_validator("ready_timeout_seconds")
@@ -1232,6 +1307,31 @@ class Settings(_Model):
         for i, m in enumerate(self.masters):
             if m.extra_flags:
                 problems.append((("masters", i, "extraFlags"), dict(m.extra_flags), why))
+        if self.apiserver.key_owner:
+            problems.append((("apiserver", "keyOwner"), self.apiserver.key_owner,
+                             "is set but apiserver.manage is false, so this program writes no key on the masters; "
+                             "remove it, or set apiserver.manage: true"))
+        return problems
+
+    def unpinned_hosts(self) -> list[str]:
+        """The SSH hosts (masters' names, 'bastion <host>') whose host key the stack does not pin."""
+        out = [m.name for m in self.masters if not m.host_key]
+        if self.ssh.bastion and not self.ssh.bastion.host_key:
+            out.append(f"bastion {self.ssh.bastion.host}")
+        return out
+
+    def _unpinned_host_keys(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        why = ("is required: without it the program does not check whom it connects to, and sends the "
+               "proxy-client key (and root commands) to whoever answers on {address}; pin the key with one "
+               "line of `ssh-keyscan -t ed25519 {address}` without the host name, checked against the host's "
+               "own /etc/ssh/ssh_host_ed25519_key.pub, or set ssh.insecureSkipHostKeyCheck: true where nobody "
+               "can stand in for the host")
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = [
+            (("masters", i, "hostKey"), None, why.format(address=m.address))
+            for i, m in enumerate(self.masters) if not m.host_key
+        ]
+        if self.ssh.bastion and not self.ssh.bastion.host_key:
+            problems.append((("ssh", "bastion", "hostKey"), None, why.format(address=self.ssh.bastion.host)))
         return problems
 
     @model_validator(mode="after")
@@ -1243,6 +1343,8 @@ class Settings(_Model):
             )
         if not self.apiserver.manage:
             problems.extend(self._unmanaged_problems())
+        if not self.ssh.insecure_skip_host_key_check:
+            problems.extend(self._unpinned_host_keys())
         for i, m in enumerate(self.masters):
             layout = self.master_layout(m)
             if self.apiserver.manage and layout is not Layout.STATIC_POD and not self.restart_command(m).strip():
@@ -1277,6 +1379,28 @@ def _key_path(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+# Keys whose values are secrets (`pulumi config set --secret`), in both spellings pydantic accepts, and the
+# mappings that hold them: a problem there shows '<secret>', never the value (CI logs keep error messages).
+SECRET_KEYS = frozenset({"privateKey", "privateKeyPassword", "keyPem", "private_key", "private_key_password", "key_pem"})
+_SECRET_HOLDERS = frozenset({("ssh",), ("ssh", "bastion"), ("pki", "existingCa"), ("pki", "existing_ca")})
+_UNKNOWN_KEY = (
+    "is not a known key (its value is not shown: a misspelt key may hold a secret); check its spelling against "
+    "the config reference in README.md"
+)
+
+
+def _shown(loc: tuple[str | int, ...], value: Any, *, holders: bool = True) -> Any:
+    """The value a problem at `loc` may show: '<secret>' at a secret key or (`holders`: pydantic's own
+    errors, which show whatever was given) in place of a mapping holding one; None stays '(missing)'."""
+    if value is None:
+        return None
+    if any(isinstance(p, str) and p in SECRET_KEYS for p in loc):
+        return "<secret>"
+    if holders and tuple(p for p in loc if isinstance(p, str)) in _SECRET_HOLDERS and not isinstance(value, Mapping):
+        return "<secret>"
+    return value
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "(missing)"
@@ -1285,7 +1409,6 @@ def _show(value: Any) -> str:
 
 
 _PYDANTIC_HINTS = {
-    "extra_forbidden": lambda e: "is not a known key; check its spelling against the config reference in README.md",
     "missing": lambda e: "is required; set it in Pulumi.<stack>.yaml",
     "enum": lambda e: f"is not one of {e['ctx'].get('expected', '')}",
     "literal_error": lambda e: f"is not one of {e['ctx'].get('expected', '')}",
@@ -1309,7 +1432,10 @@ def _messages(err: ValidationError) -> list[str]:
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, _Problems):
             for rel, value, message in cause.items:
-                lines.append(f"{_key_path(loc + rel)}: {_show(value)} {message}")
+                lines.append(f"{_key_path(loc + rel)}: {_show(_shown(loc + rel, value, holders=False))} {message}")
+            continue
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{_key_path(loc)}: {_UNKNOWN_KEY}")
             continue
         if e["type"] == "value_error":
             message = str(cause) if cause is not None else e["msg"]
@@ -1317,6 +1443,7 @@ def _messages(err: ValidationError) -> list[str]:
             hint = _PYDANTIC_HINTS.get(e["type"])
             message = hint(e) if hint else e["msg"]
         value = e.get("input") if e["type"] != "missing" else None
+        value = _shown(loc, value)
         if isinstance(value, Mapping):
             value = "{...}"
         lines.append(f"{_key_path(loc)}: {_show(value)} {message}")
@@ -1360,11 +1487,19 @@ def load(config: Any = None) -> Settings:
     for key in TOP_LEVEL_KEYS:
         try:
             raw[key] = cfg.get_object(key)
-        except Exception as exc:  # a value that is not valid YAML/JSON
-            problems.append(f"{_key_path((key,))}: could not be read ({exc}); fix its YAML")
+        except Exception:  # a value that is not valid YAML/JSON; pulumi's message quotes the value
+            problems.append(f"{_key_path((key,))}: could not be read as YAML/JSON (its value is not shown: it may "
+                            "hold a secret); fix its YAML")
     if problems:
         raise ConfigError(problems)
-    return parse(raw)
+    settings = parse(raw)
+    unpinned = settings.unpinned_hosts()
+    if unpinned:  # only with ssh.insecureSkipHostKeyCheck: true (parse refuses them otherwise)
+        pulumi.log.warn(
+            f"{NAMESPACE}:ssh.insecureSkipHostKeyCheck is true: no SSH host key is checked for {', '.join(unpinned)}; "
+            "whoever answers on those addresses gets the proxy-client key and root commands"
+        )
+    return settings
 
 
 def _unknown_top_level_keys() -> list[str]:

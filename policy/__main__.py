@@ -37,5 +37,6 @@ PolicyPack(
     enforcement_level=EnforcementLevel.MANDATORY,
     description="Guardrails for the Kubernetes aggregation layer: separate requestheader CA, an accepted "
     "proxy-client certificate, strong keys, bounded leaf validity, and on production stacks no "
-    "--kubelet-insecure-tls, no insecureSkipTLSVerify and pinned SSH host keys.",
+    "--kubelet-insecure-tls, no insecureSkipTLSVerify and pinned SSH host keys; no extra apiserver flag that "
+    "makes the aggregator CA a client CA, allows anonymous auth or AlwaysAllow, or is denied by the config.",
 )

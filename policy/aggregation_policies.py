@@ -16,12 +16,15 @@ Policies (issue 6, §3) and what they read:
 | strong-keys | resource | tls PrivateKey (algorithm, rsaBits, ecdsaCurve) |
 | leaf-validity-bounded | resource | tls LocallySignedCert / non-CA SelfSignedCert (validityPeriodHours) vs config maxLeafValidityHours |
 | host-keys-pinned-in-production | resource | command:remote:Command (connection.hostKey, connection.proxy.hostKey) |
+| no-dangerous-apiserver-flags | resource | command:remote:Command (create/update: the `--flag NAME=VALUE` pairs and `--cert-dir` of the host script) vs config deniedFlags |
 
 Policy config (per policy, see `pack_config.py`): `production` (bool; default: true when the stack is
 named prod or production), `maxLeafValidityHours` (default 8760), `clusterCaCertPem` (optional; default:
 the stack config `metrics-aggregation:pki.clusterCaCertPem` when the CLI passes the stack config, else
 the file named by `metrics-aggregation:pki.clusterCaCertFile`, read by the pack itself, a relative path
-against its working directory; a file it cannot read or that holds no certificate is a violation).
+against its working directory; a file it cannot read or that holds no certificate is a violation),
+`deniedFlags` (kube-apiserver flag names the program must never set; pack_config.py writes
+DEFAULT_DENIED_FLAGS).
 
 Values that are unknown during a preview (e.g. a certificate not created yet) are skipped, not guessed:
 a check that needs them runs again on the next preview or `up`.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +73,17 @@ API_SERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
 PROXY_CLIENT_MARKER = "proxy-client"
 ALLOWED_NAMES_FLAG = "--requestheader-allowed-names"
 KUBELET_INSECURE_FLAG = "--kubelet-insecure-tls"
+# The host script's option that carries one kube-apiserver flag (`--flag NAME=VALUE`), and the option
+# naming the master's cert dir, where the aggregator CA is `aggregator-ca.pem`.
+HOST_FLAG_OPTION = "--flag"
+CERT_DIR_OPTION = "--cert-dir"
+AGGREGATOR_CA_FILE = "aggregator-ca.pem"
+REQUESTHEADER_CA_FLAG = "--requestheader-client-ca-file"
+# Flags no stack should have this program set, whatever the value: static bearer tokens in a file, and the
+# unauthenticated, unauthorized HTTP port of old kube-apiservers.
+DEFAULT_DENIED_FLAGS = ("--basic-auth-file", "--insecure-bind-address", "--insecure-port", "--token-auth-file")
+# strconv.ParseBool's true values: what kube-apiserver reads as true
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 # The tls provider's ecdsa_curve default is P224, so an ECDSA key without a curve is a P224 key.
 TLS_DEFAULT_RSA_BITS = 2048
 TLS_DEFAULT_ECDSA_CURVE = "P224"
@@ -568,12 +583,80 @@ def validate_host_keys_pinned(args: ResourceValidationArgs, report_violation: Re
             )
 
 
+def host_flags(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """The kube-apiserver flags a host command sets: its `--flag NAME=VALUE` argument pairs, in order."""
+    out = []
+    for option, value in zip(tokens, tokens[1:], strict=False):
+        if option == HOST_FLAG_OPTION:
+            name, _, text = value.partition("=")
+            out.append((name, text))
+    return out
+
+
+def _option(tokens: Sequence[str], option: str) -> str | None:
+    return next((value for o, value in zip(tokens, tokens[1:], strict=False) if o == option), None)
+
+
+def _aggregator_ca_files(tokens: Sequence[str], flags: Sequence[tuple[str, str]]) -> set[str]:
+    """Where this command puts the aggregator CA: <cert dir>/aggregator-ca.pem and the requestheader CA flag."""
+    files = {posixpath.normpath(v) for n, v in flags if n == REQUESTHEADER_CA_FLAG and v}
+    cert_dir = _option(tokens, CERT_DIR_OPTION)
+    if cert_dir:
+        files.add(posixpath.normpath(posixpath.join(cert_dir, AGGREGATOR_CA_FILE)))
+    return files
+
+
+def _dangerous_flag(name: str, value: str, ca_files: set[str], denied: Sequence[str]) -> str | None:
+    """Why setting `name=value` on kube-apiserver is refused, or None."""
+    if name == "--client-ca-file" and value and posixpath.normpath(value) in ca_files:
+        return (
+            f"sets --client-ca-file={value}, the aggregator (requestheader) CA: every certificate that CA signs "
+            "would log in to the apiserver directly as its CN and organizations (whoever holds the CA key, which "
+            "sits in Pulumi state, could mint a system:masters certificate); keep --client-ca-file on the "
+            "cluster CA and remove it from extraFlags"
+        )
+    if name == "--anonymous-auth" and value in _GO_TRUE:
+        return (
+            f"sets --anonymous-auth={value}: unauthenticated requests would reach the apiserver as "
+            "system:anonymous; remove it from extraFlags (or set it to false)"
+        )
+    if name == "--authorization-mode" and any(m.strip().lower() == "alwaysallow" for m in value.split(",")):
+        return (
+            f"sets --authorization-mode={value}: AlwaysAllow lets every authenticated (and, with anonymous "
+            "auth, every) request do anything; use Node,RBAC"
+        )
+    if name in denied:
+        return f"sets {name}, a flag the policy config lists in deniedFlags; remove it from extraFlags"
+    return None
+
+
+def validate_no_dangerous_apiserver_flags(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """The extra kube-apiserver flags a host command sets never open the apiserver: no aggregator CA as client
+    CA, no anonymous auth, no AlwaysAllow, nothing the policy config denies (deniedFlags)."""
+    if args.resource_type != REMOTE_COMMAND:
+        return
+    denied = [f for f in _items((args.get_config() or {}).get("deniedFlags")) if isinstance(f, str)]
+    seen: set[str] = set()
+    for key in ("create", "update"):
+        tokens = command_tokens(get(args.props, key))
+        flags = host_flags(tokens)
+        ca_files = _aggregator_ca_files(tokens, flags)
+        for name, value in flags:
+            why = _dangerous_flag(name, value, ca_files, denied)
+            if why and why not in seen:
+                seen.add(why)
+                report_violation(f"command '{args.name}' {why} (apiserver.extraFlags / masters[].extraFlags).", None)
+
+
 # --- the policies ----------------------------------------------------------------------------------
 
 _PRODUCTION = {"type": "boolean", "description": "the stack is production (default: stack named prod/production)"}
 _MAX_HOURS = {"type": "number", "minimum": 1, "default": DEFAULT_MAX_LEAF_VALIDITY_HOURS,
               "description": "the longest validity of a leaf certificate, in hours"}
 _CLUSTER_CA = {"type": "string", "description": "PEM of the cluster CA (compare: must differ from the aggregator CA)"}
+
+_DENIED_FLAGS = {"type": "array", "items": {"type": "string", "pattern": "^--[a-z0-9]+(-[a-z0-9]+)*$"},
+                 "description": "kube-apiserver flags the program must never set (extraFlags)"}
 
 # Which policy config keys each policy reads (pack_config.py writes exactly these).
 CONFIG_KEYS: dict[str, dict[str, dict[str, Any]]] = {
@@ -584,6 +667,7 @@ CONFIG_KEYS: dict[str, dict[str, dict[str, Any]]] = {
     "strong-keys": {},
     "leaf-validity-bounded": {"maxLeafValidityHours": _MAX_HOURS},
     "host-keys-pinned-in-production": {"production": _PRODUCTION},
+    "no-dangerous-apiserver-flags": {"deniedFlags": _DENIED_FLAGS},
 }
 
 
@@ -642,14 +726,23 @@ def build_policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
             enforcement_level=mandatory,
             config_schema=_schema("host-keys-pinned-in-production"),
         ),
+        ResourceValidationPolicy(
+            name="no-dangerous-apiserver-flags",
+            description="The extra flags set on kube-apiserver never make the aggregator CA a client CA, turn on "
+            "anonymous auth or AlwaysAllow, or name a flag of deniedFlags.",
+            validate=validate_no_dangerous_apiserver_flags,
+            enforcement_level=mandatory,
+            config_schema=_schema("no-dangerous-apiserver-flags"),
+        ),
     ]
 
 
 def pack_config(
-    *, production: bool, max_leaf_validity_hours: int | None = None, cluster_ca_cert_pem: str | None = None
+    *, production: bool, max_leaf_validity_hours: int | None = None, cluster_ca_cert_pem: str | None = None,
+    denied_flags: Sequence[str] = DEFAULT_DENIED_FLAGS,
 ) -> dict[str, dict[str, Any]]:
     """The `--policy-pack-config` document for a stack: each policy gets exactly the keys it reads."""
-    values: dict[str, Any] = {"production": production}
+    values: dict[str, Any] = {"production": production, "deniedFlags": sorted(set(denied_flags))}
     if max_leaf_validity_hours is not None:
         values["maxLeafValidityHours"] = max_leaf_validity_hours
     if cluster_ca_cert_pem:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.program import with_overrides
+from tests.unit.hostkeys import host_key
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,8 @@ def ssh_private_key(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def masters(n: int) -> list[dict[str, Any]]:
-    return [{"name": f"master{i + 1}", "address": f"198.18.0.{10 + i}"} for i in range(n)]
+    """n masters, their host keys pinned (config refuses unpinned ones unless ssh.insecureSkipHostKeyCheck)."""
+    return [{"name": f"master{i + 1}", "address": f"198.18.0.{10 + i}", "hostKey": host_key(i)} for i in range(n)]
 
 
 @pytest.fixture

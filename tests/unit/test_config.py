@@ -10,6 +10,7 @@ import pytest
 
 from components.config import ConfigError, parse
 from tests.support.program import config_values, run
+from tests.unit.hostkeys import host_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CA_PEM = (ROOT / "Pulumi.prod.yaml").read_text().split("kubeletCaCertPem: |\n", 1)[1]
@@ -47,7 +48,7 @@ BAD = [
     ("ready timeout negative", lambda c: c["apiserver"].update(readyTimeoutSeconds=-5), "apiserver.readyTimeoutSeconds", "-5", "positive"),
     ("unknown allowed use", lambda c: c["pki"].update(proxyClientAllowedUses=["clientAuth", "client_auth"]), "pki.proxyClientAllowedUses[0]", "'clientAuth'", "dropped silently"),
     ("client_auth missing", lambda c: c["pki"].update(proxyClientAllowedUses=["digital_signature"]), "pki.proxyClientAllowedUses", "['digital_signature']", "add client_auth"),
-    ("misspelt key", lambda c: c["apiserver"].update(readyTimeout=5), "apiserver.readyTimeout", "5", "not a known key"),
+    ("misspelt key", lambda c: c["apiserver"].update(readyTimeout=5), "apiserver.readyTimeout", "its value is not shown", "not a known key"),
     ("misspelt top-level key", lambda c: c.update(mastres=[]), "mastres", "", "not a known key"),
     ("bad host key", lambda c: c["masters"][0].update(hostKey="AAAA"), "masters[0].hostKey", "'AAAA'", "ssh-keyscan"),
     ("relative config path", lambda c: c["apiserver"].update(configPath="etc/kube.conf"), "apiserver.configPath", "'etc/kube.conf'", "absolute path"),
@@ -124,7 +125,8 @@ def test_defaults_follow_layout(stack_config):
     m = s.masters[0]
     assert s.master_config_path(m) == "/etc/kubernetes/manifests/kube-apiserver.yaml"
     assert s.restart_command(m) == ""
-    override = parse({**stack_config(), "masters": [{"name": "a", "address": "a.example", "layout": "systemd-unit"}]})
+    override = parse({**stack_config(), "masters": [{"name": "a", "address": "a.example", "layout": "systemd-unit",
+                                                                  "hostKey": host_key(0)}]})
     a = override.masters[0]
     assert override.master_config_path(a) == "/etc/systemd/system/kube-apiserver.service"
     assert "daemon-reload" in override.restart_command(a)

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.program import run
+from tests.unit.hostkeys import host_key
 
 
 def cert(pem: str) -> x509.Certificate:
@@ -25,9 +26,9 @@ def cn(c: x509.Certificate) -> str:
 def dev_like(ssh_private_key):
     cfg = {
         "masters": [
-            {"name": "k8s-master", "address": "198.18.0.101"},
-            {"name": "k8s-master2", "address": "2001:db8::2"},
-            {"name": "k8s-master3", "address": "Master3.Example.Internal"},
+            {"name": "k8s-master", "address": "198.18.0.101", "hostKey": host_key(0)},
+            {"name": "k8s-master2", "address": "2001:db8::2", "hostKey": host_key(1)},
+            {"name": "k8s-master3", "address": "Master3.Example.Internal", "hostKey": host_key(2)},
         ],
         "ssh": {"privateKey": ssh_private_key},
         "pki": {

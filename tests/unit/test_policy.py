@@ -464,6 +464,82 @@ def test_host_key_policy_checks_the_bastion_too():
     assert "jumps through bastion bastion.prod without connection.proxy.hostKey" in message
 
 
+# --- no-dangerous-apiserver-flags -----------------------------------------------------------------
+
+DENIED = {"deniedFlags": list(ap.DEFAULT_DENIED_FLAGS)}
+
+
+def flag_messages(extra: dict[str, str], config: dict | None = None, key: str = "create") -> list[str]:
+    props = {key: host_command("apply", {**flags(), **extra}), "connection": connection()}
+    return messages(ap.validate_no_dangerous_apiserver_flags,
+                    resource_args(ap.REMOTE_COMMAND, "cp1-flags", props, DENIED if config is None else config))
+
+
+def test_flag_policy_passes_on_ordinary_extra_flags():
+    ordinary = {"--requestheader-uid-headers": "X-Remote-Uid", "--anonymous-auth": "false",
+                "--authorization-mode": "Node,RBAC", "--client-ca-file": "/etc/kubernetes/pki/ca.crt", "--v": "2"}
+    assert flag_messages(ordinary) == []
+    # the certs step carries no --flag; the aggregator CA as the requestheader CA is the point
+    assert messages(ap.validate_no_dangerous_apiserver_flags,
+                    resource_args(ap.REMOTE_COMMAND, "cp1-certs", {"create": host_command("install-certs", {})}, DENIED)) == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"--client-ca-file": "/etc/kubernetes/pki/aggregator-ca.pem"}, "the aggregator (requestheader) CA"),
+    ({"--client-ca-file": "/etc/kubernetes/pki/./aggregator-ca.pem"}, "the aggregator (requestheader) CA"),
+    ({"--anonymous-auth": "true"}, "--anonymous-auth=true: unauthenticated requests"),
+    ({"--anonymous-auth": "1"}, "--anonymous-auth=1"),
+    ({"--anonymous-auth": "True"}, "--anonymous-auth=True"),
+    ({"--authorization-mode": "AlwaysAllow"}, "AlwaysAllow lets every"),
+    ({"--authorization-mode": "Node,RBAC,AlwaysAllow"}, "--authorization-mode=Node,RBAC,AlwaysAllow"),
+    ({"--token-auth-file": "/etc/kubernetes/tokens.csv"}, "sets --token-auth-file, a flag the policy config lists"),
+], ids=["ca file", "ca file not normalised", "anonymous", "anonymous 1", "anonymous True", "always allow",
+        "always allow in a list", "denied by default"])
+def test_flag_policy_refuses_dangerous_extra_flags(extra, words):
+    [message] = flag_messages(extra)
+    assert message.startswith("command 'cp1-flags' sets ") and words in message, message
+    assert message.endswith("(apiserver.extraFlags / masters[].extraFlags).")
+
+
+def test_flag_policy_finds_the_aggregator_ca_in_another_cert_dir():
+    """The requestheader CA flag names the aggregator CA even where --cert-dir says something else."""
+    line = host_command("apply", {**flags(), "--client-ca-file": "/etc/kubernetes/pki/aggregator-ca.pem"})
+    line = line.replace("--cert-dir /etc/kubernetes/pki", "--cert-dir /srv/other")
+    [message] = messages(ap.validate_no_dangerous_apiserver_flags,
+                         resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": line}, DENIED))
+    assert "aggregator (requestheader) CA" in message
+
+
+def test_flag_policy_denies_what_the_config_lists():
+    assert flag_messages({"--profiling": "true"}) == []
+    [message] = flag_messages({"--profiling": "true"}, {"deniedFlags": ["--profiling"]})
+    assert "sets --profiling, a flag the policy config lists in deniedFlags" in message
+    assert flag_messages({"--token-auth-file": "/x"}, {}) == []  # the list is the config's
+
+
+def test_flag_policy_reads_update_too_and_reports_once():
+    props = {"create": host_command("apply", {"--anonymous-auth": "true"}),
+             "update": host_command("apply", {"--anonymous-auth": "true"})}
+    assert len(messages(ap.validate_no_dangerous_apiserver_flags,
+                        resource_args(ap.REMOTE_COMMAND, "cp1-flags", props, DENIED))) == 1
+    only_update = {"create": host_command("apply", {}), "update": host_command("apply", {"--authorization-mode": "AlwaysAllow"})}
+    assert len(messages(ap.validate_no_dangerous_apiserver_flags,
+                        resource_args(ap.REMOTE_COMMAND, "cp1-flags", only_update, DENIED))) == 1
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_program_s_own_extra_flags_reach_the_flag_policy(stack, ssh_private_key):
+    """Through the program: extraFlags of the stack, as the pack sees the flags commands' create strings."""
+    regs = _program_run(stack, ssh_private_key,
+                        apiserver={"extraFlags": {"--anonymous-auth": True, "--authorization-mode": "Node,AlwaysAllow"}})
+    found = _evaluate(regs, f"{stack}.json")
+    assert set(found) == {"no-dangerous-apiserver-flags"}, found
+    assert len(found["no-dangerous-apiserver-flags"]) == 6  # two flags on each of 3 masters' flags steps
+    cert_dir = "/etc/kubernetes/ssl" if stack == "dev" else "/etc/kubernetes/pki/aggregator"
+    regs = _program_run(stack, ssh_private_key, apiserver={"extraFlags": {"--client-ca-file": f"{cert_dir}/aggregator-ca.pem"}})
+    assert len(_evaluate(regs, f"{stack}.json")["no-dangerous-apiserver-flags"]) == 3
+
+
 # --- the pack --------------------------------------------------------------------------------------
 
 
@@ -585,6 +661,8 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
         masters=masters,
         pki={"caCommonName": "kubernetes", "certValidityHours": 17520},
         metricsServer={"kubeletInsecureTls": True, "kubeletCaCertPem": None},
+        apiserver={"extraFlags": {"--anonymous-auth": True}},
+        ssh={"insecureSkipHostKeyCheck": True},  # config refuses unpinned masters otherwise
     )
 
     def mutate(t, n, u, inputs, state):
@@ -611,6 +689,7 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
     assert "'proxy-client' is valid for 17520 hours" in text["leaf-validity-bounded"]
     assert "without connection.hostKey" in text["host-keys-pinned-in-production"]
     assert len(found["host-keys-pinned-in-production"]) == 6  # certs + flags on each of 3 masters
+    assert "sets --anonymous-auth=true" in text["no-dangerous-apiserver-flags"]
 
 
 def yaml_masters_without_host_keys() -> list[dict]:

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.program import run
+from tests.unit.hostkeys import host_key
 
 label = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
 dns_name = st.lists(label, min_size=2, max_size=4).map(".".join)
@@ -25,7 +26,7 @@ def canonical(a: str) -> str:
 
 
 master_lists = st.lists(address, min_size=1, max_size=6, unique_by=canonical).map(
-    lambda addrs: [{"name": f"cp-{i}", "address": a} for i, a in enumerate(addrs)]
+    lambda addrs: [{"name": f"cp-{i}", "address": a, "hostKey": host_key(i)} for i, a in enumerate(addrs)]
 )
 
 
