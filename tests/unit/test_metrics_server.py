@@ -61,6 +61,8 @@ class Registration:
     inputs: dict[str, Any]  # secrets unwrapped
     secret_keys: set[str]  # top-level inputs that were (or contained) secrets
     custom: bool
+    provider: str = ""  # "urn::id" of an explicit provider, "" for the default one
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +106,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     inputs=_unwrap_deep(plain),
                     secret_keys={k for k, v in raw.items() if _contains_secret(v)},
                     custom=request.custom,
+                    provider=request.provider,
+                    ignore_changes=list(request.ignoreChanges),
                 )
             )
         return response
@@ -142,7 +146,9 @@ class Result:
     dep_urn: str
 
 
-def evaluate(**overrides: Any) -> Result:
+def evaluate(stack: dict[str, str] | None = None, secret_keys: tuple[str, ...] = (), **overrides: Any) -> Result:
+    """The component alone; `stack`: full-key stack config besides the component's settings (the
+    `kubernetes:*` keys its provider passes through), replacing whatever an earlier test set."""
     settings = config.MetricsServer.model_validate(overrides)
     recorded = Recorded()
     mocks = FakeMocks()
@@ -153,6 +159,7 @@ def evaluate(**overrides: Any) -> Result:
         preview=False,
         monitor=RecordingMonitor(mocks, recorded),
     )
+    pulumi.runtime.set_all_config(dict(stack or {}), list(secret_keys))
     holder: dict[str, Any] = {}
 
     @pulumi.runtime.test
@@ -469,8 +476,9 @@ def test_ca_bundle_is_the_serving_ca_and_tls_is_verified(default: Result):
     ca_pem = fake_pem("CERTIFICATE", ca.name)
     assert default.serving_ca_cert_pem == ca_pem
     assert base64.b64decode(api["spec"]["caBundle"]).decode() == ca_pem
-    assert "insecureSkipTLSVerify" not in api["spec"]
-    assert {k: v for k, v in api["spec"].items() if k != "caBundle"} == {
+    # explicitly false (an adopted upstream APIService has true, which SSA would otherwise keep)
+    assert api["spec"]["insecureSkipTLSVerify"] is False
+    assert {k: v for k, v in api["spec"].items() if k not in ("caBundle", "insecureSkipTLSVerify")} == {
         "group": "metrics.k8s.io",
         "version": "v1beta1",
         "groupPriorityMinimum": 100,
@@ -512,20 +520,21 @@ def annotations(result: Result, typ: str) -> dict[str, str]:
 
 
 API = "kubernetes:apiregistration.k8s.io/v1:APIService"
+FORCE = {"pulumi.com/patchForce": "true"}
 DEPLOY = "kubernetes:apps/v1:Deployment"
 SVC = "kubernetes:core/v1:Service"
 
 
 def test_wait_for_available_annotation(default: Result):
-    assert annotations(default, API) == {"pulumi.com/waitFor": "condition=Available"}
+    assert annotations(default, API) == {**FORCE, "pulumi.com/waitFor": "condition=Available"}
     assert "pulumi.com/waitFor" not in annotations(evaluate(waitForAvailable=False), API)
 
 
 def test_expect_no_pods_skips_await_on_the_deployment_and_service_only():
     result = evaluate(expectNoPods=True)
-    assert annotations(result, DEPLOY) == {"pulumi.com/skipAwait": "true"}
-    assert annotations(result, SVC) == {"pulumi.com/skipAwait": "true"}  # no pods: no endpoints either
-    assert annotations(result, API) == {"pulumi.com/waitFor": "condition=Available"}
+    assert annotations(result, DEPLOY) == {**FORCE, "pulumi.com/skipAwait": "true"}
+    assert annotations(result, SVC) == {**FORCE, "pulumi.com/skipAwait": "true"}  # no pods: no endpoints either
+    assert annotations(result, API) == {**FORCE, "pulumi.com/waitFor": "condition=Available"}
     for r in result.recorded.resources:
         if r.type not in (DEPLOY, SVC) and r.type.startswith("kubernetes:"):
             assert "pulumi.com/skipAwait" not in (r.inputs["metadata"].get("annotations") or {}), r.name
@@ -687,3 +696,78 @@ def test_whole_program_outputs_carry_no_private_key(stack_config):
     assert "PRIVATE KEY" not in json.dumps(result.outputs, default=str)
     (dep,) = result.of_type(DEPLOY)
     assert "--kubelet-insecure-tls" in dep.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# --- adoption of an existing (hand-applied) metrics-server ---------------------------------------------
+
+PROVIDER = "pulumi:providers:kubernetes"
+
+
+def k8s_registrations(result: Result) -> list[Registration]:
+    return [r for r in result.recorded.resources if r.type.startswith("kubernetes:")]
+
+
+def test_every_object_forces_server_side_apply_conflicts(default: Result):
+    """The reported failure: a field owned by `kubectl-client-side-apply` (the Deployment's args) made
+    the apply conflict. patchForce lets this program's values win, on every object."""
+    objects = k8s_registrations(default)
+    assert len(objects) == len(EXPECTED_OBJECTS)
+    for r in objects:
+        assert r.inputs["metadata"]["annotations"][ms.PATCH_FORCE_ANNOTATION] == "true", r.name
+
+
+def test_every_object_goes_through_the_components_own_upserting_provider(default: Result):
+    rec = default.recorded
+    comp = rec.one(ms.TYPE)
+    provider = rec.one(PROVIDER)
+    assert provider.parent == comp.urn and provider.name == "metrics-server-kubernetes"
+    assert provider.inputs["upsertExistingObjects"] == "true"  # the SDK sends provider booleans as JSON
+    assert provider.inputs["enableServerSideApply"] == "true"
+    for r in k8s_registrations(default):
+        assert r.provider.startswith(provider.urn + "::"), f"{r.name} uses {r.provider or 'the default provider'}"
+    for r in rec.resources:
+        if r.type.startswith("tls:"):
+            assert r.provider == "", f"{r.name}: a Kubernetes provider on a tls resource"
+
+
+def test_apiservice_sends_insecure_false_but_ignores_its_echo(default: Result):
+    api = default.recorded.one(API)
+    assert api.inputs["spec"]["insecureSkipTLSVerify"] is False
+    assert api.ignore_changes == ["spec.insecureSkipTLSVerify"]
+    for r in k8s_registrations(default):
+        if r is not api:
+            assert r.ignore_changes == [], r.name
+
+
+def test_provider_gets_the_stacks_kubernetes_config_as_the_default_provider_would():
+    kubeconfig = "apiVersion: v1\nkind: Config\nclusters: []\n"
+    result = evaluate(
+        stack={
+            "kubernetes:kubeconfig": kubeconfig,
+            "kubernetes:context": "admin@prod",
+            "kubernetes:namespace": "tools",
+            "kubernetes:deleteUnreachable": "true",
+            "kubernetes:kubeClientSettings": json.dumps({"burst": 200, "qps": 100}),
+            "kubernetes:clusterIdentifier": "prod-1",
+            "metrics-aggregation:unrelated": "x",
+        },
+        secret_keys=("kubernetes:kubeconfig",),
+    )
+    provider = result.recorded.one(PROVIDER)
+    assert provider.inputs["kubeconfig"] == kubeconfig
+    assert "kubeconfig" in provider.secret_keys  # secret in the stack, secret in the provider's state
+    assert provider.inputs["context"] == "admin@prod"
+    assert provider.inputs["namespace"] == "tools"
+    assert provider.inputs["deleteUnreachable"] == "true"
+    assert json.loads(provider.inputs["kubeClientSettings"]) == {"burst": 200, "qps": 100}
+    assert provider.inputs["clusterIdentifier"] == "prod-1"
+    assert "context" not in provider.secret_keys
+
+
+def test_a_stack_that_turns_off_server_side_apply_or_upsert_is_refused_naming_the_key():
+    with pytest.raises(config.ConfigError) as info:
+        evaluate(stack={"kubernetes:enableServerSideApply": "false", "kubernetes:upsertExistingObjects": "false"})
+    text = str(info.value)
+    assert "kubernetes:enableServerSideApply: false cannot be used" in text
+    assert "kubernetes:upsertExistingObjects: false cannot be used" in text
+    evaluate(stack={"kubernetes:enableServerSideApply": "true"})  # saying yes explicitly is fine
