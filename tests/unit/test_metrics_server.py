@@ -771,3 +771,27 @@ def test_a_stack_that_turns_off_server_side_apply_or_upsert_is_refused_naming_th
     assert "kubernetes:enableServerSideApply: false cannot be used" in text
     assert "kubernetes:upsertExistingObjects: false cannot be used" in text
     evaluate(stack={"kubernetes:enableServerSideApply": "true"})  # saying yes explicitly is fine
+
+
+def test_the_e2e_upstream_manifest_names_exactly_the_objects_this_component_adopts(default: Result):
+    """tests/e2e/data/metrics-server-upstream.yaml (the hand-made install of the adoption cases) holds
+    the upstream names; every one of them is an object of this component, with the same selector."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "e2e" / "data" / "metrics-server-upstream.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    kinds = {"ServiceAccount": "core/v1", "Service": "core/v1", "Deployment": "apps/v1",
+             "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+             "RoleBinding": "rbac.authorization.k8s.io/v1", "APIService": "apiregistration.k8s.io/v1"}
+    upstream = {(f"kubernetes:{kinds[d['kind']]}:{d['kind']}", d["metadata"]["name"], d["metadata"].get("namespace"))
+                for d in docs}
+    ours = k8s_objects(default)
+    assert upstream <= ours
+    assert ours - upstream == {("kubernetes:core/v1:Secret", ms.SERVING_SECRET_NAME, "kube-system")}
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert dep["spec"]["selector"]["matchLabels"] == deployment(default)["spec"]["selector"]["matchLabels"]
+    (api,) = [d for d in docs if d["kind"] == "APIService"]
+    assert api["spec"]["insecureSkipTLSVerify"] is True and "--kubelet-insecure-tls" in dep["spec"]["template"][
+        "spec"]["containers"][0]["args"]

@@ -1,0 +1,105 @@
+"""Adoption of a hand-applied metrics-server, with the real engine and provider on a sandbox.
+
+The upstream-shaped manifest (tests/e2e/data/metrics-server-upstream.yaml: upstream names and labels,
+`--kubelet-insecure-tls`, an APIService with `insecureSkipTLSVerify: true`) is applied the three ways a
+person does it: `kubectl apply` (client-side), `kubectl apply --server-side`, `kubectl create`. Each
+time `pulumi up` with the sandbox stack must take every object over in place (same uid: nothing deleted
+and recreated, no Server-Side Apply conflict), the APIService must carry the program's caBundle and no
+insecureSkipTLSVerify (and become Available: the stack waits for it), the Deployment must run the
+program's args, and a second preview must be empty. Between the cases, a destroy targeted at the
+MetricsServer component removes its objects again (the masters keep their flags).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import metrics_server as ms
+from sandbox.cluster import Sandbox
+from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
+from tests.e2e.sandboxes import running_sandbox, sandbox_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+MANIFEST = Path(__file__).parent / "data" / "metrics-server-upstream.yaml"
+COMPONENT_URN = f"urn:pulumi:sandbox::{PROJECT}::{ms.TYPE}::metrics-server"
+APPLY = {
+    "client-side": ["apply", "-f"],
+    "server-side": ["apply", "--server-side", "-f"],
+    "create": ["create", "-f"],
+}
+
+
+@dataclass
+class Adoption:
+    sb: Sandbox
+    stack: E2EStack
+    kubectl: str
+
+    def k(self, *args: str, timeout: float = 60) -> str:
+        p = subprocess.run([self.kubectl, *args], env={"KUBECONFIG": str(self.sb.kubeconfig), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, timeout=timeout)
+        assert p.returncode == 0, f"kubectl {' '.join(args)} -> {p.returncode}: {p.stderr}"
+        return p.stdout
+
+    def objects(self) -> dict[tuple[str, str], dict]:
+        """(kind, name) -> live object, for every object of the manifest."""
+        out = {}
+        for doc in yaml.safe_load_all(MANIFEST.read_text()):
+            meta = doc["metadata"]
+            ns = ["-n", meta["namespace"]] if "namespace" in meta else []
+            out[(doc["kind"], meta["name"])] = json.loads(self.k("get", doc["kind"], meta["name"], *ns, "-o", "json"))
+        return out
+
+
+@pytest.fixture(scope="module")
+def adoption(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
+    tmp = tmp_path_factory.mktemp("adopt")
+    with running_sandbox(toolchain.bin_dir, tmp) as sb:
+        stack = Project.copy(tmp / "project").stack(toolchain, tmp / "backend", "sandbox", sandbox_config(sb))
+        try:
+            yield Adoption(sb, stack, str(toolchain.bin_dir / "kubectl"))
+        finally:
+            (tmp / "engine-output.log").write_text("\n".join(stack.outputs))
+
+
+@pytest.mark.parametrize("how", list(APPLY))
+def test_up_adopts_a_hand_applied_metrics_server_in_place(adoption: Adoption, how: str):
+    a = adoption
+    if a.stack.stack.export_stack().deployment.get("resources"):
+        a.stack.destroy(target=[COMPONENT_URN], target_dependents=True)  # the previous case's objects
+    a.k(*APPLY[how], str(MANIFEST))
+    before = a.objects()
+    assert before[("APIService", "v1beta1.metrics.k8s.io")]["spec"]["insecureSkipTLSVerify"] is True
+
+    a.stack.up()
+
+    after = a.objects()
+    for key, obj in before.items():
+        assert after[key]["metadata"]["uid"] == obj["metadata"]["uid"], f"{key} was deleted and recreated"
+        assert after[key]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pulumi", key
+    api = after[("APIService", "v1beta1.metrics.k8s.io")]
+    assert not api["spec"].get("insecureSkipTLSVerify"), api["spec"]
+    ca = base64.b64decode(api["spec"]["caBundle"]).decode()
+    assert ca.startswith("-----BEGIN CERTIFICATE-----")
+    assert a.stack.stack.outputs()["metricsApiService"].value == "v1beta1.metrics.k8s.io"
+    conditions = {c["type"]: c["status"] for c in api["status"]["conditions"]}
+    assert conditions["Available"] == "True", api["status"]
+    (container,) = after[("Deployment", "metrics-server")]["spec"]["template"]["spec"]["containers"]
+    assert "--kubelet-insecure-tls" not in container["args"]
+    assert f"--tls-cert-file={ms.SERVING_CERT_DIR}/tls.crt" in container["args"]
+    owners = {f["manager"] for f in after[("Deployment", "metrics-server")]["metadata"]["managedFields"]
+              if "f:args" in json.dumps(f.get("fieldsV1", {}))}
+    assert owners and all(m.startswith("pulumi-kubernetes") for m in owners), owners
+
+    result, _, _ = a.stack.preview()
+    changes = {op: n for op, n in result.change_summary.items() if op != "same" and n}
+    assert changes == {}, f"second preview after adopting ({how}): {changes}"
