@@ -121,6 +121,10 @@ def provider_args(settings: KubeSettings) -> dict[str, Any]:
         args[_snake(key)] = pulumi.Output.secret(value) if key in settings.secret else value
     for key, value in REQUIRED.items():
         args[_snake(key)] = value
+    # Unset, the SDK would fill in the program's $KUBECONFIG, and the provider reads that string as one
+    # path or as kubeconfig text (a `a:b` list then fails). "" is the provider's "not set": client-go's
+    # loading rules, exactly what the default provider does without `kubernetes:kubeconfig`.
+    args.setdefault("kubeconfig", "")
     return args
 
 

@@ -723,6 +723,9 @@ def test_every_object_goes_through_the_components_own_upserting_provider(default
     assert provider.parent == comp.urn and provider.name == "metrics-server-kubernetes"
     assert provider.inputs["upsertExistingObjects"] == "true"  # the SDK sends provider booleans as JSON
     assert provider.inputs["enableServerSideApply"] == "true"
+    # no kubernetes:kubeconfig: "" = the provider's own loading rules, as for the default provider
+    # (not the SDK's fallback to the program's $KUBECONFIG, which breaks on an `a:b` list)
+    assert provider.inputs["kubeconfig"] == ""
     for r in k8s_registrations(default):
         assert r.provider.startswith(provider.urn + "::"), f"{r.name} uses {r.provider or 'the default provider'}"
     for r in rec.resources:
@@ -737,6 +740,12 @@ def test_apiservice_sends_insecure_false_but_ignores_its_echo(default: Result):
     for r in k8s_registrations(default):
         if r is not api:
             assert r.ignore_changes == [], r.name
+
+
+def test_unset_kubeconfig_is_not_the_programs_kubeconfig_list(monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", "/a/config:/b/config")
+    provider = evaluate().recorded.one(PROVIDER)
+    assert provider.inputs["kubeconfig"] == ""
 
 
 def test_provider_gets_the_stacks_kubernetes_config_as_the_default_provider_would():
