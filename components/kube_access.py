@@ -74,10 +74,9 @@ def read_settings(cfg: Any = None, is_secret: Callable[[str], bool] | None = Non
     """The `kubernetes:*` keys from the stack (pulumi.Config); a value of the wrong type, or a stack
     that turns off what adoption needs, is a ConfigError naming the key."""
     import pulumi
-    from pulumi.runtime.config import is_config_secret
 
     cfg = cfg or pulumi.Config(PROVIDER_NAMESPACE)
-    is_secret = is_secret or is_config_secret
+    is_secret = is_secret or _is_config_secret
     values: dict[str, Any] = {}
     problems: list[str] = []
     for key in (*STRING_KEYS, *BOOL_KEYS, *OBJECT_KEYS):
@@ -102,8 +101,17 @@ def read_settings(cfg: Any = None, is_secret: Callable[[str], bool] | None = Non
             )
     if problems:
         raise ConfigError(problems)
-    secret = frozenset(k for k in values if is_secret(f"{PROVIDER_NAMESPACE}:{k}"))
-    return KubeSettings(values=values, secret=secret)
+    secret = {k for k in values if is_secret(f"{PROVIDER_NAMESPACE}:{k}")}
+    if "\n" in str(values.get("kubeconfig", "")):
+        secret.add("kubeconfig")  # kubeconfig text may hold keys and tokens, whether the stack said secret or not
+    return KubeSettings(values=values, secret=frozenset(secret))
+
+
+def _is_config_secret(full_key: str) -> bool:
+    """Secret in the stack: the SDK's own set (mocks, automation) or the engine's PULUMI_CONFIG_SECRET_KEYS."""
+    from pulumi.runtime.config import get_config_secret_keys_env, is_config_secret
+
+    return is_config_secret(full_key) or full_key in get_config_secret_keys_env()
 
 
 def _snake(key: str) -> str:

@@ -773,6 +773,17 @@ def test_provider_gets_the_stacks_kubernetes_config_as_the_default_provider_woul
     assert "context" not in provider.secret_keys
 
 
+def test_kubeconfig_text_is_secret_in_the_provider_even_when_the_stack_did_not_say_so(monkeypatch):
+    text = "apiVersion: v1\nkind: Config\nusers: [{name: u, user: {token: abc}}]\n"
+    provider = evaluate(stack={"kubernetes:kubeconfig": text}).recorded.one(PROVIDER)
+    assert provider.inputs["kubeconfig"] == text and "kubeconfig" in provider.secret_keys
+    # a path is not secret; the engine's secret-key list (PULUMI_CONFIG_SECRET_KEYS) is honoured
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(["kubernetes:context"]))
+    provider = evaluate(stack={"kubernetes:kubeconfig": "/etc/k.conf", "kubernetes:context": "c"}).recorded.one(
+        PROVIDER)
+    assert provider.secret_keys == {"context"}
+
+
 def test_a_stack_that_turns_off_server_side_apply_or_upsert_is_refused_naming_the_key():
     with pytest.raises(config.ConfigError) as info:
         evaluate(stack={"kubernetes:enableServerSideApply": "false", "kubernetes:upsertExistingObjects": "false"})
