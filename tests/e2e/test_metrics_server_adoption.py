@@ -56,7 +56,8 @@ class Adoption:
         for doc in yaml.safe_load_all(MANIFEST.read_text()):
             meta = doc["metadata"]
             ns = ["-n", meta["namespace"]] if "namespace" in meta else []
-            out[(doc["kind"], meta["name"])] = json.loads(self.k("get", doc["kind"], meta["name"], *ns, "-o", "json"))
+            got = self.k("get", doc["kind"], meta["name"], *ns, "-o", "json", "--show-managed-fields")
+            out[(doc["kind"], meta["name"])] = json.loads(got)
         return out
 
 
