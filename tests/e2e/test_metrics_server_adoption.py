@@ -45,8 +45,8 @@ class Adoption:
     kubectl: str
 
     def k(self, *args: str, timeout: float = 60) -> str:
-        p = subprocess.run([self.kubectl, *args], env={"KUBECONFIG": str(self.sb.kubeconfig), "PATH": "/usr/bin:/bin"},
-                           capture_output=True, text=True, timeout=timeout)
+        env = {"KUBECONFIG": str(self.sb.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(self.sb.dir)}  # its cache
+        p = subprocess.run([self.kubectl, *args], env=env, capture_output=True, text=True, timeout=timeout)
         assert p.returncode == 0, f"kubectl {' '.join(args)} -> {p.returncode}: {p.stderr}"
         return p.stdout
 
