@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ SELECTOR = {"k8s-app": APP}
 PATCH_FORCE_ANNOTATION = "pulumi.com/patchForce"
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
 WAIT_FOR_AVAILABLE = "condition=Available"
+CA_BUNDLE_CHECKSUM_ANNOTATION = "checksum/ca-bundle"
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 INSECURE_SKIP_TLS_VERIFY_PATH = "spec.insecureSkipTLSVerify"
 
@@ -124,6 +126,22 @@ def container_args(settings: config.MetricsServer) -> list[str]:
     return args
 
 
+def api_service_annotations(wait_for_available: bool, ca_pem: str) -> dict[str, str]:
+    """The APIService's own annotations: the caBundle's checksum and, when waiting, what to wait for.
+
+    `condition=Available` alone is not enough when `up` patches an APIService that already was
+    Available (an adopted install): the provider's watch may first deliver the object as it was before
+    the patch (a lagging API server cache), which satisfies the condition at once and is then stored as
+    the resource's state without this program's changes. Waiting also for the checksum of this caBundle
+    makes the await (and the state) start from the patched object."""
+    digest = sha256(ca_pem)
+    annotations = {CA_BUNDLE_CHECKSUM_ANNOTATION: digest}
+    if wait_for_available:
+        fresh = f"jsonpath={{.metadata.annotations['{CA_BUNDLE_CHECKSUM_ANNOTATION}']}}={digest}"
+        annotations[WAIT_FOR_ANNOTATION] = json.dumps([WAIT_FOR_AVAILABLE, fresh])
+    return annotations
+
+
 def capabilities_to_add(container_port: int) -> list[str]:
     return ["NET_BIND_SERVICE"] if container_port < 1024 else []
 
@@ -176,13 +194,17 @@ class _Scope:
         namespace: str | None = None,
         cluster_scoped: bool = False,
         extra_labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | pulumi.Output[dict[str, str]] | None = None,
     ) -> k8s.meta.v1.ObjectMetaArgs:
         return k8s.meta.v1.ObjectMetaArgs(
             name=name,
             namespace=None if cluster_scoped else (namespace or self.namespace),
             labels={**labels(self.settings), **(extra_labels or {})},
-            annotations={PATCH_FORCE_ANNOTATION: "true", **(annotations or {})},
+            annotations=(
+                annotations.apply(lambda a: {PATCH_FORCE_ANNOTATION: "true", **a})
+                if isinstance(annotations, pulumi.Output)
+                else {PATCH_FORCE_ANNOTATION: "true", **(annotations or {})}
+            ),
         )
 
 
@@ -476,7 +498,8 @@ def _pod_disruption_budget(s: _Scope) -> k8s.policy.v1.PodDisruptionBudget | Non
 
 
 def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apiregistration.v1.APIService:
-    annotations = {WAIT_FOR_ANNOTATION: WAIT_FOR_AVAILABLE} if s.settings.wait_for_available else None
+    wait = s.settings.wait_for_available
+    annotations = pki.ca_cert_pem.apply(lambda pem: api_service_annotations(wait, pem))
     return k8s.apiregistration.v1.APIService(
         s.child("apiservice"),
         metadata=s.meta(API_SERVICE_NAME, cluster_scoped=True, annotations=annotations),

@@ -23,13 +23,15 @@ import pytest
 import yaml
 
 from components import metrics_server as ms
-from sandbox.cluster import Sandbox
+from sandbox.cluster import Sandbox, wait_for
+from sandbox.kube import ApiError
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
 from tests.e2e.sandboxes import running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 MANIFEST = Path(__file__).parent / "data" / "metrics-server-upstream.yaml"
+METRICS_NODES = "/apis/metrics.k8s.io/v1beta1/nodes"
 COMPONENT_URN = f"urn:pulumi:sandbox::{PROJECT}::{ms.TYPE}::metrics-server"
 APPLY = {
     "client-side": ["apply", "-f"],
@@ -49,6 +51,16 @@ class Adoption:
         p = subprocess.run([self.kubectl, *args], env=env, capture_output=True, text=True, timeout=timeout)
         assert p.returncode == 0, f"kubectl {' '.join(args)} -> {p.returncode}: {p.stderr}"
         return p.stdout
+
+    def metrics_api_answers(self) -> bool:
+        api = self.sb.api()
+        try:
+            nodes = api.get(METRICS_NODES)
+            status = api.get(f"/apis/apiregistration.k8s.io/v1/apiservices/{ms.API_SERVICE_NAME}")["status"]
+        except (OSError, ApiError):
+            return False
+        available = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Available") == "True"
+        return available and bool(nodes and nodes.get("items"))
 
     def objects(self) -> dict[tuple[str, str], dict]:
         """(kind, name) -> live object, for every object of the manifest."""
@@ -92,8 +104,11 @@ def test_up_adopts_a_hand_applied_metrics_server_in_place(adoption: Adoption, ho
     ca = base64.b64decode(api["spec"]["caBundle"]).decode()
     assert ca.startswith("-----BEGIN CERTIFICATE-----")
     assert a.stack.stack.outputs()["metricsApiService"].value == "v1beta1.metrics.k8s.io"
-    conditions = {c["type"]: c["status"] for c in api["status"]["conditions"]}
-    assert conditions["Available"] == "True", api["status"]
+    # The metrics API answers through the aggregation layer, now with the caBundle. Polled, not read once:
+    # the patched APIService keeps the old install's Available=True until kube-apiserver checks it again
+    # (so the waitFor can pass at once), and the sandbox skips the Deployment's rollout await
+    # (expectNoPods): `up` can return while the pod runner restarts metrics-server with the new args.
+    wait_for(lambda: a.metrics_api_answers(), "the metrics API after the takeover", timeout=90, interval=1)
     (container,) = after[("Deployment", "metrics-server")]["spec"]["template"]["spec"]["containers"]
     assert "--kubelet-insecure-tls" not in container["args"]
     assert f"--tls-cert-file={ms.SERVING_CERT_DIR}/tls.crt" in container["args"]
@@ -104,3 +119,41 @@ def test_up_adopts_a_hand_applied_metrics_server_in_place(adoption: Adoption, ho
     result, _, _ = a.stack.preview()
     changes = {op: n for op, n in result.change_summary.items() if op != "same" and n}
     assert changes == {}, f"second preview after adopting ({how}): {changes}"
+
+
+HELM_DEPLOYMENT = {
+    "apiVersion": "apps/v1", "kind": "Deployment",
+    "metadata": {
+        "name": "ms-metrics-server", "namespace": "monitoring",
+        "labels": {"app.kubernetes.io/name": "metrics-server", "app.kubernetes.io/instance": "ms",
+                   "app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "metrics-server-3.12.2"},
+        "annotations": {"meta.helm.sh/release-name": "ms", "meta.helm.sh/release-namespace": "monitoring"},
+    },
+    "spec": {
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "metrics-server", "app.kubernetes.io/instance": "ms"}},
+        "template": {
+            "metadata": {"labels": {"app.kubernetes.io/name": "metrics-server", "app.kubernetes.io/instance": "ms"}},
+            "spec": {"containers": [{"name": "metrics-server", "image": "registry.k8s.io/metrics-server/metrics-server:v0.9.0"}]},
+        },
+    },
+}
+
+
+def test_a_helm_release_next_to_it_stops_preview_and_up_naming_the_release(adoption: Adoption, tmp_path: Path):
+    """The read before anything is registered, against the real kube-apiserver (label selector, auth)."""
+    from pulumi import automation as auto
+
+    a = adoption
+    a.k("create", "namespace", "monitoring")
+    manifest = tmp_path / "helm-deployment.json"
+    manifest.write_text(json.dumps(HELM_DEPLOYMENT))
+    a.k("create", "-f", str(manifest))
+    try:
+        for run in (a.stack.preview, a.stack.up):
+            with pytest.raises(auto.CommandError) as info:
+                run()
+            text = str(info.value)
+            assert "installed by Helm: release 'ms' in namespace 'monitoring'" in text, text[-2000:]
+            assert "`helm uninstall ms -n monitoring`" in text
+    finally:
+        a.k("delete", "namespace", "monitoring", "--wait=false")

@@ -9,7 +9,9 @@ is present.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -525,16 +527,39 @@ DEPLOY = "kubernetes:apps/v1:Deployment"
 SVC = "kubernetes:core/v1:Service"
 
 
+def wait_for_api_service(result: Result) -> dict[str, str]:
+    """The APIService's annotations as this program must set them for its serving CA."""
+    ca_pem = fake_pem("CERTIFICATE", result.recorded.one("tls:index/selfSignedCert:SelfSignedCert").name)
+    digest = hashlib.sha256(ca_pem.encode()).hexdigest()
+    fresh = f"jsonpath={{.metadata.annotations['checksum/ca-bundle']}}={digest}"
+    return {**FORCE, "checksum/ca-bundle": digest, "pulumi.com/waitFor": json.dumps(["condition=Available", fresh])}
+
+
 def test_wait_for_available_annotation(default: Result):
-    assert annotations(default, API) == {**FORCE, "pulumi.com/waitFor": "condition=Available"}
-    assert "pulumi.com/waitFor" not in annotations(evaluate(waitForAvailable=False), API)
+    """Available, on the object that carries this caBundle: an adopted APIService is already Available
+    before the patch, and a lagging watch cache may show it first (seen on the sandbox: `up` returned at
+    once and stored the pre-patch object, so the next preview showed an update)."""
+    assert annotations(default, API) == wait_for_api_service(default)
+    no_wait = evaluate(waitForAvailable=False)
+    assert "pulumi.com/waitFor" not in annotations(no_wait, API)
+    assert "checksum/ca-bundle" in annotations(no_wait, API)
+
+
+def test_the_wait_expression_parses_as_the_provider_parses_it(default: Result):
+    """pulumi-kubernetes splits `jsonpath={path}=value` on single '=' signs (keeping '=='): exactly two
+    parts, the value a hex digest (base64 caBundle padding would break it)."""
+    (available, fresh) = json.loads(annotations(default, API)["pulumi.com/waitFor"])
+    assert available == "condition=Available"
+    body = fresh.removeprefix("jsonpath=").replace("==", "\0")
+    path, value = body.split("=")
+    assert path == "{.metadata.annotations['checksum/ca-bundle']}" and re.fullmatch(r"[0-9a-f]{64}", value)
 
 
 def test_expect_no_pods_skips_await_on_the_deployment_and_service_only():
     result = evaluate(expectNoPods=True)
     assert annotations(result, DEPLOY) == {**FORCE, "pulumi.com/skipAwait": "true"}
     assert annotations(result, SVC) == {**FORCE, "pulumi.com/skipAwait": "true"}  # no pods: no endpoints either
-    assert annotations(result, API) == {**FORCE, "pulumi.com/waitFor": "condition=Available"}
+    assert annotations(result, API) == wait_for_api_service(result)
     for r in result.recorded.resources:
         if r.type not in (DEPLOY, SVC) and r.type.startswith("kubernetes:"):
             assert "pulumi.com/skipAwait" not in (r.inputs["metadata"].get("annotations") or {}), r.name
