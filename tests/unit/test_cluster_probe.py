@@ -257,3 +257,21 @@ def test_main_stops_before_registering_anything(cluster, stack_config, monkeypat
     with pytest.raises(pulumi.RunError, match="release 'metrics-server' in namespace 'monitoring'"):
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
     assert monitor.registrations == []
+
+
+@pytest.mark.timeout(60)
+def test_main_refuses_bad_kubernetes_config_before_registering_anything(stack_config, monkeypatch):
+    mocks = Mocks()
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="metrics-aggregation", stack="test", preview=True, monitor=monitor)
+    values = config_values(stack_config())
+    values["kubernetes:enableServerSideApply"] = "false"
+    values["kubernetes:deleteUnreachable"] = "yes"
+    pulumi.runtime.set_all_config(values)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(pulumi.RunError) as info:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    text = str(info.value)
+    assert "kubernetes:enableServerSideApply: false cannot be used" in text
+    assert "kubernetes:deleteUnreachable: could not be read" in text and "nothing was changed" in text
+    assert monitor.registrations == []
