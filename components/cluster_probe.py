@@ -121,13 +121,19 @@ def helm_message(release: HelmRelease) -> str:
 
 
 def foreign_message(service: str, namespace: str) -> str:
+    other_ns, _, other_name = service.partition("/")
+    # An upstream-shaped install in another namespace has our names there: adoptable in place.
+    adopt = (
+        f" (or, if it is an upstream-shaped install, set {config.NAMESPACE}:metricsServer.namespace to {other_ns}: "
+        f"`up` then adopts it in place)"
+        if other_name == APP else ""
+    )
     return (
         f"APIService {API_SERVICE} already exists and sends the metrics API to Service {service}, not to "
         f"{namespace}/{APP}; it was not made by this program or by Helm, and taking it over would reroute the "
         f"cluster's metrics API. Nothing has been changed. Two ways forward:\n"
         f"    1. remove that metrics-server (`kubectl delete apiservice {API_SERVICE}` and the objects of its "
-        f"install), then `pulumi up` again; or set metricsServer.namespace to {service.split('/')[0]} if it is an "
-        f"upstream-shaped install with upstream names there, which `up` adopts in place;\n"
+        f"install), then `pulumi up` again{adopt};\n"
         f"    2. keep it: `pulumi config set --path {KEEP_EXISTING_KEY} false`, and this program deploys no "
         f"metrics-server"
     )
@@ -173,11 +179,10 @@ def preflight(
     *,
     dry_run: bool,
     warn: Callable[[str], None],
-    endpoint: Callable[..., kube_access.Endpoint] = kube_access.endpoint,
 ) -> None:
     """Raise ProbeError when `up` must stop; `warn` when a preview cannot look."""
     try:
-        ep = endpoint(kube.get("kubeconfig"), kube.get("context"), kube.get("cluster"))
+        ep = kube_access.endpoint(kube.get("kubeconfig"), kube.get("context"), kube.get("cluster"))
     except kube_access.KubeAccessError as exc:
         return _cannot_check(str(exc), dry_run=dry_run, warn=warn)
     try:

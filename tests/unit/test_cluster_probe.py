@@ -163,6 +163,14 @@ def test_apiservice_of_another_install_stops_up(cluster):
     text = str(info.value)
     assert "sends the metrics API to Service monitoring/prometheus-adapter, not to kube-system/metrics-server" in text
     assert "kubectl delete apiservice v1beta1.metrics.k8s.io" in text and KEEP in text
+    assert "metricsServer.namespace" not in text  # another name: not an upstream install to adopt
+
+
+def test_upstream_install_in_another_namespace_suggests_that_namespace():
+    routes = {cp.API_SERVICE_PATH: api_service("monitoring", labels=UPSTREAM_LABELS)}
+    (text,) = cp.problems(routes.get, "kube-system")
+    assert "sends the metrics API to Service monitoring/metrics-server" in text
+    assert "set metrics-aggregation:metricsServer.namespace to monitoring: `up` then adopts it in place" in text
 
 
 @pytest.mark.timeout(30)
