@@ -2,11 +2,17 @@
 
 import pulumi
 
-from components import config, program
+from components import cluster_probe, config, kube_access, program
 
 try:
     settings = config.load()
-except config.ConfigError as err:  # before any resource is registered
+    # Read-only, before any resource is registered: a metrics-server that Helm or another install
+    # manages stops `up` here, with nothing changed.
+    cluster_probe.preflight(
+        settings.metrics_server, kube_access.read_settings(),
+        dry_run=pulumi.runtime.is_dry_run(), warn=pulumi.log.warn,
+    )
+except (config.ConfigError, cluster_probe.ProbeError) as err:
     raise pulumi.RunError(str(err)) from None
 
 for name, value in program.build(settings).items():

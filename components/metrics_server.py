@@ -5,12 +5,18 @@ The objects follow upstream metrics-server `manifests/base` plus the `high-avail
 
 * metrics-server's serving certificate comes from a serving CA of its own (pulumi-tls), and that CA is
   the APIService `caBundle`: kube-apiserver verifies metrics-server and `insecureSkipTLSVerify` is
-  never set (upstream sets it to true).
+  explicitly false (upstream sets it to true).
 * kubelets are verified with `--kubelet-certificate-authority` when the stack gives their CA;
   `--kubelet-insecure-tls` appears only when the stack asks for it explicitly.
 * when `waitForAvailable`, the APIService carries pulumi-kubernetes' `pulumi.com/waitFor:
   condition=Available`, so `pulumi up` fails unless `metrics.k8s.io` really answers through the
   aggregation layer (an APIService has no built-in await).
+
+Adoption: the objects go through a provider of this component's own (upsertExistingObjects, Server-
+Side Apply) and carry `pulumi.com/patchForce`, so an upstream install made with `kubectl apply`
+(client- or server-side) or `kubectl create` is taken over in place, same objects, this program's
+values. Someone else's install (Helm, another APIService target) is refused earlier, before anything
+is registered (cluster_probe.preflight).
 
 Every child depends on `depends_on` (each master's final flag step): nothing is applied before the
 apiservers can authenticate to metrics-server. The APIService depends on every other object, so it
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +38,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_tls as tls
 
-from components import config
+from components import config, kube_access
 
 TYPE = "metrics-aggregation:k8s:MetricsServer"
 
@@ -44,9 +51,15 @@ API_SERVICE_NAME = f"{API_VERSION}.{API_GROUP}"
 AUTH_NAMESPACE = "kube-system"
 SELECTOR = {"k8s-app": APP}
 
+# Every object: on a Server-Side Apply conflict (fields another field manager owns, e.g.
+# `kubectl-client-side-apply` after a hand-made `kubectl apply`), this program's values win and its
+# field manager takes those fields over. Honoured on create and update by 4.25 and 4.34 alike.
+PATCH_FORCE_ANNOTATION = "pulumi.com/patchForce"
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
 WAIT_FOR_AVAILABLE = "condition=Available"
+CA_BUNDLE_CHECKSUM_ANNOTATION = "checksum/ca-bundle"
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+INSECURE_SKIP_TLS_VERIFY_PATH = "spec.insecureSkipTLSVerify"
 
 SERVING_CERT_DIR = "/etc/metrics-server/serving"
 KUBELET_CA_DIR = "/etc/metrics-server/kubelet-ca"
@@ -113,6 +126,22 @@ def container_args(settings: config.MetricsServer) -> list[str]:
     return args
 
 
+def api_service_annotations(wait_for_available: bool, ca_pem: str) -> dict[str, str]:
+    """The APIService's own annotations: the caBundle's checksum and, when waiting, what to wait for.
+
+    `condition=Available` alone is not enough when `up` patches an APIService that already was
+    Available (an adopted install): the provider's watch may first deliver the object as it was before
+    the patch (a lagging API server cache), which satisfies the condition at once and is then stored as
+    the resource's state without this program's changes. Waiting also for the checksum of this caBundle
+    makes the await (and the state) start from the patched object."""
+    digest = sha256(ca_pem)
+    annotations = {CA_BUNDLE_CHECKSUM_ANNOTATION: digest}
+    if wait_for_available:
+        fresh = f"jsonpath={{.metadata.annotations['{CA_BUNDLE_CHECKSUM_ANNOTATION}']}}={digest}"
+        annotations[WAIT_FOR_ANNOTATION] = json.dumps([WAIT_FOR_AVAILABLE, fresh])
+    return annotations
+
+
 def capabilities_to_add(container_port: int) -> list[str]:
     return ["NET_BIND_SERVICE"] if container_port < 1024 else []
 
@@ -136,6 +165,7 @@ class _Scope:
     parent: pulumi.Resource
     depends_on: tuple[pulumi.Resource, ...]
     settings: config.MetricsServer
+    provider: pulumi.ProviderResource | None = None
 
     @property
     def namespace(self) -> str:
@@ -144,8 +174,18 @@ class _Scope:
     def child(self, suffix: str) -> str:
         return f"{self.name}-{suffix}"
 
-    def opts(self, *after: pulumi.Resource) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self.parent, depends_on=[*self.depends_on, *after])
+    def opts(self, *after: pulumi.Resource, ignore_changes: list[str] | None = None) -> pulumi.ResourceOptions:
+        """A Kubernetes object's options: this component's own provider."""
+        return pulumi.ResourceOptions(
+            parent=self.parent,
+            depends_on=[*self.depends_on, *after],
+            provider=self.provider,
+            ignore_changes=ignore_changes,
+        )
+
+    def plain_opts(self) -> pulumi.ResourceOptions:
+        """Options of a resource of another package (tls): no Kubernetes provider."""
+        return pulumi.ResourceOptions(parent=self.parent, depends_on=list(self.depends_on))
 
     def meta(
         self,
@@ -154,13 +194,17 @@ class _Scope:
         namespace: str | None = None,
         cluster_scoped: bool = False,
         extra_labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | pulumi.Output[dict[str, str]] | None = None,
     ) -> k8s.meta.v1.ObjectMetaArgs:
         return k8s.meta.v1.ObjectMetaArgs(
             name=name,
             namespace=None if cluster_scoped else (namespace or self.namespace),
             labels={**labels(self.settings), **(extra_labels or {})},
-            annotations=dict(annotations) if annotations else None,
+            annotations=(
+                annotations.apply(lambda a: {PATCH_FORCE_ANNOTATION: "true", **a})
+                if isinstance(annotations, pulumi.Output)
+                else {PATCH_FORCE_ANNOTATION: "true", **(annotations or {})}
+            ),
         )
 
 
@@ -173,7 +217,7 @@ class _ServingPki:
 
 def _serving_pki(s: _Scope) -> _ServingPki:
     """A serving CA of metrics-server's own and the leaf it signs for the Service's DNS names."""
-    ca_key = tls.PrivateKey(s.child("serving-ca-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.opts())
+    ca_key = tls.PrivateKey(s.child("serving-ca-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.plain_opts())
     ca = tls.SelfSignedCert(
         s.child("serving-ca"),
         private_key_pem=ca_key.private_key_pem,
@@ -184,15 +228,15 @@ def _serving_pki(s: _Scope) -> _ServingPki:
         set_subject_key_id=True,
         allowed_uses=list(SERVING_CA_ALLOWED_USES),
         validity_period_hours=SERVING_CA_VALIDITY_HOURS,
-        opts=s.opts(),
+        opts=s.plain_opts(),
     )
-    key = tls.PrivateKey(s.child("serving-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.opts())
+    key = tls.PrivateKey(s.child("serving-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.plain_opts())
     csr = tls.CertRequest(
         s.child("serving-csr"),
         private_key_pem=key.private_key_pem,
         subject=tls.CertRequestSubjectArgs(common_name=f"{APP}.{s.namespace}.svc"),
         dns_names=serving_dns_names(s.namespace),
-        opts=s.opts(),
+        opts=s.plain_opts(),
     )
     cert = tls.LocallySignedCert(
         s.child("serving-cert"),
@@ -202,7 +246,7 @@ def _serving_pki(s: _Scope) -> _ServingPki:
         allowed_uses=list(SERVING_CERT_ALLOWED_USES),
         validity_period_hours=SERVING_CERT_VALIDITY_HOURS,
         early_renewal_hours=SERVING_CERT_EARLY_RENEWAL_HOURS,
-        opts=s.opts(),
+        opts=s.plain_opts(),
     )
     return _ServingPki(
         ca_cert_pem=ca.cert_pem,
@@ -454,7 +498,8 @@ def _pod_disruption_budget(s: _Scope) -> k8s.policy.v1.PodDisruptionBudget | Non
 
 
 def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apiregistration.v1.APIService:
-    annotations = {WAIT_FOR_ANNOTATION: WAIT_FOR_AVAILABLE} if s.settings.wait_for_available else None
+    wait = s.settings.wait_for_available
+    annotations = pki.ca_cert_pem.apply(lambda pem: api_service_annotations(wait, pem))
     return k8s.apiregistration.v1.APIService(
         s.child("apiservice"),
         metadata=s.meta(API_SERVICE_NAME, cluster_scoped=True, annotations=annotations),
@@ -465,8 +510,27 @@ def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.ap
             version_priority=100,
             service=k8s.apiregistration.v1.ServiceReferenceArgs(name=APP, namespace=s.namespace, port=443),
             ca_bundle=pki.ca_cert_pem.apply(b64),
+            # Explicitly false, not left out: an adopted upstream APIService has `true` from its
+            # `kubectl apply`, and under Server-Side Apply a field this program does not send keeps
+            # its other owner's value (and true next to a caBundle is rejected). Sent as false, the
+            # forced apply takes the field over.
+            insecure_skip_tls_verify=False,
         ),
-        opts=s.opts(*after),
+        # The API server drops a false insecureSkipTLSVerify from what it returns (omitempty), so the
+        # provider's diff would report `false` as added on every preview; the create above still sends
+        # it, and later updates send the value from state.
+        opts=s.opts(*after, ignore_changes=[INSECURE_SKIP_TLS_VERIFY_PATH]),
+    )
+
+
+def kube_provider(
+    name: str, kube: kube_access.KubeSettings, parent: pulumi.Resource, deps: tuple[pulumi.Resource, ...]
+) -> k8s.Provider:
+    """The provider of every Kubernetes object here: the stack's `kubernetes:*` config, plus Server-Side
+    Apply and upsertExistingObjects, so that `up` adopts a hand-applied metrics-server in place (4.29+
+    fails a create of an existing object with AlreadyExists otherwise). docs/kubernetes-provider.md."""
+    return k8s.Provider(
+        name, **kube_access.provider_args(kube), opts=pulumi.ResourceOptions(parent=parent, depends_on=list(deps))
     )
 
 
@@ -483,6 +547,7 @@ class MetricsServer(pulumi.ComponentResource):
         settings: config.MetricsServer,
         *,
         depends_on: Sequence[pulumi.Resource],
+        kube: kube_access.KubeSettings | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         deps = tuple(depends_on)
@@ -492,7 +557,8 @@ class MetricsServer(pulumi.ComponentResource):
             None,
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(deps))),
         )
-        s = _Scope(name=name, parent=self, depends_on=deps, settings=settings)
+        provider = kube_provider(f"{name}-kubernetes", kube or kube_access.read_settings(), self, deps)
+        s = _Scope(name=name, parent=self, depends_on=deps, settings=settings, provider=provider)
 
         pki = _serving_pki(s)
         secret = _serving_secret(s, pki)

@@ -9,7 +9,9 @@ is present.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +63,8 @@ class Registration:
     inputs: dict[str, Any]  # secrets unwrapped
     secret_keys: set[str]  # top-level inputs that were (or contained) secrets
     custom: bool
+    provider: str = ""  # "urn::id" of an explicit provider, "" for the default one
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +108,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     inputs=_unwrap_deep(plain),
                     secret_keys={k for k, v in raw.items() if _contains_secret(v)},
                     custom=request.custom,
+                    provider=request.provider,
+                    ignore_changes=list(request.ignoreChanges),
                 )
             )
         return response
@@ -142,7 +148,9 @@ class Result:
     dep_urn: str
 
 
-def evaluate(**overrides: Any) -> Result:
+def evaluate(stack: dict[str, str] | None = None, secret_keys: tuple[str, ...] = (), **overrides: Any) -> Result:
+    """The component alone; `stack`: full-key stack config besides the component's settings (the
+    `kubernetes:*` keys its provider passes through), replacing whatever an earlier test set."""
     settings = config.MetricsServer.model_validate(overrides)
     recorded = Recorded()
     mocks = FakeMocks()
@@ -153,6 +161,7 @@ def evaluate(**overrides: Any) -> Result:
         preview=False,
         monitor=RecordingMonitor(mocks, recorded),
     )
+    pulumi.runtime.set_all_config(dict(stack or {}), list(secret_keys))
     holder: dict[str, Any] = {}
 
     @pulumi.runtime.test
@@ -469,8 +478,9 @@ def test_ca_bundle_is_the_serving_ca_and_tls_is_verified(default: Result):
     ca_pem = fake_pem("CERTIFICATE", ca.name)
     assert default.serving_ca_cert_pem == ca_pem
     assert base64.b64decode(api["spec"]["caBundle"]).decode() == ca_pem
-    assert "insecureSkipTLSVerify" not in api["spec"]
-    assert {k: v for k, v in api["spec"].items() if k != "caBundle"} == {
+    # explicitly false (an adopted upstream APIService has true, which SSA would otherwise keep)
+    assert api["spec"]["insecureSkipTLSVerify"] is False
+    assert {k: v for k, v in api["spec"].items() if k not in ("caBundle", "insecureSkipTLSVerify")} == {
         "group": "metrics.k8s.io",
         "version": "v1beta1",
         "groupPriorityMinimum": 100,
@@ -512,20 +522,44 @@ def annotations(result: Result, typ: str) -> dict[str, str]:
 
 
 API = "kubernetes:apiregistration.k8s.io/v1:APIService"
+FORCE = {"pulumi.com/patchForce": "true"}
 DEPLOY = "kubernetes:apps/v1:Deployment"
 SVC = "kubernetes:core/v1:Service"
 
 
+def wait_for_api_service(result: Result) -> dict[str, str]:
+    """The APIService's annotations as this program must set them for its serving CA."""
+    ca_pem = fake_pem("CERTIFICATE", result.recorded.one("tls:index/selfSignedCert:SelfSignedCert").name)
+    digest = hashlib.sha256(ca_pem.encode()).hexdigest()
+    fresh = f"jsonpath={{.metadata.annotations['checksum/ca-bundle']}}={digest}"
+    return {**FORCE, "checksum/ca-bundle": digest, "pulumi.com/waitFor": json.dumps(["condition=Available", fresh])}
+
+
 def test_wait_for_available_annotation(default: Result):
-    assert annotations(default, API) == {"pulumi.com/waitFor": "condition=Available"}
-    assert "pulumi.com/waitFor" not in annotations(evaluate(waitForAvailable=False), API)
+    """Available, on the object that carries this caBundle: an adopted APIService is already Available
+    before the patch, and a lagging watch cache may show it first (seen on the sandbox: `up` returned at
+    once and stored the pre-patch object, so the next preview showed an update)."""
+    assert annotations(default, API) == wait_for_api_service(default)
+    no_wait = evaluate(waitForAvailable=False)
+    assert "pulumi.com/waitFor" not in annotations(no_wait, API)
+    assert "checksum/ca-bundle" in annotations(no_wait, API)
+
+
+def test_the_wait_expression_parses_as_the_provider_parses_it(default: Result):
+    """pulumi-kubernetes splits `jsonpath={path}=value` on single '=' signs (keeping '=='): exactly two
+    parts, the value a hex digest (base64 caBundle padding would break it)."""
+    (available, fresh) = json.loads(annotations(default, API)["pulumi.com/waitFor"])
+    assert available == "condition=Available"
+    body = fresh.removeprefix("jsonpath=").replace("==", "\0")
+    path, value = body.split("=")
+    assert path == "{.metadata.annotations['checksum/ca-bundle']}" and re.fullmatch(r"[0-9a-f]{64}", value)
 
 
 def test_expect_no_pods_skips_await_on_the_deployment_and_service_only():
     result = evaluate(expectNoPods=True)
-    assert annotations(result, DEPLOY) == {"pulumi.com/skipAwait": "true"}
-    assert annotations(result, SVC) == {"pulumi.com/skipAwait": "true"}  # no pods: no endpoints either
-    assert annotations(result, API) == {"pulumi.com/waitFor": "condition=Available"}
+    assert annotations(result, DEPLOY) == {**FORCE, "pulumi.com/skipAwait": "true"}
+    assert annotations(result, SVC) == {**FORCE, "pulumi.com/skipAwait": "true"}  # no pods: no endpoints either
+    assert annotations(result, API) == wait_for_api_service(result)
     for r in result.recorded.resources:
         if r.type not in (DEPLOY, SVC) and r.type.startswith("kubernetes:"):
             assert "pulumi.com/skipAwait" not in (r.inputs["metadata"].get("annotations") or {}), r.name
@@ -687,3 +721,122 @@ def test_whole_program_outputs_carry_no_private_key(stack_config):
     assert "PRIVATE KEY" not in json.dumps(result.outputs, default=str)
     (dep,) = result.of_type(DEPLOY)
     assert "--kubelet-insecure-tls" in dep.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+# --- adoption of an existing (hand-applied) metrics-server ---------------------------------------------
+
+PROVIDER = "pulumi:providers:kubernetes"
+
+
+def k8s_registrations(result: Result) -> list[Registration]:
+    return [r for r in result.recorded.resources if r.type.startswith("kubernetes:")]
+
+
+def test_every_object_forces_server_side_apply_conflicts(default: Result):
+    """The reported failure: a field owned by `kubectl-client-side-apply` (the Deployment's args) made
+    the apply conflict. patchForce lets this program's values win, on every object."""
+    objects = k8s_registrations(default)
+    assert len(objects) == len(EXPECTED_OBJECTS)
+    for r in objects:
+        assert r.inputs["metadata"]["annotations"][ms.PATCH_FORCE_ANNOTATION] == "true", r.name
+
+
+def test_every_object_goes_through_the_components_own_upserting_provider(default: Result):
+    rec = default.recorded
+    comp = rec.one(ms.TYPE)
+    provider = rec.one(PROVIDER)
+    assert provider.parent == comp.urn and provider.name == "metrics-server-kubernetes"
+    assert provider.inputs["upsertExistingObjects"] == "true"  # the SDK sends provider booleans as JSON
+    assert provider.inputs["enableServerSideApply"] == "true"
+    # no kubernetes:kubeconfig: "" = the provider's own loading rules, as for the default provider
+    # (not the SDK's fallback to the program's $KUBECONFIG, which breaks on an `a:b` list)
+    assert provider.inputs["kubeconfig"] == ""
+    for r in k8s_registrations(default):
+        assert r.provider.startswith(provider.urn + "::"), f"{r.name} uses {r.provider or 'the default provider'}"
+    for r in rec.resources:
+        if r.type.startswith("tls:"):
+            assert r.provider == "", f"{r.name}: a Kubernetes provider on a tls resource"
+
+
+def test_apiservice_sends_insecure_false_but_ignores_its_echo(default: Result):
+    api = default.recorded.one(API)
+    assert api.inputs["spec"]["insecureSkipTLSVerify"] is False
+    assert api.ignore_changes == ["spec.insecureSkipTLSVerify"]
+    for r in k8s_registrations(default):
+        if r is not api:
+            assert r.ignore_changes == [], r.name
+
+
+def test_unset_kubeconfig_is_not_the_programs_kubeconfig_list(monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", "/a/config:/b/config")
+    provider = evaluate().recorded.one(PROVIDER)
+    assert provider.inputs["kubeconfig"] == ""
+
+
+def test_provider_gets_the_stacks_kubernetes_config_as_the_default_provider_would():
+    kubeconfig = "apiVersion: v1\nkind: Config\nclusters: []\n"
+    result = evaluate(
+        stack={
+            "kubernetes:kubeconfig": kubeconfig,
+            "kubernetes:context": "admin@prod",
+            "kubernetes:namespace": "tools",
+            "kubernetes:deleteUnreachable": "true",
+            "kubernetes:kubeClientSettings": json.dumps({"burst": 200, "qps": 100}),
+            "kubernetes:clusterIdentifier": "prod-1",
+            "metrics-aggregation:unrelated": "x",
+        },
+        secret_keys=("kubernetes:kubeconfig",),
+    )
+    provider = result.recorded.one(PROVIDER)
+    assert provider.inputs["kubeconfig"] == kubeconfig
+    assert "kubeconfig" in provider.secret_keys  # secret in the stack, secret in the provider's state
+    assert provider.inputs["context"] == "admin@prod"
+    assert provider.inputs["namespace"] == "tools"
+    assert provider.inputs["deleteUnreachable"] == "true"
+    assert json.loads(provider.inputs["kubeClientSettings"]) == {"burst": 200, "qps": 100}
+    assert provider.inputs["clusterIdentifier"] == "prod-1"
+    assert "context" not in provider.secret_keys
+
+
+def test_kubeconfig_text_is_secret_in_the_provider_even_when_the_stack_did_not_say_so(monkeypatch):
+    text = "apiVersion: v1\nkind: Config\nusers: [{name: u, user: {token: abc}}]\n"
+    provider = evaluate(stack={"kubernetes:kubeconfig": text}).recorded.one(PROVIDER)
+    assert provider.inputs["kubeconfig"] == text and "kubeconfig" in provider.secret_keys
+    # a path is not secret; the engine's secret-key list (PULUMI_CONFIG_SECRET_KEYS) is honoured
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(["kubernetes:context"]))
+    provider = evaluate(stack={"kubernetes:kubeconfig": "/etc/k.conf", "kubernetes:context": "c"}).recorded.one(
+        PROVIDER)
+    assert provider.secret_keys == {"context"}
+
+
+def test_a_stack_that_turns_off_server_side_apply_or_upsert_is_refused_naming_the_key():
+    with pytest.raises(config.ConfigError) as info:
+        evaluate(stack={"kubernetes:enableServerSideApply": "false", "kubernetes:upsertExistingObjects": "false"})
+    text = str(info.value)
+    assert "kubernetes:enableServerSideApply: false cannot be used" in text
+    assert "kubernetes:upsertExistingObjects: false cannot be used" in text
+    evaluate(stack={"kubernetes:enableServerSideApply": "true"})  # saying yes explicitly is fine
+
+
+def test_the_e2e_upstream_manifest_names_exactly_the_objects_this_component_adopts(default: Result):
+    """tests/e2e/data/metrics-server-upstream.yaml (the hand-made install of the adoption cases) holds
+    the upstream names; every one of them is an object of this component, with the same selector."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "e2e" / "data" / "metrics-server-upstream.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    kinds = {"ServiceAccount": "core/v1", "Service": "core/v1", "Deployment": "apps/v1",
+             "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+             "RoleBinding": "rbac.authorization.k8s.io/v1", "APIService": "apiregistration.k8s.io/v1"}
+    upstream = {(f"kubernetes:{kinds[d['kind']]}:{d['kind']}", d["metadata"]["name"], d["metadata"].get("namespace"))
+                for d in docs}
+    ours = k8s_objects(default)
+    assert upstream <= ours
+    assert ours - upstream == {("kubernetes:core/v1:Secret", ms.SERVING_SECRET_NAME, "kube-system")}
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert dep["spec"]["selector"]["matchLabels"] == deployment(default)["spec"]["selector"]["matchLabels"]
+    (api,) = [d for d in docs if d["kind"] == "APIService"]
+    assert api["spec"]["insecureSkipTLSVerify"] is True and "--kubelet-insecure-tls" in dep["spec"]["template"][
+        "spec"]["containers"][0]["args"]

@@ -165,7 +165,7 @@ def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
     for reg in (dep[0], svc[0]):
         assert reg.inputs["metadata"]["annotations"][ms.SKIP_AWAIT_ANNOTATION] == "true", reg.name
     annotations = api_service[0].inputs["metadata"]["annotations"]
-    assert annotations[ms.WAIT_FOR_ANNOTATION] == ms.WAIT_FOR_AVAILABLE
+    assert ms.WAIT_FOR_AVAILABLE in json.loads(annotations[ms.WAIT_FOR_ANNOTATION])
     assert ms.SKIP_AWAIT_ANNOTATION not in annotations
 
     connections = [c["connection"] for c in result.commands]
