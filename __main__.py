@@ -8,10 +8,12 @@ try:
     settings = config.load()
     # Read-only, before any resource is registered: a metrics-server that Helm or another install
     # manages stops `up` here, with nothing changed.
-    cluster_probe.preflight(
-        settings.metrics_server, kube_access.read_settings(),
-        dry_run=pulumi.runtime.is_dry_run(), warn=pulumi.log.warn,
-    )
+    # (metricsServer.manage: false keeps that metrics-server: nothing to check then.)
+    if settings.metrics_server.manage:
+        cluster_probe.preflight(
+            settings.metrics_server, kube_access.read_settings(),
+            dry_run=pulumi.runtime.is_dry_run(), warn=pulumi.log.warn,
+        )
 except (config.ConfigError, cluster_probe.ProbeError) as err:
     raise pulumi.RunError(str(err)) from None
 

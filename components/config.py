@@ -743,6 +743,8 @@ METRIC_RESOLUTION_FLOOR_SECONDS = 10  # metrics-server's default --kubelet-reque
 
 
 class MetricsServer(_Model):
+    # false: keep a metrics-server this program did not make (a Helm release); nothing is deployed then.
+    manage: bool = True
     version: str = "v0.8.1"
     image: str = "registry.k8s.io/metrics-server/metrics-server"
     namespace: str = "kube-system"

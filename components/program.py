@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from components.apiserver import ApiserverAggregation
 from components.config import Settings
-from components.metrics_server import MetricsServer
+from components.metrics_server import API_SERVICE_NAME, MetricsServer
 from components.pki import AggregatorCA, ProxyClientCert
 
 
@@ -32,9 +32,7 @@ def build(settings: Settings) -> dict[str, object]:
         proxy_cert_pem=proxy.cert_pem,
         proxy_key_pem=proxy.private_key_pem,
     )
-    # One edge to the last flags step covers every master (the steps form a chain); an edge to each
-    # would make the SDK's cycle check quadratic in the number of masters.
-    metrics = MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done)
+    metrics = _metrics_server(settings, apiserver)
     return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem, proxy=proxy)
 
 
@@ -44,11 +42,21 @@ def _verify_only(settings: Settings) -> dict[str, object]:
     metrics-server follows. The CA output is pki.existingCa's certificate when the stack gives it."""
     ca = AggregatorCA("aggregator-ca", settings.pki) if settings.pki.existing_ca else None
     apiserver = ApiserverAggregation("apiserver", settings)
-    metrics = MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done)
+    metrics = _metrics_server(settings, apiserver)
     return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem if ca else None, proxy=None)
 
 
-def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer, *,
+def _metrics_server(settings: Settings, apiserver: ApiserverAggregation) -> MetricsServer | None:
+    """metrics-server after every master; none with metricsServer.manage: false (one that Helm or another
+    tool installed serves the metrics API, and keeps doing so). `apiserver.done` is the last flags step
+    (the steps form a chain: an edge to each would make the SDK's cycle check quadratic in the number of
+    masters) or, unmanaged, every master's read-only verify step."""
+    if not settings.metrics_server.manage:
+        return None
+    return MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done)
+
+
+def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer | None, *,
              ca_cert_pem: object, proxy: ProxyClientCert | None) -> dict[str, object]:
     return {
         "aggregatorCaCertPem": ca_cert_pem,
@@ -57,6 +65,7 @@ def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: Metri
         "requestheaderAllowedNames": settings.requestheader_allowed_names,
         "apiserverFlags": apiserver.flags,
         "masters": [{"name": m.name, "address": m.address} for m in settings.masters],
-        "metricsApiService": metrics.api_service_name,
-        "metricsServerNamespace": metrics.namespace,
+        # without our metrics-server the APIService of the kept one has the same name (it is the API's)
+        "metricsApiService": metrics.api_service_name if metrics else API_SERVICE_NAME,
+        "metricsServerNamespace": metrics.namespace if metrics else None,
     }

@@ -97,3 +97,35 @@ def test_no_restart_command_is_needed(stack_config):
 def test_managed_is_the_default_and_unchanged(stack_config):
     names = [c["name"] for c in run(stack_config(n_masters=2)).commands]
     assert names == ["master1-certs", "master1-flags", "master2-certs", "master2-flags"]
+
+
+def test_metrics_server_unmanaged_deploys_nothing_of_it(stack_config):
+    """metricsServer.manage: false keeps a metrics-server this program did not make (a Helm release)."""
+    cfg = stack_config(metricsServer={"manage": False})
+    result = run(cfg)
+    assert not [r for r in result.resources if r.type.startswith("kubernetes:")]
+    assert [c["name"] for c in result.commands][:2] == ["master1-certs", "master1-flags"]
+    assert result.outputs["metricsApiService"] == "v1beta1.metrics.k8s.io"
+    assert result.outputs.get("metricsServerNamespace") is None
+
+
+def test_main_skips_the_cluster_check_when_metrics_server_is_unmanaged(stack_config, monkeypatch):
+    """A Helm release is what metricsServer.manage: false keeps: the preflight must not stop on it."""
+    import runpy
+    from pathlib import Path
+
+    import pulumi
+
+    from components import cluster_probe
+    from tests.support.mocks import Mocks
+    from tests.support.program import config_values
+
+    calls = []
+    monkeypatch.setattr(cluster_probe, "preflight", lambda *a, **k: calls.append(a))
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    for manage, expected in ((False, 0), (True, 1)):
+        pulumi.runtime.set_mocks(Mocks(), project="metrics-aggregation", stack="test", preview=True)
+        pulumi.runtime.set_all_config(config_values(stack_config(metricsServer={"manage": manage})))
+        runpy.run_path(str(root / "__main__.py"), run_name="__main__")
+        assert len(calls) == expected

@@ -530,13 +530,16 @@ def test_flag_policy_reads_update_too_and_reports_once():
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_the_program_s_own_extra_flags_reach_the_flag_policy(stack, ssh_private_key):
     """Through the program: extraFlags of the stack, as the pack sees the flags commands' create strings."""
-    regs = _program_run(stack, ssh_private_key,
-                        apiserver={"extraFlags": {"--anonymous-auth": True, "--authorization-mode": "Node,AlwaysAllow"}})
+    # the prod example keeps kubeadm's aggregation (apiserver.manage: false): extraFlags need managed masters
+    cert_dir = "/etc/kubernetes/ssl" if stack == "dev" else "/etc/kubernetes/pki/aggregator"
+    managed = {"manage": True, "certDir": cert_dir}
+    regs = _program_run(stack, ssh_private_key, apiserver={
+        **managed, "extraFlags": {"--anonymous-auth": True, "--authorization-mode": "Node,AlwaysAllow"}})
     found = _evaluate(regs, f"{stack}.json")
     assert set(found) == {"no-dangerous-apiserver-flags"}, found
     assert len(found["no-dangerous-apiserver-flags"]) == 6  # two flags on each of 3 masters' flags steps
-    cert_dir = "/etc/kubernetes/ssl" if stack == "dev" else "/etc/kubernetes/pki/aggregator"
-    regs = _program_run(stack, ssh_private_key, apiserver={"extraFlags": {"--client-ca-file": f"{cert_dir}/aggregator-ca.pem"}})
+    regs = _program_run(stack, ssh_private_key,
+                        apiserver={**managed, "extraFlags": {"--client-ca-file": f"{cert_dir}/aggregator-ca.pem"}})
     assert len(_evaluate(regs, f"{stack}.json")["no-dangerous-apiserver-flags"]) == 3
 
 
@@ -610,6 +613,11 @@ def test_the_real_pack_serves_the_analyzer_protocol():
 # --- on the program's own resources (tests/support/program.py runs it under mocks) -----------------
 
 
+# The prod example keeps kubeadm's aggregation (apiserver.manage: false); the pack's certificate and flag
+# policies are exercised on it as a stack whose masters this program configures.
+PROD_MANAGED = {"manage": True, "certDir": "/etc/kubernetes/pki/aggregator"}
+
+
 def _program_run(stack: str, ssh_private_key: str, mutate=None, **overrides):
     import yaml
 
@@ -661,7 +669,7 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
         masters=masters,
         pki={"caCommonName": "kubernetes", "certValidityHours": 17520},
         metricsServer={"kubeletInsecureTls": True, "kubeletCaCertPem": None},
-        apiserver={"extraFlags": {"--anonymous-auth": True}},
+        apiserver={**PROD_MANAGED, "extraFlags": {"--anonymous-auth": True}},
         ssh={"insecureSkipHostKeyCheck": True},  # config refuses unpinned masters otherwise
     )
 
@@ -682,7 +690,7 @@ def test_a_bad_prod_stack_fails_with_each_policys_message(ssh_private_key):
     text = {name: " | ".join(messages) for name, messages in found.items()}
     assert "is named 'kubernetes'" in text["aggregator-ca-not-cluster-ca"]
     assert "lacks client_auth" in text["proxy-client-cert-accepted"]
-    assert "'someone-else' is not in --requestheader-allowed-names=front-proxy-aggregator" in text["proxy-client-cert-accepted"]
+    assert "'someone-else' is not in --requestheader-allowed-names=front-proxy-client" in text["proxy-client-cert-accepted"]
     assert "runs with --kubelet-insecure-tls" in text["no-kubelet-insecure-tls-in-production"]
     assert "sets spec.insecureSkipTLSVerify" in text["no-insecure-skip-tls-verify-in-production"]
     assert "'proxy-client-key' is RSA 1024 bits" in text["strong-keys"]
@@ -761,7 +769,8 @@ def test_the_prod_stack_with_an_existing_ca_passes_the_pack(ssh_private_key):
 
 
 def test_the_prod_stack_with_an_existing_ca_named_kubernetes_fails_the_pack(ssh_private_key):
-    found = _evaluate(_program_run("prod", ssh_private_key, pki=_existing_ca_config("kubernetes")), "prod.json")
+    regs = _program_run("prod", ssh_private_key, pki=_existing_ca_config("kubernetes"), apiserver=PROD_MANAGED)
+    found = _evaluate(regs, "prod.json")
     assert list(found) == ["aggregator-ca-not-cluster-ca"]
     [message] = found["aggregator-ca-not-cluster-ca"]
     assert "certificate 'proxy-client' is signed by a CA named 'kubernetes'" in message

@@ -29,7 +29,9 @@ def test_stack_evaluates(stack, ssh_private_key):
     cfg = stack_file(stack)
     cfg["ssh"]["privateKey"] = ssh_private_key
     result = run(cfg, preview=True)
-    assert len(result.commands) == 2 * len(cfg["masters"])
+    # managed: a certs and a flags step per master; prod (kubeadm, apiserver.manage: false): a verify step
+    steps = 2 if cfg["apiserver"].get("manage", True) else 1
+    assert len(result.commands) == steps * len(cfg["masters"])
 
 
 def test_dev_is_the_binary_install(ssh_private_key):
@@ -51,3 +53,14 @@ def test_prod_verifies_kubelets_and_pins_host_keys(ssh_private_key):
     assert not any(a.startswith("--kubelet-insecure-tls") for a in args)
     assert any(a.startswith("--kubelet-certificate-authority=") for a in args)
     assert deployment.inputs["spec"]["replicas"] == 2
+
+
+def test_prod_keeps_kubeadms_front_proxy(ssh_private_key):
+    """The prod example is a kubeadm cluster: its front-proxy CA and flags stay kubeadm's (no CA is made,
+    no apiserver restarted); each master is only checked, for kubeadm's allowed name."""
+    cfg = stack_file("prod")
+    cfg["ssh"]["privateKey"] = ssh_private_key
+    result = run(cfg)
+    assert [c["name"] for c in result.commands] == ["cp1-verify", "cp2-verify", "cp3-verify"]
+    assert "--requestheader-allowed-names=front-proxy-client" in result.commands[0]["create"]
+    assert result.outputs["apiserverFlags"] == {}
