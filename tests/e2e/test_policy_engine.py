@@ -66,6 +66,8 @@ def test_a_bad_production_stack_fails_with_each_policys_message(toolchain, tmp_p
         m.pop("hostKey")  # host keys not pinned: the stack must say so, and the pack still refuses it
     cfg[ns + "ssh"]["insecureSkipHostKeyCheck"] = True
     cfg[ns + "pki"].update(keyAlgorithm="RSA", rsaBits=2048, certValidityHours=17520, caValidityHours=87600)
+    # the prod example keeps kubeadm's front-proxy (no proxy cert of ours): a managed one has a leaf to bound
+    cfg[ns + "apiserver"].update(manage=True, certDir="/etc/kubernetes/pki/aggregator")
     ms = cfg[ns + "metricsServer"]
     ms.pop("kubeletCaCertPem")
     ms["kubeletInsecureTls"] = True
