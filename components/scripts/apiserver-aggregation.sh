@@ -9,6 +9,9 @@
 # and are never printed, put in argv or in the environment.
 set -euo pipefail
 umask 022
+# The C locale for the script's own pattern matching: ranges such as A-Z take in other letters elsewhere
+# (not exported: the restart and log commands keep the master's locale).
+LC_ALL=C
 # Keep going when the SSH connection drops: finish the restart and the readiness wait instead of dying
 # half-way on SIGPIPE/SIGHUP (every print below ignores write errors).
 trap '' PIPE HUP
@@ -131,7 +134,41 @@ parse_args() {
 		esac
 	done
 	[ -n "$MASTER" ] || die "--master is required"
-	case $MASTER in *[[:cntrl:]]*) die "--master contains control characters" ;; esac
+	check_option_values
+}
+
+# The value grammar of components/config.py (VALUE_PATTERN), checked again here as a second line of
+# defence: every value that ends up in the kube-apiserver config or names a file is ONE word of these
+# characters, matched whole (a space, quote, '$', '%', '#', CR, TAB or newline would be split or
+# interpreted by the shell, systemd or YAML). Keep the two in step (tests/hosts/test_hardening.py).
+VALUE_RE='^[A-Za-z0-9_.,:/=@+*~-]+$'
+VALUE_CHARS_TEXT='letters, digits and _ . , : / = @ + * ~ -'
+in_grammar() { [[ $1 =~ $VALUE_RE ]]; } # VALUE
+shown_value() { printf '%q' "$1"; }     # VALUE -> shell-quoted, so control characters show as escapes
+
+# check_grammar WHAT VALUE: refuse VALUE (of option WHAT) outside the value grammar
+check_grammar() {
+	in_grammar "$2" && return 0
+	die "$1: $(shown_value "$2") is not one word of $VALUE_CHARS_TEXT (the value grammar the stack config enforces too): refused before anything is read or written"
+}
+
+# check_option_values: the grammar for every option that names a file, a URL or the master, and for
+# each --flag value (after the first '='); not for --restart-command/--log-command (shell commands).
+check_option_values() {
+	local pair f name=$MASTER
+	# a refused master name is not used as the prefix of the message that refuses it
+	in_grammar "$name" || MASTER=""
+	check_grammar --master "$name"
+	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL"; do
+		[ -n "${pair#*=}" ] && check_grammar "${pair%%=*}" "${pair#*=}"
+	done
+	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
+		case $f in --*=*) check_grammar "--flag ${f%%=*}" "${f#*=}" ;; esac
+	done
+	for f in "${REQ_ARG[@]+"${REQ_ARG[@]}"}"; do
+		case $f in --*=*) check_grammar "requirement ${f%%=*}" "${f#*=}" ;; esac
+	done
+	return 0
 }
 
 need_abs() { # name value

@@ -1,0 +1,141 @@
+"""Host tier: the host script's side of issue 11 (hardening), run over real SSH on the lab's test hosts.
+
+* the value grammar: the script refuses what the config refuses (components/config.py VALUE_PATTERN),
+  option by option, and accepts what it accepts;
+* the lock, readiness, kubeadm-shaped manifests, failure safety, ownership of the cert dir and the key:
+  each case reproduces a problem of the issue with the program's own commands (or, where the program
+  can no longer produce the input, its own command builder with that one input changed).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from components.apiserver import flags_options, host_command, host_script_path
+from components.config import is_safe_value
+from tests.hosts.lab import Host
+from tests.unit.test_value_grammar import HOSTILE
+
+pytestmark = [pytest.mark.hosts, pytest.mark.timeout(300)]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def master_of(st, host: Host):
+    st.commands()
+    return next(m for m in st.last.settings.masters if m.name == host.name)
+
+
+def conn_of(st, host: Host) -> dict:
+    st.commands()
+    return next(c for c in st.last.commands if c["connection"]["host"] == host.address)["connection"]
+
+
+def step(st, host: Host, kind: str) -> dict:
+    st.commands()
+    return next(c for c in st.last.commands if c["name"] == f"{host.name}-{kind}")
+
+
+def install_script(st, host: Host) -> None:
+    """The certs step's create: installs the host script (and the certificates), as `up` does first."""
+    c = step(st, host, "certs")
+    r = st.runner.run(c["connection"], c["create"], c["stdin"])
+    assert r.rc == 0, r.stderr
+
+
+def with_option(options: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    """options with the value of `name` replaced (for --flag: the value of the first flag)."""
+    out, done = [], False
+    for k, v in options:
+        if k == name and not done:
+            v = f"{v.split('=', 1)[0]}={value}" if k == "--flag" else value
+            done = True
+        out.append((k, v))
+    assert done, name
+    return out
+
+
+def run_many(st, host: Host, lines: list[str]) -> list[tuple[int, str]]:
+    """Run each command line on the host in ONE ssh session; (exit status, stdout+stderr) per line."""
+    marker = "@@rc="
+    script = "".join(f"{{ {line}; }} 2>&1; echo {marker}$?\n" for line in lines)
+    r = st.runner.run(conn_of(st, host), "bash -s", script)
+    assert r.rc == 0, r.stderr
+    out, chunk = [], []
+    for text in r.stdout.splitlines():
+        if text.startswith(marker):
+            out.append((int(text[len(marker):]), "\n".join(chunk)))
+            chunk = []
+        else:
+            chunk.append(text)
+    assert len(out) == len(lines), r.stdout[-2000:]
+    return out
+
+
+def state_listing(host: Host) -> list[str]:
+    root = host.path("/var/lib/metrics-aggregation")
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# ------------------------------------------------------------------------------- 1. the value grammar
+GRAMMAR_OPTIONS = ["--master", "--cert-dir", "--config-path", "--readyz-url", "--flag"]
+ACCEPTED = {
+    "--master": ["k8s-master1", "cp.2_a"],
+    "--cert-dir": ["/etc/kubernetes/pki/front-proxy", "/etc/k8s/ssl-2"],
+    "--config-path": ["/etc/kubernetes/kube-apiserver.conf"],
+    "--readyz-url": ["https://localhost:6443/readyz", "http://127.0.0.1:6443/readyz"],
+    "--flag": ["X-Remote-Uid", "a,b", "k=v:w", "user@x", "+*~", "/a/b.pem", "10.96.0.0/12"],
+}
+
+
+def test_script_refuses_every_value_the_config_refuses(lab, make_stack):
+    """Second line of defence: each HOSTILE value (refused by the config, tests/unit/test_value_grammar.py)
+    in each option that reaches the config file or names a file is refused by the script too, naming the
+    option, before anything is read or written."""
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h])
+    install_script(st, h)
+    before, config = state_listing(h), h.config_bytes()
+    base = flags_options(st.last.settings, master_of(st, h))
+    cases = []
+    for option in GRAMMAR_OPTIONS:
+        for label, value in HOSTILE.items():
+            assert not is_safe_value(value), label
+            v = value if option in ("--flag", "--master") or value.startswith("/") else "/etc/" + value
+            cases.append((option, label, host_command("check", with_option(base, option, v), sudo=False)))
+    results = run_many(st, h, [c[2] for c in cases])
+    for (option, label, _), (rc, out) in zip(cases, results, strict=True):
+        assert rc == 1, f"{option} {label}: {out}"
+        assert f"error: {option}" in out and "is not one word of letters" in out, f"{option} {label}: {out}"
+    assert state_listing(h) == before and h.config_bytes() == config
+
+
+def test_script_and_config_agree_on_every_character(lab, make_stack):
+    """The two grammars are the same: for every ASCII character (and a non-ASCII letter) in a flag value,
+    the script accepts exactly what components.config.is_safe_value accepts; and the accepted samples of
+    each option pass both."""
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h])
+    install_script(st, h)
+    base = flags_options(st.last.settings, master_of(st, h))
+    cases = []
+    for c in [chr(i) for i in range(1, 128)] + ["é", "ß"]:
+        cases.append((f"x{c}y", is_safe_value(f"x{c}y"), with_option(base, "--flag", f"x{c}y")))
+    for option, values in ACCEPTED.items():
+        for v in values:
+            assert is_safe_value(v), v
+            cases.append((f"{option} {v}", True, with_option(base, option, v)))
+    results = run_many(st, h, [host_command("check", o, sudo=False) for _, _, o in cases])
+    for (what, ok, _), (rc, out) in zip(cases, results, strict=True):
+        refused = "is not one word of letters" in out
+        assert refused != ok, f"{what!r}: config {'accepts' if ok else 'refuses'}, the script: rc={rc} {out}"
+        assert rc == (0 if ok else 1), f"{what!r}: {out}"
+
+
+def test_quoted_command_lines_reach_the_script_as_one_word():
+    """The test's own premise: host_command quotes each option as one shell word (a hostile value is
+    delivered to the script intact, so its refusal is the script's)."""
+    line = host_command("check", [("--master", "m1"), ("--cert-dir", HOSTILE["second flags"])], sudo=False)
+    assert shlex.split(line)[-1] == HOSTILE["second flags"]
+    assert host_script_path() in line
