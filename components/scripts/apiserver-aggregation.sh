@@ -29,6 +29,7 @@ READY_TIMEOUT=""
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
 LOCK=""
+LEGACY_LOCK=""
 KEPT=""
 VOLUME_NAME=aggregator-certs
 FLAGS=()
@@ -64,6 +65,7 @@ cleanup() {
 on_exit() {
 	# an install-certs that did not reach txn_commit puts back what it replaced, before its temp files go
 	if [ "${TXN_OPEN:-0}" = 1 ]; then txn_rollback; fi
+	drop_idle_lock
 	cleanup
 }
 trap on_exit EXIT
@@ -426,6 +428,8 @@ install_certs() {
 	CCK) ;;
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
+	ensure_state_dir
+	take_host_lock "$CERTS_LOCK_WAIT"
 	check_targets
 	remove_stale_temps 10
 	# Records are taken only where this cert dir has never been installed to (no owner file): a cert
@@ -485,6 +489,7 @@ install_certs() {
 remove_certs() {
 	need_abs --cert-dir "$CERT_DIR"
 	local name owner
+	if [ -d "$STATE_DIR" ]; then take_host_lock "$CERTS_LOCK_WAIT"; fi
 	if owner=$(owner_other_than_me certs "$CERT_DIR"); then
 		say "kept the certificates in $CERT_DIR: master resource '$owner' manages them now (a renamed master?)"
 		return 0
@@ -1021,13 +1026,13 @@ restart_and_wait() { # -> 0 when ready; prints the time it took
 	start=$(now_ms)
 	deadline=$((start + READY_TIMEOUT * 1000))
 	if [ "$LAYOUT" = systemd-unit ] && command -v systemctl >/dev/null 2>&1; then
-		if ! timeout 60 systemctl daemon-reload >"$WORK/reload.out" 2>&1; then
+		if ! timeout 60 systemctl daemon-reload >"$WORK/reload.out" 2>&1 9>&-; then
 			warn "systemctl daemon-reload failed: $(tail -n 3 "$WORK/reload.out" | tr '\n' ' ')"
 		fi
 	fi
 	if [ -n "${RESTART_CMD//[[:space:]]/}" ]; then
 		say "restarting: $RESTART_CMD"
-		timeout -k 5 "$READY_TIMEOUT" bash -c "$RESTART_CMD" </dev/null >"$WORK/restart.out" 2>&1 || rc=$?
+		timeout -k 5 "$READY_TIMEOUT" bash -c "$RESTART_CMD" </dev/null >"$WORK/restart.out" 2>&1 9>&- || rc=$?
 		sed 's/^/    /' "$WORK/restart.out" 2>/dev/null || true
 		if [ "$rc" != 0 ]; then
 			RESTART_ERR="the restart command exited with $rc"
@@ -1055,27 +1060,58 @@ last_logs() {
 	local out=$WORK/logs id
 	: >"$out"
 	if [ -n "$LOG_CMD" ]; then
-		timeout -k 2 15 bash -c "$LOG_CMD" >"$out" 2>&1 </dev/null || true
+		timeout -k 2 15 bash -c "$LOG_CMD" >"$out" 2>&1 </dev/null 9>&- || true
 	elif [ "$LAYOUT" = static-pod ] && command -v crictl >/dev/null 2>&1; then
-		id=$(timeout 15 crictl ps -a --name kube-apiserver -q 2>/dev/null | head -n 1) || true
-		[ -n "$id" ] && { timeout 15 crictl logs --tail 20 "$id" >"$out" 2>&1 || true; }
+		id=$(timeout 15 crictl ps -a --name kube-apiserver -q 2>/dev/null 9>&- | head -n 1) || true
+		[ -n "$id" ] && { timeout 15 crictl logs --tail 20 "$id" >"$out" 2>&1 9>&- || true; }
 	elif command -v journalctl >/dev/null 2>&1; then
-		timeout -k 2 15 journalctl -u kube-apiserver -n 20 --no-pager >"$out" 2>&1 </dev/null || true
+		timeout -k 2 15 journalctl -u kube-apiserver -n 20 --no-pager >"$out" 2>&1 </dev/null 9>&- || true
 	fi
 	if [ -s "$out" ]; then tail -n 20 "$out" | sed 's/^/    /'; else echo "    (no apiserver log found: pass --log-command to name one)"; fi
 }
 
 # ----------------------------------------------------------------------------------------- apply / revert
-# lock_config: one apply/revert per config file at a time (two stacks, or an operator's manual `check`
-# racing a rollout, must not interleave their backups and records). Waits at most the ready timeout.
-lock_config() { # LOCKFILE
+# ------------------------------------------------------------------------------------------------ lock
+# One lock per state dir (= per host): install-certs, remove-certs, apply, revert and check never
+# interleave, whichever stack or operator runs them, and one lock cannot deadlock. The lock file is
+# deleted only by its holder when nothing else of ours is left in the state dir; so every run re-checks,
+# once it holds the lock, that its file is still the one at that path (a waiter that was queued on a
+# deleted file would otherwise run alongside a run that created the file anew). Children that may
+# outlive the run (the restart command can leave a daemon behind) get fd 9 closed (9>&-).
+HOLD_LOCK=0
+CERTS_LOCK_WAIT=900 # install-certs/remove-certs wait this long for an apply/revert (its restarts) to end
+take_host_lock() { # WAIT_SECONDS
 	if ! command -v flock >/dev/null 2>&1; then
-		warn "flock not found: not guarding $CONFIG_PATH against a concurrent run"
+		warn "flock not found: not guarding $STATE_DIR against a concurrent run"
 		return 0
 	fi
-	exec 9>>"$1" || die "cannot open the lock file $1"
-	flock -w "$READY_TIMEOUT" 9 ||
-		die "another apply/revert of $CONFIG_PATH has held $1 for ${READY_TIMEOUT}s; is a rollout still running on this master?"
+	LOCK=$STATE_DIR/host.lock
+	local wait=$1 deadline tries left
+	deadline=$(($(now_ms) + wait * 1000))
+	for ((tries = 0; tries < 100; tries++)); do
+		exec 9>>"$LOCK" || die "cannot open the lock file $LOCK"
+		left=$(((deadline - $(now_ms)) / 1000))
+		[ "$left" -ge 0 ] || left=0
+		flock -w "$left" 9 ||
+			die "another install-certs/remove-certs/apply/revert on this master has held $LOCK for ${wait}s; is a rollout (or a restart command) still running?"
+		if [ "$(stat -L -c '%d:%i' /dev/fd/9 2>/dev/null)" = "$(stat -c '%d:%i' -- "$LOCK" 2>/dev/null)" ]; then
+			HOLD_LOCK=1
+			return 0
+		fi
+		exec 9>&- # the holder before us deleted the file: queue on the one at the path now
+	done
+	die "could not take $LOCK (it was replaced 100 times)"
+}
+
+# drop_idle_lock: the holder deletes the lock file when the state dir holds nothing else of ours (the
+# installed scripts aside: the certs step's delete removes those after remove-certs), so that a master
+# given back by destroy keeps no file of this program.
+drop_idle_lock() {
+	[ "$HOLD_LOCK" = 1 ] && [ -d "$STATE_DIR" ] || return 0
+	local other
+	other=$(find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name host.lock ! -name scripts ! -name '.work.*' -print -quit 2>/dev/null) || return 0
+	[ -z "$other" ] && rm -f -- "$LOCK"
+	return 0
 }
 
 setup_host_state() {
@@ -1087,8 +1123,9 @@ setup_host_state() {
 	RECORD=$STATE_DIR/$key.record
 	APPLIED=$STATE_DIR/$key.applied
 	PENDING=$STATE_DIR/$key.pending
-	LOCK=$STATE_DIR/$key.lock
-	lock_config "$LOCK"
+	LEGACY_LOCK=$STATE_DIR/$key.lock # the per-file lock of earlier versions: removed with the record
+	# an apply/revert waits for another one's restart, readiness wait and rollback, at most
+	take_host_lock $((2 * READY_TIMEOUT + 120))
 	WORK=$(umask 077 && mktemp -d "$STATE_DIR/.work.XXXXXX") || die "cannot create a work dir in $STATE_DIR"
 	CLEANUP+=("$WORK")
 }
@@ -1108,7 +1145,7 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	if restart_and_wait; then
 		again="the previous file is back and kube-apiserver is ready on it"
 		rm -f "$PENDING"
-		[ -n "$prev_rec" ] || rm -f "$LOCK" # nothing of ours is left on this master
+		[ -n "$prev_rec" ] || rm -f "$LEGACY_LOCK"
 	else
 		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
 	fi
@@ -1211,13 +1248,13 @@ do_revert() {
 	if [ ! -f "$RECORD" ]; then
 		# An apply that found every flag already set (a hand-made setup) records nothing but owns the
 		# file: let go of it, or the scripts would be kept for an owner that no longer exists.
-		rm -f "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
 		return 0
 	fi
 	if [ ! -f "$CONFIG_PATH" ]; then
 		warn "$CONFIG_PATH does not exist; nothing to revert"
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
 		return 0
 	fi
 	local new=$WORK/new report=$WORK/report
@@ -1232,7 +1269,7 @@ do_revert() {
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
 	if same_file "$new" "$CONFIG_PATH"; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0
 	fi
@@ -1244,7 +1281,7 @@ do_revert() {
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
 		say "done: aggregation flags removed on $MASTER"
 		return 0
 	fi

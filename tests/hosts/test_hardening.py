@@ -10,12 +10,16 @@
 from __future__ import annotations
 
 import shlex
+import threading
+import time
 
 import pytest
 
-from components.apiserver import flags_options, host_command, host_script_path
+from components.apiserver import flags_options, host_command, host_script_path, script_text
 from components.config import is_safe_value
-from tests.hosts.lab import Host
+from tests.hosts.lab import Host, sh, wait_for
+from tests.hosts.test_rollout import assert_flags_once
+from tests.hosts.test_takeover import SSL, cfssl_like_pems
 from tests.unit.test_value_grammar import HOSTILE
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(300)]
@@ -139,3 +143,76 @@ def test_quoted_command_lines_reach_the_script_as_one_word():
     line = host_command("check", [("--master", "m1"), ("--cert-dir", HOSTILE["second flags"])], sudo=False)
     assert shlex.split(line)[-1] == HOSTILE["second flags"]
     assert host_script_path() in line
+
+
+# ------------------------------------------------------------------------------------------- 2. the lock
+RESTARTS_LOG = "/etc/kubernetes/restarts.log"
+# a restart that takes a while, logging when it begins and ends (to see two restarts overlap)
+SLOW_RESTART = (f'echo "b $(date +%s.%N)" >> {RESTARTS_LOG}; sleep 1; systemctl restart kube-apiserver; '
+                f'echo "e $(date +%s.%N)" >> {RESTARTS_LOG}')
+
+
+def max_concurrent_restarts(host: Host) -> int:
+    events = sorted((float(t), kind) for kind, t in (x.split() for x in host.path(RESTARTS_LOG).read_text().splitlines()))
+    running = peak = 0
+    for _, kind in events:
+        running += 1 if kind == "b" else -1
+        peak = max(peak, running)
+    return peak
+
+
+def in_thread(fn) -> tuple[threading.Thread, list]:
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_b_c_restarts_never_overlap(lab, make_stack):
+    """Issue 11: A (a revert) holds the lock, B (an apply) waits on it, C (an apply) starts after A ended.
+    A deleted its lock file when it was done, so B ran on the deleted file's lock and C on a new one: both
+    restarted at once. Now B re-checks its lock file and one run at a time restarts.
+
+    Only the flags step runs (the cert files are put in place by hand, the script installed by a refused
+    install-certs), so after A's revert nothing else of ours is left and A does delete the lock file."""
+    pems = cfssl_like_pems()
+    h = lab.add_host("m1", "env-file", files={f"{SSL}/{n}": (b, 0o644, 0, 0) for n, b in pems.items()})
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 20, "restartCommand": SLOW_RESTART})
+    certs, flags = step(st, h, "certs"), step(st, h, "flags")
+    r = st.runner.run(certs["connection"], certs["create"], script_text())  # installs the script; no PEMs
+    assert r.rc == 1 and "refusing to install certificates" in r.stderr
+    conn = flags["connection"]
+    r = st.runner.run(conn, flags["create"])
+    assert r.rc == 0, r.stderr
+    h.path(RESTARTS_LOG).write_text("")
+    state = h.path("/var/lib/metrics-aggregation")
+    a, a_out = in_thread(lambda: st.runner.run(conn, flags["delete"]))
+    wait_for(lambda: any(p.name.endswith(".pending") for p in state.iterdir()), "A holds the lock (its .pending)", 20)
+    b, b_out = in_thread(lambda: st.runner.run(conn, flags["create"]))
+    time.sleep(0.5)  # B is queued on A's lock
+    a.join(60)
+    assert a_out and a_out[0].rc == 0, a_out
+    c, c_out = in_thread(lambda: st.runner.run(conn, flags["create"]))
+    b.join(90)
+    c.join(90)
+    assert b_out[0].rc == 0 and c_out[0].rc == 0, (b_out[0].stderr, c_out[0].stderr)
+    assert max_concurrent_restarts(h) == 1, h.path(RESTARTS_LOG).read_text()
+    assert_flags_once(h, st.flags_for(h))
+    assert "unchanged" in c_out[0].stdout + b_out[0].stdout  # the second of the two found the work done
+
+
+def test_a_daemon_left_by_the_restart_command_does_not_keep_the_lock(lab, make_stack):
+    """Issue 11: the restart command inherited the lock's fd; a daemon it left behind held the lock, and
+    the next apply/revert failed with 'held'."""
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h], apiserver={"restartCommand": "systemctl restart kube-apiserver && (setsid sleep 300 >/dev/null 2>&1 &)"})
+    out = st.up()
+    assert out.ok, out.explain()
+    daemons = [p for p in sh("ip", "netns", "pids", h.ns).stdout.split()
+               if open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[:2] == [b"sleep", b"300"]]
+    assert daemons, "the restart command left no daemon behind: the test would prove nothing"
+    started = time.monotonic()
+    out = st.destroy()
+    assert out.ok, out.explain()
+    assert time.monotonic() - started < 30
+    assert "held" not in out.explain()
