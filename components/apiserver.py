@@ -108,6 +108,9 @@ def flags_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
         ("--readyz-url", settings.apiserver.readyz_url),
         ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
     ]
+    # apiserver.readySteadySeconds: left out when unset (the script's default), like --key-owner
+    if settings.apiserver.ready_steady_seconds is not None:
+        options.append(("--ready-steady-seconds", str(settings.apiserver.ready_steady_seconds)))
     return options + [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(master).items()]
 
 

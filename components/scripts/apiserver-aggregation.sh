@@ -26,6 +26,7 @@ RESTART_CMD=""
 RESTART_SET=0
 READYZ_URL=""
 READY_TIMEOUT=""
+READY_STEADY="" # default: 3, or less to fit in a shorter --ready-timeout
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
 LOCK=""
@@ -116,6 +117,7 @@ parse_args() {
 			;;
 		--readyz-url) READYZ_URL=$val ;;
 		--ready-timeout) READY_TIMEOUT=$val ;;
+		--ready-steady-seconds) READY_STEADY=$val ;;
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
 		--flag) FLAGS+=("$val") ;;
@@ -203,6 +205,13 @@ validate_host_opts() {
 	esac
 	READY_TIMEOUT=$((10#$READY_TIMEOUT))
 	if [ "$READY_TIMEOUT" -lt 1 ] || [ "$READY_TIMEOUT" -gt 3600 ]; then die "--ready-timeout must be 1..3600"; fi
+	[ -n "$READY_STEADY" ] || READY_STEADY=$((READY_TIMEOUT > 3 ? 3 : READY_TIMEOUT - 1))
+	case $READY_STEADY in
+	'' | *[!0-9]*) die "--ready-steady-seconds must be a whole number of seconds, got '$READY_STEADY'" ;;
+	esac
+	READY_STEADY=$((10#$READY_STEADY))
+	[ "$READY_STEADY" -le 300 ] || die "--ready-steady-seconds must be 0..300"
+	[ "$READY_STEADY" -lt "$READY_TIMEOUT" ] || die "--ready-steady-seconds ($READY_STEADY) must be less than --ready-timeout ($READY_TIMEOUT)"
 	local f name seen=" "
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
 		case $f in
@@ -975,23 +984,60 @@ write_state() { # SRC DEST (state files: mode 0600)
 }
 
 # ------------------------------------------------------------------------------------ restart + readiness
-readyz_code() { # prints the HTTP status of READYZ_URL (000 when it does not answer)
+# Ready means: evidence that kube-apiserver really restarted (a new listening socket on the readyz port,
+# or readyz not answering 200 at some point after the change), then --ready-steady-seconds of nothing
+# but 200s. One 200 is not enough: an apiserver that answers 200 once and then 500 (a flapping start),
+# or the old process (a static pod the kubelet has not replaced yet) would pass.
+
+# readyz_code MAX: prints the HTTP status of READYZ_URL (000 when it does not answer). Proxy variables
+# of the master's environment are ignored: the URL points at this master itself.
+readyz_code() {
 	local max=$1 code
 	if command -v curl >/dev/null 2>&1; then
-		code=$(curl -sk -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "$max" "$READYZ_URL" 2>/dev/null) || true
+		code=$(curl --noproxy '*' -sk -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "$max" "$READYZ_URL" 2>/dev/null) || true
 	else
-		if wget -q --no-check-certificate -T "$max" -t 1 -O /dev/null "$READYZ_URL" 2>/dev/null; then code=200; else code=000; fi
+		if env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+			wget -q --no-check-certificate -T "$max" -t 1 -O /dev/null "$READYZ_URL" 2>/dev/null; then code=200; else code=000; fi
 	fi
 	printf '%s\n' "${code:-000}"
 }
+
+readyz_port() { # the TCP port of READYZ_URL (the scheme's default when it names none)
+	local rest=${READYZ_URL#*://}
+	rest=${rest%%/*}
+	case $rest in
+	*:*) printf '%s\n' "${rest##*:}" ;;
+	*) case $READYZ_URL in https:*) echo 443 ;; *) echo 80 ;; esac ;;
+	esac
+}
+
+# listener_id: the inodes of the sockets listening on the readyz port in this network namespace (a new
+# kube-apiserver process opens a new one), sorted, comma-separated; empty when none.
+listener_id() {
+	local port
+	port=$(readyz_port)
+	case $port in '' | *[!0-9]*) return 0 ;; esac
+	awk -v port="$(printf '%04X' "$((10#$port))")" '
+		FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == port) print $10 }' \
+		/proc/net/tcp /proc/net/tcp6 2>/dev/null | sort | paste -sd, - || true
+}
+
+# note_listener: remember the listener before a change (static-pod: before the manifest is written, as
+# the kubelet may replace the pod at once)
+LISTENER_BEFORE=""
+note_listener() { LISTENER_BEFORE=$(listener_id); }
 
 poll_sleep() { # elapsed ms since the restart -> sleep a little: fine-grained at first, then back off
 	if [ "$1" -lt 5000 ]; then sleep 0.05; elif [ "$1" -lt 30000 ]; then sleep 0.5; else sleep 1; fi
 }
 
-# wait_ready START_MS DEADLINE_MS: 0 when READYZ_URL answers 200 before the deadline
+# wait_ready START_MS DEADLINE_MS NEED_EVIDENCE: 0 when, after the restart evidence (not needed when
+# NEED_EVIDENCE is 0), READYZ_URL answered only 200 for READY_STEADY seconds, before the deadline.
+# Sets LAST_CODE, RESTART_SEEN (0/1) and FLAPS (how often a run of 200s was broken).
 wait_ready() {
-	local start=$1 deadline=$2 now left code
+	local start=$1 deadline=$2 since=0 now left code cur
+	RESTART_SEEN=$((1 - $3))
+	FLAPS=0
 	while :; do
 		now=$(now_ms)
 		left=$(((deadline - now) / 1000 + 1))
@@ -999,29 +1045,38 @@ wait_ready() {
 		[ "$left" -lt 1 ] && left=1
 		code=$(readyz_code "$left")
 		LAST_CODE=$code
-		[ "$code" = 200 ] && return 0
 		now=$(now_ms)
+		if [ "$code" != 200 ]; then
+			[ "$RESTART_SEEN" = 1 ] || say "restart seen after $(elapsed "$start"): readyz answered $code"
+			RESTART_SEEN=1
+			[ "$since" = 0 ] || FLAPS=$((FLAPS + 1))
+			since=0
+		else
+			if [ "$RESTART_SEEN" = 0 ]; then
+				cur=$(listener_id)
+				if [ -n "$cur" ] && [ "$cur" != "$LISTENER_BEFORE" ]; then
+					say "restart seen after $(elapsed "$start"): a new process listens on port $(readyz_port)"
+					RESTART_SEEN=1
+				fi
+			fi
+			if [ "$RESTART_SEEN" = 1 ]; then
+				[ "$since" != 0 ] || since=$now
+				[ $((now - since)) -ge $((READY_STEADY * 1000)) ] && return 0
+			fi
+		fi
 		[ "$now" -ge "$deadline" ] && return 1
-		poll_sleep $((now - start))
+		if [ "$since" != 0 ]; then sleep 0.25; else poll_sleep $((now - start)); fi
 	done
 }
 
-# static-pod: the kubelet restarts the pod asynchronously when the manifest changes. Wait until readyz
-# stops answering 200 (the old pod is going away) or a bounded grace period elapses, then for 200.
-wait_down() { # DEADLINE_MS
-	local deadline=$1 start now code
-	start=$(now_ms)
-	while :; do
-		code=$(readyz_code 2)
-		[ "$code" != 200 ] && return 0
-		now=$(now_ms)
-		[ "$now" -ge "$deadline" ] && return 1
-		poll_sleep $((now - start))
-	done
+elapsed() { # START_MS -> "1.2s"
+	local t=$(($(now_ms) - $1))
+	printf '%s.%ss\n' $((t / 1000)) $((t % 1000 / 100))
 }
 
-restart_and_wait() { # -> 0 when ready; prints the time it took
-	local start deadline grace rc=0 t
+# restart_and_wait [NEED_EVIDENCE=1] -> 0 when ready. LISTENER_BEFORE must be noted before the change.
+restart_and_wait() {
+	local need=${1:-1} start deadline rc=0
 	RESTART_ERR=""
 	start=$(now_ms)
 	deadline=$((start + READY_TIMEOUT * 1000))
@@ -1039,21 +1094,26 @@ restart_and_wait() { # -> 0 when ready; prints the time it took
 			warn "$RESTART_ERR"
 		fi
 	fi
-	if [ "$LAYOUT" = static-pod ]; then
-		grace=$((READY_TIMEOUT < 60 ? READY_TIMEOUT : 60))
-		if wait_down $((start + grace * 1000)); then
-			t=$(now_ms)
-			say "readyz down after $(((t - start) / 1000)).$(((t - start) % 1000 / 100))s: the kubelet is replacing the kube-apiserver pod"
-		else
-			warn "readyz kept answering 200 for ${grace}s after the manifest changed; the kubelet may not have restarted the pod yet"
-		fi
-	fi
-	if wait_ready "$start" "$deadline"; then
-		t=$(($(now_ms) - start))
-		say "ready after $((t / 1000)).$((t % 1000 / 100))s ($READYZ_URL answered 200)"
+	if wait_ready "$start" "$deadline" "$need"; then
+		say "ready after $(elapsed "$start") ($READYZ_URL answered 200 for ${READY_STEADY}s in a row)"
 		return 0
 	fi
 	return 1
+}
+
+# not_ready_hint: why the wait failed, from what wait_ready saw (LAST_CODE, RESTART_SEEN, FLAPS)
+not_ready_hint() {
+	if [ "${RESTART_SEEN:-1}" = 0 ]; then
+		printf '; no sign that kube-apiserver restarted (readyz kept answering 200 from the same listening socket): '
+		if [ "$LAYOUT" = static-pod ]; then printf 'is the kubelet running and watching %s?' "$(dirname -- "$CONFIG_PATH")"; else printf 'check apiserver.restartCommand'; fi
+		return 0
+	fi
+	[ "${FLAPS:-0}" = 0 ] || printf '; readyz answered 200 but not for %ss in a row (it went back to non-200 %s times): a flapping start' "$READY_STEADY" "$FLAPS"
+	case ${LAST_CODE:-} in
+	401 | 403) printf '; readyz refuses anonymous requests (--anonymous-auth=false or RBAC without system:public-info-viewer?): point readyzUrl at an endpoint that answers 200 without credentials' ;;
+	000) printf '; nothing answered at that address' ;;
+	esac
+	return 0
 }
 
 last_logs() {
@@ -1134,9 +1194,10 @@ changes_summary() { grep -v '^= ' "$1" | sed 's/^/  /' || true; }
 
 # rollback: the new file did not come up; put the previous one back and make sure that one runs again.
 rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
-	local prev=$1 prev_rec=$2 backup_created=$3 logs change again hint
+	local prev=$1 prev_rec=$2 backup_created=$3 logs change again
 	logs=$(last_logs)
 	change=$(changes_summary "$WORK/report")
+	note_listener
 	write_atomic "$prev" "$CONFIG_PATH"
 	if [ -n "$prev_rec" ]; then write_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
 	if [ -f "$WORK/prev-applied" ]; then write_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
@@ -1149,12 +1210,7 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	else
 		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
 	fi
-	hint=""
-	case ${LAST_CODE_NEW:-} in
-	401 | 403) hint="; readyz refuses anonymous requests (--anonymous-auth=false or RBAC without system:public-info-viewer?): point readyzUrl at an endpoint that answers 200 without credentials" ;;
-	000) hint="; nothing answered at that address" ;;
-	esac
-	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${hint}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
+	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${HINT_NEW}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
 $change
 $again.
 Last apiserver log lines (of the failed start):
@@ -1188,9 +1244,12 @@ do_apply() {
 	if [ "$LAYOUT" = static-pod ]; then
 		warn "kubeadm upgrade rewrites $CONFIG_PATH and drops these flags: put them in ClusterConfiguration.apiServer.extraArgs (kubeadm-config) too"
 	fi
+	local need_restart=1
 	if same_file "$new" "$CONFIG_PATH"; then
 		if [ -f "$PENDING" ]; then
 			say "unchanged, but a previous run stopped before kube-apiserver was ready on this file; restarting it"
+			# the kubelet replaced the pod when the earlier run wrote the manifest: no restart to see now
+			[ "$LAYOUT" != static-pod ] || need_restart=0
 		else
 			[ -s "$newrec" ] && ! same_file "$newrec" "$RECORD" && write_state "$newrec" "$RECORD"
 			claim config "$CONFIG_PATH"
@@ -1223,11 +1282,12 @@ do_apply() {
 	# Record first, then the file: a crash in between leaves a record that a revert can still apply.
 	: >"$PENDING"
 	write_state "$newrec" "$RECORD"
+	note_listener
 	write_atomic "$new" "$CONFIG_PATH"
 	sha "$CONFIG_PATH" >"$WORK/sum"
 	write_state "$WORK/sum" "$APPLIED"
 	say "wrote $CONFIG_PATH"
-	if restart_and_wait; then
+	if restart_and_wait "$need_restart"; then
 		rm -f "$PENDING"
 		claim config "$CONFIG_PATH"
 		say "done: aggregation flags active on $MASTER"
@@ -1235,6 +1295,7 @@ do_apply() {
 	fi
 	LAST_CODE_NEW=$LAST_CODE
 	RESTART_ERR_NEW=$RESTART_ERR
+	HINT_NEW=$(not_ready_hint)
 	rollback "$prev" "$prev_rec" "$backup_created"
 }
 
@@ -1278,6 +1339,7 @@ do_revert() {
 	cat -- "$RECORD" >"$prev_rec"
 	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
 	: >"$PENDING"
+	note_listener
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
@@ -1287,6 +1349,7 @@ do_revert() {
 	fi
 	LAST_CODE_NEW=$LAST_CODE
 	RESTART_ERR_NEW=$RESTART_ERR
+	HINT_NEW=$(not_ready_hint)
 	rollback "$prev" "$prev_rec" 0
 }
 

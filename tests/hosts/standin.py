@@ -16,7 +16,9 @@ HOSTDIR/standin.json holds the settings (layout, config path, port, TLS files, t
 the tests, all under HOSTDIR: events.jsonl (stop/start/ready/exit/daemon-reload, wall-clock times on
 the shared clock), running.json (the flags the current process started with), apiserver.log (what
 `journalctl -u kube-apiserver` / `crictl logs` print on this host), generation (restart counter).
-A test refuses a flag by writing its name (or name=value) into HOSTDIR/refuse.
+A test refuses a flag by writing its name (or name=value) into HOSTDIR/refuse, and makes a process that
+runs with a flag flap (once ready: /readyz answers 200 once, then 500) by writing it into HOSTDIR/flap.
+`kubelet_delay` (standin.json): how long the static-pod "kubelet" takes to notice a changed manifest.
 """
 
 from __future__ import annotations
@@ -179,6 +181,18 @@ def visible_in_pod(path: str, mounts: list[tuple[str, str]]) -> bool:
     return False
 
 
+def listed(hostdir: Path, name: str) -> set[str]:
+    """The flags (--name or --name=value) listed one per line in HOSTDIR/<name>."""
+    f = hostdir / name
+    return {x.strip() for x in f.read_text().splitlines() if x.strip()} if f.exists() else set()
+
+
+def flaps(hostdir: Path, flags: dict[str, str]) -> bool:
+    """Whether this process is to flap: it runs with a flag listed in HOSTDIR/flap."""
+    wanted = listed(hostdir, "flap")
+    return any(k in wanted or f"{k}={v}" in wanted for k, v in flags.items())
+
+
 def validate(hostdir: Path, args: list[str], mounts) -> dict[str, str]:
     refuse = set()
     rf = hostdir / "refuse"
@@ -225,11 +239,14 @@ def serve(hostdir: Path, gen: int = 1) -> int:
     started = time.monotonic()
     # the host's first boot is quick (lab set-up); every restart takes startup_seconds
     ready_after = float(cfg.get("startup_seconds", 1.0)) if gen > 1 else min(0.5, float(cfg.get("startup_seconds", 1.0)))
-    state = {"ready": False}
+    state = {"ready": False, "flap": flaps(hostdir, flags), "served": 0}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             ok = state["ready"] or self.path.startswith("/livez")
+            if ok and state["flap"] and self.path.startswith("/readyz"):
+                state["served"] += 1
+                ok = state["served"] == 1  # 200 once, then 500 for good
             body = b"ok" if ok else b"[-]poststarthook/start-apiextensions-controllers failed: not finished\nreadyz check failed"
             self.send_response(200 if ok else 500)
             self.send_header("Content-Length", str(len(body)))

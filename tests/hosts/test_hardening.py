@@ -216,3 +216,67 @@ def test_a_daemon_left_by_the_restart_command_does_not_keep_the_lock(lab, make_s
     assert out.ok, out.explain()
     assert time.monotonic() - started < 30
     assert "held" not in out.explain()
+
+
+# ------------------------------------------------------------------------------------------ 3. readiness
+def test_a_flapping_readyz_rolls_back(lab, make_stack):
+    """Issue 11: /readyz answered 200 once after the restart, then 500, and the script said "ready after
+    0.0s, done". Ready now means a steady run of 200s: the flapping apiserver is rolled back."""
+    h = lab.add_host("m1", "env-file")
+    original = h.config_bytes()
+    h.flap("--enable-aggregator-routing=true")  # the new flags make this apiserver flap
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 8, "readySteadySeconds": 2})
+    out = st.up()
+    r = out["m1-flags"]
+    assert r.rc == 1, out.explain()
+    assert "not for 2s in a row" in r.stderr and "a flapping start" in r.stderr, r.stderr
+    assert "the previous file is back and kube-apiserver is ready on it" in r.stderr, r.stderr
+    assert h.config_bytes() == original
+    assert "--enable-aggregator-routing" not in h.running_flags()
+
+
+def test_a_static_pod_the_kubelet_does_not_replace_is_not_ready(lab, make_stack):
+    """Issue 11: when /readyz never went down after the manifest changed, the old pod's 200 was accepted
+    (a warning, then "done"), though the running apiserver had none of the flags. Without a sign of a
+    restart (a new listening process, or readyz going down) the master is not ready: rolled back."""
+    h = lab.add_host("m1", "static-pod", kubelet_delay=60)  # a kubelet that does not act on the change
+    original = h.config_bytes()
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 5})
+    out = st.up()
+    r = out["m1-flags"]
+    assert r.rc == 1, out.explain()
+    assert "no sign that kube-apiserver restarted" in r.stderr and "is the kubelet running" in r.stderr, r.stderr
+    assert h.config_bytes() == original
+    assert h.restarts() == 0
+
+
+def test_a_restart_command_that_restarts_nothing_is_not_ready(lab, make_stack):
+    """The same for systemd layouts: a restart command that does not restart the apiserver (here `true`)
+    was "ready after 0.0s" on the old process."""
+    h = lab.add_host("m1", "env-file")
+    original = h.config_bytes()
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 4, "restartCommand": "true"})
+    out = st.up()
+    r = out["m1-flags"]
+    assert r.rc == 1, out.explain()
+    assert "no sign that kube-apiserver restarted" in r.stderr and "apiserver.restartCommand" in r.stderr, r.stderr
+    assert h.config_bytes() == original
+
+
+PROXY = "http://127.0.0.1:9"  # nothing listens there: a request sent through it fails
+
+
+def test_proxy_variables_of_the_master_are_ignored(lab, make_stack):
+    """Issue 11: with https_proxy in the master's environment, curl sent the readyz request to the proxy;
+    the script restarted, rolled back and said "nothing answered" though the apiserver was fine."""
+    env = {k: PROXY for k in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "all_proxy")}
+    h = lab.add_host("m1", "env-file", sshd_env=env)
+    st = make_stack([h])
+    conn = conn_of(st, h)
+    # the premise: the variables reach the script's environment, and a plain curl goes through the proxy
+    r = st.runner.run(conn, "printenv https_proxy; curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:6443/readyz")
+    assert r.stdout.splitlines() == [PROXY, "000"], r.stdout + r.stderr
+    out = st.up()
+    assert out.ok, out.explain()
+    assert_flags_once(h, st.flags_for(h))
+    assert h.restarts() == 1
