@@ -29,6 +29,7 @@ READY_TIMEOUT=""
 READY_STEADY="" # default: 3, or less to fit in a shorter --ready-timeout
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
+KEY_OWNER="" # install-certs: USER:GROUP of aggregator-key.pem (empty: the user running the script)
 LOCK=""
 LEGACY_LOCK=""
 KEPT=""
@@ -120,6 +121,7 @@ parse_args() {
 		--ready-steady-seconds) READY_STEADY=$val ;;
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
+		--key-owner) KEY_OWNER=$val ;;
 		--flag) FLAGS+=("$val") ;;
 		--require | --require-file-flag | --require-listed)
 			case $opt in
@@ -163,7 +165,7 @@ check_option_values() {
 	# a refused master name is not used as the prefix of the message that refuses it
 	in_grammar "$name" || MASTER=""
 	check_grammar --master "$name"
-	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL"; do
+	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL" "--key-owner=$KEY_OWNER"; do
 		[ -n "${pair#*=}" ] && check_grammar "${pair%%=*}" "${pair#*=}"
 	done
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
@@ -418,13 +420,63 @@ remove_stale_temps() {
 		"${age[@]+"${age[@]}"}" -print0 2>/dev/null)
 }
 
+# ------------------------------------------------------------------------------------- trusted paths
+# The cert dir holds a trust anchor (aggregator-ca.pem: whoever can replace it can impersonate any user
+# through the aggregation layer) and the config file decides the apiserver's flags: both must be owned by
+# root (or by the user running this script) and writable by nobody else. Checked before anything is written.
+check_trusted() { # WHAT PATH (a missing path passes: it is created by us)
+	local what=$1 path=$2 owner mode
+	[ -e "$path" ] || return 0
+	read -r owner mode < <(stat -L -c '%u %a' -- "$path") || die "cannot stat $path"
+	if [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
+		die "refusing $what $path: it is owned by uid $owner, not root; whoever owns it can change what kube-apiserver trusts (chown root $path), nothing written"
+	fi
+	if [ $((8#$mode & 8#022)) != 0 ]; then
+		die "refusing $what $path: mode $mode lets its group or others write it, so they could change what kube-apiserver trusts (chmod go-w $path), nothing written"
+	fi
+}
+
+# key_owner_ids: KEY_UID/KEY_GID of --key-owner USER:GROUP (apiserver.keyOwner), each a name resolved
+# with getent or a numeric id; empty --key-owner: the user running the script (root: root:root).
+KEY_OWNER_RE='^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}):([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$'
+KEY_UID=""
+KEY_GID=""
+key_owner_ids() {
+	if [ -z "$KEY_OWNER" ]; then
+		KEY_UID=$(id -u)
+		KEY_GID=$(id -g)
+		[ "$KEY_UID" = 0 ] && KEY_GID=0
+		return 0
+	fi
+	[[ $KEY_OWNER =~ $KEY_OWNER_RE ]] ||
+		die "--key-owner $(shown_value "$KEY_OWNER") (apiserver.keyOwner) must be USER:GROUP, each a name ([a-z_][a-z0-9_-]*, at most 32) or a numeric id; nothing written"
+	KEY_UID=$(resolve_id passwd "${KEY_OWNER%%:*}" user)
+	KEY_GID=$(resolve_id group "${KEY_OWNER#*:}" group)
+}
+resolve_id() { # DATABASE NAME-OR-ID NOUN -> the numeric id
+	local db=$1 name=$2 noun=$3 entry
+	case $name in
+	*[!0-9]*) ;;
+	*)
+		[ "$((10#$name))" -le 4294967294 ] || die "apiserver.keyOwner: $noun id $name is out of range; nothing written"
+		printf '%s
+' "$((10#$name))"
+		return 0
+		;;
+	esac
+	command -v getent >/dev/null 2>&1 || die "apiserver.keyOwner: getent is missing on this master, so the $noun '$name' cannot be looked up; give a numeric id instead; nothing written"
+	entry=$(getent "$db" "$name") ||
+		die "apiserver.keyOwner: there is no $noun '$name' on this master (getent $db $name found nothing): create it, or set apiserver.keyOwner to the user and group kube-apiserver runs as; nothing written"
+	printf '%s\n' "$(printf '%s' "$entry" | cut -d: -f3)"
+}
+
 same_mode_owner() { # FILE MODE UID GID
 	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
 
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
-	local pem tmp kinds i name mode target t2 uid gid first=0
+	local pem tmp kinds i name mode target t2 uid gid fuid fgid first=0
 	uid=$(id -u)
 	gid=$(id -g)
 	[ "$uid" = 0 ] && gid=0
@@ -437,6 +489,8 @@ install_certs() {
 	CCK) ;;
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
+	check_trusted "the cert dir" "$CERT_DIR"
+	key_owner_ids
 	ensure_state_dir
 	take_host_lock "$CERTS_LOCK_WAIT"
 	check_targets
@@ -470,16 +524,17 @@ install_certs() {
 	i=0
 	while IFS= read -r name; do
 		i=$((i + 1))
-		mode=0644
-		[ "$name" = aggregator-key.pem ] && mode=0600
+		# the certificates: 0644 root; the key: 0600, owned by apiserver.keyOwner when given
+		mode=0644 fuid=$uid fgid=$gid
+		[ "$name" = aggregator-key.pem ] && mode=0600 fuid=$KEY_UID fgid=$KEY_GID
 		target="$CERT_DIR/$name"
 		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
-		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$uid" "$gid"; then
+		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$fuid" "$fgid"; then
 			say "$target unchanged"
 			continue
 		fi
 		t2="$tmp/$name.new"
-		install -m "$mode" -o "$uid" -g "$gid" "$tmp/$i" "$t2" || die "cannot write $t2"
+		install -m "$mode" -o "$fuid" -g "$fgid" "$tmp/$i" "$t2" || die "cannot write $t2"
 		fsync_paths "$t2"
 		# what this run replaces, for txn_rollback: the old inode itself (a copy where links fail)
 		if [ -f "$target" ]; then
@@ -488,7 +543,7 @@ install_certs() {
 		fi
 		TXN_DONE+=("$name")
 		mv -f -- "$t2" "$target" || die "cannot rename into $target"
-		say "$target written ($mode $(id -un):$(id -gn))"
+		say "$target written ($mode $fuid:$fgid)"
 	done < <(cert_files)
 	fsync_paths "$CERT_DIR"
 	claim certs "$CERT_DIR"
@@ -1176,6 +1231,10 @@ drop_idle_lock() {
 
 setup_host_state() {
 	validate_host_opts
+	if [ "$ACTION" != check ]; then
+		check_trusted "the config file" "$CONFIG_PATH"
+		check_trusted "the cert dir" "$CERT_DIR"
+	fi
 	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
 	local key
 	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')

@@ -9,17 +9,26 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import threading
 import time
 
 import pytest
 
-from components.apiserver import flags_options, host_command, host_script_path, script_text
+from components.apiserver import (
+    certs_commands,
+    certs_options,
+    flags_options,
+    host_command,
+    host_script_path,
+    script_text,
+)
 from components.config import is_safe_value
 from tests.hosts.lab import Host, sh, wait_for
 from tests.hosts.test_rollout import assert_flags_once
 from tests.hosts.test_takeover import SSL, cfssl_like_pems
+from tests.unit.test_key_owner import BAD as BAD_OWNERS
 from tests.unit.test_value_grammar import HOSTILE
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(300)]
@@ -83,7 +92,7 @@ def state_listing(host: Host) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- 1. the value grammar
-GRAMMAR_OPTIONS = ["--master", "--cert-dir", "--config-path", "--readyz-url", "--flag"]
+GRAMMAR_OPTIONS = ["--master", "--cert-dir", "--config-path", "--readyz-url", "--key-owner", "--flag"]
 ACCEPTED = {
     "--master": ["k8s-master1", "cp.2_a"],
     "--cert-dir": ["/etc/kubernetes/pki/front-proxy", "/etc/k8s/ssl-2"],
@@ -101,7 +110,7 @@ def test_script_refuses_every_value_the_config_refuses(lab, make_stack):
     st = make_stack([h])
     install_script(st, h)
     before, config = state_listing(h), h.config_bytes()
-    base = flags_options(st.last.settings, master_of(st, h))
+    base = flags_options(st.last.settings, master_of(st, h)) + [("--key-owner", "kube:kube")]
     cases = []
     for option in GRAMMAR_OPTIONS:
         for label, value in HOSTILE.items():
@@ -280,3 +289,91 @@ def test_proxy_variables_of_the_master_are_ignored(lab, make_stack):
     assert out.ok, out.explain()
     assert_flags_once(h, st.flags_for(h))
     assert h.restarts() == 1
+
+
+# ------------------------------------------------------------------------------------------ 7. ownership
+KEY = f"{SSL}/aggregator-key.pem"
+
+
+def test_key_owner_owns_the_key_and_a_change_rechowns_it(lab, make_stack):
+    """Issue 11: the proxy-client key was always root:root 0600, which an apiserver run as User=kube cannot
+    read. apiserver.keyOwner (--key-owner on install-certs) owns the key; the certificates stay root 0644;
+    a changed owner re-chowns the key; the same owner again changes nothing; remove-certs ignores it."""
+    import grp
+    import pwd
+
+    user = lab.ensure_ops_user()
+    uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h], apiserver={"keyOwner": f"{user}:{user}"})
+    out = st.up()
+    assert out.ok, out.explain()
+    assert h.file_state(KEY)[1:] == (0o600, uid, gid)
+    for name in ("aggregator-ca.pem", "aggregator.pem"):
+        assert h.file_state(f"{SSL}/{name}")[1:] == (0o644, 0, 0), name
+    # the same step of that `up` again (a new evaluation of the program would issue new certificates)
+    certs = next(c for c in st.last.commands if c["name"] == "m1-certs")
+    r = st.runner.run(certs["connection"], certs["create"], certs["stdin"])
+    assert r.rc == 0 and r.stdout.count("unchanged") == 3, r.stdout + r.stderr
+    st.config["apiserver"]["keyOwner"] = f"0:{gid}"
+    out = st.up(update=True)
+    assert out.ok, out.explain()
+    assert h.file_state(KEY)[1:] == (0o600, 0, gid)
+    assert f"{KEY} written (0600 0:{gid})" in out["m1-certs"].stdout
+    out = st.destroy()
+    assert out.ok, out.explain()
+    assert not h.path(SSL).exists()
+
+
+def test_an_unknown_key_owner_is_refused_before_anything_is_written(lab, make_stack):
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h], apiserver={"keyOwner": "nosuchuser9:nosuchuser9"})
+    out = st.up()
+    r = out["m1-certs"]
+    assert r.rc == 1, out.explain()
+    assert "apiserver.keyOwner: there is no user 'nosuchuser9' on this master" in r.stderr, r.stderr
+    assert not h.path(SSL).exists()
+    assert state_listing(h) == ["scripts", f"scripts/{host_script_path().rsplit('/', 1)[1]}"]
+
+
+@pytest.mark.parametrize("what", ["cert dir owned by another user", "group-writable cert dir", "world-writable config"])
+def test_an_untrusted_cert_dir_or_config_file_is_refused(lab, make_stack, what):
+    """Issue 11: a cert dir that was not root-owned, or group/other-writable, was accepted, though
+    aggregator-ca.pem is a trust anchor for impersonating any user. Refused now, with the reason."""
+    h = lab.add_host("m1", "env-file")
+    original = h.config_bytes()
+    ssl = h.path(SSL)
+    ssl.mkdir(mode=0o755)
+    if what == "cert dir owned by another user":
+        os.chown(ssl, 4711, 0)
+        expected = f"refusing the cert dir {SSL}: it is owned by uid 4711, not root"
+    elif what == "group-writable cert dir":
+        os.chmod(ssl, 0o775)
+        expected = f"refusing the cert dir {SSL}: mode 775 lets its group or others write it"
+    else:
+        os.chmod(h.path(h.config_path), 0o646)
+        expected = f"refusing the config file {h.config_path}: mode 646 lets its group or others write it"
+    st = make_stack([h])
+    out = st.up()
+    assert not out.ok
+    step_name = "m1-flags" if "config" in what else "m1-certs"
+    r = out[step_name]
+    assert r.rc == 1 and expected in r.stderr and "nothing written" in r.stderr, out.explain()
+    assert h.config_bytes() == original and h.restarts() == 0
+    if step_name == "m1-certs":
+        assert list(ssl.iterdir()) == []
+
+
+def test_key_owners_the_config_refuses_are_refused_by_install_certs(lab, make_stack):
+    """The --key-owner pattern (config KEY_OWNER_PATTERN) checked again by the script, nothing written."""
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h])
+    certs = step(st, h, "certs")
+    base = certs_options(st.last.settings, master_of(st, h))
+    for owner in [b for b in BAD_OWNERS if b]:
+        create, _ = certs_commands(base + [("--key-owner", owner)], sudo=False)
+        r = st.runner.run(certs["connection"], create, certs["stdin"])
+        assert r.rc == 1, (owner, r.stdout)
+        assert any(why in r.stderr for why in ("must be USER:GROUP", "is not one word of letters", "is out of range")), (owner, r.stderr)
+        assert "apiserver.keyOwner" in r.stderr or "--key-owner" in r.stderr, (owner, r.stderr)
+    assert not h.path(SSL).exists()
