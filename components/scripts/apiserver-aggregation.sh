@@ -21,6 +21,7 @@ ACTION=""
 MASTER=""
 LAYOUT=""
 CONFIG_PATH=""
+CONFIG_LINK="" # the configured --config-path (CONFIG_PATH: its target when it is a symbolic link)
 CERT_DIR=""
 RESTART_CMD=""
 RESTART_SET=0
@@ -249,8 +250,10 @@ claim() { # KIND PATH
 	f=$(owner_file "$1" "$2")
 	ensure_state_dir
 	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
-	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
-	mv -f "$f.tmp" "$f" || die "cannot write $f"
+	{ printf '%s\n' "$MASTER" >"$f.tmp" && mv -f "$f.tmp" "$f"; } || {
+		rm -f -- "$f.tmp"
+		die "cannot write $f"
+	}
 }
 owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
 	local f owner
@@ -274,7 +277,7 @@ kept_dir() { printf '%s/certs-%s.kept\n' "$STATE_DIR" "$(path_key "$CERT_DIR")";
 has_record() { [ -f "$KEPT/$1.meta" ] || [ -f "$KEPT/$1.absent" ]; } # NAME
 
 # fsync: coreutils sync takes files (8.24+); elsewhere sync everything
-fsync_paths() { sync -- "$@" 2>/dev/null || sync; }
+fsync_paths() { timeout 60 sync -- "$@" 2>/dev/null || timeout 60 sync; }
 
 # publish_state SRC DEST: SRC (in the kept dir) becomes DEST durably: fsync, rename, fsync the directory
 publish_state() {
@@ -988,22 +991,33 @@ END {
 # edit MODE INPUT OUTPUT NEWRECORD REPORT: run the editor; keeps a missing final newline missing.
 edit_config() {
 	local mode=$1 in=$2 out=$3 newrec=$4 report=$5 want=$WORK/want f
-	: >"$want"
+	# (called in `if`/`||` contexts, where set -e does not apply: every write is checked by hand; a
+	# truncated output would otherwise become the new config file)
+	: >"$want" || return 1
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
-		printf '%s\t%s\t%s\n' "${f%%=*}" "${f#*=}" "$f" >>"$want"
+		printf '%s\t%s\t%s\n' "${f%%=*}" "${f#*=}" "$f" >>"$want" || return 1
 	done
-	[ -f "$RECORD" ] || : >"$WORK/empty-record"
 	local rec=$RECORD
-	[ -f "$rec" ] || rec=$WORK/empty-record
+	if [ ! -f "$rec" ]; then
+		rec=$WORK/empty-record
+		: >"$rec" || return 1
+	fi
 	awk -v mode="$mode" -v layout="$LAYOUT" -v want="$want" -v rec="$rec" -v newrec_file="$newrec" \
 		-v report="$report" -v certdir="${CERT_DIR%/}" -v volname="$VOLUME_NAME" -v sq="'" \
 		"$AWK_EDIT" "$in" >"$out.full" || return 1
 	if [ -s "$in" ] && [ "$(tail -c 1 "$in" | od -An -c | tr -d ' ')" != '\n' ]; then
-		head -c -1 "$out.full" >"$out"
+		head -c -1 "$out.full" >"$out" || return 1
 	else
-		cat "$out.full" >"$out"
+		cat "$out.full" >"$out" || return 1
 	fi
 	rm -f "$out.full"
+}
+
+edit_failed() { # the editor's own message, or why there is none (it is written into the work dir)
+	local why
+	why=$(cat "$WORK/edit.err" 2>/dev/null) || true
+	[ -n "$why" ] || why="the editor could not write its result into $WORK (disk full?); nothing changed"
+	die "cannot edit $CONFIG_PATH as layout $LAYOUT: $why"
 }
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -1016,26 +1030,38 @@ same_file() { # A B: both regular files with the same bytes (cmp is diffutils: f
 # write_atomic SRC DEST: copy SRC over DEST with DEST's mode and owner, via a hidden temp file in DEST's
 # directory and rename (the kubelet ignores hidden files in its manifest directory).
 write_atomic() {
+	try_write_atomic "$@" || die "cannot write $2 (nothing changed in it: the file is replaced by rename only)"
+}
+try_write_atomic() {
 	local src=$1 dest=$2 dir base tmp
 	dir=$(dirname -- "$dest")
 	base=$(basename -- "$dest")
-	tmp=$(mktemp "$dir/.$base.aggregation.XXXXXX") || die "cannot create a temp file in $dir"
+	tmp=$(mktemp "$dir/.$base.aggregation.XXXXXX") || return 1
 	CLEANUP+=("$tmp")
-	cat -- "$src" >"$tmp" || die "cannot write $tmp"
+	cat -- "$src" >"$tmp" || return 1
 	if [ -e "$dest" ]; then
 		chmod --reference="$dest" "$tmp" 2>/dev/null || true
 		chown --reference="$dest" "$tmp" 2>/dev/null || true
 	else
-		chmod 0644 "$tmp"
+		chmod 0644 "$tmp" || return 1
 	fi
-	mv -f -- "$tmp" "$dest" || die "cannot rename $tmp to $dest"
+	# the bytes on disk before the name points at them: a crash leaves the old or the new file, whole
+	fsync_paths "$tmp" || return 1
+	mv -f -- "$tmp" "$dest" || return 1
+	fsync_paths "$dir" || true
 }
 
-write_state() { # SRC DEST (state files: mode 0600)
+write_state() { try_write_state "$1" "$2" || die "cannot write $2"; } # SRC DEST (state files: mode 0600)
+try_write_state() {
 	local tmp
-	tmp=$(mktemp "$STATE_DIR/.state.XXXXXX") || die "cannot write in $STATE_DIR"
+	tmp=$(mktemp "$STATE_DIR/.state.XXXXXX") || return 1
 	CLEANUP+=("$tmp")
-	if ! { cat -- "$1" >"$tmp" && chmod 0600 "$tmp" && mv -f -- "$tmp" "$2"; }; then die "cannot write $2"; fi
+	cat -- "$1" >"$tmp" && chmod 0600 "$tmp" && fsync_paths "$tmp" && mv -f -- "$tmp" "$2"
+}
+
+# keep_state SRC DEST: write_state where a failure is only a warning (the rollback goes on regardless)
+keep_state() {
+	try_write_state "$1" "$2" 2>/dev/null || warn "could not write $2 (disk full?); revert falls back to the record"
 }
 
 # ------------------------------------------------------------------------------------ restart + readiness
@@ -1238,6 +1264,13 @@ setup_host_state() {
 	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
 	local key
 	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')
+	# A config path that is a symbolic link (a unit linked from elsewhere) keeps its link: the state is
+	# keyed by the configured path, and the file edited (atomically, in its own directory) is the target.
+	CONFIG_LINK=$CONFIG_PATH
+	if [ -L "$CONFIG_PATH" ]; then
+		CONFIG_PATH=$(readlink -f -- "$CONFIG_LINK") || die "cannot resolve the symbolic link $CONFIG_LINK"
+		say "$CONFIG_LINK is a symbolic link: editing its target $CONFIG_PATH (the link stays)"
+	fi
 	BACKUP=$STATE_DIR/$key.orig
 	RECORD=$STATE_DIR/$key.record
 	APPLIED=$STATE_DIR/$key.applied
@@ -1249,6 +1282,14 @@ setup_host_state() {
 	CLEANUP+=("$WORK")
 }
 
+# save_previous: the config file, record and checksum as they are before a change, for the rollback
+save_previous() {
+	cat -- "$CONFIG_PATH" >"$WORK/prev" || die "cannot save a copy of $CONFIG_PATH in $WORK (disk full?); nothing changed"
+	if [ -f "$APPLIED" ]; then cat -- "$APPLIED" >"$WORK/prev-applied" || die "cannot write in $WORK (disk full?); nothing changed"; fi
+	if [ -f "$RECORD" ]; then cat -- "$RECORD" >"$WORK/prev-record" || die "cannot write in $WORK (disk full?); nothing changed"; fi
+	return 0
+}
+
 changes_summary() { grep -v '^= ' "$1" | sed 's/^/  /' || true; }
 
 # rollback: the new file did not come up; put the previous one back and make sure that one runs again.
@@ -1258,8 +1299,8 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	change=$(changes_summary "$WORK/report")
 	note_listener
 	write_atomic "$prev" "$CONFIG_PATH"
-	if [ -n "$prev_rec" ]; then write_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
-	if [ -f "$WORK/prev-applied" ]; then write_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
+	if [ -n "$prev_rec" ]; then keep_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
+	if [ -f "$WORK/prev-applied" ]; then keep_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
 	[ "$backup_created" = 1 ] && rm -f "$BACKUP"
 	say "restored the previous $CONFIG_PATH; restarting kube-apiserver on it"
 	if restart_and_wait; then
@@ -1290,7 +1331,7 @@ do_apply() {
 	done
 	local new=$WORK/new newrec=$WORK/record report=$WORK/report
 	edit_config apply "$CONFIG_PATH" "$new" "$newrec" "$report" 2>"$WORK/edit.err" ||
-		die "cannot edit $CONFIG_PATH as layout $LAYOUT: $(cat "$WORK/edit.err")"
+		edit_failed
 	say "$CONFIG_PATH ($LAYOUT):"
 	sed 's/^/  /' "$report" || true
 	if [ "$ACTION" = check ]; then
@@ -1311,18 +1352,14 @@ do_apply() {
 			[ "$LAYOUT" != static-pod ] || need_restart=0
 		else
 			[ -s "$newrec" ] && ! same_file "$newrec" "$RECORD" && write_state "$newrec" "$RECORD"
-			claim config "$CONFIG_PATH"
+			claim config "$CONFIG_LINK"
 			say "unchanged: all ${#FLAGS[@]} flags already set in $CONFIG_PATH; no restart"
 			return 0
 		fi
 	fi
 	local backup_created=0 prev=$WORK/prev prev_rec=""
-	cat -- "$CONFIG_PATH" >"$prev"
-	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
-	if [ -f "$RECORD" ]; then
-		prev_rec=$WORK/prev-record
-		cat -- "$RECORD" >"$prev_rec"
-	fi
+	save_previous
+	[ -f "$RECORD" ] && prev_rec=$WORK/prev-record
 	if [ ! -f "$BACKUP" ]; then
 		write_state "$CONFIG_PATH" "$BACKUP"
 		backup_created=1
@@ -1338,17 +1375,19 @@ do_apply() {
 			warn "$CONFIG_PATH changed since the last apply; dropped the stale backup (revert will undo the record)"
 		fi
 	fi
-	# Record first, then the file: a crash in between leaves a record that a revert can still apply.
-	: >"$PENDING"
+	# Every state file first, then the config file: a full disk or a crash before the config write leaves
+	# the config untouched (and a record a revert can still apply); after it, nothing needs to be written
+	# but the rollback's own config write.
+	: >"$PENDING" || die "cannot write $PENDING (nothing changed in $CONFIG_PATH)"
 	write_state "$newrec" "$RECORD"
+	sha "$new" >"$WORK/sum" || die "cannot write $WORK/sum (nothing changed in $CONFIG_PATH)"
+	write_state "$WORK/sum" "$APPLIED"
+	claim config "$CONFIG_LINK"
 	note_listener
 	write_atomic "$new" "$CONFIG_PATH"
-	sha "$CONFIG_PATH" >"$WORK/sum"
-	write_state "$WORK/sum" "$APPLIED"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait "$need_restart"; then
 		rm -f "$PENDING"
-		claim config "$CONFIG_PATH"
 		say "done: aggregation flags active on $MASTER"
 		return 0
 	fi
@@ -1361,20 +1400,20 @@ do_apply() {
 do_revert() {
 	setup_host_state
 	local owner
-	if owner=$(owner_other_than_me config "$CONFIG_PATH"); then
+	if owner=$(owner_other_than_me config "$CONFIG_LINK"); then
 		say "left $CONFIG_PATH as it is: master resource '$owner' manages it now (a renamed master?)"
 		return 0
 	fi
 	if [ ! -f "$RECORD" ]; then
 		# An apply that found every flag already set (a hand-made setup) records nothing but owns the
 		# file: let go of it, or the scripts would be kept for an owner that no longer exists.
-		rm -f "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
 		return 0
 	fi
 	if [ ! -f "$CONFIG_PATH" ]; then
 		warn "$CONFIG_PATH does not exist; nothing to revert"
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		return 0
 	fi
 	local new=$WORK/new report=$WORK/report
@@ -1384,25 +1423,23 @@ do_revert() {
 		edit_config revert "$CONFIG_PATH" "$WORK/computed" "$WORK/record" "$report" 2>/dev/null || : >"$report"
 	else
 		edit_config revert "$CONFIG_PATH" "$new" "$WORK/record" "$report" 2>"$WORK/edit.err" ||
-			die "cannot edit $CONFIG_PATH as layout $LAYOUT: $(cat "$WORK/edit.err")"
+			edit_failed
 	fi
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
 	if same_file "$new" "$CONFIG_PATH"; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0
 	fi
 	local prev=$WORK/prev prev_rec=$WORK/prev-record
-	cat -- "$CONFIG_PATH" >"$prev"
-	cat -- "$RECORD" >"$prev_rec"
-	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
-	: >"$PENDING"
+	save_previous
+	: >"$PENDING" || die "cannot write $PENDING (nothing changed in $CONFIG_PATH)"
 	note_listener
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		say "done: aggregation flags removed on $MASTER"
 		return 0
 	fi

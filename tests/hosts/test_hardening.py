@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import threading
 import time
 
@@ -377,3 +378,65 @@ def test_key_owners_the_config_refuses_are_refused_by_install_certs(lab, make_st
         assert any(why in r.stderr for why in ("must be USER:GROUP", "is not one word of letters", "is out of range")), (owner, r.stderr)
         assert "apiserver.keyOwner" in r.stderr or "--key-owner" in r.stderr, (owner, r.stderr)
     assert not h.path(SSL).exists()
+
+
+# ------------------------------------------------------------------------------------- 5. failure safety
+def nsenter_mount(h: Host, *args: str) -> None:
+    """mount/umount inside the host's mount namespace (the one its sshd serves)."""
+    subprocess.run(["nsenter", "-t", str(h.supervisor.pid), "-m", "--", *args], check=True, capture_output=True, timeout=10)
+
+
+def test_a_full_state_dir_leaves_the_config_untouched_or_fully_applied(lab, make_stack):
+    """Issue 11: with the state dir full, the new config was already in place, with no restart and no
+    rollback (the checksum was written after the config, and some write failures were ignored). For
+    every amount of free space (a tmpfs of 1, 2, 3, ... pages as the state dir), apply either fails
+    leaving the config byte-identical and the apiserver untouched, or succeeds with the flags running."""
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h])
+    install_script(st, h)  # and the certificates
+    original = h.config_bytes()
+    tiny = "/var/lib/metrics-aggregation/tiny"
+    h.path(tiny).mkdir()
+    options = flags_options(st.last.settings, master_of(st, h)) + [("--state-dir", tiny)]
+    apply = host_command("apply", options, sudo=False)
+    conn = conn_of(st, h)
+    failures = 0
+    for pages in range(1, 41):
+        nsenter_mount(h, "mount", "-t", "tmpfs", "-o", f"size={4 * pages}k,mode=0700", "tmpfs", tiny)
+        restarts = h.restarts()
+        r = st.runner.run(conn, apply)
+        if r.rc == 0:
+            assert_flags_once(h, st.flags_for(h))
+            assert {k: h.running_flags().get(k) for k in st.flags_for(h)} == st.flags_for(h)
+            break
+        failures += 1
+        assert h.config_bytes() == original, f"{pages} pages: the config changed on a failed apply:\n{r.stdout}{r.stderr}"
+        assert h.restarts() == restarts and h.readyz() == 200, f"{pages} pages"
+        assert "disk full" in r.stderr or "cannot write" in r.stderr or "cannot create" in r.stderr, r.stderr
+        nsenter_mount(h, "umount", tiny)
+    else:
+        raise AssertionError("apply never succeeded, even with 160 KiB free")
+    assert failures >= 3, "the sweep never ran out of space: it tested nothing"
+
+
+def test_a_symlinked_config_path_keeps_its_link(lab, make_stack):
+    """Issue 11: a config path that is a symbolic link was replaced by a plain file: the link's target
+    was never edited, and revert did not bring the link back. Now the target is edited and reverted."""
+    h = lab.add_host("m1", "env-file")
+    link = h.path(h.config_path)
+    target = link.parent / "units" / link.name
+    target.parent.mkdir()
+    original = link.read_bytes()
+    target.write_bytes(original)
+    link.unlink()
+    link.symlink_to(f"units/{link.name}")  # relative: the same file inside the host and on the runner
+    st = make_stack([h])
+    out = st.up()
+    assert out.ok, out.explain()
+    assert link.is_symlink() and os.readlink(link) == f"units/{link.name}"
+    assert_flags_once(h, st.flags_for(h))
+    assert {k: h.running_flags().get(k) for k in st.flags_for(h)} == st.flags_for(h)
+    assert [p.name for p in target.parent.iterdir()] == [link.name]  # no temp file left next to it
+    out = st.destroy()
+    assert out.ok, out.explain()
+    assert link.is_symlink() and target.read_bytes() == original
