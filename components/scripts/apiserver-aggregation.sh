@@ -30,6 +30,7 @@ READY_TIMEOUT=""
 READY_STEADY="" # default: 3, or less to fit in a shorter --ready-timeout
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
+PREV_OWNER=- # apply: the config file's owner before this run claimed it ('' none; - not claimed)
 KEY_OWNER="" # install-certs: USER:GROUP of aggregator-key.pem (empty: the user running the script)
 LOCK=""
 LEGACY_LOCK=""
@@ -173,7 +174,7 @@ check_option_values() {
 		case $f in --*=*) check_grammar "--flag ${f%%=*}" "${f#*=}" ;; esac
 	done
 	for f in "${REQ_ARG[@]+"${REQ_ARG[@]}"}"; do
-		case $f in --*=*) check_grammar "requirement ${f%%=*}" "${f#*=}" ;; esac
+		case $f in --*=?*) check_grammar "requirement ${f%%=*}" "${f#*=}" ;; esac
 	done
 	return 0
 }
@@ -1300,6 +1301,13 @@ rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
 	note_listener
 	write_atomic "$prev" "$CONFIG_PATH"
 	if [ -n "$prev_rec" ]; then keep_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
+	# the owner as before this run (apply claims it before writing the file; ownership moves on success)
+	case $PREV_OWNER in
+	-) ;; # (a revert: it claims nothing)
+	'') release config "$CONFIG_LINK" ;;
+	"$MASTER") ;;
+	*) printf '%s\n' "$PREV_OWNER" >"$(owner_file config "$CONFIG_LINK")" 2>/dev/null || warn "could not give $CONFIG_LINK back to '$PREV_OWNER'" ;;
+	esac
 	if [ -f "$WORK/prev-applied" ]; then keep_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
 	[ "$backup_created" = 1 ] && rm -f "$BACKUP"
 	say "restored the previous $CONFIG_PATH; restarting kube-apiserver on it"
@@ -1382,6 +1390,7 @@ do_apply() {
 	write_state "$newrec" "$RECORD"
 	sha "$new" >"$WORK/sum" || die "cannot write $WORK/sum (nothing changed in $CONFIG_PATH)"
 	write_state "$WORK/sum" "$APPLIED"
+	PREV_OWNER=$(cat -- "$(owner_file config "$CONFIG_LINK")" 2>/dev/null) || PREV_OWNER=""
 	claim config "$CONFIG_LINK"
 	note_listener
 	write_atomic "$new" "$CONFIG_PATH"
