@@ -34,7 +34,7 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components.config import Master, Settings
+from components.config import Layout, Master, Settings
 
 SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
 SCRIPT_NAME = "apiserver-aggregation"
@@ -111,7 +111,15 @@ def flags_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     # apiserver.readySteadySeconds: left out when unset (the script's default), like --key-owner
     if settings.apiserver.ready_steady_seconds is not None:
         options.append(("--ready-steady-seconds", str(settings.apiserver.ready_steady_seconds)))
+    options += _container_option(settings, master)
     return options + [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(master).items()]
+
+
+def _container_option(settings: Settings, master: Master) -> list[tuple[str, str]]:
+    """--container NAME (apiserver.containerName) for a static-pod master, when set."""
+    if settings.apiserver.container_name and settings.master_layout(master) is Layout.STATIC_POD:
+        return [("--container", settings.apiserver.container_name)]
+    return []
 
 
 def certs_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
@@ -157,6 +165,7 @@ def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
         ("--master", master.name),
         ("--layout", settings.master_layout(master).value),
         ("--config-path", settings.master_config_path(master)),
+        *_container_option(settings, master),
     ]
     for name in VERIFY_HEADER_FLAGS:
         options += [("--require", f"{name}={flags[name]}"), ("--why", "the standard value, as kubeadm and this program set it")]

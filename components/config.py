@@ -119,6 +119,8 @@ _OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
 KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
 _KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
 _MAX_ID = 4294967294
+# apiserver.containerName: a Kubernetes container name (RFC 1123 label), a subset of the value grammar
+_CONTAINER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # How large a CA file (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) may be: a CA bundle is a
 # few KiB, and the kubelet CA goes into a ConfigMap.
@@ -698,6 +700,17 @@ class Apiserver(_Model):
     extra_flags: dict[str, str] = Field(default_factory=dict)
     # user:group of the proxy-client key on the masters (None: root:root), for apiservers run as User=kube.
     key_owner: str | None = None
+    # static-pod: the name of the kube-apiserver container in the manifest (None: the host script's
+    # default, kube-apiserver); initContainers and other containers are never edited.
+    container_name: str | None = None
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, v: str | None) -> str | None:
+        if v is not None and not _CONTAINER_NAME.fullmatch(v):
+            raise ValueError("must be a container name (a DNS label: lowercase letters, digits and '-', at most 63), "
+                             "e.g. kube-apiserver")
+        return v
 
     @field_validator("key_owner")
     @classmethod

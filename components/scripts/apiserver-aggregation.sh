@@ -30,6 +30,7 @@ READY_TIMEOUT=""
 READY_STEADY="" # default: 3, or less to fit in a shorter --ready-timeout
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
+CONTAINER=kube-apiserver # static-pod: the name of the kube-apiserver container in the manifest
 PREV_OWNER=- # apply: the config file's owner before this run claimed it ('' none; - not claimed)
 KEY_OWNER="" # install-certs: USER:GROUP of aggregator-key.pem (empty: the user running the script)
 LOCK=""
@@ -51,13 +52,14 @@ die() {
 usage() {
 	cat >&2 <<'EOF' || true
 usage: apiserver-aggregation <action> [options]
-  install-certs --master NAME --cert-dir DIR          (stdin: CA cert, proxy-client cert, proxy-client key)
+  install-certs --master NAME --cert-dir DIR [--key-owner USER:GROUP]  (stdin: CA cert, proxy cert, key)
   remove-certs  --master NAME --cert-dir DIR
   apply|revert  --master NAME --layout env-file|systemd-unit|static-pod --config-path PATH
                 --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
-                [--state-dir DIR] [--log-command CMD] --flag --NAME=VALUE [--flag --NAME=VALUE ...]
+                [--ready-steady-seconds N] [--state-dir DIR] [--log-command CMD] [--container NAME]
+                --flag --NAME=VALUE [--flag --NAME=VALUE ...]
   check         the same options as apply: print what apply would change, change nothing
-  verify        --master NAME --layout L --config-path PATH   (read-only: changes nothing)
+  verify        --master NAME --layout L --config-path PATH [--container NAME]  (read-only)
                 [--require --NAME=VALUE] [--require-file-flag --NAME] [--require-listed --NAME=ITEM]
                 (each may be followed by --why TEXT, shown with its problem)
 EOF
@@ -124,6 +126,7 @@ parse_args() {
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
 		--key-owner) KEY_OWNER=$val ;;
+		--container) CONTAINER=$val ;;
 		--flag) FLAGS+=("$val") ;;
 		--require | --require-file-flag | --require-listed)
 			case $opt in
@@ -167,7 +170,7 @@ check_option_values() {
 	# a refused master name is not used as the prefix of the message that refuses it
 	in_grammar "$name" || MASTER=""
 	check_grammar --master "$name"
-	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL" "--key-owner=$KEY_OWNER"; do
+	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL" "--key-owner=$KEY_OWNER" "--container=$CONTAINER"; do
 		[ -n "${pair#*=}" ] && check_grammar "${pair%%=*}" "${pair#*=}"
 	done
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
@@ -684,19 +687,90 @@ function find_unit(   i, j, p, rest) {
 	fail("no ExecStart= line found")
 	return 0
 }
-function find_pod(   i, j) {
-	for (i = 1; i <= n; i++) {
-		if (L[i] !~ /^[ ]*(- )?command:[ \t]*$/) continue
-		CMDLINE = i
-		match(L[i], /^[ ]*(- )?/); CKI = RLENGTH
-		if (i == n || !match(L[i + 1], /^[ ]*- /)) { fail("the command: of the container is not a block list"); return 0 }
-		D = RLENGTH - 2
-		RS = RE = i + 1
-		for (j = i + 2; j <= n; j++) { if (is_item(L[j], D)) RE = j; else break }
+# static-pod: the container named `container` (--container) in spec.containers (never an initContainer);
+# its command: list is the region (args: when it has no command:). CA..CB: the lines of the container, CKI:
+# the indent of its keys, ARGK: its args: line when command: is the region (checked, never edited).
+function find_pod(   k, a, b, cmd, arg) {
+	k = find_key("containers", 1)
+	if (!k || !list_bounds(k)) { fail("no spec.containers: block list found"); return 0 }
+	for (a = LS; a <= LE; a = b + 1) {
+		b = item_end(a)
+		if (key_value(a, b, "name", LD + 2) != container) continue
+		CA = a; CB = b; CKI = LD + 2; ARGK = 0
+		cmd = key_line(a, b, "command", CKI); arg = key_line(a, b, "args", CKI)
+		if (cmd) { ARGK = arg; return block_list(cmd, "command") }
+		if (arg) return block_list(arg, "args")
+		fail("the container " container " has neither command: nor args:"); return 0
+	}
+	fail("no container named " container " in spec.containers (apiserver.containerName names the kube-apiserver container)")
+	return 0
+}
+# key_at: whether line s holds `key:` at indent ck (a mapping key of a list item: "- key:" on its first line)
+function key_at(s, ck, key,   rest, c) {
+	if (substr(s, 1, ck) != spaces(ck) && substr(s, 1, ck) != spaces(ck - 2) "- ") return 0
+	rest = substr(s, ck + 1)
+	if (substr(rest, 1, length(key) + 1) != key ":") return 0
+	c = substr(rest, length(key) + 2, 1)
+	return c == "" || c == " " || c == "\t"
+}
+function key_line(a, b, key, ck,   j) {
+	for (j = a; j <= b; j++) if (key_at(L[j], ck, key)) return j
+	return 0
+}
+function key_value(a, b, key, ck,   j, v) {
+	j = key_line(a, b, key, ck)
+	if (!j) return ""
+	v = substr(L[j], ck + length(key) + 2); sub(/^[ \t]+/, "", v)
+	return unquote(v)
+}
+function comment_or_blank(s) { return blank(s) || s ~ /^[ \t]*#/ }
+# block_list K WHAT: RS..RE = the items of the block list under key line K (comment and blank lines
+# between items belong to it); D their indent
+function block_list(k, what,   j) {
+	j = k + 1
+	while (j <= n && comment_or_blank(L[j])) j++
+	if (L[k] !~ /:[ \t]*$/ || j > n || !match(L[j], /^[ ]*- /)) {
+		fail("the " what ": of the container " container " is not a block list (one \"- item\" per line)"); return 0
+	}
+	D = RLENGTH - 2; RS = RE = j; CMDLINE = k
+	for (j++; j <= n; j++) {
+		if (is_item(L[j], D)) RE = j
+		else if (!comment_or_blank(L[j])) break
+	}
+	return 1
+}
+function container_key(key) { return key_line(CA, CB, key, CKI) }
+# args_tokens: NA, AT_[1..NA] = the --flags in the args: of the container (block list or one-line [a, b])
+function args_tokens(   s, j, d, v, m, items, i) {
+	NA = 0
+	if (!ARGK) return 1
+	s = substr(L[ARGK], CKI + 6); sub(/^[ \t]+/, "", s)
+	if (s != "" && s !~ /^#/) {
+		if (s !~ /^\[[^\]]*\][ \t]*(#.*)?$/) { fail("the args: of the container " container " is neither a block list nor a one-line [a, b] list: cannot check it for the flags this program sets"); return 0 }
+		sub(/\][ \t]*(#.*)?$/, "", s)
+		m = split(substr(s, 2), items, ",")
+		for (i = 1; i <= m; i++) { v = items[i]; sub(/^[ \t]+/, "", v); sub(/[ \t]+$/, "", v); v = unquote(v); if (substr(v, 1, 2) == "--") AT_[++NA] = v }
 		return 1
 	}
-	fail("no container command: list found")
-	return 0
+	j = ARGK + 1
+	while (j <= n && comment_or_blank(L[j])) j++
+	if (j > n || !match(L[j], /^[ ]*- /)) return 1
+	d = RLENGTH - 2
+	for (; j <= n; j++) {
+		if (is_item(L[j], d)) { v = unquote(substr(L[j], d + 3)); if (substr(v, 1, 2) == "--") AT_[++NA] = v }
+		else if (!comment_or_blank(L[j])) break
+	}
+	return 1
+}
+# check_args: refuse a flag this program sets that the container also sets in args: (kube-apiserver reads
+# command then args; the last value wins, so it would override ours)
+function check_args(   i, name) {
+	if (layout != "static-pod" || !args_tokens()) return ERR == ""
+	for (i = 1; i <= NA; i++) {
+		name = AT_[i]; if (index(name, "=")) name = substr(name, 1, index(name, "=") - 1)
+		if (name in WANT) { fail("the container " container " sets " name " in args:, which kube-apiserver reads after command: (the last value wins, so it would override the value this program sets): move it into command: or remove it (kubeadm: ClusterConfiguration.apiServer.extraArgs), then run again; nothing written"); return 0 }
+	}
+	return 1
 }
 function is_item(s, d) { return substr(s, 1, d) == spaces(d) && substr(s, d + 1, 2) == "- " }
 # ---- tokens of the flag list: TL line, TS start column, TLEN length, TNAME, TVAL, TFORM, TTOK text
@@ -714,6 +788,7 @@ function add_tok(j, s, len, tok,   eq) {
 }
 function scan_pod(   j, v) {
 	for (j = RS; j <= RE; j++) {
+		if (!is_item(L[j], D)) continue
 		v = unquote(substr(L[j], D + 3))
 		if (substr(v, 1, 2) == "--") add_tok(j, 1, length(L[j]), v)
 	}
@@ -794,7 +869,7 @@ function list_bounds(k,   j, ind) {
 	if (k >= n || !match(L[k + 1], /^[ ]*- /)) return 0
 	LD = RLENGTH - 2; LS = k + 1; LE = k + 1
 	for (j = k + 2; j <= n; j++) {
-		if (blank(L[j])) break
+		if (comment_or_blank(L[j])) continue # YAML ignores them; the list goes on after them
 		ind = length(lead_ws(L[j]))
 		if (is_item(L[j], LD) || ind > LD) LE = j; else break
 	}
@@ -822,7 +897,7 @@ function volume_host_path(name,   k, a, b) {
 	return ""
 }
 function mounted(   k, a, b, mp, nm, hits, i) {
-	k = find_key("volumeMounts", CMDLINE)
+	k = container_key("volumeMounts")
 	if (!k || !list_bounds(k)) return ""
 	hits = 0
 	for (a = LS; a <= LE; a = b + 1) {
@@ -833,7 +908,7 @@ function mounted(   k, a, b, mp, nm, hits, i) {
 	return ""
 }
 function remove_item(key, from, name,   k, a, b, j) {
-	k = find_key(key, from)
+	k = (key == "volumeMounts") ? container_key(key) : find_key(key, from)
 	if (!k || !list_bounds(k)) return 0
 	for (a = LS; a <= LE; a = b + 1) {
 		b = item_end(a)
@@ -849,7 +924,7 @@ function ins(text) { insert_line(AT, text, CR[AT > 1 ? AT - 1 : 1]); AT++ }
 function ensure_mount(   mp, k, ind) {
 	mp = mounted()
 	if (mp != "") { rep("= " certdir " is already mounted into the pod (mountPath " mp ")"); return }
-	k = find_key("volumeMounts", CMDLINE)
+	k = container_key("volumeMounts")
 	if (k && list_bounds(k)) {
 		AT = LE + 1; ind = spaces(LD)
 	} else if (k) {
@@ -905,7 +980,7 @@ function undo_volumes() {
 	if ("@volumes" in REC) remove_item("volumes", 1, RAW["@volumes"])
 }
 function do_apply(   i, r, name, k, k2, guard) {
-	if (!scan()) return
+	if (!scan() || !check_args()) return
 	for (r = 1; r <= NR_; r++) {
 		name = RN[r]
 		if (substr(name, 1, 1) == "@" || (name in WANT)) continue
@@ -953,9 +1028,13 @@ function do_revert(   r, name) {
 	if ("@volumes" in REC) rep("- hostPath volume " RAW["@volumes"] " (removed)")
 }
 # ---- read-only listing (verify): the flags of the region, NAME<TAB>VALUE, or NAME alone when bare
-function list_flags(   k) {
+function list_flags(   k, v) {
 	if (!scan()) { print ERR > "/dev/stderr"; return }
 	for (k = 1; k <= NT; k++) print TNAME[k] (TFORM[k] == "bare" ? "" : "\t" TVAL[k])
+	# static-pod: then the args: of the container (kube-apiserver reads them after command:)
+	if (layout != "static-pod") return
+	if (!args_tokens()) { print ERR > "/dev/stderr"; return }
+	for (k = 1; k <= NA; k++) { v = AT_[k]; print (index(v, "=") ? substr(v, 1, index(v, "=") - 1) "\t" substr(v, index(v, "=") + 1) : v) }
 }
 BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
 {
@@ -1005,7 +1084,7 @@ edit_config() {
 	fi
 	awk -v mode="$mode" -v layout="$LAYOUT" -v want="$want" -v rec="$rec" -v newrec_file="$newrec" \
 		-v report="$report" -v certdir="${CERT_DIR%/}" -v volname="$VOLUME_NAME" -v sq="'" \
-		"$AWK_EDIT" "$in" >"$out.full" || return 1
+		-v container="$CONTAINER" "$AWK_EDIT" "$in" >"$out.full" || return 1
 	if [ -s "$in" ] && [ "$(tail -c 1 "$in" | od -An -c | tr -d ' ')" != '\n' ]; then
 		head -c -1 "$out.full" >"$out" || return 1
 	else
@@ -1495,7 +1574,7 @@ validate_verify_opts() {
 read_flags() {
 	local listing line name
 	[ -f "$CONFIG_PATH" ] || die "$CONFIG_PATH does not exist (layout $LAYOUT): is this the kube-apiserver config file of this master?"
-	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
+	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" -v container="$CONTAINER" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
 		die "cannot read $CONFIG_PATH as layout $LAYOUT: $listing"
 	while IFS= read -r line; do
 		name=${line%%$'\t'*}

@@ -134,15 +134,17 @@ def unit_args(text: str) -> list[str]:
     return argv[1:]
 
 
-def static_pod(text: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """(flags, [(mountPath, hostPath)]) of the kube-apiserver container; the kubelet rejects bad YAML."""
+def static_pod(text: str, container: str = "kube-apiserver") -> tuple[list[str], list[tuple[str, str]]]:
+    """(flags, [(mountPath, hostPath)]) of the kube-apiserver container (`container`, in spec.containers;
+    initContainers run before it and are not it): its command after the binary, then its args, as the
+    kubelet hands them to the process. The kubelet rejects bad YAML."""
     import yaml
 
     try:
         pod = yaml.safe_load(text)
         spec = pod["spec"]
-        ctr = next(c for c in spec["containers"] if c.get("name") == "kube-apiserver")
-        command = ctr["command"]
+        ctr = next(c for c in spec["containers"] if c.get("name") == container)
+        command = (ctr.get("command") or [])[1:] + (ctr.get("args") or [])
         assert isinstance(command, list) and all(isinstance(x, str) for x in command)
         vols = {v["name"]: v.get("hostPath", {}).get("path") for v in spec.get("volumes") or []}
         names = [m["name"] for m in ctr.get("volumeMounts") or []]
@@ -159,7 +161,7 @@ def static_pod(text: str) -> tuple[list[str], list[tuple[str, str]]]:
         raise
     except Exception as e:  # noqa: BLE001 - the kubelet would reject the manifest
         raise Refused(f"kubelet: could not parse the static pod manifest: {e!r}") from None
-    return command[1:], mounts
+    return command, mounts
 
 
 def read_args(hostdir: Path, cfg: dict) -> tuple[list[str], list[tuple[str, str]] | None]:
@@ -170,7 +172,7 @@ def read_args(hostdir: Path, cfg: dict) -> tuple[list[str], list[tuple[str, str]
     text = Path(cfg["config_path"]).read_text()
     if layout == "env-file":
         return env_file_args(text, cfg.get("env_var", "KUBE_APISERVER_OPTS")), None
-    return static_pod(text)
+    return static_pod(text, cfg.get("container", "kube-apiserver"))
 
 
 def visible_in_pod(path: str, mounts: list[tuple[str, str]]) -> bool:

@@ -26,6 +26,7 @@ from components.apiserver import (
     script_text,
 )
 from components.config import is_safe_value
+from tests.hosts.lab import SAMPLES as SAMPLES_DIR
 from tests.hosts.lab import Host, sh, wait_for
 from tests.hosts.test_rollout import assert_flags_once
 from tests.hosts.test_takeover import SSL, cfssl_like_pems
@@ -440,3 +441,100 @@ def test_a_symlinked_config_path_keeps_its_link(lab, make_stack):
     out = st.destroy()
     assert out.ok, out.explain()
     assert link.is_symlink() and target.read_bytes() == original
+
+
+# ---------------------------------------------------------------------------------------- 4. static pods
+FULL = "kube-apiserver-kubeadm-full.yaml"  # kubeadm-shaped: initContainer, args, comments, extra volumes, sidecar
+
+
+def kubeadm_full_host(lab, text: str | None = None, container: str = "kube-apiserver") -> Host:
+    """A kubeadm master whose manifest is tests/hosts/samples/kube-apiserver-kubeadm-full.yaml (or `text`),
+    with the front-proxy files and the audit policy it names, running."""
+    pems = cfssl_like_pems()
+    pki = "/etc/kubernetes/pki"
+    files = {
+        f"{pki}/front-proxy-ca.crt": (pems["aggregator-ca.pem"], 0o644, 0, 0),
+        f"{pki}/front-proxy-client.crt": (pems["aggregator.pem"], 0o644, 0, 0),
+        f"{pki}/front-proxy-client.key": (pems["aggregator-key.pem"], 0o600, 0, 0),
+        "/etc/kubernetes/audit-policy.yaml": (b"apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n", 0o644, 0, 0),
+    }
+    if text is not None:
+        files["/etc/kubernetes/manifests/kube-apiserver.yaml"] = (text.encode(), 0o644, 0, 0)
+    return lab.add_host("k8s-cp1", "static-pod", sample=FULL, files=files, container=container)
+
+
+def block(text: str, start: str, end: str) -> str:
+    """The lines of `text` from the line `start` up to (not including) the next line `end`."""
+    lines = text.splitlines(True)
+    a = lines.index(start + "\n")
+    b = next(i for i in range(a + 1, len(lines)) if lines[i] == end + "\n")
+    return "".join(lines[a:b])
+
+
+def test_kubeadm_manifest_init_container_args_comments_and_volumes(lab, make_stack):
+    """Issue 11: the first `command:` of the file was edited (with an initContainer, every flag went into
+    its `sh -c`), a `# comment` inside the list ended it (a flag after the comment was not seen, so the
+    file had it twice and the old value won) and `args:` was never read. Now only the kube-apiserver
+    container's command: changes: the initContainer and the sidecar stay byte for byte, its args: too,
+    the pre-existing front-proxy values after the comments are replaced once, and the cert dir is mounted
+    into that container (not the sidecar) next to the extra volumes."""
+    h = kubeadm_full_host(lab)
+    before = h.config_bytes().decode()
+    st = make_stack([h], apiserver={"certDir": "/etc/kubernetes/aggregator"})
+    out = st.up()
+    assert out.ok, out.explain()
+    after = h.config_bytes().decode()
+    assert block(after, "  initContainers:", "  containers:") == block(before, "  initContainers:", "  containers:")
+    sidecar = block(before, "  - command:", "  hostNetwork: true").split("  - command:\n")[-1]
+    assert after.count(sidecar) == 1  # the sidecar's lines, unchanged (and no mount added to it)
+    assert block(after, "  - args:", "    command:") == block(before, "  - args:", "    command:")
+    assert "    # aggregation layer (kubeadm's front-proxy)\n" in after and "    # serving\n" in after
+    flags = st.flags_for(h)
+    args = h.config_args()  # the kube-apiserver container: command after the binary, then args
+    for k, v in flags.items():
+        assert [a for a in args if a.split("=", 1)[0] == k] == [f"{k}={v}"], (k, after)
+    assert {k: h.running_flags().get(k) for k in flags} == flags
+    assert h.running_flags()["--audit-policy-file"] == "/etc/kubernetes/audit-policy.yaml"
+    out = st.destroy()
+    assert out.ok, out.explain()
+    assert h.config_bytes().decode() == before
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_a_managed_flag_in_args_is_refused_and_the_manifest_left_alone(lab, make_stack, style):
+    """Issue 11: `args: [--requestheader-allowed-names=front-proxy-client]` silently overrode the value the
+    program set in command: (kube-apiserver reads command, then args: the last value wins). Refused now,
+    naming the flag, before anything is written."""
+    text = (SAMPLES_DIR / FULL).read_text()
+    moved = "    - --requestheader-allowed-names=front-proxy-client\n"
+    assert moved in text
+    text = text.replace(moved, "")
+    if style == "block":
+        text = text.replace("  - args:\n", "  - args:\n" + moved)
+    else:
+        text = text.replace(block(text, "  - args:", "    command:"),
+                            "  - args: [--requestheader-allowed-names=front-proxy-client, --v=2]\n")
+    h = kubeadm_full_host(lab, text)
+    before = h.config_bytes()
+    st = make_stack([h])
+    out = st.up()
+    r = out["k8s-cp1-flags"]
+    assert r.rc == 1, out.explain()
+    assert "sets --requestheader-allowed-names in args:" in r.stderr and "nothing written" in r.stderr, r.stderr
+    assert h.config_bytes() == before and h.restarts() == 0
+    assert not any(p.name.endswith((".record", ".orig", ".pending")) for p in h.path("/var/lib/metrics-aggregation").iterdir())
+
+
+def test_the_container_name_is_configurable(lab, make_stack):
+    """apiserver.containerName: a manifest whose apiserver container has another name."""
+    text = (SAMPLES_DIR / FULL).read_text().replace("    name: kube-apiserver\n", "    name: apiserver\n")
+    h = kubeadm_full_host(lab, text, container="apiserver")
+    before = h.config_bytes()
+    st = make_stack([h])
+    out = st.up()
+    assert out["k8s-cp1-flags"].rc == 1 and "no container named kube-apiserver" in out["k8s-cp1-flags"].stderr
+    assert h.config_bytes() == before
+    st = make_stack([h], apiserver={"containerName": "apiserver"})
+    out = st.up()
+    assert out.ok, out.explain()
+    assert {k: h.running_flags().get(k) for k in st.flags_for(h)} == st.flags_for(h)

@@ -48,3 +48,23 @@ def test_steady_seconds_reach_the_host_script_only_when_set(stack_config):
     assert ("--ready-steady-seconds", "5") in flags_options(s, s.masters[0])
     s = parse(stack_config())
     assert all(k != "--ready-steady-seconds" for k, _ in flags_options(s, s.masters[0]))
+
+
+# apiserver.containerName (static-pod: which container of the manifest is kube-apiserver)
+def test_container_name_reaches_static_pod_masters_only(stack_config):
+    cfg = stack_config(apiserver={"containerName": "apiserver"})
+    cfg["masters"][1]["layout"] = "static-pod"
+    s = parse(cfg)
+    assert ("--container", "apiserver") in flags_options(s, s.masters[1])
+    assert all(k != "--container" for k, _ in flags_options(s, s.masters[0]))
+    from components.apiserver import verify_options
+
+    assert ("--container", "apiserver") in verify_options(s, s.masters[1])
+
+
+@pytest.mark.parametrize("name", ["Kube-apiserver", "-x", "a b", "x" * 64, "kube_apiserver", ""])
+def test_container_names_that_are_no_dns_label_are_refused(stack_config, name):
+    with pytest.raises(ConfigError) as info:
+        parse(stack_config(apiserver={"containerName": name}))
+    [line] = info.value.problems
+    assert line.startswith("metrics-aggregation:apiserver.containerName: ") and "DNS label" in line, line
