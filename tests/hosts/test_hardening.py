@@ -229,6 +229,23 @@ def test_a_daemon_left_by_the_restart_command_does_not_keep_the_lock(lab, make_s
     assert "held" not in out.explain()
 
 
+def test_install_certs_waits_for_a_running_revert(lab, make_stack):
+    """Issue 11: install-certs took no lock, so it ran in the middle of another stack's (or an operator's)
+    apply/revert on the same host. Now it queues on the host lock: it ends after the revert ended."""
+    h = lab.add_host("m1", "env-file")
+    st = make_stack([h], apiserver={"readyTimeoutSeconds": 20, "restartCommand": SLOW_RESTART})
+    out = st.up()
+    assert out.ok, out.explain()
+    certs, flags = (next(c for c in st.last.commands if c["name"] == f"m1-{k}") for k in ("certs", "flags"))
+    state = h.path("/var/lib/metrics-aggregation")
+    a, a_out = in_thread(lambda: st.runner.run(flags["connection"], flags["delete"]))
+    wait_for(lambda: any(p.name.endswith(".pending") for p in state.iterdir()), "the revert holds the lock", 20)
+    r = st.runner.run(certs["connection"], certs["create"], certs["stdin"])
+    a.join(60)
+    assert a_out[0].rc == 0 and r.rc == 0, (a_out[0].stderr, r.stderr)
+    assert r.end >= a_out[0].end - 0.5, f"install-certs ended {a_out[0].end - r.end:.1f}s before the revert"
+
+
 # ------------------------------------------------------------------------------------------ 3. readiness
 def test_a_flapping_readyz_rolls_back(lab, make_stack):
     """Issue 11: /readyz answered 200 once after the restart, then 500, and the script said "ready after
