@@ -86,6 +86,42 @@ def _remove_scripts() -> str:
     )
 
 
+def certs_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
+    """The options of install-certs / remove-certs on `master`."""
+    options = [("--master", master.name), ("--cert-dir", settings.cert_dir(master))]
+    # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
+    # left out, so stacks without it keep their command lines
+    if settings.apiserver.key_owner:
+        options.append(("--key-owner", settings.apiserver.key_owner))
+    return options
+
+
+def flags_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
+    """The options of apply / revert on `master`: where and how, then every flag as --flag --NAME=VALUE
+    (the aggregation flags, then apiserver.extraFlags merged with this master's extraFlags)."""
+    options = [
+        ("--master", master.name),
+        ("--cert-dir", settings.cert_dir(master)),
+        ("--layout", settings.master_layout(master).value),
+        ("--config-path", settings.master_config_path(master)),
+        ("--restart-command", settings.restart_command(master)),
+        ("--readyz-url", settings.apiserver.readyz_url),
+        ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
+    ]
+    # apiserver.readySteadySeconds: left out when unset (the script's default), like --key-owner
+    if settings.apiserver.ready_steady_seconds is not None:
+        options.append(("--ready-steady-seconds", str(settings.apiserver.ready_steady_seconds)))
+    options += _container_option(settings, master)
+    return options + [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(master).items()]
+
+
+def _container_option(settings: Settings, master: Master) -> list[tuple[str, str]]:
+    """--container NAME (apiserver.containerName) for a static-pod master, when set."""
+    if settings.apiserver.container_name and settings.master_layout(master) is Layout.STATIC_POD:
+        return [("--container", settings.apiserver.container_name)]
+    return []
+
+
 def certs_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
     """(apply, undo) of a master's certs step.
 
@@ -129,6 +165,7 @@ def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
         ("--master", master.name),
         ("--layout", settings.master_layout(master).value),
         ("--config-path", settings.master_config_path(master)),
+        *_container_option(settings, master),
     ]
     for name in VERIFY_HEADER_FLAGS:
         options += [("--require", f"{name}={flags[name]}"), ("--why", "the standard value, as kubeadm and this program set it")]
@@ -232,23 +269,9 @@ class ApiserverAggregation(pulumi.ComponentResource):
         previous: pulumi.Resource | None = None
         self.final_steps = []
         for master in settings.masters:
-            cert_dir = settings.cert_dir(master)
-            layout: Layout = settings.master_layout(master)
-            base = [("--master", master.name), ("--cert-dir", cert_dir)]
             step = functools.partial(self._step, master, _connection(settings, master))
-            # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
-            # left out, so stacks without it keep their command lines
-            owner = [("--key-owner", settings.apiserver.key_owner)] if settings.apiserver.key_owner else []
-            certs = step("certs", *certs_commands(base + owner, sudo=sudo), [], stdin=stdin)
-            options = base + [
-                ("--layout", layout.value),
-                ("--config-path", settings.master_config_path(master)),
-                ("--restart-command", settings.restart_command(master)),
-                ("--readyz-url", settings.apiserver.readyz_url),
-                ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
-            ]
-            # the aggregation flags, then apiserver.extraFlags merged with this master's extraFlags
-            options += [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(master).items()]
+            certs = step("certs", *certs_commands(certs_options(settings, master), sudo=sudo), [], stdin=stdin)
+            options = flags_options(settings, master)
             flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
                          [certs] + ([previous] if previous else []))
             previous = flags

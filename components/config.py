@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasGenerator,
@@ -118,6 +119,8 @@ _OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
 KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
 _KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
 _MAX_ID = 4294967294
+# apiserver.containerName: a Kubernetes container name (RFC 1123 label), a subset of the value grammar
+_CONTAINER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # How large a CA file (metricsServer.kubeletCaCertFile, pki.clusterCaCertFile) may be: a CA bundle is a
 # few KiB, and the kubelet CA goes into a ConfigMap.
@@ -172,6 +175,16 @@ def address_kind(value: str) -> Literal["ip", "dns"] | None:
     if all(label.isdigit() for label in labels):
         return None
     return "dns" if all(_DNS_LABEL.match(label) for label in labels) else None
+
+
+def _is_loopback(host: str) -> bool:
+    """localhost, or an IP address of the loopback range."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_address(value: str) -> str:
@@ -679,11 +692,25 @@ class Apiserver(_Model):
     restart_command: str | None = None
     readyz_url: str = "https://127.0.0.1:6443/readyz"
     ready_timeout_seconds: int = 120
+    # How long /readyz must answer nothing but 200 (after the restart was seen) for a master to count as
+    # ready; None: the host script's default (3 s).
+    ready_steady_seconds: int | None = None
     enable_aggregator_routing: bool = True
     # Extra kube-apiserver flags on every master (masters[].extraFlags are merged over them).
     extra_flags: dict[str, str] = Field(default_factory=dict)
     # user:group of the proxy-client key on the masters (None: root:root), for apiservers run as User=kube.
     key_owner: str | None = None
+    # static-pod: the name of the kube-apiserver container in the manifest (None: the host script's
+    # default, kube-apiserver); initContainers and other containers are never edited.
+    container_name: str | None = None
+
+    @field_validator("container_name")
+    @classmethod
+    def _container_name(cls, v: str | None) -> str | None:
+        if v is not None and not _CONTAINER_NAME.fullmatch(v):
+            raise ValueError("must be a container name (a DNS label: lowercase letters, digits and '-', at most 63), "
+                             "e.g. kube-apiserver")
+        return v
 
     @field_validator("key_owner")
     @classmethod
@@ -725,6 +752,13 @@ class Apiserver(_Model):
             raise ValueError("must be a positive number of seconds (e.g. 120)")
         if v > 3600:
             raise ValueError("must be at most 3600 seconds; a longer wait blocks the rollout")
+        return v
+
+    @field_validator("ready_steady_seconds")
+    @classmethod
+    def _steady(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 300:
+            raise ValueError("must be 1..300 seconds (e.g. 3): how long /readyz must answer only 200 after a restart")
         return v
 
     @field_validator("restart_command")
@@ -1315,6 +1349,27 @@ class Settings(_Model):
                              "remove it, or set apiserver.manage: true"))
         return problems
 
+    def _readyz_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        """readyzUrl must reach the apiserver of the master being rolled, not a load balancer or another
+        master that answers 200 while this one is down: a loopback address, localhost, or (one master)
+        that master's own address. And the steady run must fit in the ready timeout."""
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        a = self.apiserver
+        host = (urlsplit(a.readyz_url).hostname or "").lower()
+        for m in self.masters:
+            if _is_loopback(host) or host == m.address.lower().rstrip("."):
+                continue
+            problems.append((("apiserver", "readyzUrl"), a.readyz_url,
+                             f"points at {host}, which is not master {m.name} ({m.address}) itself: the rollout waits "
+                             "for the apiserver it just restarted, and a load balancer or another master would answer "
+                             "for it; use a loopback address, e.g. https://127.0.0.1:6443/readyz (or "
+                             "https://localhost:6443/readyz)"))
+            break
+        if a.ready_steady_seconds is not None and a.ready_steady_seconds >= a.ready_timeout_seconds:
+            problems.append((("apiserver", "readySteadySeconds"), a.ready_steady_seconds,
+                             f"must be less than apiserver.readyTimeoutSeconds ({a.ready_timeout_seconds})"))
+        return problems
+
     def unpinned_hosts(self) -> list[str]:
         """The SSH hosts (masters' names, 'bastion <host>') whose host key the stack does not pin."""
         out = [m.name for m in self.masters if not m.host_key]
@@ -1345,6 +1400,8 @@ class Settings(_Model):
             )
         if not self.apiserver.manage:
             problems.extend(self._unmanaged_problems())
+        else:
+            problems.extend(self._readyz_problems())
         if not self.ssh.insecure_skip_host_key_check:
             problems.extend(self._unpinned_host_keys())
         for i, m in enumerate(self.masters):

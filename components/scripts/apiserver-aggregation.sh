@@ -9,6 +9,9 @@
 # and are never printed, put in argv or in the environment.
 set -euo pipefail
 umask 022
+# The C locale for the script's own pattern matching: ranges such as A-Z take in other letters elsewhere
+# (not exported: the restart and log commands keep the master's locale).
+LC_ALL=C
 # Keep going when the SSH connection drops: finish the restart and the readiness wait instead of dying
 # half-way on SIGPIPE/SIGHUP (every print below ignores write errors).
 trap '' PIPE HUP
@@ -18,14 +21,20 @@ ACTION=""
 MASTER=""
 LAYOUT=""
 CONFIG_PATH=""
+CONFIG_LINK="" # the configured --config-path (CONFIG_PATH: its target when it is a symbolic link)
 CERT_DIR=""
 RESTART_CMD=""
 RESTART_SET=0
 READYZ_URL=""
 READY_TIMEOUT=""
+READY_STEADY="" # default: 3, or less to fit in a shorter --ready-timeout
 STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
+CONTAINER=kube-apiserver # static-pod: the name of the kube-apiserver container in the manifest
+PREV_OWNER=- # apply: the config file's owner before this run claimed it ('' none; - not claimed)
+KEY_OWNER="" # install-certs: USER:GROUP of aggregator-key.pem (empty: the user running the script)
 LOCK=""
+LEGACY_LOCK=""
 KEPT=""
 VOLUME_NAME=aggregator-certs
 FLAGS=()
@@ -43,13 +52,14 @@ die() {
 usage() {
 	cat >&2 <<'EOF' || true
 usage: apiserver-aggregation <action> [options]
-  install-certs --master NAME --cert-dir DIR          (stdin: CA cert, proxy-client cert, proxy-client key)
+  install-certs --master NAME --cert-dir DIR [--key-owner USER:GROUP]  (stdin: CA cert, proxy cert, key)
   remove-certs  --master NAME --cert-dir DIR
   apply|revert  --master NAME --layout env-file|systemd-unit|static-pod --config-path PATH
                 --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
-                [--state-dir DIR] [--log-command CMD] --flag --NAME=VALUE [--flag --NAME=VALUE ...]
+                [--ready-steady-seconds N] [--state-dir DIR] [--log-command CMD] [--container NAME]
+                --flag --NAME=VALUE [--flag --NAME=VALUE ...]
   check         the same options as apply: print what apply would change, change nothing
-  verify        --master NAME --layout L --config-path PATH   (read-only: changes nothing)
+  verify        --master NAME --layout L --config-path PATH [--container NAME]  (read-only)
                 [--require --NAME=VALUE] [--require-file-flag --NAME] [--require-listed --NAME=ITEM]
                 (each may be followed by --why TEXT, shown with its problem)
 EOF
@@ -61,6 +71,7 @@ cleanup() {
 on_exit() {
 	# an install-certs that did not reach txn_commit puts back what it replaced, before its temp files go
 	if [ "${TXN_OPEN:-0}" = 1 ]; then txn_rollback; fi
+	drop_idle_lock
 	cleanup
 }
 trap on_exit EXIT
@@ -111,8 +122,11 @@ parse_args() {
 			;;
 		--readyz-url) READYZ_URL=$val ;;
 		--ready-timeout) READY_TIMEOUT=$val ;;
+		--ready-steady-seconds) READY_STEADY=$val ;;
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
+		--key-owner) KEY_OWNER=$val ;;
+		--container) CONTAINER=$val ;;
 		--flag) FLAGS+=("$val") ;;
 		--require | --require-file-flag | --require-listed)
 			case $opt in
@@ -131,7 +145,41 @@ parse_args() {
 		esac
 	done
 	[ -n "$MASTER" ] || die "--master is required"
-	case $MASTER in *[[:cntrl:]]*) die "--master contains control characters" ;; esac
+	check_option_values
+}
+
+# The value grammar of components/config.py (VALUE_PATTERN), checked again here as a second line of
+# defence: every value that ends up in the kube-apiserver config or names a file is ONE word of these
+# characters, matched whole (a space, quote, '$', '%', '#', CR, TAB or newline would be split or
+# interpreted by the shell, systemd or YAML). Keep the two in step (tests/hosts/test_hardening.py).
+VALUE_RE='^[A-Za-z0-9_.,:/=@+*~-]+$'
+VALUE_CHARS_TEXT='letters, digits and _ . , : / = @ + * ~ -'
+in_grammar() { [[ $1 =~ $VALUE_RE ]]; } # VALUE
+shown_value() { printf '%q' "$1"; }     # VALUE -> shell-quoted, so control characters show as escapes
+
+# check_grammar WHAT VALUE: refuse VALUE (of option WHAT) outside the value grammar
+check_grammar() {
+	in_grammar "$2" && return 0
+	die "$1: $(shown_value "$2") is not one word of $VALUE_CHARS_TEXT (the value grammar the stack config enforces too): refused before anything is read or written"
+}
+
+# check_option_values: the grammar for every option that names a file, a URL or the master, and for
+# each --flag value (after the first '='); not for --restart-command/--log-command (shell commands).
+check_option_values() {
+	local pair f name=$MASTER
+	# a refused master name is not used as the prefix of the message that refuses it
+	in_grammar "$name" || MASTER=""
+	check_grammar --master "$name"
+	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL" "--key-owner=$KEY_OWNER" "--container=$CONTAINER"; do
+		[ -n "${pair#*=}" ] && check_grammar "${pair%%=*}" "${pair#*=}"
+	done
+	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
+		case $f in --*=*) check_grammar "--flag ${f%%=*}" "${f#*=}" ;; esac
+	done
+	for f in "${REQ_ARG[@]+"${REQ_ARG[@]}"}"; do
+		case $f in --*=?*) check_grammar "requirement ${f%%=*}" "${f#*=}" ;; esac
+	done
+	return 0
 }
 
 need_abs() { # name value
@@ -164,6 +212,13 @@ validate_host_opts() {
 	esac
 	READY_TIMEOUT=$((10#$READY_TIMEOUT))
 	if [ "$READY_TIMEOUT" -lt 1 ] || [ "$READY_TIMEOUT" -gt 3600 ]; then die "--ready-timeout must be 1..3600"; fi
+	[ -n "$READY_STEADY" ] || READY_STEADY=$((READY_TIMEOUT > 3 ? 3 : READY_TIMEOUT - 1))
+	case $READY_STEADY in
+	'' | *[!0-9]*) die "--ready-steady-seconds must be a whole number of seconds, got '$READY_STEADY'" ;;
+	esac
+	READY_STEADY=$((10#$READY_STEADY))
+	[ "$READY_STEADY" -le 300 ] || die "--ready-steady-seconds must be 0..300"
+	[ "$READY_STEADY" -lt "$READY_TIMEOUT" ] || die "--ready-steady-seconds ($READY_STEADY) must be less than --ready-timeout ($READY_TIMEOUT)"
 	local f name seen=" "
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
 		case $f in
@@ -199,8 +254,10 @@ claim() { # KIND PATH
 	f=$(owner_file "$1" "$2")
 	ensure_state_dir
 	[ -f "$f" ] && [ "$(cat -- "$f")" = "$MASTER" ] && return 0
-	printf '%s\n' "$MASTER" >"$f.tmp" || die "cannot write $f.tmp"
-	mv -f "$f.tmp" "$f" || die "cannot write $f"
+	{ printf '%s\n' "$MASTER" >"$f.tmp" && mv -f "$f.tmp" "$f"; } || {
+		rm -f -- "$f.tmp"
+		die "cannot write $f"
+	}
 }
 owner_other_than_me() { # KIND PATH -> prints the other owner, fails when there is none
 	local f owner
@@ -224,7 +281,7 @@ kept_dir() { printf '%s/certs-%s.kept\n' "$STATE_DIR" "$(path_key "$CERT_DIR")";
 has_record() { [ -f "$KEPT/$1.meta" ] || [ -f "$KEPT/$1.absent" ]; } # NAME
 
 # fsync: coreutils sync takes files (8.24+); elsewhere sync everything
-fsync_paths() { sync -- "$@" 2>/dev/null || sync; }
+fsync_paths() { timeout 60 sync -- "$@" 2>/dev/null || timeout 60 sync; }
 
 # publish_state SRC DEST: SRC (in the kept dir) becomes DEST durably: fsync, rename, fsync the directory
 publish_state() {
@@ -370,13 +427,63 @@ remove_stale_temps() {
 		"${age[@]+"${age[@]}"}" -print0 2>/dev/null)
 }
 
+# ------------------------------------------------------------------------------------- trusted paths
+# The cert dir holds a trust anchor (aggregator-ca.pem: whoever can replace it can impersonate any user
+# through the aggregation layer) and the config file decides the apiserver's flags: both must be owned by
+# root (or by the user running this script) and writable by nobody else. Checked before anything is written.
+check_trusted() { # WHAT PATH (a missing path passes: it is created by us)
+	local what=$1 path=$2 owner mode
+	[ -e "$path" ] || return 0
+	read -r owner mode < <(stat -L -c '%u %a' -- "$path") || die "cannot stat $path"
+	if [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
+		die "refusing $what $path: it is owned by uid $owner, not root; whoever owns it can change what kube-apiserver trusts (chown root $path), nothing written"
+	fi
+	if [ $((8#$mode & 8#022)) != 0 ]; then
+		die "refusing $what $path: mode $mode lets its group or others write it, so they could change what kube-apiserver trusts (chmod go-w $path), nothing written"
+	fi
+}
+
+# key_owner_ids: KEY_UID/KEY_GID of --key-owner USER:GROUP (apiserver.keyOwner), each a name resolved
+# with getent or a numeric id; empty --key-owner: the user running the script (root: root:root).
+KEY_OWNER_RE='^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}):([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})$'
+KEY_UID=""
+KEY_GID=""
+key_owner_ids() {
+	if [ -z "$KEY_OWNER" ]; then
+		KEY_UID=$(id -u)
+		KEY_GID=$(id -g)
+		[ "$KEY_UID" = 0 ] && KEY_GID=0
+		return 0
+	fi
+	[[ $KEY_OWNER =~ $KEY_OWNER_RE ]] ||
+		die "--key-owner $(shown_value "$KEY_OWNER") (apiserver.keyOwner) must be USER:GROUP, each a name ([a-z_][a-z0-9_-]*, at most 32) or a numeric id; nothing written"
+	KEY_UID=$(resolve_id passwd "${KEY_OWNER%%:*}" user)
+	KEY_GID=$(resolve_id group "${KEY_OWNER#*:}" group)
+}
+resolve_id() { # DATABASE NAME-OR-ID NOUN -> the numeric id
+	local db=$1 name=$2 noun=$3 entry
+	case $name in
+	*[!0-9]*) ;;
+	*)
+		[ "$((10#$name))" -le 4294967294 ] || die "apiserver.keyOwner: $noun id $name is out of range; nothing written"
+		printf '%s
+' "$((10#$name))"
+		return 0
+		;;
+	esac
+	command -v getent >/dev/null 2>&1 || die "apiserver.keyOwner: getent is missing on this master, so the $noun '$name' cannot be looked up; give a numeric id instead; nothing written"
+	entry=$(getent "$db" "$name") ||
+		die "apiserver.keyOwner: there is no $noun '$name' on this master (getent $db $name found nothing): create it, or set apiserver.keyOwner to the user and group kube-apiserver runs as; nothing written"
+	printf '%s\n' "$(printf '%s' "$entry" | cut -d: -f3)"
+}
+
 same_mode_owner() { # FILE MODE UID GID
 	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
 
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
-	local pem tmp kinds i name mode target t2 uid gid first=0
+	local pem tmp kinds i name mode target t2 uid gid fuid fgid first=0
 	uid=$(id -u)
 	gid=$(id -g)
 	[ "$uid" = 0 ] && gid=0
@@ -389,6 +496,10 @@ install_certs() {
 	CCK) ;;
 	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
+	check_trusted "the cert dir" "$CERT_DIR"
+	key_owner_ids
+	ensure_state_dir
+	take_host_lock "$CERTS_LOCK_WAIT"
 	check_targets
 	remove_stale_temps 10
 	# Records are taken only where this cert dir has never been installed to (no owner file): a cert
@@ -420,16 +531,17 @@ install_certs() {
 	i=0
 	while IFS= read -r name; do
 		i=$((i + 1))
-		mode=0644
-		[ "$name" = aggregator-key.pem ] && mode=0600
+		# the certificates: 0644 root; the key: 0600, owned by apiserver.keyOwner when given
+		mode=0644 fuid=$uid fgid=$gid
+		[ "$name" = aggregator-key.pem ] && mode=0600 fuid=$KEY_UID fgid=$KEY_GID
 		target="$CERT_DIR/$name"
 		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
-		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$uid" "$gid"; then
+		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$fuid" "$fgid"; then
 			say "$target unchanged"
 			continue
 		fi
 		t2="$tmp/$name.new"
-		install -m "$mode" -o "$uid" -g "$gid" "$tmp/$i" "$t2" || die "cannot write $t2"
+		install -m "$mode" -o "$fuid" -g "$fgid" "$tmp/$i" "$t2" || die "cannot write $t2"
 		fsync_paths "$t2"
 		# what this run replaces, for txn_rollback: the old inode itself (a copy where links fail)
 		if [ -f "$target" ]; then
@@ -438,7 +550,7 @@ install_certs() {
 		fi
 		TXN_DONE+=("$name")
 		mv -f -- "$t2" "$target" || die "cannot rename into $target"
-		say "$target written ($mode $(id -un):$(id -gn))"
+		say "$target written ($mode $fuid:$fgid)"
 	done < <(cert_files)
 	fsync_paths "$CERT_DIR"
 	claim certs "$CERT_DIR"
@@ -448,6 +560,7 @@ install_certs() {
 remove_certs() {
 	need_abs --cert-dir "$CERT_DIR"
 	local name owner
+	if [ -d "$STATE_DIR" ]; then take_host_lock "$CERTS_LOCK_WAIT"; fi
 	if owner=$(owner_other_than_me certs "$CERT_DIR"); then
 		say "kept the certificates in $CERT_DIR: master resource '$owner' manages them now (a renamed master?)"
 		return 0
@@ -574,19 +687,90 @@ function find_unit(   i, j, p, rest) {
 	fail("no ExecStart= line found")
 	return 0
 }
-function find_pod(   i, j) {
-	for (i = 1; i <= n; i++) {
-		if (L[i] !~ /^[ ]*(- )?command:[ \t]*$/) continue
-		CMDLINE = i
-		match(L[i], /^[ ]*(- )?/); CKI = RLENGTH
-		if (i == n || !match(L[i + 1], /^[ ]*- /)) { fail("the command: of the container is not a block list"); return 0 }
-		D = RLENGTH - 2
-		RS = RE = i + 1
-		for (j = i + 2; j <= n; j++) { if (is_item(L[j], D)) RE = j; else break }
+# static-pod: the container named `container` (--container) in spec.containers (never an initContainer);
+# its command: list is the region (args: when it has no command:). CA..CB: the lines of the container, CKI:
+# the indent of its keys, ARGK: its args: line when command: is the region (checked, never edited).
+function find_pod(   k, a, b, cmd, arg) {
+	k = find_key("containers", 1)
+	if (!k || !list_bounds(k)) { fail("no spec.containers: block list found"); return 0 }
+	for (a = LS; a <= LE; a = b + 1) {
+		b = item_end(a)
+		if (key_value(a, b, "name", LD + 2) != container) continue
+		CA = a; CB = b; CKI = LD + 2; ARGK = 0
+		cmd = key_line(a, b, "command", CKI); arg = key_line(a, b, "args", CKI)
+		if (cmd) { ARGK = arg; return block_list(cmd, "command") }
+		if (arg) return block_list(arg, "args")
+		fail("the container " container " has neither command: nor args:"); return 0
+	}
+	fail("no container named " container " in spec.containers (apiserver.containerName names the kube-apiserver container)")
+	return 0
+}
+# key_at: whether line s holds `key:` at indent ck (a mapping key of a list item: "- key:" on its first line)
+function key_at(s, ck, key,   rest, c) {
+	if (substr(s, 1, ck) != spaces(ck) && substr(s, 1, ck) != spaces(ck - 2) "- ") return 0
+	rest = substr(s, ck + 1)
+	if (substr(rest, 1, length(key) + 1) != key ":") return 0
+	c = substr(rest, length(key) + 2, 1)
+	return c == "" || c == " " || c == "\t"
+}
+function key_line(a, b, key, ck,   j) {
+	for (j = a; j <= b; j++) if (key_at(L[j], ck, key)) return j
+	return 0
+}
+function key_value(a, b, key, ck,   j, v) {
+	j = key_line(a, b, key, ck)
+	if (!j) return ""
+	v = substr(L[j], ck + length(key) + 2); sub(/^[ \t]+/, "", v)
+	return unquote(v)
+}
+function comment_or_blank(s) { return blank(s) || s ~ /^[ \t]*#/ }
+# block_list K WHAT: RS..RE = the items of the block list under key line K (comment and blank lines
+# between items belong to it); D their indent
+function block_list(k, what,   j) {
+	j = k + 1
+	while (j <= n && comment_or_blank(L[j])) j++
+	if (L[k] !~ /:[ \t]*$/ || j > n || !match(L[j], /^[ ]*- /)) {
+		fail("the " what ": of the container " container " is not a block list (one \"- item\" per line)"); return 0
+	}
+	D = RLENGTH - 2; RS = RE = j; CMDLINE = k
+	for (j++; j <= n; j++) {
+		if (is_item(L[j], D)) RE = j
+		else if (!comment_or_blank(L[j])) break
+	}
+	return 1
+}
+function container_key(key) { return key_line(CA, CB, key, CKI) }
+# args_tokens: NA, AT_[1..NA] = the --flags in the args: of the container (block list or one-line [a, b])
+function args_tokens(   s, j, d, v, m, items, i) {
+	NA = 0
+	if (!ARGK) return 1
+	s = substr(L[ARGK], CKI + 6); sub(/^[ \t]+/, "", s)
+	if (s != "" && s !~ /^#/) {
+		if (s !~ /^\[[^\]]*\][ \t]*(#.*)?$/) { fail("the args: of the container " container " is neither a block list nor a one-line [a, b] list: cannot check it for the flags this program sets"); return 0 }
+		sub(/\][ \t]*(#.*)?$/, "", s)
+		m = split(substr(s, 2), items, ",")
+		for (i = 1; i <= m; i++) { v = items[i]; sub(/^[ \t]+/, "", v); sub(/[ \t]+$/, "", v); v = unquote(v); if (substr(v, 1, 2) == "--") AT_[++NA] = v }
 		return 1
 	}
-	fail("no container command: list found")
-	return 0
+	j = ARGK + 1
+	while (j <= n && comment_or_blank(L[j])) j++
+	if (j > n || !match(L[j], /^[ ]*- /)) return 1
+	d = RLENGTH - 2
+	for (; j <= n; j++) {
+		if (is_item(L[j], d)) { v = unquote(substr(L[j], d + 3)); if (substr(v, 1, 2) == "--") AT_[++NA] = v }
+		else if (!comment_or_blank(L[j])) break
+	}
+	return 1
+}
+# check_args: refuse a flag this program sets that the container also sets in args: (kube-apiserver reads
+# command then args; the last value wins, so it would override ours)
+function check_args(   i, name) {
+	if (layout != "static-pod" || !args_tokens()) return ERR == ""
+	for (i = 1; i <= NA; i++) {
+		name = AT_[i]; if (index(name, "=")) name = substr(name, 1, index(name, "=") - 1)
+		if (name in WANT) { fail("the container " container " sets " name " in args:, which kube-apiserver reads after command: (the last value wins, so it would override the value this program sets): move it into command: or remove it (kubeadm: ClusterConfiguration.apiServer.extraArgs), then run again; nothing written"); return 0 }
+	}
+	return 1
 }
 function is_item(s, d) { return substr(s, 1, d) == spaces(d) && substr(s, d + 1, 2) == "- " }
 # ---- tokens of the flag list: TL line, TS start column, TLEN length, TNAME, TVAL, TFORM, TTOK text
@@ -604,6 +788,7 @@ function add_tok(j, s, len, tok,   eq) {
 }
 function scan_pod(   j, v) {
 	for (j = RS; j <= RE; j++) {
+		if (!is_item(L[j], D)) continue
 		v = unquote(substr(L[j], D + 3))
 		if (substr(v, 1, 2) == "--") add_tok(j, 1, length(L[j]), v)
 	}
@@ -684,7 +869,7 @@ function list_bounds(k,   j, ind) {
 	if (k >= n || !match(L[k + 1], /^[ ]*- /)) return 0
 	LD = RLENGTH - 2; LS = k + 1; LE = k + 1
 	for (j = k + 2; j <= n; j++) {
-		if (blank(L[j])) break
+		if (comment_or_blank(L[j])) continue # YAML ignores them; the list goes on after them
 		ind = length(lead_ws(L[j]))
 		if (is_item(L[j], LD) || ind > LD) LE = j; else break
 	}
@@ -712,7 +897,7 @@ function volume_host_path(name,   k, a, b) {
 	return ""
 }
 function mounted(   k, a, b, mp, nm, hits, i) {
-	k = find_key("volumeMounts", CMDLINE)
+	k = container_key("volumeMounts")
 	if (!k || !list_bounds(k)) return ""
 	hits = 0
 	for (a = LS; a <= LE; a = b + 1) {
@@ -723,7 +908,7 @@ function mounted(   k, a, b, mp, nm, hits, i) {
 	return ""
 }
 function remove_item(key, from, name,   k, a, b, j) {
-	k = find_key(key, from)
+	k = (key == "volumeMounts") ? container_key(key) : find_key(key, from)
 	if (!k || !list_bounds(k)) return 0
 	for (a = LS; a <= LE; a = b + 1) {
 		b = item_end(a)
@@ -739,7 +924,7 @@ function ins(text) { insert_line(AT, text, CR[AT > 1 ? AT - 1 : 1]); AT++ }
 function ensure_mount(   mp, k, ind) {
 	mp = mounted()
 	if (mp != "") { rep("= " certdir " is already mounted into the pod (mountPath " mp ")"); return }
-	k = find_key("volumeMounts", CMDLINE)
+	k = container_key("volumeMounts")
 	if (k && list_bounds(k)) {
 		AT = LE + 1; ind = spaces(LD)
 	} else if (k) {
@@ -795,7 +980,7 @@ function undo_volumes() {
 	if ("@volumes" in REC) remove_item("volumes", 1, RAW["@volumes"])
 }
 function do_apply(   i, r, name, k, k2, guard) {
-	if (!scan()) return
+	if (!scan() || !check_args()) return
 	for (r = 1; r <= NR_; r++) {
 		name = RN[r]
 		if (substr(name, 1, 1) == "@" || (name in WANT)) continue
@@ -843,9 +1028,13 @@ function do_revert(   r, name) {
 	if ("@volumes" in REC) rep("- hostPath volume " RAW["@volumes"] " (removed)")
 }
 # ---- read-only listing (verify): the flags of the region, NAME<TAB>VALUE, or NAME alone when bare
-function list_flags(   k) {
+function list_flags(   k, v) {
 	if (!scan()) { print ERR > "/dev/stderr"; return }
 	for (k = 1; k <= NT; k++) print TNAME[k] (TFORM[k] == "bare" ? "" : "\t" TVAL[k])
+	# static-pod: then the args: of the container (kube-apiserver reads them after command:)
+	if (layout != "static-pod") return
+	if (!args_tokens()) { print ERR > "/dev/stderr"; return }
+	for (k = 1; k <= NA; k++) { v = AT_[k]; print (index(v, "=") ? substr(v, 1, index(v, "=") - 1) "\t" substr(v, index(v, "=") + 1) : v) }
 }
 BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
 {
@@ -882,22 +1071,33 @@ END {
 # edit MODE INPUT OUTPUT NEWRECORD REPORT: run the editor; keeps a missing final newline missing.
 edit_config() {
 	local mode=$1 in=$2 out=$3 newrec=$4 report=$5 want=$WORK/want f
-	: >"$want"
+	# (called in `if`/`||` contexts, where set -e does not apply: every write is checked by hand; a
+	# truncated output would otherwise become the new config file)
+	: >"$want" || return 1
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
-		printf '%s\t%s\t%s\n' "${f%%=*}" "${f#*=}" "$f" >>"$want"
+		printf '%s\t%s\t%s\n' "${f%%=*}" "${f#*=}" "$f" >>"$want" || return 1
 	done
-	[ -f "$RECORD" ] || : >"$WORK/empty-record"
 	local rec=$RECORD
-	[ -f "$rec" ] || rec=$WORK/empty-record
+	if [ ! -f "$rec" ]; then
+		rec=$WORK/empty-record
+		: >"$rec" || return 1
+	fi
 	awk -v mode="$mode" -v layout="$LAYOUT" -v want="$want" -v rec="$rec" -v newrec_file="$newrec" \
 		-v report="$report" -v certdir="${CERT_DIR%/}" -v volname="$VOLUME_NAME" -v sq="'" \
-		"$AWK_EDIT" "$in" >"$out.full" || return 1
+		-v container="$CONTAINER" "$AWK_EDIT" "$in" >"$out.full" || return 1
 	if [ -s "$in" ] && [ "$(tail -c 1 "$in" | od -An -c | tr -d ' ')" != '\n' ]; then
-		head -c -1 "$out.full" >"$out"
+		head -c -1 "$out.full" >"$out" || return 1
 	else
-		cat "$out.full" >"$out"
+		cat "$out.full" >"$out" || return 1
 	fi
 	rm -f "$out.full"
+}
+
+edit_failed() { # the editor's own message, or why there is none (it is written into the work dir)
+	local why
+	why=$(cat "$WORK/edit.err" 2>/dev/null) || true
+	[ -n "$why" ] || why="the editor could not write its result into $WORK (disk full?); nothing changed"
+	die "cannot edit $CONFIG_PATH as layout $LAYOUT: $why"
 }
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -910,46 +1110,95 @@ same_file() { # A B: both regular files with the same bytes (cmp is diffutils: f
 # write_atomic SRC DEST: copy SRC over DEST with DEST's mode and owner, via a hidden temp file in DEST's
 # directory and rename (the kubelet ignores hidden files in its manifest directory).
 write_atomic() {
+	try_write_atomic "$@" || die "cannot write $2 (nothing changed in it: the file is replaced by rename only)"
+}
+try_write_atomic() {
 	local src=$1 dest=$2 dir base tmp
 	dir=$(dirname -- "$dest")
 	base=$(basename -- "$dest")
-	tmp=$(mktemp "$dir/.$base.aggregation.XXXXXX") || die "cannot create a temp file in $dir"
+	tmp=$(mktemp "$dir/.$base.aggregation.XXXXXX") || return 1
 	CLEANUP+=("$tmp")
-	cat -- "$src" >"$tmp" || die "cannot write $tmp"
+	cat -- "$src" >"$tmp" || return 1
 	if [ -e "$dest" ]; then
 		chmod --reference="$dest" "$tmp" 2>/dev/null || true
 		chown --reference="$dest" "$tmp" 2>/dev/null || true
 	else
-		chmod 0644 "$tmp"
+		chmod 0644 "$tmp" || return 1
 	fi
-	mv -f -- "$tmp" "$dest" || die "cannot rename $tmp to $dest"
+	# the bytes on disk before the name points at them: a crash leaves the old or the new file, whole
+	fsync_paths "$tmp" || return 1
+	mv -f -- "$tmp" "$dest" || return 1
+	fsync_paths "$dir" || true
 }
 
-write_state() { # SRC DEST (state files: mode 0600)
+write_state() { try_write_state "$1" "$2" || die "cannot write $2"; } # SRC DEST (state files: mode 0600)
+try_write_state() {
 	local tmp
-	tmp=$(mktemp "$STATE_DIR/.state.XXXXXX") || die "cannot write in $STATE_DIR"
+	tmp=$(mktemp "$STATE_DIR/.state.XXXXXX") || return 1
 	CLEANUP+=("$tmp")
-	if ! { cat -- "$1" >"$tmp" && chmod 0600 "$tmp" && mv -f -- "$tmp" "$2"; }; then die "cannot write $2"; fi
+	cat -- "$1" >"$tmp" && chmod 0600 "$tmp" && fsync_paths "$tmp" && mv -f -- "$tmp" "$2"
+}
+
+# keep_state SRC DEST: write_state where a failure is only a warning (the rollback goes on regardless)
+keep_state() {
+	try_write_state "$1" "$2" 2>/dev/null || warn "could not write $2 (disk full?); revert falls back to the record"
 }
 
 # ------------------------------------------------------------------------------------ restart + readiness
-readyz_code() { # prints the HTTP status of READYZ_URL (000 when it does not answer)
+# Ready means: evidence that kube-apiserver really restarted (a new listening socket on the readyz port,
+# or readyz not answering 200 at some point after the change), then --ready-steady-seconds of nothing
+# but 200s. One 200 is not enough: an apiserver that answers 200 once and then 500 (a flapping start),
+# or the old process (a static pod the kubelet has not replaced yet) would pass.
+
+# readyz_code MAX: prints the HTTP status of READYZ_URL (000 when it does not answer). Proxy variables
+# of the master's environment are ignored: the URL points at this master itself.
+readyz_code() {
 	local max=$1 code
 	if command -v curl >/dev/null 2>&1; then
-		code=$(curl -sk -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "$max" "$READYZ_URL" 2>/dev/null) || true
+		code=$(curl --noproxy '*' -sk -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "$max" "$READYZ_URL" 2>/dev/null) || true
 	else
-		if wget -q --no-check-certificate -T "$max" -t 1 -O /dev/null "$READYZ_URL" 2>/dev/null; then code=200; else code=000; fi
+		if env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+			wget -q --no-check-certificate -T "$max" -t 1 -O /dev/null "$READYZ_URL" 2>/dev/null; then code=200; else code=000; fi
 	fi
 	printf '%s\n' "${code:-000}"
 }
+
+readyz_port() { # the TCP port of READYZ_URL (the scheme's default when it names none)
+	local rest=${READYZ_URL#*://}
+	rest=${rest%%/*}
+	case $rest in
+	*:*) printf '%s\n' "${rest##*:}" ;;
+	*) case $READYZ_URL in https:*) echo 443 ;; *) echo 80 ;; esac ;;
+	esac
+}
+
+# listener_id: the inodes of the sockets listening on the readyz port in this network namespace (a new
+# kube-apiserver process opens a new one), sorted, comma-separated; empty when none.
+listener_id() {
+	local port
+	port=$(readyz_port)
+	case $port in '' | *[!0-9]*) return 0 ;; esac
+	awk -v port="$(printf '%04X' "$((10#$port))")" '
+		FNR > 1 && $4 == "0A" { split($2, a, ":"); if (a[2] == port) print $10 }' \
+		/proc/net/tcp /proc/net/tcp6 2>/dev/null | sort | paste -sd, - || true
+}
+
+# note_listener: remember the listener before a change (static-pod: before the manifest is written, as
+# the kubelet may replace the pod at once)
+LISTENER_BEFORE=""
+note_listener() { LISTENER_BEFORE=$(listener_id); }
 
 poll_sleep() { # elapsed ms since the restart -> sleep a little: fine-grained at first, then back off
 	if [ "$1" -lt 5000 ]; then sleep 0.05; elif [ "$1" -lt 30000 ]; then sleep 0.5; else sleep 1; fi
 }
 
-# wait_ready START_MS DEADLINE_MS: 0 when READYZ_URL answers 200 before the deadline
+# wait_ready START_MS DEADLINE_MS NEED_EVIDENCE: 0 when, after the restart evidence (not needed when
+# NEED_EVIDENCE is 0), READYZ_URL answered only 200 for READY_STEADY seconds, before the deadline.
+# Sets LAST_CODE, RESTART_SEEN (0/1) and FLAPS (how often a run of 200s was broken).
 wait_ready() {
-	local start=$1 deadline=$2 now left code
+	local start=$1 deadline=$2 since=0 now left code cur
+	RESTART_SEEN=$((1 - $3))
+	FLAPS=0
 	while :; do
 		now=$(now_ms)
 		left=$(((deadline - now) / 1000 + 1))
@@ -957,130 +1206,198 @@ wait_ready() {
 		[ "$left" -lt 1 ] && left=1
 		code=$(readyz_code "$left")
 		LAST_CODE=$code
-		[ "$code" = 200 ] && return 0
 		now=$(now_ms)
+		if [ "$code" != 200 ]; then
+			[ "$RESTART_SEEN" = 1 ] || say "restart seen after $(elapsed "$start"): readyz answered $code"
+			RESTART_SEEN=1
+			[ "$since" = 0 ] || FLAPS=$((FLAPS + 1))
+			since=0
+		else
+			if [ "$RESTART_SEEN" = 0 ]; then
+				cur=$(listener_id)
+				if [ -n "$cur" ] && [ "$cur" != "$LISTENER_BEFORE" ]; then
+					say "restart seen after $(elapsed "$start"): a new process listens on port $(readyz_port)"
+					RESTART_SEEN=1
+				fi
+			fi
+			if [ "$RESTART_SEEN" = 1 ]; then
+				[ "$since" != 0 ] || since=$now
+				[ $((now - since)) -ge $((READY_STEADY * 1000)) ] && return 0
+			fi
+		fi
 		[ "$now" -ge "$deadline" ] && return 1
-		poll_sleep $((now - start))
+		if [ "$since" != 0 ]; then sleep 0.25; else poll_sleep $((now - start)); fi
 	done
 }
 
-# static-pod: the kubelet restarts the pod asynchronously when the manifest changes. Wait until readyz
-# stops answering 200 (the old pod is going away) or a bounded grace period elapses, then for 200.
-wait_down() { # DEADLINE_MS
-	local deadline=$1 start now code
-	start=$(now_ms)
-	while :; do
-		code=$(readyz_code 2)
-		[ "$code" != 200 ] && return 0
-		now=$(now_ms)
-		[ "$now" -ge "$deadline" ] && return 1
-		poll_sleep $((now - start))
-	done
+elapsed() { # START_MS -> "1.2s"
+	local t=$(($(now_ms) - $1))
+	printf '%s.%ss\n' $((t / 1000)) $((t % 1000 / 100))
 }
 
-restart_and_wait() { # -> 0 when ready; prints the time it took
-	local start deadline grace rc=0 t
+# restart_and_wait [NEED_EVIDENCE=1] -> 0 when ready. LISTENER_BEFORE must be noted before the change.
+restart_and_wait() {
+	local need=${1:-1} start deadline rc=0
 	RESTART_ERR=""
 	start=$(now_ms)
 	deadline=$((start + READY_TIMEOUT * 1000))
 	if [ "$LAYOUT" = systemd-unit ] && command -v systemctl >/dev/null 2>&1; then
-		if ! timeout 60 systemctl daemon-reload >"$WORK/reload.out" 2>&1; then
+		if ! timeout 60 systemctl daemon-reload >"$WORK/reload.out" 2>&1 9>&-; then
 			warn "systemctl daemon-reload failed: $(tail -n 3 "$WORK/reload.out" | tr '\n' ' ')"
 		fi
 	fi
 	if [ -n "${RESTART_CMD//[[:space:]]/}" ]; then
 		say "restarting: $RESTART_CMD"
-		timeout -k 5 "$READY_TIMEOUT" bash -c "$RESTART_CMD" </dev/null >"$WORK/restart.out" 2>&1 || rc=$?
+		timeout -k 5 "$READY_TIMEOUT" bash -c "$RESTART_CMD" </dev/null >"$WORK/restart.out" 2>&1 9>&- || rc=$?
 		sed 's/^/    /' "$WORK/restart.out" 2>/dev/null || true
 		if [ "$rc" != 0 ]; then
 			RESTART_ERR="the restart command exited with $rc"
 			warn "$RESTART_ERR"
 		fi
 	fi
-	if [ "$LAYOUT" = static-pod ]; then
-		grace=$((READY_TIMEOUT < 60 ? READY_TIMEOUT : 60))
-		if wait_down $((start + grace * 1000)); then
-			t=$(now_ms)
-			say "readyz down after $(((t - start) / 1000)).$(((t - start) % 1000 / 100))s: the kubelet is replacing the kube-apiserver pod"
-		else
-			warn "readyz kept answering 200 for ${grace}s after the manifest changed; the kubelet may not have restarted the pod yet"
-		fi
-	fi
-	if wait_ready "$start" "$deadline"; then
-		t=$(($(now_ms) - start))
-		say "ready after $((t / 1000)).$((t % 1000 / 100))s ($READYZ_URL answered 200)"
+	if wait_ready "$start" "$deadline" "$need"; then
+		say "ready after $(elapsed "$start") ($READYZ_URL answered 200 for ${READY_STEADY}s in a row)"
 		return 0
 	fi
 	return 1
+}
+
+# not_ready_hint: why the wait failed, from what wait_ready saw (LAST_CODE, RESTART_SEEN, FLAPS)
+not_ready_hint() {
+	if [ "${RESTART_SEEN:-1}" = 0 ]; then
+		printf '; no sign that kube-apiserver restarted (readyz kept answering 200 from the same listening socket): '
+		if [ "$LAYOUT" = static-pod ]; then printf 'is the kubelet running and watching %s?' "$(dirname -- "$CONFIG_PATH")"; else printf 'check apiserver.restartCommand'; fi
+		return 0
+	fi
+	[ "${FLAPS:-0}" = 0 ] || printf '; readyz answered 200 but not for %ss in a row (it went back to non-200 %s times): a flapping start' "$READY_STEADY" "$FLAPS"
+	case ${LAST_CODE:-} in
+	401 | 403) printf '; readyz refuses anonymous requests (--anonymous-auth=false or RBAC without system:public-info-viewer?): point readyzUrl at an endpoint that answers 200 without credentials' ;;
+	000) printf '; nothing answered at that address' ;;
+	esac
+	return 0
 }
 
 last_logs() {
 	local out=$WORK/logs id
 	: >"$out"
 	if [ -n "$LOG_CMD" ]; then
-		timeout -k 2 15 bash -c "$LOG_CMD" >"$out" 2>&1 </dev/null || true
+		timeout -k 2 15 bash -c "$LOG_CMD" >"$out" 2>&1 </dev/null 9>&- || true
 	elif [ "$LAYOUT" = static-pod ] && command -v crictl >/dev/null 2>&1; then
-		id=$(timeout 15 crictl ps -a --name kube-apiserver -q 2>/dev/null | head -n 1) || true
-		[ -n "$id" ] && { timeout 15 crictl logs --tail 20 "$id" >"$out" 2>&1 || true; }
+		id=$(timeout 15 crictl ps -a --name kube-apiserver -q 2>/dev/null 9>&- | head -n 1) || true
+		[ -n "$id" ] && { timeout 15 crictl logs --tail 20 "$id" >"$out" 2>&1 9>&- || true; }
 	elif command -v journalctl >/dev/null 2>&1; then
-		timeout -k 2 15 journalctl -u kube-apiserver -n 20 --no-pager >"$out" 2>&1 </dev/null || true
+		timeout -k 2 15 journalctl -u kube-apiserver -n 20 --no-pager >"$out" 2>&1 </dev/null 9>&- || true
 	fi
 	if [ -s "$out" ]; then tail -n 20 "$out" | sed 's/^/    /'; else echo "    (no apiserver log found: pass --log-command to name one)"; fi
 }
 
 # ----------------------------------------------------------------------------------------- apply / revert
-# lock_config: one apply/revert per config file at a time (two stacks, or an operator's manual `check`
-# racing a rollout, must not interleave their backups and records). Waits at most the ready timeout.
-lock_config() { # LOCKFILE
+# ------------------------------------------------------------------------------------------------ lock
+# One lock per state dir (= per host): install-certs, remove-certs, apply, revert and check never
+# interleave, whichever stack or operator runs them, and one lock cannot deadlock. The lock file is
+# deleted only by its holder when nothing else of ours is left in the state dir; so every run re-checks,
+# once it holds the lock, that its file is still the one at that path (a waiter that was queued on a
+# deleted file would otherwise run alongside a run that created the file anew). Children that may
+# outlive the run (the restart command can leave a daemon behind) get fd 9 closed (9>&-).
+HOLD_LOCK=0
+CERTS_LOCK_WAIT=900 # install-certs/remove-certs wait this long for an apply/revert (its restarts) to end
+take_host_lock() { # WAIT_SECONDS
 	if ! command -v flock >/dev/null 2>&1; then
-		warn "flock not found: not guarding $CONFIG_PATH against a concurrent run"
+		warn "flock not found: not guarding $STATE_DIR against a concurrent run"
 		return 0
 	fi
-	exec 9>>"$1" || die "cannot open the lock file $1"
-	flock -w "$READY_TIMEOUT" 9 ||
-		die "another apply/revert of $CONFIG_PATH has held $1 for ${READY_TIMEOUT}s; is a rollout still running on this master?"
+	LOCK=$STATE_DIR/host.lock
+	local wait=$1 deadline tries left
+	deadline=$(($(now_ms) + wait * 1000))
+	for ((tries = 0; tries < 100; tries++)); do
+		exec 9>>"$LOCK" || die "cannot open the lock file $LOCK"
+		left=$(((deadline - $(now_ms)) / 1000))
+		[ "$left" -ge 0 ] || left=0
+		flock -w "$left" 9 ||
+			die "another install-certs/remove-certs/apply/revert on this master has held $LOCK for ${wait}s; is a rollout (or a restart command) still running?"
+		if [ "$(stat -L -c '%d:%i' /dev/fd/9 2>/dev/null)" = "$(stat -c '%d:%i' -- "$LOCK" 2>/dev/null)" ]; then
+			HOLD_LOCK=1
+			return 0
+		fi
+		exec 9>&- # the holder before us deleted the file: queue on the one at the path now
+	done
+	die "could not take $LOCK (it was replaced 100 times)"
+}
+
+# drop_idle_lock: the holder deletes the lock file when the state dir holds nothing else of ours (the
+# installed scripts aside: the certs step's delete removes those after remove-certs), so that a master
+# given back by destroy keeps no file of this program.
+drop_idle_lock() {
+	[ "$HOLD_LOCK" = 1 ] && [ -d "$STATE_DIR" ] || return 0
+	local other
+	other=$(find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name host.lock ! -name scripts ! -name '.work.*' -print -quit 2>/dev/null) || return 0
+	[ -z "$other" ] && rm -f -- "$LOCK"
+	return 0
 }
 
 setup_host_state() {
 	validate_host_opts
+	if [ "$ACTION" != check ]; then
+		check_trusted "the config file" "$CONFIG_PATH"
+		check_trusted "the cert dir" "$CERT_DIR"
+	fi
 	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
 	local key
 	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')
+	# A config path that is a symbolic link (a unit linked from elsewhere) keeps its link: the state is
+	# keyed by the configured path, and the file edited (atomically, in its own directory) is the target.
+	CONFIG_LINK=$CONFIG_PATH
+	if [ -L "$CONFIG_PATH" ]; then
+		CONFIG_PATH=$(readlink -f -- "$CONFIG_LINK") || die "cannot resolve the symbolic link $CONFIG_LINK"
+		say "$CONFIG_LINK is a symbolic link: editing its target $CONFIG_PATH (the link stays)"
+	fi
 	BACKUP=$STATE_DIR/$key.orig
 	RECORD=$STATE_DIR/$key.record
 	APPLIED=$STATE_DIR/$key.applied
 	PENDING=$STATE_DIR/$key.pending
-	LOCK=$STATE_DIR/$key.lock
-	lock_config "$LOCK"
+	LEGACY_LOCK=$STATE_DIR/$key.lock # the per-file lock of earlier versions: removed with the record
+	# an apply/revert waits for another one's restart, readiness wait and rollback, at most
+	take_host_lock $((2 * READY_TIMEOUT + 120))
 	WORK=$(umask 077 && mktemp -d "$STATE_DIR/.work.XXXXXX") || die "cannot create a work dir in $STATE_DIR"
 	CLEANUP+=("$WORK")
+}
+
+# save_previous: the config file, record and checksum as they are before a change, for the rollback
+save_previous() {
+	cat -- "$CONFIG_PATH" >"$WORK/prev" || die "cannot save a copy of $CONFIG_PATH in $WORK (disk full?); nothing changed"
+	if [ -f "$APPLIED" ]; then cat -- "$APPLIED" >"$WORK/prev-applied" || die "cannot write in $WORK (disk full?); nothing changed"; fi
+	if [ -f "$RECORD" ]; then cat -- "$RECORD" >"$WORK/prev-record" || die "cannot write in $WORK (disk full?); nothing changed"; fi
+	return 0
 }
 
 changes_summary() { grep -v '^= ' "$1" | sed 's/^/  /' || true; }
 
 # rollback: the new file did not come up; put the previous one back and make sure that one runs again.
 rollback() { # PREV PREV_RECORD(or empty) BACKUP_CREATED
-	local prev=$1 prev_rec=$2 backup_created=$3 logs change again hint
+	local prev=$1 prev_rec=$2 backup_created=$3 logs change again
 	logs=$(last_logs)
 	change=$(changes_summary "$WORK/report")
+	note_listener
 	write_atomic "$prev" "$CONFIG_PATH"
-	if [ -n "$prev_rec" ]; then write_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
-	if [ -f "$WORK/prev-applied" ]; then write_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
+	if [ -n "$prev_rec" ]; then keep_state "$prev_rec" "$RECORD"; else rm -f "$RECORD"; fi
+	# the owner as before this run (apply claims it before writing the file; ownership moves on success)
+	case $PREV_OWNER in
+	-) ;; # (a revert: it claims nothing)
+	'') release config "$CONFIG_LINK" ;;
+	"$MASTER") ;;
+	*) printf '%s\n' "$PREV_OWNER" >"$(owner_file config "$CONFIG_LINK")" 2>/dev/null || warn "could not give $CONFIG_LINK back to '$PREV_OWNER'" ;;
+	esac
+	if [ -f "$WORK/prev-applied" ]; then keep_state "$WORK/prev-applied" "$APPLIED"; else rm -f "$APPLIED"; fi
 	[ "$backup_created" = 1 ] && rm -f "$BACKUP"
 	say "restored the previous $CONFIG_PATH; restarting kube-apiserver on it"
 	if restart_and_wait; then
 		again="the previous file is back and kube-apiserver is ready on it"
 		rm -f "$PENDING"
-		[ -n "$prev_rec" ] || rm -f "$LOCK" # nothing of ours is left on this master
+		[ -n "$prev_rec" ] || rm -f "$LEGACY_LOCK"
 	else
 		again="the previous file is back but kube-apiserver is NOT ready on it either (readyz: $LAST_CODE)"
 	fi
-	hint=""
-	case ${LAST_CODE_NEW:-} in
-	401 | 403) hint="; readyz refuses anonymous requests (--anonymous-auth=false or RBAC without system:public-info-viewer?): point readyzUrl at an endpoint that answers 200 without credentials" ;;
-	000) hint="; nothing answered at that address" ;;
-	esac
-	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${hint}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
+	die "kube-apiserver did not become ready ($READYZ_URL: ${LAST_CODE_NEW:-?}${HINT_NEW}${RESTART_ERR_NEW:+; $RESTART_ERR_NEW}) within ${READY_TIMEOUT}s after this change to $CONFIG_PATH:
 $change
 $again.
 Last apiserver log lines (of the failed start):
@@ -1101,7 +1418,7 @@ do_apply() {
 	done
 	local new=$WORK/new newrec=$WORK/record report=$WORK/report
 	edit_config apply "$CONFIG_PATH" "$new" "$newrec" "$report" 2>"$WORK/edit.err" ||
-		die "cannot edit $CONFIG_PATH as layout $LAYOUT: $(cat "$WORK/edit.err")"
+		edit_failed
 	say "$CONFIG_PATH ($LAYOUT):"
 	sed 's/^/  /' "$report" || true
 	if [ "$ACTION" = check ]; then
@@ -1114,23 +1431,22 @@ do_apply() {
 	if [ "$LAYOUT" = static-pod ]; then
 		warn "kubeadm upgrade rewrites $CONFIG_PATH and drops these flags: put them in ClusterConfiguration.apiServer.extraArgs (kubeadm-config) too"
 	fi
+	local need_restart=1
 	if same_file "$new" "$CONFIG_PATH"; then
 		if [ -f "$PENDING" ]; then
 			say "unchanged, but a previous run stopped before kube-apiserver was ready on this file; restarting it"
+			# the kubelet replaced the pod when the earlier run wrote the manifest: no restart to see now
+			[ "$LAYOUT" != static-pod ] || need_restart=0
 		else
 			[ -s "$newrec" ] && ! same_file "$newrec" "$RECORD" && write_state "$newrec" "$RECORD"
-			claim config "$CONFIG_PATH"
+			claim config "$CONFIG_LINK"
 			say "unchanged: all ${#FLAGS[@]} flags already set in $CONFIG_PATH; no restart"
 			return 0
 		fi
 	fi
 	local backup_created=0 prev=$WORK/prev prev_rec=""
-	cat -- "$CONFIG_PATH" >"$prev"
-	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
-	if [ -f "$RECORD" ]; then
-		prev_rec=$WORK/prev-record
-		cat -- "$RECORD" >"$prev_rec"
-	fi
+	save_previous
+	[ -f "$RECORD" ] && prev_rec=$WORK/prev-record
 	if [ ! -f "$BACKUP" ]; then
 		write_state "$CONFIG_PATH" "$BACKUP"
 		backup_created=1
@@ -1146,41 +1462,46 @@ do_apply() {
 			warn "$CONFIG_PATH changed since the last apply; dropped the stale backup (revert will undo the record)"
 		fi
 	fi
-	# Record first, then the file: a crash in between leaves a record that a revert can still apply.
-	: >"$PENDING"
+	# Every state file first, then the config file: a full disk or a crash before the config write leaves
+	# the config untouched (and a record a revert can still apply); after it, nothing needs to be written
+	# but the rollback's own config write.
+	: >"$PENDING" || die "cannot write $PENDING (nothing changed in $CONFIG_PATH)"
 	write_state "$newrec" "$RECORD"
-	write_atomic "$new" "$CONFIG_PATH"
-	sha "$CONFIG_PATH" >"$WORK/sum"
+	sha "$new" >"$WORK/sum" || die "cannot write $WORK/sum (nothing changed in $CONFIG_PATH)"
 	write_state "$WORK/sum" "$APPLIED"
+	PREV_OWNER=$(cat -- "$(owner_file config "$CONFIG_LINK")" 2>/dev/null) || PREV_OWNER=""
+	claim config "$CONFIG_LINK"
+	note_listener
+	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
-	if restart_and_wait; then
+	if restart_and_wait "$need_restart"; then
 		rm -f "$PENDING"
-		claim config "$CONFIG_PATH"
 		say "done: aggregation flags active on $MASTER"
 		return 0
 	fi
 	LAST_CODE_NEW=$LAST_CODE
 	RESTART_ERR_NEW=$RESTART_ERR
+	HINT_NEW=$(not_ready_hint)
 	rollback "$prev" "$prev_rec" "$backup_created"
 }
 
 do_revert() {
 	setup_host_state
 	local owner
-	if owner=$(owner_other_than_me config "$CONFIG_PATH"); then
+	if owner=$(owner_other_than_me config "$CONFIG_LINK"); then
 		say "left $CONFIG_PATH as it is: master resource '$owner' manages it now (a renamed master?)"
 		return 0
 	fi
 	if [ ! -f "$RECORD" ]; then
 		# An apply that found every flag already set (a hand-made setup) records nothing but owns the
 		# file: let go of it, or the scripts would be kept for an owner that no longer exists.
-		rm -f "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		say "nothing to revert: no record of an apply in $STATE_DIR for $CONFIG_PATH"
 		return 0
 	fi
 	if [ ! -f "$CONFIG_PATH" ]; then
 		warn "$CONFIG_PATH does not exist; nothing to revert"
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		return 0
 	fi
 	local new=$WORK/new report=$WORK/report
@@ -1190,29 +1511,29 @@ do_revert() {
 		edit_config revert "$CONFIG_PATH" "$WORK/computed" "$WORK/record" "$report" 2>/dev/null || : >"$report"
 	else
 		edit_config revert "$CONFIG_PATH" "$new" "$WORK/record" "$report" 2>"$WORK/edit.err" ||
-			die "cannot edit $CONFIG_PATH as layout $LAYOUT: $(cat "$WORK/edit.err")"
+			edit_failed
 	fi
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
 	if same_file "$new" "$CONFIG_PATH"; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0
 	fi
 	local prev=$WORK/prev prev_rec=$WORK/prev-record
-	cat -- "$CONFIG_PATH" >"$prev"
-	cat -- "$RECORD" >"$prev_rec"
-	[ -f "$APPLIED" ] && cat -- "$APPLIED" >"$WORK/prev-applied"
-	: >"$PENDING"
+	save_previous
+	: >"$PENDING" || die "cannot write $PENDING (nothing changed in $CONFIG_PATH)"
+	note_listener
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LOCK" "$(owner_file config "$CONFIG_PATH")"
+		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
 		say "done: aggregation flags removed on $MASTER"
 		return 0
 	fi
 	LAST_CODE_NEW=$LAST_CODE
 	RESTART_ERR_NEW=$RESTART_ERR
+	HINT_NEW=$(not_ready_hint)
 	rollback "$prev" "$prev_rec" 0
 }
 
@@ -1253,7 +1574,7 @@ validate_verify_opts() {
 read_flags() {
 	local listing line name
 	[ -f "$CONFIG_PATH" ] || die "$CONFIG_PATH does not exist (layout $LAYOUT): is this the kube-apiserver config file of this master?"
-	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
+	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" -v container="$CONTAINER" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
 		die "cannot read $CONFIG_PATH as layout $LAYOUT: $listing"
 	while IFS= read -r line; do
 		name=${line%%$'\t'*}

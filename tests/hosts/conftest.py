@@ -35,7 +35,8 @@ def stack_config(lab: Lab, hosts: list[Host], **overrides: Any) -> dict[str, Any
         ],
         "ssh": {"user": "root", "port": 22, "privateKey": lab.client_key.read_text()},
         "pki": {"hosts": ["127.0.0.1", "kubernetes", "kubernetes.default"]},
-        "apiserver": {"readyTimeoutSeconds": 10},
+        # a steady second of 200s (the host script's default is 3): the tier restarts apiservers often
+        "apiserver": {"readyTimeoutSeconds": 10, "readySteadySeconds": 1},
         "metricsServer": {"replicas": 1},
     }
     return with_overrides(base, overrides)

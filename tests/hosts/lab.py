@@ -131,7 +131,7 @@ class Host:
             return standin.env_file_args(text, "KUBE_APISERVER_OPTS")
         if self.layout == "systemd-unit":
             return standin.unit_args(text)
-        return standin.static_pod(text)[0]
+        return standin.static_pod(text, standin.settings(self.dir).get("container", "kube-apiserver"))[0]
 
     def events(self) -> list[dict]:
         f = self.dir / "events.jsonl"
@@ -145,6 +145,10 @@ class Host:
 
     def refuse(self, *flags: str) -> None:
         (self.dir / "refuse").write_text("".join(f + "\n" for f in flags))
+
+    def flap(self, *flags: str) -> None:
+        """An apiserver started with one of these flags answers /readyz 200 once, then 500."""
+        (self.dir / "flap").write_text("".join(f + "\n" for f in flags))
 
     def down_intervals(self) -> list[tuple[float, float]]:
         """[stop, next ready] intervals: when this host's apiserver did not answer 200."""
@@ -308,9 +312,13 @@ class Lab:
 
     def add_host(self, name: str, layout: str | None = "env-file", *, behind: Host | None = None,
                  sample: str | None = None, startup_seconds: float = 0.6, sudo_user: str | None = None,
-                 files: dict[str, tuple[bytes, int, int, int]] | None = None) -> Host:
+                 files: dict[str, tuple[bytes, int, int, int]] | None = None, kubelet_delay: float = 0.2,
+                 sshd_env: dict[str, str] | None = None, container: str = "kube-apiserver") -> Host:
         """`files`: inside path -> (bytes, mode, uid, gid), on the host before its apiserver first starts
-        (the state an earlier, hand-made setup left behind)."""
+        (the state an earlier, hand-made setup left behind). `kubelet_delay`: how long the static-pod
+        "kubelet" takes to act on a changed manifest. `sshd_env`: variables sshd sets for every session
+        (SetEnv), e.g. a proxy in the master's environment. `container`: static-pod, the name of the apiserver
+        container in the manifest."""
         i = len(self.hosts)
         if i >= 60:
             raise LabError("at most 60 hosts per lab")
@@ -347,13 +355,14 @@ class Lab:
             address = f"198.19.{self.block}.{4 * i + 2}"
         host = Host(self, name, i, ns, address, hostdir, layout, behind)
         self.hosts.append(host)
-        self._write_host_files(host, sample, startup_seconds, sudo_user)
+        self._write_host_files(host, sample, startup_seconds, sudo_user, kubelet_delay, sshd_env or {}, container)
         for inside, (data, mode, uid, gid) in (files or {}).items():
             host.put_file(inside, data, mode, uid, gid)
         self._start(host)
         return host
 
-    def _write_host_files(self, h: Host, sample: str | None, startup_seconds: float, sudo_user: str | None) -> None:
+    def _write_host_files(self, h: Host, sample: str | None, startup_seconds: float, sudo_user: str | None,
+                          kubelet_delay: float, sshd_env: dict[str, str], container: str) -> None:
         d = h.dir
         key = d / "ssh_host_ed25519_key"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.name, "-f", str(key))
@@ -378,6 +387,7 @@ MaxSessions 50
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
 """
+            + "".join(f"SetEnv {k}={v}\n" for k, v in sshd_env.items())
         )
         shutil.copyfile(self.root / "authorized_keys", d / "ssh-auth" / "authorized_keys")
         os.chmod(d / "ssh-auth" / "authorized_keys", 0o644)
@@ -395,7 +405,7 @@ Subsystem sftp internal-sftp
         (d / "standin.json").write_text(json.dumps({
             "layout": h.layout or "none", "config_path": str(h.path(h.config_path)) if h.layout else "",
             "port": 6443, "tls_cert": str(self.root / "tls.crt"), "tls_key": str(self.root / "tls.key"),
-            "startup_seconds": startup_seconds,
+            "startup_seconds": startup_seconds, "kubelet_delay": kubelet_delay, "container": container,
         }))
         self._shims(h)
 

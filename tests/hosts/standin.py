@@ -16,7 +16,9 @@ HOSTDIR/standin.json holds the settings (layout, config path, port, TLS files, t
 the tests, all under HOSTDIR: events.jsonl (stop/start/ready/exit/daemon-reload, wall-clock times on
 the shared clock), running.json (the flags the current process started with), apiserver.log (what
 `journalctl -u kube-apiserver` / `crictl logs` print on this host), generation (restart counter).
-A test refuses a flag by writing its name (or name=value) into HOSTDIR/refuse.
+A test refuses a flag by writing its name (or name=value) into HOSTDIR/refuse, and makes a process that
+runs with a flag flap (once ready: /readyz answers 200 once, then 500) by writing it into HOSTDIR/flap.
+`kubelet_delay` (standin.json): how long the static-pod "kubelet" takes to notice a changed manifest.
 """
 
 from __future__ import annotations
@@ -132,15 +134,17 @@ def unit_args(text: str) -> list[str]:
     return argv[1:]
 
 
-def static_pod(text: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """(flags, [(mountPath, hostPath)]) of the kube-apiserver container; the kubelet rejects bad YAML."""
+def static_pod(text: str, container: str = "kube-apiserver") -> tuple[list[str], list[tuple[str, str]]]:
+    """(flags, [(mountPath, hostPath)]) of the kube-apiserver container (`container`, in spec.containers;
+    initContainers run before it and are not it): its command after the binary, then its args, as the
+    kubelet hands them to the process. The kubelet rejects bad YAML."""
     import yaml
 
     try:
         pod = yaml.safe_load(text)
         spec = pod["spec"]
-        ctr = next(c for c in spec["containers"] if c.get("name") == "kube-apiserver")
-        command = ctr["command"]
+        ctr = next(c for c in spec["containers"] if c.get("name") == container)
+        command = (ctr.get("command") or [])[1:] + (ctr.get("args") or [])
         assert isinstance(command, list) and all(isinstance(x, str) for x in command)
         vols = {v["name"]: v.get("hostPath", {}).get("path") for v in spec.get("volumes") or []}
         names = [m["name"] for m in ctr.get("volumeMounts") or []]
@@ -157,7 +161,7 @@ def static_pod(text: str) -> tuple[list[str], list[tuple[str, str]]]:
         raise
     except Exception as e:  # noqa: BLE001 - the kubelet would reject the manifest
         raise Refused(f"kubelet: could not parse the static pod manifest: {e!r}") from None
-    return command[1:], mounts
+    return command, mounts
 
 
 def read_args(hostdir: Path, cfg: dict) -> tuple[list[str], list[tuple[str, str]] | None]:
@@ -168,7 +172,7 @@ def read_args(hostdir: Path, cfg: dict) -> tuple[list[str], list[tuple[str, str]
     text = Path(cfg["config_path"]).read_text()
     if layout == "env-file":
         return env_file_args(text, cfg.get("env_var", "KUBE_APISERVER_OPTS")), None
-    return static_pod(text)
+    return static_pod(text, cfg.get("container", "kube-apiserver"))
 
 
 def visible_in_pod(path: str, mounts: list[tuple[str, str]]) -> bool:
@@ -177,6 +181,18 @@ def visible_in_pod(path: str, mounts: list[tuple[str, str]]) -> bool:
         if host_path and host_path.rstrip("/") == mp and (path == mp or path.startswith(mp + "/")):
             return True
     return False
+
+
+def listed(hostdir: Path, name: str) -> set[str]:
+    """The flags (--name or --name=value) listed one per line in HOSTDIR/<name>."""
+    f = hostdir / name
+    return {x.strip() for x in f.read_text().splitlines() if x.strip()} if f.exists() else set()
+
+
+def flaps(hostdir: Path, flags: dict[str, str]) -> bool:
+    """Whether this process is to flap: it runs with a flag listed in HOSTDIR/flap."""
+    wanted = listed(hostdir, "flap")
+    return any(k in wanted or f"{k}={v}" in wanted for k, v in flags.items())
 
 
 def validate(hostdir: Path, args: list[str], mounts) -> dict[str, str]:
@@ -225,11 +241,14 @@ def serve(hostdir: Path, gen: int = 1) -> int:
     started = time.monotonic()
     # the host's first boot is quick (lab set-up); every restart takes startup_seconds
     ready_after = float(cfg.get("startup_seconds", 1.0)) if gen > 1 else min(0.5, float(cfg.get("startup_seconds", 1.0)))
-    state = {"ready": False}
+    state = {"ready": False, "flap": flaps(hostdir, flags), "served": 0}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             ok = state["ready"] or self.path.startswith("/livez")
+            if ok and state["flap"] and self.path.startswith("/readyz"):
+                state["served"] += 1
+                ok = state["served"] == 1  # 200 once, then 500 for good
             body = b"ok" if ok else b"[-]poststarthook/start-apiextensions-controllers failed: not finished\nreadyz check failed"
             self.send_response(200 if ok else 500)
             self.send_header("Content-Length", str(len(body)))

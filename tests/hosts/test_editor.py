@@ -36,11 +36,28 @@ OTHER = ["--v=2", "--secure-port=6443", "--allow-privileged=true", "--authorizat
 PREEXISTING = ["--requestheader-allowed-names=front-proxy-client", "--enable-aggregator-routing=false"]
 
 
+class Readyz(str):
+    """The URL of a local /readyz that answers 200, plus `restart`: a command that plays the apiserver's
+    restart for the script (the next /readyz answers 500: the script's evidence that a restart happened)."""
+
+    restart: str
+
+
 @pytest.fixture(scope="module")
 def readyz():
+    down = {"next": 0}
+
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            self.send_response(200)
+            if self.path == "/restart":
+                down["next"] = 1
+                code = 200
+            elif down["next"] > 0:
+                down["next"] -= 1
+                code = 500
+            else:
+                code = 200
+            self.send_response(code)
             self.end_headers()
 
         def log_message(self, *a):
@@ -48,7 +65,9 @@ def readyz():
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}/readyz"
+    url = Readyz(f"http://127.0.0.1:{srv.server_port}/readyz")
+    url.restart = f"curl --noproxy '*' -s -o /dev/null http://127.0.0.1:{srv.server_port}/restart"
+    yield url
     srv.shutdown()
 
 
@@ -88,10 +107,10 @@ def config_file(draw):
     return layout, text
 
 
-def script(tmp: Path, action: str, layout: str, url: str) -> subprocess.CompletedProcess:
+def script(tmp: Path, action: str, layout: str, url: Readyz) -> subprocess.CompletedProcess:
     args = ["bash", str(SCRIPT), action, "--master", "t", "--layout", layout, "--config-path", str(tmp / "cfg"),
-            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", "true", "--readyz-url", url,
-            "--ready-timeout", "5", "--state-dir", str(tmp / "state")]
+            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", url.restart, "--readyz-url", url,
+            "--ready-timeout", "5", "--ready-steady-seconds", "0", "--state-dir", str(tmp / "state")]
     for k, v in WANT.items():
         args += ["--flag", f"{k}={v}"]
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
@@ -159,8 +178,9 @@ def test_pending_marker_forces_restart_on_an_unchanged_file(readyz, tmp_path):
     cfg.write_text('KUBE_APISERVER_OPTS="--v=2"\n')
     marker = tmp_path / "restarted"
     args = ["bash", str(SCRIPT), "apply", "--master", "t", "--layout", "env-file", "--config-path", str(cfg),
-            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", f"touch {marker}", "--readyz-url", readyz,
-            "--ready-timeout", "5", "--state-dir", str(tmp_path / "state"), "--flag", "--enable-aggregator-routing=true"]
+            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", f"touch {marker}; {readyz.restart}",
+            "--readyz-url", readyz, "--ready-timeout", "5", "--ready-steady-seconds", "0",
+            "--state-dir", str(tmp_path / "state"), "--flag", "--enable-aggregator-routing=true"]
     assert subprocess.run(args, capture_output=True, timeout=60).returncode == 0
     assert marker.exists()
     marker.unlink()
@@ -210,8 +230,8 @@ def test_static_pod_apply_then_revert_round_trips(case, edit_after, readyz, tmp_
         "--enable-aggregator-routing": "true",
     }
     args = ["bash", str(SCRIPT), "apply", "--master", "t", "--layout", "static-pod", "--config-path", str(cfg),
-            "--cert-dir", cert_dir, "--restart-command", "", "--readyz-url", readyz, "--ready-timeout", "1",
-            "--state-dir", str(tmp / "state")]
+            "--cert-dir", cert_dir, "--restart-command", readyz.restart, "--readyz-url", readyz, "--ready-timeout", "2",
+            "--ready-steady-seconds", "0", "--state-dir", str(tmp / "state")]
     for k, v in want.items():
         args += ["--flag", f"{k}={v}"]
     r = subprocess.run(args + ["--flag", "--v=2"], capture_output=True, text=True, timeout=60)

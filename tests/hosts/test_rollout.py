@@ -230,7 +230,8 @@ def test_refused_flag_rolls_back_and_names_the_host(lab, make_stack, layout):
     # only the installed certificates are recorded (their step succeeded: its owner and what the cert dir
     # held before, for remove-certs): no record of a flag change
     key = st.cert_dir(h1).strip("/").replace("/", "_")
-    assert state_files(h1) == [f"certs-{key}.kept", f"certs-{key}.owner"]
+    # (and the host lock: it goes with the last of those)
+    assert state_files(h1) == [f"certs-{key}.kept", f"certs-{key}.owner", "host.lock"]
     # host 2: certs only, never restarted
     assert h2.config_bytes() == before2 and h2.restarts() == 0
     assert_never_two_down([h1, h2])
