@@ -270,7 +270,9 @@ def generations(sb: Sandbox) -> dict[str, int]:
 def restart_apiserver(sb: Sandbox, master: str, timeout: float = 150) -> None:
     """`systemctl restart kube-apiserver` on the master (the sandbox's apiserverctl), then /readyz == ok."""
     ctl = host_path(sb, master, "/usr/local/sbin/apiserverctl")
-    subprocess.run([str(ctl), "restart"], check=True, capture_output=True, timeout=90)
+    p = subprocess.run([str(ctl), "restart"], capture_output=True, text=True, timeout=90)
+    if p.returncode != 0:
+        raise HandMadeError(f"{master}: apiserverctl restart -> {p.returncode}: {p.stderr.strip()}")
     api = sb.master_api(master)
     try:
         wait_for(api.ok, f"{master}: kube-apiserver /readyz after the restart", timeout, 0.3, error=HandMadeError)

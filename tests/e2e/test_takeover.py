@@ -121,8 +121,11 @@ def _up(st: E2EStack) -> dict[str, Any]:
     try:
         result, _ = st.up()
     except auto.CommandError as e:
-        pytest.fail(f"pulumi up failed:\n{str(e)[-5000:]}", pytrace=False)
-    assert result.summary.result == "succeeded", result.stdout[-3000:]
+        error = str(e)
+    else:
+        assert result.summary.result == "succeeded", result.stdout[-3000:]
+        return {k: v.value for k, v in result.outputs.items()}
+    pytest.fail(f"pulumi up failed:\n{error[-5000:]}", pytrace=False)
     return {k: v.value for k, v in result.outputs.items()}
 
 
@@ -158,8 +161,11 @@ def _assert_destroy_restores(t: Takeover, hm: HandMade, st: E2EStack) -> None:
     try:
         result, _ = st.destroy()
     except auto.CommandError as e:
-        pytest.fail(f"pulumi destroy failed:\n{str(e)[-5000:]}", pytrace=False)
-    assert result.summary.result == "succeeded", result.stdout[-3000:]
+        error = str(e)
+    else:
+        error = None if result.summary.result == "succeeded" else result.stdout
+    if error is not None:
+        pytest.fail(f"pulumi destroy failed:\n{error[-5000:]}", pytrace=False)
     diff = hm_mod.differences(hm.snapshot, hm_mod.snapshot(t.sb))
     assert not diff, "destroy did not return the hand-made files:\n" + "\n".join(diff)
     try:
@@ -190,6 +196,19 @@ def _master_file(t: Takeover, master: str, path: str) -> bytes:
     return hm_mod.host_path(t.sb, master, path).read_bytes()
 
 
+def _nothing_created(t: Takeover, hm: HandMade, st: E2EStack, files: hm_mod.Snapshot, gens: dict[str, int],
+                     versions: dict[str, str | None], kinds: tuple[str, ...] = ("",)) -> list[str]:
+    """Every way a failed `up` could have touched something: resources in the stack (of `kinds`), files
+    on the masters, apiserver restarts, the existing metrics-server objects. -> one line per finding."""
+    problems = [f"in the stack: {r}" for r in _custom_resources(st) if r.startswith(kinds)]
+    problems += [f"on a master: {d}" for d in hm_mod.differences(files, hm_mod.snapshot(t.sb))]
+    now = hm_mod.generations(t.sb)
+    problems += [f"{m}: kube-apiserver restarted" for m in MASTERS if now[m] != gens[m]]
+    after = _versions(hm_mod.read_objects(t.sb.api(), hm.paths))
+    problems += [f"{k} changed (resourceVersion {v} -> {after[k]})" for k, v in versions.items() if after[k] != v]
+    return problems
+
+
 # ------------------------------------------------------------------------------------------ (a) new CA
 def test_guide_state_with_kubectl_apply_serves_metrics_without_the_program(takeover):
     hm = takeover.build("guide-apply", "guide", "apply")
@@ -202,14 +221,13 @@ def test_guide_state_with_kubectl_apply_serves_metrics_without_the_program(takeo
 def test_a_takeover_with_a_new_ca(takeover):
     t = takeover
     hm = t.require("guide-apply")
-    st = t.stack("a")
+    st = t.results["a"] = t.stack("a")  # (d) destroys it whether `up` works or not (after a failed first apply too)
     outputs = _up(st)
+    assert _der(outputs["aggregatorCaCertPem"]) != _der(hm.bundle.ca_cert_pem)
     for m in MASTERS:
         assert _der(_master_file(t, m, hm_mod.GUIDE_CA)) == _der(outputs["aggregatorCaCertPem"]), m
-        assert _der(outputs["aggregatorCaCertPem"]) != _der(hm.bundle.ca_cert_pem)
         assert t.sb.master_api(m).ok(), m
     _assert_taken_over(t, hm, st)
-    t.results["a"] = st
 
 
 def test_d_destroy_after_a_returns_the_handmade_state(takeover):
@@ -235,6 +253,7 @@ def test_b_takeover_keeping_the_existing_ca(takeover):
     (ops / "aggregator-ca-key.pem").chmod(0o600)
     st = t.stack("b", pki={"existingCa": {"certFile": str(ops / "aggregator-ca.pem"),
                                           "keyFile": str(ops / "aggregator-ca-key.pem")}})
+    t.results["b"] = st
     before = hm_mod.generations(t.sb)
     outputs = _up(st)
     assert _der(outputs["aggregatorCaCertPem"]) == _der(hm.bundle.ca_cert_pem)
@@ -245,7 +264,6 @@ def test_b_takeover_keeping_the_existing_ca(takeover):
         assert t.sb.master_api(m).ok(), m
     assert hm_mod.generations(t.sb) == before, "an apiserver restarted although its CA and flags stayed the same"
     _assert_taken_over(t, hm, st)
-    t.results["b"] = st
 
 
 def test_d_destroy_after_b_returns_the_handmade_state(takeover):
@@ -271,22 +289,22 @@ def test_c_manage_false_fails_on_a_master_missing_a_flag_and_creates_nothing(tak
     hm = t.require("kubeadm-create")
     hm_mod.edit_env_file(t.sb, BROKEN_MASTER, lambda text: hm_mod.drop_flag(text, MISSING_FLAG))
     hm_mod.restart_apiserver(t.sb, BROKEN_MASTER)
-    broken = hm_mod.snapshot(t.sb)
-    gens = hm_mod.generations(t.sb)
-    versions = _versions(hm_mod.read_objects(t.sb.api(), hm.paths))
-    st = _manage_false_stack(t, "c-fail")
-    message = _up_fails(st)
-    tail = message[-4000:]
-    assert BROKEN_MASTER in message and MISSING_FLAG in message, tail
-    assert [r for r in _custom_resources(st) if r.startswith("kubernetes:")] == []
-    assert hm_mod.differences(broken, hm_mod.snapshot(t.sb)) == []
-    assert hm_mod.generations(t.sb) == gens, "the read-only check restarted an apiserver"
-    assert _versions(hm_mod.read_objects(t.sb.api(), hm.paths)) == versions, "a metrics-server object was changed"
-    # the person fixes master2: its file back as the hand-made state had it, restarted
-    hm_mod.restore(t.sb, hm.snapshot)
-    hm_mod.restart_apiserver(t.sb, BROKEN_MASTER)
-    hm_mod.wait_for_metrics(t.sb)
-    t.results["c-fixed"] = True
+    try:
+        broken = hm_mod.snapshot(t.sb)
+        gens = hm_mod.generations(t.sb)
+        versions = _versions(hm_mod.read_objects(t.sb.api(), hm.paths))
+        st = _manage_false_stack(t, "c-fail")
+        message = _up_fails(st)
+        problems = _nothing_created(t, hm, st, broken, gens, versions, kinds=("kubernetes:",))
+        if not (BROKEN_MASTER in message and MISSING_FLAG in message):
+            problems.insert(0, f"the error names neither {BROKEN_MASTER} nor {MISSING_FLAG} together:\n{message[-4000:]}")
+        assert not problems, "\n".join(problems)
+    finally:
+        # the person fixes master2 (its file back as the hand-made state had it, restarted), for case (c)
+        hm_mod.restore(t.sb, hm.snapshot)
+        hm_mod.restart_apiserver(t.sb, BROKEN_MASTER)
+        hm_mod.wait_for_metrics(t.sb)
+        t.results["c-fixed"] = True
 
 
 def test_c_manage_false_takes_over_metrics_server_only(takeover):
@@ -294,13 +312,12 @@ def test_c_manage_false_takes_over_metrics_server_only(takeover):
     hm = t.require("kubeadm-create")
     t.require("c-fixed")
     gens = hm_mod.generations(t.sb)
-    st = _manage_false_stack(t, "c")
+    st = t.results["c"] = _manage_false_stack(t, "c")
     _up(st)
     diff = hm_mod.differences(hm.snapshot, hm_mod.snapshot(t.sb))
     assert not diff, "manage: false changed files on the masters:\n" + "\n".join(diff)
     assert hm_mod.generations(t.sb) == gens, "manage: false restarted an apiserver"
     _assert_taken_over(t, hm, st)
-    t.results["c"] = st
 
 
 def test_d_destroy_after_c_returns_the_handmade_state(takeover):
@@ -324,12 +341,8 @@ def test_e_helm_metrics_server_stops_up_before_anything_is_created(takeover):
     versions = _versions(hm_mod.read_objects(t.sb.api(), hm.paths))
     st = t.stack("e")
     message = _up_fails(st)
-    tail = message[-4000:]
-    assert hm_mod.HELM_RELEASE in message and "Helm" in message, tail
-    assert _custom_resources(st) == [], "resources were created before the Helm check stopped `up`"
-    diff = hm_mod.differences(hm.snapshot, hm_mod.snapshot(t.sb))
-    assert not diff, "files changed on the masters:\n" + "\n".join(diff)
-    assert hm_mod.generations(t.sb) == gens, "an apiserver was restarted"
-    assert _versions(hm_mod.read_objects(t.sb.api(), hm.paths)) == versions, "a Helm object was changed"
-    for m in MASTERS:
-        assert hm_mod.node_metrics(t.sb.master_api(m)), f"{m}: the metrics API stopped answering"
+    problems = _nothing_created(t, hm, st, hm.snapshot, gens, versions)
+    if not (hm_mod.HELM_RELEASE in message and "Helm" in message):
+        problems.insert(0, f"the error names neither Helm nor the release {hm_mod.HELM_RELEASE!r}:\n{message[-4000:]}")
+    problems += [f"{m}: the metrics API stopped answering" for m in MASTERS if not hm_mod.node_metrics(t.sb.master_api(m))]
+    assert not problems, "\n".join(problems)
