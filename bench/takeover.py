@@ -10,8 +10,8 @@ then runs one takeover `pulumi up` of the sandbox stack through the real engine 
     masters (or always through one: --through master1); a sample is ok when it is a NodeMetricsList with
     every node (what `kubectl top nodes` needs);
   * every master's /readyz.
-Sampling starts 1 s before `up` and ends once the metrics API has answered through every master after it
-(at most --after seconds later). Printed per round:
+Sampling starts 1 s before `up` and ends --settle seconds (60) after the metrics API has answered through
+every master after it (that answer at most --after seconds after `up`). Printed per round:
   * samples, failed samples (per master they went to), the longest gap = the longest time without an ok
     sample (from the answer of one ok sample to the answer of the next);
   * the most apiservers unready at once (at each readyz answer, how many masters' latest answer is not ok);
@@ -122,10 +122,10 @@ class Probes:
 
 
 def sample_while(fn: Callable[[], object], probes: Probes, through: tuple[str, ...], interval: float,
-                 done: Callable[[list[Sample]], bool], after: float) -> tuple[list[Sample], dict[str, list[Sample]], float,
-                                                                               float, object]:
-    """Sample from 1 s before fn() until done(metrics samples) after it (at most `after` s);
-    -> (metrics samples, readyz samples per master, start, end, what fn returned or raised)."""
+                 done: Callable[[list[Sample]], bool], after: float, settle: float = 1.0
+                 ) -> tuple[list[Sample], dict[str, list[Sample]], float, float, object]:
+    """Sample from 1 s before fn() until done(metrics samples) after it (at most `after` s), then `settle` s
+    more; -> (metrics samples, readyz samples per master, start, end, what fn returned or raised)."""
     metrics = Sampler(probes.metrics, through, interval)
     readyz = {m: Sampler(probes.readyz, (m,), interval) for m in MASTERS}
     samplers = [metrics, *readyz.values()]
@@ -141,7 +141,7 @@ def sample_while(fn: Callable[[], object], probes: Probes, through: tuple[str, .
     deadline = fn_end + after
     while time.time() < deadline and not done([s for s in metrics.samples if s.sent >= fn_end]):
         time.sleep(interval)
-    time.sleep(1.0)
+    time.sleep(settle)
     for s in samplers:
         s.stop()
     return metrics.samples, {m: r.samples for m, r in readyz.items()}, start, time.time(), outcome
@@ -202,7 +202,7 @@ def takeover_round(n: int, root: Path, tc, args) -> dict:
         stack = Project.copy(d / "project").stack(tc, d / "backend", "takeover", config)
         gens = hm_mod.generations(sb)
         samples, readyz, start, end, outcome = sample_while(
-            lambda: stack.up(), probes, through, args.interval, all_masters_answered(through), args.after)
+            lambda: stack.up(), probes, through, args.interval, all_masters_answered(through), args.after, args.settle)
         restarts = {m: hm_mod.generation(sb, m) - gens[m] for m in MASTERS}
         failed = [s for s in samples if not s.ok]
         worst, when = most_unready(readyz)
@@ -247,6 +247,9 @@ def main() -> int:
                     help="how the hand-made metrics-server was applied")
     ap.add_argument("--existing-ca", action="store_true", help="take over with pki.existingCa (the cfssl CA)")
     ap.add_argument("--after", type=float, default=120.0, help="at most this long after up for the metrics API")
+    ap.add_argument("--settle", type=float, default=60.0,
+                    help="keep sampling this long once the metrics API answered after up (the apiservers reload the "
+                         "requestheader CA and proxy cert from their files, and publish the CA, within a minute)")
     ap.add_argument("--no-reference", action="store_true", help="skip the metrics-server restart reference")
     args = ap.parse_args()
     if os.geteuid() != 0:
