@@ -117,6 +117,12 @@ def _condition(obj: dict, kind: str) -> str | None:
     return next((c["status"] for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), None)
 
 
+def _answers_before(t: Takeover) -> None:
+    """The metrics API answers through every master right before the case's `up`."""
+    silent = [m for m in MASTERS if not hm_mod.node_metrics(t.sb.master_api(m))]
+    assert not silent, f"the metrics API does not answer through {silent} before the takeover"
+
+
 def _up(st: E2EStack) -> dict[str, Any]:
     try:
         result, _ = st.up()
@@ -224,6 +230,7 @@ def test_guide_state_with_kubectl_apply_serves_metrics_without_the_program(takeo
 def test_a_takeover_with_a_new_ca(takeover):
     t = takeover
     hm = t.require("guide-apply")
+    _answers_before(t)
     st = t.results["a"] = t.stack("a")  # (d) destroys it whether `up` works or not (after a failed first apply too)
     outputs = _up(st)
     assert _der(outputs["aggregatorCaCertPem"]) != _der(hm.bundle.ca_cert_pem)
@@ -257,6 +264,7 @@ def test_b_takeover_keeping_the_existing_ca(takeover):
     st = t.stack("b", pki={"existingCa": {"certFile": str(ops / "aggregator-ca.pem"),
                                           "keyFile": str(ops / "aggregator-ca-key.pem")}})
     t.results["b"] = st
+    _answers_before(t)
     before = hm_mod.generations(t.sb)
     outputs = _up(st)
     assert _der(outputs["aggregatorCaCertPem"]) == _der(hm.bundle.ca_cert_pem)
@@ -314,6 +322,7 @@ def test_c_manage_false_takes_over_metrics_server_only(takeover):
     t = takeover
     hm = t.require("kubeadm-create")
     t.require("c-fixed")
+    _answers_before(t)
     gens = hm_mod.generations(t.sb)
     st = t.results["c"] = _manage_false_stack(t, "c")
     _up(st)
@@ -340,6 +349,7 @@ def test_helm_state_serves_metrics_without_the_program(takeover):
 def test_e_helm_metrics_server_stops_up_before_anything_is_created(takeover):
     t = takeover
     hm = t.require("helm")
+    _answers_before(t)
     gens = hm_mod.generations(t.sb)
     versions = _versions(hm_mod.read_objects(t.sb.api(), hm.paths))
     st = t.stack("e")
