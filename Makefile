@@ -106,3 +106,4 @@ bench: venv system-deps toolchain-pulumi ## run every benchmark (prints figures;
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/rollout.py --sandbox
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/takeover.py
