@@ -181,6 +181,8 @@ def preflight(
     warn: Callable[[str], None],
 ) -> None:
     """Raise ProbeError when `up` must stop; `warn` when a preview cannot look."""
+    if kube.get("renderYamlToDirectory"):
+        return None  # the objects are written as YAML files: no cluster is touched, none to read
     try:
         ep = kube_access.endpoint(kube.get("kubeconfig"), kube.get("context"), kube.get("cluster"))
     except kube_access.KubeAccessError as exc:

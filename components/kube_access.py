@@ -218,12 +218,16 @@ def _named(docs: list[_Doc], section: str, name: str) -> tuple[dict[str, Any], _
 def _pem(entry: Mapping[str, Any], key: str, doc: _Doc, what: str) -> bytes | None:
     """`<key>-data` (base64) or the file `<key>` (relative to the document's base)."""
     data = entry.get(f"{key}-data")
+    if data and not isinstance(data, str):
+        raise KubeAccessError(f"{doc.name}: {what} {key}-data must be a base64 string")
     if data:
         try:
             return base64.b64decode(data, validate=True)
         except ValueError:
             raise KubeAccessError(f"{doc.name}: {what} {key}-data is not base64") from None
     path = entry.get(key)
+    if path and not isinstance(path, str):
+        raise KubeAccessError(f"{doc.name}: {what} {key} must be a file path")
     if path:
         full = doc.base / Path(path).expanduser()
         try:
@@ -305,7 +309,10 @@ def _exec_credentials(
     """Run a client-go credential plugin (ExecCredential) once, non-interactively."""
     api_version = spec.get("apiVersion", "client.authentication.k8s.io/v1")
     child_env = dict(env)
-    child_env.update({str(e["name"]): str(e["value"]) for e in spec.get("env") or [] if "name" in e})
+    for e in spec.get("env") or []:
+        if not isinstance(e, Mapping) or "name" not in e or "value" not in e:
+            raise KubeAccessError(f"{doc.name}: user exec env entries need a name and a value, got {sorted(e) if isinstance(e, Mapping) else type(e).__name__}")
+        child_env[str(e["name"])] = str(e["value"])
     child_env["KUBERNETES_EXEC_INFO"] = json.dumps(
         {"apiVersion": api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
     )

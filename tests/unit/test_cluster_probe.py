@@ -283,3 +283,10 @@ def test_main_refuses_bad_kubernetes_config_before_registering_anything(stack_co
     assert "kubernetes:enableServerSideApply: false cannot be used" in text
     assert "kubernetes:deleteUnreachable: could not be read" in text and "nothing was changed" in text
     assert monitor.registrations == []
+
+
+def test_render_yaml_to_directory_needs_no_cluster(refused):
+    """kubernetes:renderYamlToDirectory writes the objects as files: `up` must not stop on an unreadable
+    cluster (nor read one)."""
+    rendered = kube_access.KubeSettings(values={**refused.values, "renderYamlToDirectory": "/tmp/out"})
+    assert run_preflight(rendered, dry_run=False) == []

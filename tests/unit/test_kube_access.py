@@ -233,3 +233,14 @@ def test_client_key_file_is_private_and_gone_after_use(server, certs, tmp_path, 
     assert ka.get_json(ep, NS_PATH) == NS
     (key, mode), = seen
     assert mode == 0o600 and not key.exists() and not key.parent.exists()
+
+
+@pytest.mark.parametrize("user", [
+    {"exec": {"command": "true", "env": [{"name": "ONLY_A_NAME"}]}},  # an env entry without its value
+    {"client-certificate-data": 12345},                             # YAML read a number
+    {"client-key": ["a", "list"]},
+], ids=["exec env without value", "cert data not a string", "key path not a string"])
+def test_a_malformed_kubeconfig_user_is_a_clear_error_not_a_traceback(tmp_path, user):
+    cfg = write(tmp_path / "c", kubeconfig("https://127.0.0.1:1", None, user))
+    with pytest.raises(ka.KubeAccessError, match=r"\): user "):
+        ka.endpoint(str(cfg), env=NO_ENV, home=tmp_path)
