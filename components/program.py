@@ -67,5 +67,6 @@ def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: Metri
         "masters": [{"name": m.name, "address": m.address} for m in settings.masters],
         # without our metrics-server the APIService of the kept one has the same name (it is the API's)
         "metricsApiService": metrics.api_service_name if metrics else API_SERVICE_NAME,
-        "metricsServerNamespace": metrics.namespace if metrics else None,
+        # unmanaged: metricsServer.namespace, which such a stack sets to where the kept one runs
+        "metricsServerNamespace": metrics.namespace if metrics else settings.metrics_server.namespace,
     }

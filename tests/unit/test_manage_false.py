@@ -101,12 +101,12 @@ def test_managed_is_the_default_and_unchanged(stack_config):
 
 def test_metrics_server_unmanaged_deploys_nothing_of_it(stack_config):
     """metricsServer.manage: false keeps a metrics-server this program did not make (a Helm release)."""
-    cfg = stack_config(metricsServer={"manage": False})
+    cfg = stack_config(metricsServer={"manage": False, "namespace": "monitoring"})
     result = run(cfg)
     assert not [r for r in result.resources if r.type.startswith("kubernetes:")]
     assert [c["name"] for c in result.commands][:2] == ["master1-certs", "master1-flags"]
     assert result.outputs["metricsApiService"] == "v1beta1.metrics.k8s.io"
-    assert result.outputs.get("metricsServerNamespace") is None
+    assert result.outputs["metricsServerNamespace"] == "monitoring"  # where the kept one runs
 
 
 def test_main_skips_the_cluster_check_when_metrics_server_is_unmanaged(stack_config, monkeypatch):
