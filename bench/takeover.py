@@ -20,8 +20,7 @@ every master after it (that answer at most --after seconds after `up`). Printed 
     the hand-made metrics-server before the takeover (its Deployment re-applied with one more arg, `--v=2`,
     and back: two restarts, the longer counts), sampled the same way.
 Targets (printed, never asserted): longest gap <= one metrics-server restart; never more than one apiserver
-unready at once. Until issue 10's takeover is merged, `up` fails; the round prints the error and the
-figures sampled until then.
+unready at once. A failed `up` is printed with the figures sampled until then.
 
 Usage (root):  venv/bin/python bench/takeover.py [--rounds 1] [--interval 0.2] [--through all|master1|...]
                                                  [--how apply|apply-server-side|create] [--existing-ca]

@@ -114,7 +114,7 @@ def _unsafe_value_message(what: str) -> str:
 
 # apiserver.keyOwner: `user:group` of the proxy-client key, each a lowercase name ([a-z_][a-z0-9_-]*, at most
 # 32 characters) or a numeric id (at most 4294967294: chown reads 4294967295 as -1, "unchanged"); a subset of
-# the value grammar. The host script is to re-check KEY_OWNER_PATTERN (POSIX ERE, C locale) the same way.
+# the value grammar. The host script re-checks KEY_OWNER_PATTERN (POSIX ERE, C locale) the same way (check_option_values).
 _OWNER_PART = "([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
 KEY_OWNER_PATTERN = f"^{_OWNER_PART}:{_OWNER_PART}$"
 _KEY_OWNER = re.compile(f"{_OWNER_PART}:{_OWNER_PART}")
