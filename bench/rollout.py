@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sandbox_rounds import BenchError, run_rounds  # noqa: E402
 from tests.hosts.conftest import stack_config  # noqa: E402
 from tests.hosts.lab import Lab, LabError  # noqa: E402
 from tests.hosts.remote import SshRunner  # noqa: E402
@@ -79,10 +79,6 @@ def measure(n: int, startup: float) -> dict:
 
 
 # ---- --sandbox: the real engine against the sandbox's real kube-apiservers -------------------------------
-class BenchError(Exception):
-    pass
-
-
 class Poller(threading.Thread):
     """Calls fn() every `interval` seconds (sleeping that long between calls) until stop();
     samples = [(sent, answered, value)] in time.time() seconds."""
@@ -219,29 +215,16 @@ def sandbox_round(n: int, root: Path, tc, poll: float) -> dict:
 def sandbox_main(rounds: int, poll: float) -> int:
     from sandbox.cluster import MASTERS
     from sandbox.supervisor import STOP_TIMEOUT
-    from tests.e2e.engine import Toolchain, ToolchainError
 
-    if os.geteuid() != 0:
-        print("the sandbox benchmark needs root (network + mount namespaces, sshd)", file=sys.stderr)
+    def one_round(n: int, root: Path, tc) -> dict:
+        row = sandbox_round(n, root, tc, poll)
+        print(f"  round {n} done ({row['sandbox_up']:.0f} s sandbox start, not timed)", file=sys.stderr)
+        return row
+
+    done = run_rounds("sandbox", "mabench", rounds, one_round)
+    if done is None:
         return 2
-    load0, t0 = os.getloadavg()[0], time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="mabench", dir="/tmp"))
-    rows = []
-    try:
-        try:
-            tc = Toolchain.ensure(root / "home")
-        except ToolchainError as e:
-            print(f"the sandbox benchmark needs the built toolchain: {e}", file=sys.stderr)
-            return 2
-        for n in range(1, rounds + 1):
-            try:
-                rows.append(sandbox_round(n, root, tc, poll))
-            except BenchError as e:
-                print(f"round {n}: {e}", file=sys.stderr)
-                continue
-            print(f"  round {n} done ({rows[-1]['sandbox_up']:.0f} s sandbox start, not timed)", file=sys.stderr)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    rows = done.rows
     if not rows:
         print("no round finished", file=sys.stderr)
         return 2
@@ -283,8 +266,8 @@ def sandbox_main(rounds: int, poll: float) -> int:
           f"(last not-ok sent -> first ok answered) <= {max(r['window'] for r in rows) * 1000:.0f} ms")
     med = statistics.median(r["ratio"] for r in rows)
     print(f"median ratio {med:.3f} (target <= {TARGET:.2f}: {'within' if med <= TARGET else 'above'}; not asserted)")
-    print(f"machine: {os.cpu_count()} CPUs, load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after; "
-          f"{time.monotonic() - t0:.0f} s in all")
+    print(f"machine: {os.cpu_count()} CPUs, load average {done.load_before:.1f} before / {os.getloadavg()[0]:.1f} "
+          f"after; {time.monotonic() - done.started:.0f} s in all")
     return 0
 
 

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,14 +41,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sandbox_rounds import BenchError, run_rounds  # noqa: E402
 from sandbox.cluster import MASTERS, Sandbox, SandboxError, free_block_and_prefix  # noqa: E402
 from tests.e2e import handmade as hm_mod  # noqa: E402
 
 HARD_LIMIT = 900.0  # no sampler runs longer than this, whatever happens to `up`
-
-
-class BenchError(Exception):
-    pass
 
 
 @dataclass
@@ -236,7 +231,6 @@ def print_round(r: dict, interval: float) -> None:
 
 
 def main() -> int:
-    from tests.e2e.engine import Toolchain, ToolchainError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1, help="rounds, each on a fresh sandbox")
@@ -252,33 +246,18 @@ def main() -> int:
                          "requestheader CA and proxy cert from their files, and publish the CA, within a minute)")
     ap.add_argument("--no-reference", action="store_true", help="skip the metrics-server restart reference")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("the takeover benchmark needs root (network + mount namespaces, sshd)", file=sys.stderr)
+    done = run_rounds("takeover", "matko", args.rounds, lambda n, root, tc: takeover_round(n, root, tc, args))
+    if done is None:
         return 2
-    load0, t0 = os.getloadavg()[0], time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="matko", dir="/tmp"))
-    rows = []
-    try:
-        try:
-            tc = Toolchain.ensure(root / "home")
-        except ToolchainError as e:
-            print(f"the takeover benchmark needs the built toolchain: {e}", file=sys.stderr)
-            return 2
-        for n in range(1, args.rounds + 1):
-            try:
-                rows.append(takeover_round(n, root, tc, args))
-            except BenchError as e:
-                print(f"round {n}: {e}", file=sys.stderr)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    rows = done.rows
     print(f"takeover on the sandbox: pulumi up (real engine) from the guide's hand-made state "
           f"(metrics-server by `kubectl {' '.join(hm_mod.APPLY[args.how])}`, "
           f"{'pki.existingCa' if args.existing_ca else 'a new CA'}); metrics API through "
           f"{'every master in turn' if args.through == 'all' else args.through}")
     for r in rows:
         print_round(r, args.interval)
-    print(f"machine: {os.cpu_count()} CPUs, load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after; "
-          f"{time.monotonic() - t0:.0f} s in all")
+    print(f"machine: {os.cpu_count()} CPUs, load average {done.load_before:.1f} before / {os.getloadavg()[0]:.1f} "
+          f"after; {time.monotonic() - done.started:.0f} s in all")
     return 0 if rows else 2
 
 
