@@ -509,16 +509,31 @@ remove_stale_temps() {
 # The cert dir holds a trust anchor (aggregator-ca.pem: whoever can replace it can impersonate any user
 # through the aggregation layer) and the config file decides the apiserver's flags: both must be owned by
 # root (or by the user running this script) and writable by nobody else. Checked before anything is written.
-check_trusted() { # WHAT PATH (a missing path passes: it is created by us)
-	local what=$1 path=$2 owner mode
-	[ -e "$path" ] || return 0
-	read -r owner mode < <(stat -L -c '%u %a' -- "$path") || die "cannot stat $path"
-	if [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
-		die "refusing $what $path: it is owned by uid $owner, not root; whoever owns it can change what kube-apiserver trusts (chown root $path), nothing written"
+# Only the actions that write what kube-apiserver trusts check it: install-certs the cert dir, apply the
+# config file. revert only warns: it gives the user their own file back, and an admin's chmod after `up`
+# must not make destroy impossible.
+untrusted_reason() { # PATH -> prints why PATH is not trusted; fails when it is (or is missing: ours to create)
+	local path=$1 owner mode
+	[ -e "$path" ] || return 1
+	if ! read -r owner mode < <(stat -L -c '%u %a' -- "$path"); then
+		printf 'stat cannot read its owner and mode\n' # (in a command substitution: no die)
+	elif [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
+		printf 'it is owned by uid %s, not root; whoever owns it can change what kube-apiserver trusts (chown root %s)\n' "$owner" "$path"
+	elif [ $((8#$mode & 8#022)) != 0 ]; then
+		printf 'mode %s lets its group or others write it, so they could change what kube-apiserver trusts (chmod go-w %s)\n' "$mode" "$path"
+	else
+		return 1
 	fi
-	if [ $((8#$mode & 8#022)) != 0 ]; then
-		die "refusing $what $path: mode $mode lets its group or others write it, so they could change what kube-apiserver trusts (chmod go-w $path), nothing written"
-	fi
+}
+check_trusted() { # WHAT PATH
+	local why
+	why=$(untrusted_reason "$2") || return 0
+	die "refusing $1 $2: $why, nothing written"
+}
+warn_untrusted() { # WHAT PATH
+	local why
+	why=$(untrusted_reason "$2") || return 0
+	warn "$1 $2 is not safe: $why; reverting it anyway (this gives back the file as it was before apply)"
 }
 
 # key_owner_ids: KEY_UID/KEY_GID of --key-owner USER:GROUP (apiserver.keyOwner), each a name resolved
@@ -1420,10 +1435,10 @@ drop_idle_lock() {
 
 setup_host_state() {
 	validate_host_opts
-	if [ "$ACTION" != check ]; then
-		check_trusted "the config file" "$CONFIG_PATH"
-		check_trusted "the cert dir" "$CERT_DIR"
-	fi
+	case $ACTION in
+	apply) check_trusted "the config file" "$CONFIG_PATH" ;;
+	revert) warn_untrusted "the config file" "$CONFIG_PATH" ;;
+	esac
 	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
 	local key
 	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')
