@@ -113,7 +113,7 @@ def recorded(commands: list[dict], out) -> list[dict]:
 
 def assert_nothing_of_ours_left(h: Host) -> None:
     assert state_files(h) == [], f"{h.name}: left in the state dir: {state_files(h)}"
-    assert not h.path("/var/lib/metrics-aggregation/scripts").exists()
+    assert not h.path("/var/lib/metrics-aggregation").exists(), f"{h.name}: the (empty) state dir is left"
     leftovers = [p.name for p in h.path(SSL).iterdir() if p.name.startswith(".")] if h.path(SSL).exists() else []
     assert leftovers == [], f"{h.name}: temp files left in {SSL}: {leftovers}"
 
