@@ -77,12 +77,15 @@ def _install_script(then: str) -> str:
 
 def _remove_scripts() -> str:
     """Shell that removes the installed scripts, unless a config or cert dir on the host is still managed
-    (an `.owner` file in the state dir): then another resource (a renamed master) still needs them."""
+    (an `.owner` file in the state dir): then another resource (a renamed master) still needs them. Then
+    the state dir itself (`_install_script` creates it), when empty: a master had none before the program;
+    a failing rmdir means it holds other state (another owner's, the user's set-aside files) and stays."""
     state = shlex.quote(HOST_SCRIPT_DIR.rsplit("/", 1)[0])
     return (
         f"set -- {state}/*.owner; "
         'if [ -e "$1" ]; then echo "kept the host scripts: still managing $*"; exit 0; fi; '
-        f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true"
+        f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true; "
+        f"rmdir {state} 2>/dev/null || true"
     )
 
 

@@ -275,10 +275,13 @@ release() { rm -f -- "$(owner_file "$1" "$2")"; } # KIND PATH
 # are the same records) with, per file name:
 #   NAME + NAME.meta   the original bytes and "MODE UID GID" (.meta is written last: it completes the record)
 #   NAME.absent        the file did not exist
-# and cert-dir.created when the program created the cert dir. Records are taken once, before the first
-# write, and dropped by remove-certs after it put everything back.
+#   NAME.sha256        the sha256 of what install-certs wrote (one a line: during an install, the new and
+#                      the previous one); written on every install, unlike the originals
+# and cert-dir.created when the program created the cert dir. Originals are recorded once, before the
+# first write, and dropped by remove-certs after it put everything back.
 kept_dir() { printf '%s/certs-%s.kept\n' "$STATE_DIR" "$(path_key "$CERT_DIR")"; }
 has_record() { [ -f "$KEPT/$1.meta" ] || [ -f "$KEPT/$1.absent" ]; } # NAME
+sum_record() { printf '%s/%s.sha256\n' "$KEPT" "$1"; }                # NAME
 
 # fsync: coreutils sync takes files (8.24+); elsewhere sync everything
 fsync_paths() { timeout 60 sync -- "$@" 2>/dev/null || timeout 60 sync; }
@@ -309,6 +312,72 @@ keep_original() {
 	fi
 }
 
+# write_sums NAME SUM...: the checksum record of NAME (the non-empty SUMs, one a line), durably.
+write_sums() {
+	local name=$1 tmp sum
+	shift
+	tmp=$KEPT/.$name.sha256.tmp
+	(
+		umask 077
+		for sum in "$@"; do [ -z "$sum" ] || printf '%s\n' "$sum"; done >"$tmp"
+	) || die "cannot write $(sum_record "$name")"
+	publish_state "$tmp" "$(sum_record "$name")"
+}
+
+# record_sum NAME SUM: before install-certs renames SUM's bytes onto NAME, the record lists SUM and the
+# sum it held (a crash before or after the rename leaves a file the record still calls ours); the
+# previous record is remembered for txn_rollback and narrow_sums drops it once every file is in place.
+record_sum() {
+	local name=$1 sum=$2 rec prev=""
+	rec=$(sum_record "$name")
+	[ -f "$rec" ] && { prev=$(head -n 1 -- "$rec") || die "cannot read $rec"; }
+	TXN_SUMS+=("$name")
+	TXN_SUM_PREV+=("$prev")
+	[ "$prev" = "$sum" ] && [ "$(wc -l <"$rec")" = 1 ] && return 0
+	write_sums "$name" "$sum" "$prev"
+}
+narrow_sums() { # NAME=SUM...: each record lists only the sum now installed
+	local pair
+	for pair in "$@"; do
+		[ "$(cat -- "$(sum_record "${pair%%=*}")")" = "${pair#*=}" ] || write_sums "${pair%%=*}" "${pair#*=}"
+	done
+}
+
+# set_aside_if_changed NAME: CERT_DIR/NAME is not what install-certs wrote (the user edited or replaced it
+# since): copy it to STATE/replaced/<dir>/NAME.<UTC time> (0600; "MODE UID GID" in .meta, as the kept
+# originals) before remove-certs restores the original or deletes it, and say where. Without a checksum
+# record (state of an earlier version) nothing is set aside, as before.
+set_aside_if_changed() {
+	local name=$1 target=$CERT_DIR/$1 rec dir base dest meta i
+	rec=$(sum_record "$name")
+	[ -f "$rec" ] || return 0
+	if [ -L "$target" ]; then
+		: # a symbolic link is never what install-certs wrote
+	elif [ -f "$target" ]; then
+		grep -qxF -- "$(sha "$target")" "$rec" && return 0
+	else
+		return 0 # absent (or not a file: handled by the caller, as before)
+	fi
+	dir=$STATE_DIR/replaced/$(path_key "$CERT_DIR")
+	install -d -m 0700 "$STATE_DIR/replaced" "$dir" || die "cannot create $dir (nothing removed)"
+	base=$dir/$name.$(date -u +%Y%m%dT%H%M%SZ)
+	dest=$base
+	for ((i = 1; i < 100; i++)); do
+		[ -e "$dest" ] || [ -L "$dest" ] || break
+		dest=$base.$i
+	done
+	meta=$(stat -c '%a %u %g' -- "$target") || die "cannot stat $target"
+	if [ -L "$target" ]; then
+		cp -P -- "$target" "$dest.tmp" || die "cannot keep $target in $dir (nothing removed)"
+	else
+		(umask 077 && cat -- "$target" >"$dest.tmp") || die "cannot keep a copy of $target in $dir (nothing removed)"
+	fi
+	publish_state "$dest.tmp" "$dest"
+	(umask 077 && printf '%s\n' "$meta" >"$dest.meta.tmp") || die "cannot write $dest.meta"
+	publish_state "$dest.meta.tmp" "$dest.meta"
+	warn "$target changed since install-certs wrote it: kept your file as $dest (mode uid gid: $meta, in $dest.meta) before putting back what was there before the program"
+}
+
 # restore_original NAME: put the kept copy back over CERT_DIR/NAME (temp file + rename), mode and owner.
 restore_original() {
 	local name=$1 target=$CERT_DIR/$1 mode uid gid tmp
@@ -332,6 +401,8 @@ TXN_OPEN=0
 TXN_UNDO=""
 TXN_DONE=()
 TXN_RECORDS=()
+TXN_SUMS=() # the checksum records this run wrote, with (TXN_SUM_PREV) what each held before ('' none)
+TXN_SUM_PREV=()
 TXN_DIR_CREATED=0
 txn_commit() { TXN_OPEN=0; }
 txn_rollback() {
@@ -352,7 +423,14 @@ txn_rollback() {
 		n=$((n + 1))
 	done
 	for name in "${TXN_RECORDS[@]+"${TXN_RECORDS[@]}"}"; do rm -f -- "$name" 2>/dev/null || true; done
-	[ ${#TXN_RECORDS[@]} -eq 0 ] || rmdir -- "$KEPT" 2>/dev/null || true
+	for ((i = ${#TXN_SUMS[@]} - 1; i >= 0; i--)); do
+		if [ -z "${TXN_SUM_PREV[i]}" ]; then
+			rm -f -- "$(sum_record "${TXN_SUMS[i]}")" 2>/dev/null || true
+		else
+			(write_sums "${TXN_SUMS[i]}" "${TXN_SUM_PREV[i]}") 2>/dev/null || warn "could not put back $(sum_record "${TXN_SUMS[i]}")"
+		fi
+	done
+	rmdir -- "$KEPT" 2>/dev/null || true # (only when this run left nothing in it)
 	[ "$n" -gt 0 ] && warn "install-certs failed: put back the $n file(s) it had replaced in $CERT_DIR"
 	if [ "$TXN_DIR_CREATED" = 1 ]; then
 		cleanup
@@ -431,16 +509,31 @@ remove_stale_temps() {
 # The cert dir holds a trust anchor (aggregator-ca.pem: whoever can replace it can impersonate any user
 # through the aggregation layer) and the config file decides the apiserver's flags: both must be owned by
 # root (or by the user running this script) and writable by nobody else. Checked before anything is written.
-check_trusted() { # WHAT PATH (a missing path passes: it is created by us)
-	local what=$1 path=$2 owner mode
-	[ -e "$path" ] || return 0
-	read -r owner mode < <(stat -L -c '%u %a' -- "$path") || die "cannot stat $path"
-	if [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
-		die "refusing $what $path: it is owned by uid $owner, not root; whoever owns it can change what kube-apiserver trusts (chown root $path), nothing written"
+# Only the actions that write what kube-apiserver trusts check it: install-certs the cert dir, apply the
+# config file. revert only warns: it gives the user their own file back, and an admin's chmod after `up`
+# must not make destroy impossible.
+untrusted_reason() { # PATH -> prints why PATH is not trusted; fails when it is (or is missing: ours to create)
+	local path=$1 owner mode
+	[ -e "$path" ] || return 1
+	if ! read -r owner mode < <(stat -L -c '%u %a' -- "$path"); then
+		printf 'stat cannot read its owner and mode\n' # (in a command substitution: no die)
+	elif [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
+		printf 'it is owned by uid %s, not root; whoever owns it can change what kube-apiserver trusts (chown root %s)\n' "$owner" "$path"
+	elif [ $((8#$mode & 8#022)) != 0 ]; then
+		printf 'mode %s lets its group or others write it, so they could change what kube-apiserver trusts (chmod go-w %s)\n' "$mode" "$path"
+	else
+		return 1
 	fi
-	if [ $((8#$mode & 8#022)) != 0 ]; then
-		die "refusing $what $path: mode $mode lets its group or others write it, so they could change what kube-apiserver trusts (chmod go-w $path), nothing written"
-	fi
+}
+check_trusted() { # WHAT PATH
+	local why
+	why=$(untrusted_reason "$2") || return 0
+	die "refusing $1 $2: $why, nothing written"
+}
+warn_untrusted() { # WHAT PATH
+	local why
+	why=$(untrusted_reason "$2") || return 0
+	warn "$1 $2 is not safe: $why; reverting it anyway (this gives back the file as it was before apply)"
 }
 
 # key_owner_ids: KEY_UID/KEY_GID of --key-owner USER:GROUP (apiserver.keyOwner), each a name resolved
@@ -483,7 +576,7 @@ same_mode_owner() { # FILE MODE UID GID
 
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
-	local pem tmp kinds i name mode target t2 uid gid fuid fgid first=0
+	local pem tmp kinds i name mode target t2 uid gid fuid fgid sum first=0 sums=()
 	uid=$(id -u)
 	gid=$(id -g)
 	[ "$uid" = 0 ] && gid=0
@@ -536,6 +629,9 @@ install_certs() {
 		[ "$name" = aggregator-key.pem ] && mode=0600 fuid=$KEY_UID fgid=$KEY_GID
 		target="$CERT_DIR/$name"
 		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
+		sum=$(sha "$tmp/$i") || die "cannot checksum $tmp/$i"
+		record_sum "$name" "$sum"
+		sums+=("$name=$sum")
 		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$fuid" "$fgid"; then
 			say "$target unchanged"
 			continue
@@ -553,6 +649,7 @@ install_certs() {
 		say "$target written ($mode $fuid:$fgid)"
 	done < <(cert_files)
 	fsync_paths "$CERT_DIR"
+	narrow_sums "${sums[@]}"
 	claim certs "$CERT_DIR"
 	txn_commit
 }
@@ -576,6 +673,7 @@ remove_certs() {
 		warn "$CERT_DIR was gone; created it again to put the original files back"
 	fi
 	while IFS= read -r name; do
+		set_aside_if_changed "$name"
 		if [ -f "$KEPT/$name.meta" ]; then
 			restore_original "$name"
 		elif [ -e "$CERT_DIR/$name" ] || [ -L "$CERT_DIR/$name" ]; then
@@ -1325,22 +1423,22 @@ take_host_lock() { # WAIT_SECONDS
 }
 
 # drop_idle_lock: the holder deletes the lock file when the state dir holds nothing else of ours (the
-# installed scripts aside: the certs step's delete removes those after remove-certs), so that a master
-# given back by destroy keeps no file of this program.
+# installed scripts aside: the certs step's delete removes those after remove-certs; replaced/ holds the
+# user's files, not ours), so that a master given back by destroy keeps no file of this program.
 drop_idle_lock() {
 	[ "$HOLD_LOCK" = 1 ] && [ -d "$STATE_DIR" ] || return 0
 	local other
-	other=$(find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name host.lock ! -name scripts ! -name '.work.*' -print -quit 2>/dev/null) || return 0
+	other=$(find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name host.lock ! -name scripts ! -name replaced ! -name '.work.*' -print -quit 2>/dev/null) || return 0
 	[ -z "$other" ] && rm -f -- "$LOCK"
 	return 0
 }
 
 setup_host_state() {
 	validate_host_opts
-	if [ "$ACTION" != check ]; then
-		check_trusted "the config file" "$CONFIG_PATH"
-		check_trusted "the cert dir" "$CERT_DIR"
-	fi
+	case $ACTION in
+	apply) check_trusted "the config file" "$CONFIG_PATH" ;;
+	revert) warn_untrusted "the config file" "$CONFIG_PATH" ;;
+	esac
 	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
 	local key
 	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')

@@ -11,8 +11,9 @@ Each host:
     .4i+2/30), or, `behind` a jump host, a veth to the jump host's namespace only (198.19.X.4i+1/30 on the
     jump side), so the runner has no route to it;
   * a private mount namespace (anchored by the stand-in supervisor) in which /etc/kubernetes,
-    /etc/systemd/system, /var/lib/metrics-aggregation, /etc/sudoers.d and /usr/local/sbin are bind
-    mounts of per-host directories. /usr/local/sbin (first on root's and sudo's PATH) holds shims:
+    /etc/systemd/system, /var/lib, /etc/sudoers.d and /usr/local/sbin are bind mounts of per-host
+    directories (/var/lib: with the runner's entries bound in, so that /var/lib/metrics-aggregation is
+    an ordinary directory the program creates and removes, as on a master). /usr/local/sbin (first on root's and sudo's PATH) holds shims:
     `systemctl` (daemon-reload = copy the unit to what the stand-in runs; restart kube-apiserver =
     restart the stand-in, synchronously), `journalctl` and `crictl` (print the stand-in's log);
   * /usr/sbin/sshd -D -e -f <per-host config> entered into both namespaces with nsenter, with a per-host
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -49,7 +51,9 @@ LAYOUT_FILES = {
 MOUNTS = {
     "/etc/kubernetes": "etc-kubernetes",
     "/etc/systemd/system": "etc-systemd-system",
-    "/var/lib/metrics-aggregation": "state",
+    # per host, so that the program's state dir is not a mount point (destroy removes it); the runner's
+    # own entries are bound in (_var_lib_binds)
+    "/var/lib": "var-lib",
     "/etc/sudoers.d": "sudoers.d",
     "/usr/local/sbin": "sbin",
     # authorized_keys, reachable for a non-root user (the lab dir itself is 0700)
@@ -453,8 +457,34 @@ exit 0
             (sbin / name).write_text(text)
             os.chmod(sbin / name, 0o755)
 
+    @staticmethod
+    def _var_lib_binds(h: Host) -> list[str]:
+        """Mount commands that bind the runner's /var/lib entries (all but the program's state dir) into the
+        host's own /var/lib before that is mounted (recursively) over /var/lib; symbolic links are copied."""
+        root, lines = h.dir / MOUNTS["/var/lib"], []
+        for e in sorted(os.scandir("/var/lib"), key=lambda e: e.name):
+            dst = root / e.name
+            if e.name == "metrics-aggregation":
+                continue
+            if e.is_symlink():
+                os.symlink(os.readlink(e.path), dst)
+                continue
+            if e.is_dir():
+                dst.mkdir()
+            elif e.is_file():
+                dst.touch()
+            else:
+                continue
+            lines.append(f"mount --bind {shlex.quote(e.path)} {shlex.quote(str(dst))}")
+        return lines
+
     def _start(self, h: Host) -> None:
-        binds = "\n".join(f"mount --bind {h.dir / sub} {mp}" for mp, sub in MOUNTS.items())
+        lines = []
+        for mp, sub in MOUNTS.items():
+            if mp == "/var/lib":
+                lines += self._var_lib_binds(h)
+            lines.append(f"mount --rbind {h.dir / sub} {mp}")
+        binds = "\n".join(lines)
         # a master's root has Debian's default ~/.bashrc (bash reads it for ssh commands), not the
         # runner's (pyenv, cargo, go on PATH)
         binds += "\nif [ -f /etc/skel/.bashrc ] && [ -f /root/.bashrc ]; then mount --bind /etc/skel/.bashrc /root/.bashrc; fi"

@@ -383,6 +383,32 @@ def test_an_untrusted_cert_dir_or_config_file_is_refused(lab, make_stack, what):
         assert list(ssl.iterdir()) == []
 
 
+@pytest.mark.parametrize("what", ["cert dir", "config file"])
+def test_destroy_after_an_admin_made_a_path_group_writable(lab, make_stack, what):
+    """Review finding: revert checked the cert dir (which it never writes) and died on it, so a cert dir made
+    group-writable after `up` made destroy impossible. Now only install-certs checks the cert dir, and
+    revert only warns about the config file: it must give the user their file back."""
+    h = lab.add_host("m1", "env-file")
+    original = h.config_bytes()
+    st = make_stack([h])
+    out = st.up()
+    assert out.ok, out.explain()
+    path = SSL if what == "cert dir" else h.config_path
+    os.chmod(h.path(path), 0o775 if what == "cert dir" else 0o664)
+    restarts = h.restarts()
+    out = st.destroy()
+    assert out.ok, out.explain()
+    assert h.config_bytes() == original and h.restarts() == restarts + 1
+    assert not any(k in h.running_flags() for k in st.flags_for(h))
+    assert not h.path(SSL).exists()
+    flags = out["m1-flags"].stderr
+    if what == "config file":
+        assert f"warning: the config file {h.config_path} is not safe: mode 664 lets its group or others write it" in flags
+        assert "reverting it anyway" in flags
+    else:
+        assert "cert dir" not in flags
+
+
 def test_key_owners_the_config_refuses_are_refused_by_install_certs(lab, make_stack):
     """The --key-owner pattern (config KEY_OWNER_PATTERN) checked again by the script, nothing written."""
     h = lab.add_host("m1", "env-file")

@@ -83,8 +83,10 @@ def assert_never_two_down(hosts: list[Host]) -> None:
 
 
 def state_files(host: Host) -> list[str]:
-    """What the script keeps in its state dir (the program's installed copies of the script aside)."""
-    return sorted(p.name for p in host.path("/var/lib/metrics-aggregation").iterdir() if p.name != "scripts")
+    """What the script keeps in its state dir (the program's installed copies of the script aside); a
+    state dir that does not exist (never created, or removed by destroy) keeps nothing."""
+    state = host.path("/var/lib/metrics-aggregation")
+    return sorted(p.name for p in state.iterdir() if p.name != "scripts") if state.exists() else []
 
 
 # ------------------------------------------------------------------------------------------- cases

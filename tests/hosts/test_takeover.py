@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,7 +113,7 @@ def recorded(commands: list[dict], out) -> list[dict]:
 
 def assert_nothing_of_ours_left(h: Host) -> None:
     assert state_files(h) == [], f"{h.name}: left in the state dir: {state_files(h)}"
-    assert not h.path("/var/lib/metrics-aggregation/scripts").exists()
+    assert not h.path("/var/lib/metrics-aggregation").exists(), f"{h.name}: the (empty) state dir is left"
     leftovers = [p.name for p in h.path(SSL).iterdir() if p.name.startswith(".")] if h.path(SSL).exists() else []
     assert leftovers == [], f"{h.name}: temp files left in {SSL}: {leftovers}"
 
@@ -349,3 +350,61 @@ def test_a_crash_between_two_writes_leaves_a_way_back(lab, make_stack):
     assert out.ok, out.explain()
     assert_same(h, before, snapshot(h))
     assert_nothing_of_ours_left(h)
+
+
+def replaced_files(h: Host) -> dict[str, tuple[bytes, int, str]]:
+    """STATE/replaced/<cert dir key>/: NAME.<UTC time> -> (bytes, mode, its .meta)."""
+    d = h.path("/var/lib/metrics-aggregation/replaced/etc_kubernetes_ssl")
+    if not d.exists():
+        return {}
+    return {p.name: (p.read_bytes(), p.stat().st_mode & 0o7777, (d / f"{p.name}.meta").read_text())
+            for p in d.iterdir() if not p.name.endswith(".meta")}
+
+
+def test_a_cert_file_the_user_changed_after_up_is_set_aside_not_lost(lab, make_stack):
+    """Review finding: remove-certs put the kept original back over (or deleted) a cert file the user had
+    written after `up`, so the user's bytes were lost. install-certs now records the sha256 of what it wrote;
+    remove-certs keeps a changed file in STATE/replaced/ (0600, mode/owner in .meta) and says where, then
+    restores or deletes as before. A cert dir installed by an earlier version (no checksums) keeps the old
+    behaviour."""
+    hand = handmade_host(lab)
+    before = snapshot(hand)
+    fresh, legacy = lab.add_host("m-fresh", "env-file"), lab.add_host("m-legacy", "env-file")
+    st = make_stack([hand, fresh, legacy])
+    commands = st.commands()
+    out = st.runner.up(commands)
+    assert out.ok, out.explain()
+    out = st.runner.up(commands, update=True)  # a re-install keeps the checksums of its own files
+    assert out.ok and not any("changed since install-certs" in r.stderr for r in out.results.values()), out.explain()
+    assert all(replaced_files(h) == {} for h in (hand, fresh, legacy))
+    # after up, the users write their own files: a CA on the hand-made master (the original is kept), a key
+    # on the fresh one (recorded absent), a CA on a master whose state has no checksums (an earlier version)
+    users_ca = cfssl_like_pems()["aggregator-ca.pem"]
+    users_key = cfssl_like_pems()["aggregator-key.pem"]
+    hand.put_file(f"{SSL}/aggregator-ca.pem", users_ca, 0o644, 0, OPS_GID)
+    fresh.put_file(f"{SSL}/aggregator-key.pem", users_key, 0o640, 0, OPS_GID)
+    kept = "/var/lib/metrics-aggregation/certs-etc_kubernetes_ssl.kept"
+    for sums in legacy.path(kept).glob("*.sha256"):
+        sums.unlink()
+    legacy.put_file(f"{SSL}/aggregator-ca.pem", users_ca, 0o644)
+
+    out = st.runner.destroy(commands)
+    assert out.ok, out.explain()
+    assert_same(hand, before, snapshot(hand))  # the original is back ...
+    (name, (data, mode, meta)), = replaced_files(hand).items()  # ... and the user's file is kept
+    assert re.fullmatch(r"aggregator-ca\.pem\.\d{8}T\d{6}Z", name), name
+    assert (data, mode, meta) == (users_ca, 0o600, f"644 0 {OPS_GID}\n")
+    path = f"/var/lib/metrics-aggregation/replaced/etc_kubernetes_ssl/{name}"
+    assert f"{SSL}/aggregator-ca.pem changed since install-certs wrote it: kept your file as {path}" in out[f"{hand.name}-certs"].stderr
+    assert "aggregator.pem changed" not in out[f"{hand.name}-certs"].stderr
+
+    assert not fresh.path(SSL).exists()  # the program created it
+    (name, (data, mode, meta)), = replaced_files(fresh).items()
+    assert name.startswith("aggregator-key.pem.") and (data, mode, meta) == (users_key, 0o600, f"640 0 {OPS_GID}\n")
+    text = "".join(r.stdout + r.stderr for r in out.results.values())
+    for line in users_key.decode().splitlines()[1:-1]:
+        assert line not in text, "key material in a command's output"
+
+    assert replaced_files(legacy) == {} and not legacy.path(f"{SSL}/aggregator-ca.pem").exists()
+    # the user's files are all that is left in the state dir (no lock, no record)
+    assert (state_files(hand), state_files(fresh), state_files(legacy)) == (["replaced"], ["replaced"], [])

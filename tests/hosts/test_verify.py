@@ -92,10 +92,11 @@ def test_kubeadm_front_proxy_manifest_passes_and_changes_nothing(lab, make_stack
     ]
     assert state_files(h) == [], "verify left a record or a lock"
     assert [p.name for p in h.path(h.config_path).parent.iterdir()] == ["kube-apiserver.yaml"]
-    # delete: the installed script goes too; nothing of the program is left on the master
+    # delete: the installed script goes too, and the state dir the create made for it (the master had
+    # none): nothing of the program is left on the master
     r = st.runner.run(v.conn, v.delete)
     assert r.rc == 0, r.stderr
-    assert sorted(p.name for p in h.path("/var/lib/metrics-aggregation").iterdir()) == []
+    assert not h.path("/var/lib/metrics-aggregation").exists()
 
 
 def test_kubeadm_as_a_sudo_user(lab, make_stack):
@@ -225,6 +226,26 @@ def test_verify_delete_keeps_the_scripts_while_a_managed_step_needs_them(lab, ma
     out = st.runner.destroy(commands)
     assert out.ok, out.explain()
     assert not h.path("/var/lib/metrics-aggregation/scripts").exists()
+
+
+def test_verify_delete_keeps_a_state_dir_that_holds_other_state(lab, make_stack):
+    """The state dir goes with the scripts only when empty: state left there by another owner (here a
+    flags record and backup of a stack that manages a config file without an .owner, as an earlier
+    version wrote, and a user's set-aside file) stays, byte for byte."""
+    h = kubeadm_host(lab)
+    st = make_stack([h], **KUBEADM)
+    v = Verify(st, h)
+    assert v.run().rc == 0
+    other = {"etc_kubernetes_kube-apiserver.conf.record": b"--enable-aggregator-routing\tadded\t\n",
+             "replaced/etc_kubernetes_ssl/aggregator-ca.pem.20261202T112233Z": b"the user's CA\n"}
+    for name, data in other.items():
+        h.put_file(f"/var/lib/metrics-aggregation/{name}", data, 0o600)
+    r = st.runner.run(v.conn, v.delete)
+    assert r.rc == 0, r.stderr
+    state = h.path("/var/lib/metrics-aggregation")
+    assert not (state / "scripts").exists()
+    assert sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file()) == sorted(other)
+    assert all((state / name).read_bytes() == data for name, data in other.items())
 
 
 def test_after_the_programs_own_apply_verify_passes_on_every_layout(lab, make_stack):
