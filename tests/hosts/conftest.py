@@ -86,3 +86,24 @@ def make_stack(lab: Lab, tmp_path: Path):
         return Stack(lab, stack_config(lab, hosts, **overrides), SshRunner(work, lab.known_hosts(), timeout=120))
 
     return make
+
+
+@pytest.fixture
+def rename_master(make_stack):
+    """rename_master(h) -> (old, renamed, new_commands, up, old_destroy): `up` the host as its first master,
+    then as 'cp-renamed' the way the engine runs a rename: the new name's creates first (`up`, checked ok),
+    the old name's deletes last (`old_destroy`, checked ok). `new_commands` destroy the new name later."""
+    def rename(h: Host):
+        old = make_stack([h])
+        old_commands = old.commands()
+        assert old.runner.up(old_commands).ok
+        renamed = make_stack([h], masters=[{"name": "cp-renamed", "address": h.address,
+                                            "hostKey": h.host_key_pub, "layout": h.layout}])
+        new_commands = renamed.commands()
+        up = renamed.runner.up(new_commands)
+        assert up.ok, up.explain()
+        old_destroy = old.runner.destroy(old_commands)
+        assert old_destroy.ok, old_destroy.explain()
+        return old, renamed, new_commands, up, old_destroy
+
+    return rename

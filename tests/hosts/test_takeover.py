@@ -252,21 +252,12 @@ def test_failed_first_flags_apply_then_destroy(lab, make_stack):
     assert {k: running.get(k) for k in HANDMADE_FLAGS} == HANDMADE_FLAGS
 
 
-def test_renamed_master_restores_the_handmade_files(lab, make_stack):
+def test_renamed_master_restores_the_handmade_files(lab, rename_master):
     """The new name's creates run first (its install-certs must not keep our files as originals), the old
     name's deletes last (a no-op: no longer the owner); the final destroy gives back the user's files."""
     h = handmade_host(lab)
     before = snapshot(h)
-    old = make_stack([h])
-    old_commands = old.commands()
-    assert old.runner.up(old_commands).ok
-    renamed = make_stack([h], masters=[{"name": "cp-renamed", "address": h.address, "hostKey": h.host_key_pub,
-                                        "layout": h.layout}])
-    new_commands = renamed.commands()
-    out = renamed.runner.up(new_commands)
-    assert out.ok, out.explain()
-    out = old.runner.destroy(old_commands)
-    assert out.ok, out.explain()
+    _, renamed, new_commands, _, out = rename_master(h)
     assert "manages them now" in out["k8s-master1-certs"].stdout
     assert_certs(h, SSL, renamed.last.outputs)  # still ours: the new name manages them
     out = renamed.runner.destroy(new_commands)

@@ -69,24 +69,14 @@ def test_new_certificate_rewrites_files_without_a_restart(lab, make_stack):
     assert h.restarts() == restarts, "a certificate renewal restarted the apiserver"
 
 
-def test_renamed_master_keeps_its_host_configured(lab, make_stack):
+def test_renamed_master_keeps_its_host_configured(lab, rename_master):
     """Renaming a master makes new resources: Pulumi runs the new name's creates first and the old name's
     deletes last. Those deletes must not revert the flags, remove the certificates or the host script
     that the new name now manages; destroying the new name still restores the original bytes."""
     h = lab.add_host("m1", "env-file")
     original = h.config_bytes()
-    old = make_stack([h])
-    old_commands = old.commands()
-    assert old.runner.up(old_commands).ok
-
-    renamed = make_stack([h], masters=[{"name": "cp-renamed", "address": h.address, "hostKey": h.host_key_pub,
-                                        "layout": h.layout}])
-    new_commands = renamed.commands()
-    out = renamed.runner.up(new_commands)
-    assert out.ok, out.explain()
-    assert "no restart" in out["cp-renamed-flags"].stdout
-    out = old.runner.destroy(old_commands)  # the old name's deletes, run last by the engine
-    assert out.ok, out.explain()
+    old, renamed, new_commands, up, out = rename_master(h)  # out: the old name's deletes, run last by the engine
+    assert "no restart" in up["cp-renamed-flags"].stdout
     assert "master resource 'cp-renamed' manages it now" in out["m1-flags"].stdout
     assert "manages them now" in out["m1-certs"].stdout
     assert "kept the host scripts" in out["m1-certs"].stdout
