@@ -125,12 +125,17 @@ def _container_option(settings: Settings, master: Master) -> list[tuple[str, str
     return []
 
 
+def _quoted(options: Sequence[tuple[str, str]]) -> str:
+    """The options as shell words: `--name value` pairs, each word quoted."""
+    return " ".join(shlex.quote(a) for pair in options for a in pair)
+
+
 def certs_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
     """(apply, undo) of a master's certs step.
 
     apply: stdin is the host script followed by the PEM bundle; the script is installed from the first
     bytes, then `install-certs` reads the PEMs from the rest. undo: `remove-certs`, then the scripts."""
-    args = " ".join(shlex.quote(a) for pair in options for a in pair)
+    args = _quoted(options)
     apply = _install_script(f'exec bash "$f" install-certs {args}')
     undo = (
         f"set -eu; f={shlex.quote(host_script_path())}; "
@@ -185,18 +190,13 @@ def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     return options
 
 
-def verify_command(options: Sequence[tuple[str, str]], *, sudo: bool) -> str:
-    """`verify` with the installed script: the command line for a master whose script is already there."""
-    return host_command("verify", options, sudo=sudo)
-
-
 def verify_step_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
     """(create, delete) of a master's verify step (apiserver.manage: false); its stdin is `script_text()`.
 
     create: install the script from stdin (as the certs step does), then `verify`: it reads the config file
     and changes nothing. delete: remove the installed scripts, unless a `.owner` file says a certs or flags
     step (of this or another stack) still needs them."""
-    args = " ".join(shlex.quote(a) for pair in options for a in pair)
+    args = _quoted(options)
     create = _install_script(f'exec bash "$f" verify {args}')
     delete = "set -eu; " + _remove_scripts()
     return _sudo(f"sh -c {shlex.quote(create)}", sudo), _sudo(f"sh -c {shlex.quote(delete)}", sudo)
