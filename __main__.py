@@ -9,13 +9,13 @@ try:
     # Read-only, before any resource is registered: a metrics-server that Helm or another install
     # manages stops `up` here, with nothing changed.
     # (metricsServer.manage: false keeps that metrics-server: nothing to check then.)
-    if settings.metrics_server.manage:
+    kube = kube_access.read_settings() if settings.metrics_server.manage else None
+    if kube is not None:
         cluster_probe.preflight(
-            settings.metrics_server, kube_access.read_settings(),
-            dry_run=pulumi.runtime.is_dry_run(), warn=pulumi.log.warn,
+            settings.metrics_server, kube, dry_run=pulumi.runtime.is_dry_run(), warn=pulumi.log.warn,
         )
 except (config.ConfigError, cluster_probe.ProbeError) as err:
     raise pulumi.RunError(str(err)) from None
 
-for name, value in program.build(settings).items():
+for name, value in program.build(settings, kube).items():
     pulumi.export(name, value)

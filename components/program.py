@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from components.apiserver import ApiserverAggregation
 from components.config import Settings
+from components.kube_access import KubeSettings
 from components.metrics_server import API_SERVICE_NAME, MetricsServer
 from components.pki import AggregatorCA, ProxyClientCert
 
 
-def build(settings: Settings) -> dict[str, object]:
-    """Register every resource; return the stack outputs (design.md "Outputs": the contract)."""
+def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, object]:
+    """Register every resource; return the stack outputs (design.md "Outputs": the contract). `kube`: the
+    stack's `kubernetes:*` settings, when the caller has read them already (else metrics-server reads them)."""
     if not settings.apiserver.manage:
-        return _verify_only(settings)
+        return _verify_only(settings, kube)
     ca = AggregatorCA("aggregator-ca", settings.pki)
     ips, dns = settings.cert_sans()
     proxy = ProxyClientCert("proxy-client", settings.pki, ca, ip_addresses=ips, dns_names=dns)
@@ -32,28 +34,29 @@ def build(settings: Settings) -> dict[str, object]:
         proxy_cert_pem=proxy.cert_pem,
         proxy_key_pem=proxy.private_key_pem,
     )
-    metrics = _metrics_server(settings, apiserver)
+    metrics = _metrics_server(settings, apiserver, kube)
     return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem, proxy=proxy)
 
 
-def _verify_only(settings: Settings) -> dict[str, object]:
+def _verify_only(settings: Settings, kube: KubeSettings | None) -> dict[str, object]:
     """apiserver.manage: false: the apiservers keep their own aggregation CA, cert and flags (kubeadm's
     front-proxy, a hand-made setup). No certificate is made; every master is checked, read-only, and
     metrics-server follows. The CA output is pki.existingCa's certificate when the stack gives it."""
     ca = AggregatorCA("aggregator-ca", settings.pki) if settings.pki.existing_ca else None
     apiserver = ApiserverAggregation("apiserver", settings)
-    metrics = _metrics_server(settings, apiserver)
+    metrics = _metrics_server(settings, apiserver, kube)
     return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem if ca else None, proxy=None)
 
 
-def _metrics_server(settings: Settings, apiserver: ApiserverAggregation) -> MetricsServer | None:
+def _metrics_server(settings: Settings, apiserver: ApiserverAggregation,
+                    kube: KubeSettings | None) -> MetricsServer | None:
     """metrics-server after every master; none with metricsServer.manage: false (one that Helm or another
     tool installed serves the metrics API, and keeps doing so). `apiserver.done` is the last flags step
     (the steps form a chain: an edge to each would make the SDK's cycle check quadratic in the number of
     masters) or, unmanaged, every master's read-only verify step."""
     if not settings.metrics_server.manage:
         return None
-    return MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done)
+    return MetricsServer("metrics-server", settings.metrics_server, depends_on=apiserver.done, kube=kube)
 
 
 def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer | None, *,
