@@ -599,7 +599,6 @@ install_certs() {
 	# dir installed by a version that kept nothing holds our own files, which are not originals.
 	[ -f "$(owner_file certs "$CERT_DIR")" ] || first=1
 	KEPT=$(kept_dir)
-	ensure_state_dir
 	if [ ! -d "$KEPT" ]; then install -d -m 0700 "$KEPT" || die "cannot create $KEPT"; fi
 	trap 'exit 143' TERM INT
 	TXN_OPEN=1
@@ -1433,15 +1432,19 @@ drop_idle_lock() {
 	return 0
 }
 
+forget_config() { # nothing of ours is left in the config file: drop its state and let go of it
+	rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
+}
+
 setup_host_state() {
 	validate_host_opts
 	case $ACTION in
 	apply) check_trusted "the config file" "$CONFIG_PATH" ;;
 	revert) warn_untrusted "the config file" "$CONFIG_PATH" ;;
 	esac
-	if [ ! -d "$STATE_DIR" ]; then install -d -m 0700 "$STATE_DIR" || die "cannot create $STATE_DIR"; fi
+	ensure_state_dir
 	local key
-	key=$(printf '%s' "${CONFIG_PATH#/}" | tr -c 'A-Za-z0-9._-' '_')
+	key=$(path_key "$CONFIG_PATH")
 	# A config path that is a symbolic link (a unit linked from elsewhere) keeps its link: the state is
 	# keyed by the configured path, and the file edited (atomically, in its own directory) is the target.
 	CONFIG_LINK=$CONFIG_PATH
@@ -1599,7 +1602,7 @@ do_revert() {
 	fi
 	if [ ! -f "$CONFIG_PATH" ]; then
 		warn "$CONFIG_PATH does not exist; nothing to revert"
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
+		forget_config
 		return 0
 	fi
 	local new=$WORK/new report=$WORK/report
@@ -1614,7 +1617,7 @@ do_revert() {
 	say "$CONFIG_PATH ($LAYOUT): revert"
 	sed 's/^/  /' "$report" || true
 	if same_file "$new" "$CONFIG_PATH"; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
+		forget_config
 		say "unchanged: no flag of ours left in $CONFIG_PATH; no restart"
 		return 0
 	fi
@@ -1625,7 +1628,7 @@ do_revert() {
 	write_atomic "$new" "$CONFIG_PATH"
 	say "wrote $CONFIG_PATH"
 	if restart_and_wait; then
-		rm -f "$RECORD" "$APPLIED" "$BACKUP" "$PENDING" "$LEGACY_LOCK" "$(owner_file config "$CONFIG_LINK")"
+		forget_config
 		say "done: aggregation flags removed on $MASTER"
 		return 0
 	fi
