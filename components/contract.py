@@ -1,0 +1,52 @@
+"""The names other code relies on: the host script, the policy pack, tools/ and consumer stacks.
+
+Fixed by the project's contracts (docs/contracts.md): change one and every reader breaks. This module
+imports nothing but the standard library, so the policy pack (its own virtualenv) and tools/ can import
+it without the Pulumi SDK.
+"""
+
+from __future__ import annotations
+
+# Stack config namespace: every key is `metrics-aggregation:<key>`.
+NAMESPACE = "metrics-aggregation"
+
+# The three PEM files in apiserver.certDir on every master (0644, 0644, 0600, owned by root).
+CA_CERT_FILE = "aggregator-ca.pem"
+PROXY_CERT_FILE = "aggregator.pem"
+PROXY_KEY_FILE = "aggregator-key.pem"
+PEM_FILES = (CA_CERT_FILE, PROXY_CERT_FILE, PROXY_KEY_FILE)
+
+# The kube-apiserver flags this program sets itself, in the order it writes them.
+REQUESTHEADER_CLIENT_CA_FILE = "--requestheader-client-ca-file"
+REQUESTHEADER_ALLOWED_NAMES = "--requestheader-allowed-names"
+REQUESTHEADER_EXTRA_HEADERS_PREFIX = "--requestheader-extra-headers-prefix"
+REQUESTHEADER_GROUP_HEADERS = "--requestheader-group-headers"
+REQUESTHEADER_USERNAME_HEADERS = "--requestheader-username-headers"
+PROXY_CLIENT_CERT_FILE = "--proxy-client-cert-file"
+PROXY_CLIENT_KEY_FILE = "--proxy-client-key-file"
+ENABLE_AGGREGATOR_ROUTING = "--enable-aggregator-routing"
+MANAGED_FLAGS = (
+    REQUESTHEADER_CLIENT_CA_FILE,
+    REQUESTHEADER_ALLOWED_NAMES,
+    REQUESTHEADER_EXTRA_HEADERS_PREFIX,
+    REQUESTHEADER_GROUP_HEADERS,
+    REQUESTHEADER_USERNAME_HEADERS,
+    PROXY_CLIENT_CERT_FILE,
+    PROXY_CLIENT_KEY_FILE,
+    ENABLE_AGGREGATOR_ROUTING,
+)
+
+# Stack outputs. No private key is ever one.
+OUTPUTS = (
+    "aggregatorCaCertPem",
+    "proxyClientCertPem",
+    "proxyClientCertNotAfter",
+    "requestheaderAllowedNames",
+    "apiserverFlags",
+    "masters",
+    "metricsApiService",
+    "metricsServerNamespace",
+)
+
+# The APIService the metrics API is served through (its name is the API's, whoever installed it).
+METRICS_API_SERVICE = "v1beta1.metrics.k8s.io"
