@@ -7,7 +7,7 @@ problem that names the key path, the bad value and the fix:
     metrics-aggregation:masters[2].address: '10.0.0.300' is neither an IP address nor a DNS name;
         set it to the master's IPv4 or IPv6 address or its DNS name
 
-Key names are the contract of ../shared/design.md ("Stack config"): they are camelCase in YAML and
+Key names are the contract of docs/contracts.md ("Stack config"): they are camelCase in YAML and
 snake_case attributes here (pydantic aliases).
 """
 
@@ -438,7 +438,7 @@ class ExistingCa(_Model):
         # pydantic's own messages show the value they refused: the key must not reach them.
         if not isinstance(v, Mapping):
             raise _problem((), f"<{type(v).__name__}>", "must be a mapping {certPem or certFile, keyPem or keyFile}; "
-                           "see pki.existingCa in the config reference of README.md")
+                           "see pki.existingCa in the config reference, docs/config.md")
         known = {"certPem", "keyPem", "certFile", "keyFile", "cert_pem", "key_pem", "cert_file", "key_file"}
         problems = [((k,), "<secret>", "is not a known key of pki.existingCa; use certPem or certFile, and keyPem "
                      "or keyFile") for k in v if k not in known]
@@ -1292,7 +1292,7 @@ class Settings(_Model):
         return dict(sorted(merged.items()))
 
     def apiserver_flags(self, master: Master | None = None) -> dict[str, str]:
-        """The kube-apiserver flags the program sets on `master` (design.md, "Files on each master"):
+        """The kube-apiserver flags the program sets on `master` (docs/contracts.md, "Flags set"):
         the aggregation flags (paths in the master's certDir), then apiserver.extraFlags merged with the
         master's extraFlags, sorted by name.
 
@@ -1444,7 +1444,7 @@ SECRET_KEYS = frozenset({"privateKey", "privateKeyPassword", "keyPem", "private_
 _SECRET_HOLDERS = frozenset({("ssh",), ("ssh", "bastion"), ("pki", "existingCa"), ("pki", "existing_ca")})
 _UNKNOWN_KEY = (
     "is not a known key (its value is not shown: a misspelt key may hold a secret); check its spelling against "
-    "the config reference in README.md"
+    "the config reference in docs/config.md"
 )
 
 
@@ -1479,7 +1479,7 @@ _PYDANTIC_HINTS = {
     "bool_parsing": lambda e: "must be true or false",
     "string_type": lambda e: "must be a string",
     "string_too_short": lambda e: "must not be empty",
-    "model_type": lambda e: "must be a mapping of keys (see the config reference in README.md)",
+    "model_type": lambda e: "must be a mapping of keys (see the config reference in docs/config.md)",
     "tuple_type": lambda e: "must be a list",
 }
 

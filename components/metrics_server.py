@@ -75,7 +75,7 @@ SERVING_CA_ALLOWED_USES = ("cert_signing", "crl_signing", "digital_signature")
 SERVING_CERT_ALLOWED_USES = ("server_auth", "digital_signature", "key_encipherment")
 
 RUN_AS_USER = 1000
-BASE_NODES = 100  # README "Scaling": 100m/200Mi suffice up to 100 nodes ...
+BASE_NODES = 100  # docs/config.md, metricsServer.nodeCount: 100m/200Mi suffice up to 100 nodes ...
 BASE_CPU_M, BASE_MEMORY_MI = 100, 200
 PER_NODE_CPU_M, PER_NODE_MEMORY_MI = 1, 2  # ... plus 1m CPU and 2MiB per node above that
 

@@ -20,7 +20,7 @@ from components.pki import AggregatorCA, ProxyClientCert
 
 
 def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, object]:
-    """Register every resource; return the stack outputs (design.md "Outputs": the contract). `kube`: the
+    """Register every resource; return the stack outputs (contract: docs/contracts.md). `kube`: the
     stack's `kubernetes:*` settings, when the caller has read them already (else metrics-server reads them)."""
     if not settings.apiserver.manage:
         return _verify_only(settings, kube)

@@ -521,7 +521,7 @@ def test_misspelt_key_never_shows_its_value(stack_config, kubeadm):
 def test_existing_ca_given_as_the_key_itself(stack_config, kubeadm):
     problems = problems_of(stack_config(pki={"existingCa": kubeadm.key_pem}))
     assert problems == [f"{PATH}: '<str>' must be a mapping {{certPem or certFile, keyPem or keyFile}}; see "
-                        "pki.existingCa in the config reference of README.md"]
+                        "pki.existingCa in the config reference, docs/config.md"]
 
 
 def test_key_pem_that_is_not_a_string(stack_config, kubeadm):

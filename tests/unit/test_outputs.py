@@ -1,4 +1,4 @@
-"""The outputs contract of design.md: other projects read these names with StackReference."""
+"""The outputs contract of docs/contracts.md: other projects read these names with StackReference."""
 
 from __future__ import annotations
 

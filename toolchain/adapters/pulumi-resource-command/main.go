@@ -7,7 +7,7 @@
 // by the Go module proxy this project is limited to, at any version (see toolchain/versions.env).
 // The project uses one resource of the `pulumi_command` Python SDK 1.2.1, remote.Command; this
 // binary implements it on the same wire names with golang.org/x/crypto/ssh, following the upstream
-// provider's documented behaviour (and the facts in shared/design.md):
+// provider's documented behaviour (and the facts in docs/contracts.md):
 //
 //   - create runs `create`; any input change runs `update` (or `create` when no update is set);
 //     a change of `triggers` replaces the resource (the SDK sets replaceOnChanges triggers[*]);
