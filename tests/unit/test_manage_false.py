@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from components.apiserver import script_text
+from components.apiserver import host_files_text
 from tests.support.program import run
 from tests.unit.test_existing_ca import make_ca
 
@@ -53,8 +53,8 @@ def test_each_master_is_verified_read_only_with_the_expected_flags(stack_config)
         # nothing this step runs writes flags or certificates
         assert not {"apply", "revert", "install-certs", "remove-certs"} & set(argv)
         assert command["update"] == command["create"]
-        # the script, and only the script, on stdin: no secret travels to an unmanaged master
-        assert command["stdin"] == script_text()
+        # the script and its editor, and only those, on stdin: no secret travels to an unmanaged master
+        assert command["stdin"] == host_files_text()
         assert command["depends_on"] == []  # read-only: all masters at once
 
 
