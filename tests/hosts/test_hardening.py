@@ -153,7 +153,8 @@ def test_quoted_command_lines_reach_the_script_as_one_word():
     """The test's own premise: host_command quotes each option as one shell word (a hostile value is
     delivered to the script intact, so its refusal is the script's)."""
     line = host_command("check", [("--master", "m1"), ("--cert-dir", HOSTILE["second flags"])], sudo=False)
-    assert shlex.split(line)[-1] == HOSTILE["second flags"]
+    argv = shlex.split(line)
+    assert argv[argv.index("--cert-dir") + 1] == HOSTILE["second flags"]
     assert host_script_path() in line
 
 
