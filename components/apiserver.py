@@ -14,10 +14,10 @@ Per master, two remote commands:
 
 The script and the editor travel on stdin, once per master, instead of inside every command line: command
 lines stay short, so `pulumi preview --diff` shows a change of either as a new checksum in the flags
-command, and
-pulumi-command's error messages (which quote the command line) show the real error. The certs steps run
-in parallel; master N's flags step waits for master N-1's (one apiserver down at a time, in the order of
-`masters`). On destroy the flags steps revert in reverse order, then the certs and the script go.
+command, and pulumi-command's error messages (which quote the command line) show the real error. The
+certs steps run in parallel; master N's flags step waits for master N-1's (one apiserver down at a time,
+in the order of `masters`). On destroy the flags steps revert in reverse order, then the certs, the
+script and the editor go.
 
 Secrets travel on stdin only: never in a command line or an environment variable (previews, logs,
 process lists and pulumi-command's error messages show those). Re-runs are driven by inputs (command
@@ -106,9 +106,9 @@ def _install_script(then: str) -> str:
 
 
 def _remove_scripts() -> str:
-    """Shell that removes the installed scripts and editors, unless a config or cert dir on the host is still
-    managed (an `.owner` file in the state dir): then another resource (a renamed master) still needs them. Then
-    the state dir itself (`_install_script` creates it), when empty: a master had none before the program;
+    """Shell that removes the installed scripts and editors, unless a config or cert dir on the host is
+    still managed (an `.owner` file in the state dir): then another resource (a renamed master) still needs
+    them. Then the state dir itself (`_install_script` creates it), when empty: a master had none before the program;
     a failing rmdir means it holds other state (another owner's, the user's set-aside files) and stays."""
     state = shlex.quote(HOST_SCRIPT_DIR.rsplit("/", 1)[0])
     return (

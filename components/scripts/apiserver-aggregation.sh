@@ -203,12 +203,13 @@ check_option_values() {
 	return 0
 }
 
-need_abs() { # name value (the value grammar is checked already: no control characters)
+need_abs() { # name value
 	[ -n "$2" ] || die "$1 is required"
 	case $2 in
 	/*) ;;
 	*) die "$1 must be an absolute path, got '$2'" ;;
 	esac
+	case $2 in *[[:cntrl:]]*) die "$1 contains control characters" ;; esac
 }
 
 need_editor() {
