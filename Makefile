@@ -16,8 +16,8 @@ SANDBOX_DIR := /run/metrics-aggregation-sandbox
 STACK_ENV = $(if $(filter sandbox,$(STACK)),export PULUMI_BACKEND_URL=file://$(SANDBOX_DIR)/state &&,)
 # Tools installed into the venv (actionlint, ruff, pytest) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# System packages the test hosts and linters need (Debian names).
-SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps strace
+# System packages the test hosts and linters need (Debian names); mawk and gawk: the editor is tested with both.
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps strace mawk gawk
 
 .PHONY: help
 help: ## list the targets

@@ -2,20 +2,22 @@
 
 Per master, two remote commands:
 
-    <master>-certs   installs the host script, then     /var/lib/metrics-aggregation/scripts/
-                     install-certs / remove-certs       apiserver-aggregation-<sha256[:12]>.sh (0755,
-                     (stdin: the script, then the PEMs) content-addressed, sha256-checked);
+    <master>-certs   installs the host script and its   /var/lib/metrics-aggregation/scripts/
+                     config editor, then install-certs  apiserver-aggregation-<sha256[:12]>.sh (0755) and
+                     / remove-certs (stdin: the script, apiserver-flags-editor-<sha256[:12]>.awk (0644),
+                     the editor, then the PEMs)         content-addressed, sha256-checked;
                                                         <certDir>/aggregator-ca.pem (0644),
                                                         aggregator.pem (0644), aggregator-key.pem (0600)
     <master>-flags   apply / revert                     the --requestheader-* / --proxy-client-* flags (and
                                                         the extraFlags of apiserver and the master) in
                                                         the layout's config file; restart; wait for /readyz
 
-The script travels on stdin, once per master, instead of inside every command line: command lines stay
-short, so `pulumi preview --diff` shows a script change as a new checksum in the flags command, and
-pulumi-command's error messages (which quote the command line) show the real error. The certs steps run
-in parallel; master N's flags step waits for master N-1's (one apiserver down at a time, in the order of
-`masters`). On destroy the flags steps revert in reverse order, then the certs and the script go.
+The script and the editor travel on stdin, once per master, instead of inside every command line: command
+lines stay short, so `pulumi preview --diff` shows a change of either as a new checksum in the flags
+command, and pulumi-command's error messages (which quote the command line) show the real error. The
+certs steps run in parallel; master N's flags step waits for master N-1's (one apiserver down at a time,
+in the order of `masters`). On destroy the flags steps revert in reverse order, then the certs, the
+script and the editor go.
 
 Secrets travel on stdin only: never in a command line or an environment variable (previews, logs,
 process lists and pulumi-command's error messages show those). Re-runs are driven by inputs (command
@@ -34,10 +36,14 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
+from components import contract
 from components.config import Layout, Master, Settings
 
 SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
 SCRIPT_NAME = "apiserver-aggregation"
+# the config editor the script runs with awk (--editor): its own file, installed next to the script
+EDITOR_PATH = Path(__file__).parent / "scripts" / "apiserver-flags-editor.awk"
+EDITOR_NAME = "apiserver-flags-editor"
 HOST_SCRIPT_DIR = "/var/lib/metrics-aggregation/scripts"
 
 # A rotated SSH key must not re-run (and so restart) anything; `delete` keeps using the stored key.
@@ -50,10 +56,28 @@ def script_text() -> str:
 
 
 @functools.cache
+def editor_text() -> str:
+    return EDITOR_PATH.read_text()
+
+
+def host_files_text() -> str:
+    """What the certs and verify steps install from stdin: the script, then the editor."""
+    return script_text() + editor_text()
+
+
+def _host_path(name: str, text: str, suffix: str) -> str:
+    """Where a file lives on a master: content-addressed, so every version has its own file."""
+    return f"{HOST_SCRIPT_DIR}/{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}{suffix}"
+
+
+@functools.cache
 def host_script_path() -> str:
-    """Where the script lives on a master: content-addressed, so every version has its own file."""
-    digest = hashlib.sha256(script_text().encode()).hexdigest()[:12]
-    return f"{HOST_SCRIPT_DIR}/{SCRIPT_NAME}-{digest}.sh"
+    return _host_path(SCRIPT_NAME, script_text(), ".sh")
+
+
+@functools.cache
+def host_editor_path() -> str:
+    return _host_path(EDITOR_NAME, editor_text(), ".awk")
 
 
 def _sudo(line: str, sudo: bool) -> str:
@@ -61,37 +85,46 @@ def _sudo(line: str, sudo: bool) -> str:
 
 
 def _install_script(then: str) -> str:
-    """Shell that installs the script from the first len(script) bytes of stdin (atomically, after
-    checking its sha256; a no-op rewrite when it is there already), then runs `then` with the rest."""
-    data = script_text().encode()
+    """Shell that installs the script, then the editor, from the first bytes of stdin (each atomically,
+    after checking its sha256; a no-op rewrite when it is there already), then runs `then` with the rest
+    ($f: the script)."""
+    def install(text: str, mode: str, path: str) -> str:
+        data = text.encode()
+        return f'i {len(data)} {hashlib.sha256(data).hexdigest()} {mode} {shlex.quote(path)}; '
+
     return (
         "set -eu; umask 022; "
         f"d={shlex.quote(HOST_SCRIPT_DIR)}; f={shlex.quote(host_script_path())}; "
-        '(umask 077; mkdir -p "$d"); t=$(mktemp "$d/.install.XXXXXX"); trap \'rm -f "$t"\' EXIT; '
-        f'head -c {len(data)} > "$t"; '
-        f'echo "{hashlib.sha256(data).hexdigest()}  $t" | sha256sum -c --quiet - '
-        '|| { echo "the host script arrived damaged (sha256 mismatch); nothing installed" >&2; exit 1; }; '
-        f'chmod 0755 "$t"; mv -f "$t" "$f"; {then}'
+        '(umask 077; mkdir -p "$d"); t=""; trap \'rm -f "$t"\' EXIT; '
+        'i() { t=$(mktemp "$d/.install.XXXXXX"); head -c "$1" > "$t"; echo "$2  $t" | sha256sum -c --quiet - '
+        '|| { echo "$4 arrived damaged (sha256 mismatch): not installed" >&2; exit 1; }; '
+        'chmod "$3" "$t"; mv -f "$t" "$4"; }; '
+        + install(script_text(), "0755", host_script_path())
+        + install(editor_text(), "0644", host_editor_path())
+        + then
     )
 
 
 def _remove_scripts() -> str:
-    """Shell that removes the installed scripts, unless a config or cert dir on the host is still managed
-    (an `.owner` file in the state dir): then another resource (a renamed master) still needs them. Then
-    the state dir itself (`_install_script` creates it), when empty: a master had none before the program;
+    """Shell that removes the installed scripts and editors, unless a config or cert dir on the host is
+    still managed (an `.owner` file in the state dir): then another resource (a renamed master) still needs
+    them. Then the state dir itself (`_install_script` creates it), when empty: a master had none before the program;
     a failing rmdir means it holds other state (another owner's, the user's set-aside files) and stays."""
     state = shlex.quote(HOST_SCRIPT_DIR.rsplit("/", 1)[0])
     return (
         f"set -- {state}/*.owner; "
         'if [ -e "$1" ]; then echo "kept the host scripts: still managing $*"; exit 0; fi; '
-        f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh; rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true; "
+        f"rm -f {shlex.quote(HOST_SCRIPT_DIR)}/{SCRIPT_NAME}-*.sh {shlex.quote(HOST_SCRIPT_DIR)}/{EDITOR_NAME}-*.awk; "
+        f"rmdir {shlex.quote(HOST_SCRIPT_DIR)} 2>/dev/null || true; "
         f"rmdir {state} 2>/dev/null || true"
     )
 
 
 def certs_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
-    """The options of install-certs / remove-certs on `master`."""
-    options = [("--master", master.name), ("--cert-dir", settings.cert_dir(master))]
+    """The options of install-certs / remove-certs on `master`: the PEM file names (contract.PEM_FILES)
+    as one comma-separated word, in the order of the PEM blocks on stdin."""
+    options = [("--master", master.name), ("--cert-dir", settings.cert_dir(master)),
+               ("--pem-files", ",".join(contract.PEM_FILES))]
     # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
     # left out, so stacks without it keep their command lines
     if settings.apiserver.key_owner:
@@ -133,8 +166,8 @@ def _quoted(options: Sequence[tuple[str, str]]) -> str:
 def certs_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
     """(apply, undo) of a master's certs step.
 
-    apply: stdin is the host script followed by the PEM bundle; the script is installed from the first
-    bytes, then `install-certs` reads the PEMs from the rest. undo: `remove-certs`, then the scripts."""
+    apply: stdin is the host script and the editor followed by the PEM bundle; both are installed from the
+    first bytes, then `install-certs` reads the PEMs from the rest. undo: `remove-certs`, then the files."""
     args = _quoted(options)
     apply = _install_script(f'exec bash "$f" install-certs {args}')
     undo = (
@@ -146,10 +179,16 @@ def certs_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[s
     return _sudo(f"sh -c {shlex.quote(apply)}", sudo), _sudo(f"sh -c {shlex.quote(undo)}", sudo)
 
 
+def _with_editor(options: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """options + the installed editor: its checksum in the command line re-runs the step when it changes."""
+    return [*options, ("--editor", host_editor_path())]
+
+
 def host_command(action: str, options: Sequence[tuple[str, str]], *, sudo: bool) -> str:
-    """The exact command line run on a master: the installed script, its action and options, quoted."""
+    """The exact command line run on a master: the installed script, its action and options (then the
+    editor), quoted."""
     argv = ["bash", host_script_path(), action]
-    for name, value in options:
+    for name, value in _with_editor(options):
         argv += [name, value]
     return _sudo(" ".join(shlex.quote(a) for a in argv), sudo)
 
@@ -157,11 +196,11 @@ def host_command(action: str, options: Sequence[tuple[str, str]], *, sudo: bool)
 # apiserver.manage: false — the read-only check of a master that already runs aggregation (kubeadm's
 # front-proxy, a hand-made setup): which flags must hold what, and which must name existing files.
 VERIFY_HEADER_FLAGS = (
-    "--requestheader-extra-headers-prefix",
-    "--requestheader-group-headers",
-    "--requestheader-username-headers",
+    contract.REQUESTHEADER_EXTRA_HEADERS_PREFIX,
+    contract.REQUESTHEADER_GROUP_HEADERS,
+    contract.REQUESTHEADER_USERNAME_HEADERS,
 )
-VERIFY_FILE_FLAGS = ("--requestheader-client-ca-file", "--proxy-client-cert-file", "--proxy-client-key-file")
+VERIFY_FILE_FLAGS = (contract.REQUESTHEADER_CLIENT_CA_FILE, contract.PROXY_CLIENT_CERT_FILE, contract.PROXY_CLIENT_KEY_FILE)
 
 
 def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
@@ -191,12 +230,12 @@ def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
 
 
 def verify_step_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> tuple[str, str]:
-    """(create, delete) of a master's verify step (apiserver.manage: false); its stdin is `script_text()`.
+    """(create, delete) of a master's verify step (apiserver.manage: false); its stdin is `host_files_text()`.
 
-    create: install the script from stdin (as the certs step does), then `verify`: it reads the config file
-    and changes nothing. delete: remove the installed scripts, unless a `.owner` file says a certs or flags
-    step (of this or another stack) still needs them."""
-    args = _quoted(options)
+    create: install the script and the editor from stdin (as the certs step does), then `verify`: it reads
+    the config file and changes nothing. delete: remove the installed files, unless a `.owner` file says a
+    certs or flags step (of this or another stack) still needs them."""
+    args = _quoted(_with_editor(options))
     create = _install_script(f'exec bash "$f" verify {args}')
     delete = "set -eu; " + _remove_scripts()
     return _sudo(f"sh -c {shlex.quote(create)}", sudo), _sudo(f"sh -c {shlex.quote(delete)}", sudo)
@@ -262,10 +301,10 @@ class ApiserverAggregation(pulumi.ComponentResource):
         if not settings.apiserver.manage:
             self._verify_only(settings)
             return
-        # stdin of every certs step: the host script, then the PEMs (secret as a whole)
+        # stdin of every certs step: the host script and its editor, then the PEMs (secret as a whole)
         stdin = pulumi.Output.secret(
             pulumi.Output.all(ca_cert_pem, proxy_cert_pem, proxy_key_pem).apply(
-                lambda p: script_text() + _pem_bundle(*p)
+                lambda p: host_files_text() + _pem_bundle(*p)
             )
         )
         sudo = settings.ssh.sudo
@@ -292,7 +331,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
         self.final_steps = []
         for master in settings.masters:
             create, delete = verify_step_commands(verify_options(settings, master), sudo=settings.ssh.sudo)
-            step = self._step(master, _connection(settings, master), "verify", create, delete, [], stdin=script_text())
+            step = self._step(master, _connection(settings, master), "verify", create, delete, [], stdin=host_files_text())
             self.final_steps.append(step)
         self.done = list(self.final_steps)
         self.flags = {}  # this program sets no flag

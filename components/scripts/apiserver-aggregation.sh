@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # apiserver-aggregation: enable the Kubernetes API aggregation layer on one self-managed kube-apiserver.
 #
-# The metrics-aggregation Pulumi program installs this file on each master (content-addressed, from
-# stdin) and runs it as  [sudo -n ]bash <file> <action> [options]; it also works whole on the command
-# line as  bash -c '<this script>' apiserver-aggregation <action> [options]. It sources nothing and
-# needs only bash, coreutils, awk (mawk/gawk/busybox), sed and curl (or wget).
+# The metrics-aggregation Pulumi program installs this file and its config editor
+# (apiserver-flags-editor.awk, passed as --editor) on each master (content-addressed, from stdin) and
+# runs it as  [sudo -n ]bash <file> <action> [options]. It sources nothing and needs only bash,
+# coreutils, awk (mawk/gawk/busybox), sed and curl (or wget).
 # Interface and behaviour: components/scripts/README.md. Secrets (the proxy-client key) arrive on stdin only
-# and are never printed, put in argv or in the environment.
+# and are never printed, put in argv or in the environment. The options come from the program, which
+# validated them (components/config.py); this script checks again only what keeps the host safe: paths,
+# control characters and the value grammar.
 set -euo pipefail
 umask 022
 # The C locale for the script's own pattern matching: ranges such as A-Z take in other letters elsewhere
@@ -32,7 +34,9 @@ STATE_DIR=/var/lib/metrics-aggregation
 LOG_CMD=""
 CONTAINER=kube-apiserver # static-pod: the name of the kube-apiserver container in the manifest
 PREV_OWNER=- # apply: the config file's owner before this run claimed it ('' none; - not claimed)
-KEY_OWNER="" # install-certs: USER:GROUP of aggregator-key.pem (empty: the user running the script)
+KEY_OWNER="" # install-certs: USER:GROUP of the private key file (empty: the user running the script)
+PEM_FILES=() # install-certs/remove-certs (--pem-files CA,CERT,KEY): the file names in --cert-dir
+FLAGS_EDITOR="" # apply/revert/check/verify (--editor): apiserver-flags-editor.awk
 LOCK=""
 LEGACY_LOCK=""
 KEPT=""
@@ -52,14 +56,15 @@ die() {
 usage() {
 	cat >&2 <<'EOF' || true
 usage: apiserver-aggregation <action> [options]
-  install-certs --master NAME --cert-dir DIR [--key-owner USER:GROUP]  (stdin: CA cert, proxy cert, key)
-  remove-certs  --master NAME --cert-dir DIR
+  install-certs --master NAME --cert-dir DIR --pem-files CA,CERT,KEY [--key-owner USER:GROUP]
+                (stdin: the CA cert, the proxy cert, its key)
+  remove-certs  --master NAME --cert-dir DIR --pem-files CA,CERT,KEY
   apply|revert  --master NAME --layout env-file|systemd-unit|static-pod --config-path PATH
                 --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
                 [--ready-steady-seconds N] [--state-dir DIR] [--log-command CMD] [--container NAME]
-                --flag --NAME=VALUE [--flag --NAME=VALUE ...]
+                --flag --NAME=VALUE [--flag --NAME=VALUE ...] --editor FILE
   check         the same options as apply: print what apply would change, change nothing
-  verify        --master NAME --layout L --config-path PATH [--container NAME]  (read-only)
+  verify        --master NAME --layout L --config-path PATH [--container NAME] --editor FILE  (read-only)
                 [--require --NAME=VALUE] [--require-file-flag --NAME] [--require-listed --NAME=ITEM]
                 (each may be followed by --why TEXT, shown with its problem)
 EOF
@@ -126,6 +131,8 @@ parse_args() {
 		--state-dir) STATE_DIR=$val ;;
 		--log-command) LOG_CMD=$val ;;
 		--key-owner) KEY_OWNER=$val ;;
+		--pem-files) IFS=, read -r -a PEM_FILES <<<"$val" ;;
+		--editor) FLAGS_EDITOR=$val ;;
 		--container) CONTAINER=$val ;;
 		--flag) FLAGS+=("$val") ;;
 		--require | --require-file-flag | --require-listed)
@@ -164,20 +171,34 @@ check_grammar() {
 }
 
 # check_option_values: the grammar for every option that names a file, a URL or the master, and for
-# each --flag value (after the first '='); not for --restart-command/--log-command (shell commands).
+# each --flag and requirement (its value after the first '=', then the whole word); not for
+# --restart-command/--log-command (shell commands).
 check_option_values() {
 	local pair f name=$MASTER
 	# a refused master name is not used as the prefix of the message that refuses it
 	in_grammar "$name" || MASTER=""
 	check_grammar --master "$name"
-	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL" "--key-owner=$KEY_OWNER" "--container=$CONTAINER"; do
+	for pair in "--cert-dir=$CERT_DIR" "--config-path=$CONFIG_PATH" "--readyz-url=$READYZ_URL" "--key-owner=$KEY_OWNER" \
+		"--container=$CONTAINER" "--editor=$FLAGS_EDITOR"; do
 		[ -n "${pair#*=}" ] && check_grammar "${pair%%=*}" "${pair#*=}"
 	done
 	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
-		case $f in --*=*) check_grammar "--flag ${f%%=*}" "${f#*=}" ;; esac
+		# the editor finds a flag by its leading -- and its name before '=': anything else would be
+		# added to the file again on every apply
+		case $f in
+		--?*=*) check_grammar "--flag ${f%%=*}" "${f#*=}" && check_grammar --flag "$f" ;;
+		*) die "--flag takes --NAME=VALUE, got $(shown_value "$f")" ;;
+		esac
 	done
 	for f in "${REQ_ARG[@]+"${REQ_ARG[@]}"}"; do
 		case $f in --*=?*) check_grammar "requirement ${f%%=*}" "${f#*=}" ;; esac
+		check_grammar requirement "$f"
+	done
+	for f in "${PEM_FILES[@]+"${PEM_FILES[@]}"}"; do
+		check_grammar --pem-files "$f"
+		# a plain, visible name in --cert-dir: no path (nothing written elsewhere), no hidden name (the
+		# temp files are hidden)
+		case $f in */* | .*) die "--pem-files: $(shown_value "$f") is not a file name in --cert-dir" ;; esac
 	done
 	return 0
 }
@@ -191,50 +212,34 @@ need_abs() { # name value
 	case $2 in *[[:cntrl:]]*) die "$1 contains control characters" ;; esac
 }
 
+need_editor() {
+	need_abs --editor "$FLAGS_EDITOR"
+	[ -f "$FLAGS_EDITOR" ] || die "the config editor $FLAGS_EDITOR is missing (the certs or verify step installs it with this script)"
+}
+
+# The layout, the restart command, the readyz URL, the timeouts and the flag names were validated by
+# the program (components/config.py) before it built this command line: here they are only required.
 validate_host_opts() {
 	need_abs --config-path "$CONFIG_PATH"
 	need_abs --cert-dir "$CERT_DIR"
 	need_abs --state-dir "$STATE_DIR"
-	case $LAYOUT in
-	env-file | systemd-unit | static-pod) ;;
-	*) die "--layout must be env-file, systemd-unit or static-pod, got '$LAYOUT'" ;;
-	esac
-	[ "$RESTART_SET" = 1 ] || die "--restart-command is required ('' for static-pod)"
-	if [ "$LAYOUT" != static-pod ] && [ -z "${RESTART_CMD//[[:space:]]/}" ]; then
-		die "--restart-command is empty but layout $LAYOUT needs one (e.g. systemctl restart kube-apiserver)"
-	fi
-	case $READYZ_URL in
-	http://* | https://*) ;;
-	*) die "--readyz-url must be an http(s) URL, got '$READYZ_URL'" ;;
-	esac
-	case $READY_TIMEOUT in
-	'' | *[!0-9]*) die "--ready-timeout must be a whole number of seconds, got '$READY_TIMEOUT'" ;;
-	esac
-	READY_TIMEOUT=$((10#$READY_TIMEOUT))
-	if [ "$READY_TIMEOUT" -lt 1 ] || [ "$READY_TIMEOUT" -gt 3600 ]; then die "--ready-timeout must be 1..3600"; fi
-	[ -n "$READY_STEADY" ] || READY_STEADY=$((READY_TIMEOUT > 3 ? 3 : READY_TIMEOUT - 1))
-	case $READY_STEADY in
-	'' | *[!0-9]*) die "--ready-steady-seconds must be a whole number of seconds, got '$READY_STEADY'" ;;
-	esac
-	READY_STEADY=$((10#$READY_STEADY))
-	[ "$READY_STEADY" -le 300 ] || die "--ready-steady-seconds must be 0..300"
-	[ "$READY_STEADY" -lt "$READY_TIMEOUT" ] || die "--ready-steady-seconds ($READY_STEADY) must be less than --ready-timeout ($READY_TIMEOUT)"
-	local f name seen=" "
-	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
-		case $f in
-		*[[:cntrl:]]*) die "--flag '$f' contains control characters" ;;
-		--[a-z0-9]*=*) ;;
-		*) die "--flag must look like --name=value, got '$f'" ;;
-		esac
-		name=${f%%=*}
-		case $name in *[!a-z0-9-]*) die "--flag name '$name' is not a kube-apiserver flag name" ;; esac
-		case $seen in *" $name "*) die "--flag $name given twice" ;; esac
-		seen="$seen$name "
+	need_editor
+	local option
+	for option in "--layout=$LAYOUT" "--readyz-url=$READYZ_URL" "--ready-timeout=$READY_TIMEOUT"; do
+		[ -n "${option#*=}" ] || die "${option%%=*} is required"
 	done
+	[ "$RESTART_SET" = 1 ] || die "--restart-command is required ('' for static-pod)"
+	[ -n "$READY_STEADY" ] || READY_STEADY=$((READY_TIMEOUT > 3 ? 3 : READY_TIMEOUT - 1))
 	if [ "$ACTION" = apply ] || [ "$ACTION" = check ]; then
 		[ ${#FLAGS[@]} -gt 0 ] || die "apply needs at least one --flag"
 	fi
 	command -v curl >/dev/null 2>&1 || command -v wget >/dev/null 2>&1 || die "curl (or wget) is required to poll $READYZ_URL"
+}
+
+need_pem_files() {
+	[ ${#PEM_FILES[@]} = 3 ] || die "--pem-files takes three file names, CA,CERT,KEY (the order of the PEM blocks on stdin)"
+	if [ "${PEM_FILES[0]}" = "${PEM_FILES[1]}" ] || [ "${PEM_FILES[0]}" = "${PEM_FILES[2]}" ] ||
+		[ "${PEM_FILES[1]}" = "${PEM_FILES[2]}" ]; then die "--pem-files names the same file twice"; fi
 }
 
 # ------------------------------------------------------------------------------------------- ownership
@@ -440,7 +445,7 @@ txn_rollback() {
 	return 0
 }
 
-cert_files() { printf '%s\n' aggregator-ca.pem aggregator.pem aggregator-key.pem; }
+cert_files() { printf '%s\n' "${PEM_FILES[@]}"; } # in the order of the PEM blocks: CA, cert, key
 
 # split_pem DIR: split the PEM blocks on stdin into DIR/1, DIR/2, ... (DIR empty: only check them);
 # prints the block kinds (C = certificate, K = private key) or "!reason". Key material only ever flows
@@ -576,6 +581,7 @@ same_mode_owner() { # FILE MODE UID GID
 
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
+	need_pem_files
 	local pem tmp kinds i name mode target t2 uid gid fuid fgid sum first=0 sums=()
 	uid=$(id -u)
 	gid=$(id -g)
@@ -625,7 +631,7 @@ install_certs() {
 		i=$((i + 1))
 		# the certificates: 0644 root; the key: 0600, owned by apiserver.keyOwner when given
 		mode=0644 fuid=$uid fgid=$gid
-		[ "$name" = aggregator-key.pem ] && mode=0600 fuid=$KEY_UID fgid=$KEY_GID
+		[ "$name" = "${PEM_FILES[2]}" ] && mode=0600 fuid=$KEY_UID fgid=$KEY_GID
 		target="$CERT_DIR/$name"
 		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
 		sum=$(sha "$tmp/$i") || die "cannot checksum $tmp/$i"
@@ -655,6 +661,7 @@ install_certs() {
 
 remove_certs() {
 	need_abs --cert-dir "$CERT_DIR"
+	need_pem_files
 	local name owner
 	if [ -d "$STATE_DIR" ]; then take_host_lock "$CERTS_LOCK_WAIT"; fi
 	if owner=$(owner_other_than_me certs "$CERT_DIR"); then
@@ -698,496 +705,22 @@ remove_certs() {
 }
 
 # --------------------------------------------------------------------------------------- config editing
-# The editor: awk reads the config file, edits the flag list of the layout in memory and prints the new
-# file. Everything outside the edited tokens/lines is printed byte for byte. POSIX awk only (mawk, busybox).
-# Inputs: mode=apply|revert, layout, want (file: NAME<TAB>VALUE<TAB>TOKEN), rec (record of a previous
-# apply: NAME<TAB>added|replaced<TAB>OLD-RAW), newrec (output record), report (human-readable changes).
-# shellcheck disable=SC2016
-AWK_EDIT='
-function spaces(k,   s) { s = ""; while (k-- > 0) s = s " "; return s }
-function lead_ws(s) { match(s, /^[ \t]*/); return substr(s, 1, RLENGTH) }
-function blank(s) { return s ~ /^[ \t]*$/ }
-function insert_line(pos, text, cr,   i) {
-	for (i = n; i >= pos; i--) { L[i + 1] = L[i]; CR[i + 1] = CR[i] }
-	L[pos] = text; CR[pos] = cr; n++
-}
-function delete_line(pos,   i) {
-	for (i = pos; i < n; i++) { L[i] = L[i + 1]; CR[i] = CR[i + 1] }
-	delete L[n]; delete CR[n]; n--
-}
-function fail(msg) { if (ERR == "") ERR = msg }
-function unquote(v) {
-	if (v ~ /^".*"$/) { v = substr(v, 2, length(v) - 2); gsub(/\\"/, "\"", v); gsub(/\\\\/, "\\", v); return v }
-	if (length(v) >= 2 && substr(v, 1, 1) == sq && substr(v, length(v)) == sq) { v = substr(v, 2, length(v) - 2); gsub(sq sq, sq, v); return v }
-	sub(/[ \t]+#.*$/, "", v); sub(/[ \t]+$/, "", v)
-	return v
-}
-function yq(t) {
-	if (t ~ /^[A-Za-z0-9_.\/=,:@+-]+$/ && t !~ /:$/) return t
-	gsub(/\\/, "\\\\", t); gsub(/"/, "\\\"", t)
-	return "\"" t "\""
-}
-# ---- regions: RS..RE are the lines holding the flag list; CS/CE the content columns on each line
-function find_region() {
-	RS = RE = 0
-	if (layout == "env-file") return find_env()
-	if (layout == "systemd-unit") return find_unit()
-	return find_pod()
-}
-function find_env(   i, j, line, vs, q, k, pos) {
-	for (i = 1; i <= n; i++) {
-		line = L[i]
-		if (line ~ /^[ \t]*#/) continue
-		if (!match(line, /^[ \t]*(export[ \t]+)?[A-Za-z_][A-Za-z0-9_]*=/)) continue
-		vs = RSTART + RLENGTH
-		q = substr(line, vs, 1)
-		if (q != "\"" && q != sq) q = ""
-		pos = (q == "") ? vs : vs + 1
-		RS = i; RE = 0; j = i; CS[i] = pos; BCS[i] = pos
-		while (1) {
-			if (q != "") {
-				k = index(substr(L[j], pos), q)
-				if (k > 0) { CE[j] = pos + k - 2; RE = j; break }
-				CE[j] = (L[j] ~ /\\$/) ? length(L[j]) - 1 : length(L[j])
-			} else if (L[j] ~ /\\$/) {
-				CE[j] = length(L[j]) - 1
-			} else { CE[j] = length(L[j]); RE = j; break }
-			if (j >= n) break
-			j++; pos = 1; CS[j] = 1; BCS[j] = 1
-		}
-		if (!RE) { fail("unterminated quoted value starting at line " i); return 0 }
-		if (region_has_flags()) return 1
-		i = RE
-	}
-	RS = RE = 0
-	fail("no variable assignment holding --flags (such as KUBE_APISERVER_OPTS=\"--a=b ...\") found")
-	return 0
-}
-function region_has_flags(   j) {
-	for (j = RS; j <= RE; j++)
-		if ((" " substr(L[j], CS[j], CE[j] - CS[j] + 1)) ~ /[ \t]--[A-Za-z0-9]/) return 1
-	return 0
-}
-function find_unit(   i, j, p, rest) {
-	for (i = 1; i <= n; i++) {
-		if (!match(L[i], /^[ \t]*ExecStart[ \t]*=[ \t]*/)) continue
-		p = RSTART + RLENGTH
-		rest = substr(L[i], p)
-		if (blank(rest) || rest ~ /^\\$/) continue
-		match(rest, /^[^ \t]+/)
-		RS = i; CS[i] = p + RLENGTH; BCS[i] = 1; j = i
-		while (L[j] ~ /\\$/ && j < n) { CE[j] = length(L[j]) - 1; j++; CS[j] = 1; BCS[j] = 1 }
-		CE[j] = (L[j] ~ /\\$/) ? length(L[j]) - 1 : length(L[j])
-		RE = j
-		return 1
-	}
-	fail("no ExecStart= line found")
-	return 0
-}
-# static-pod: the container named `container` (--container) in spec.containers (never an initContainer);
-# its command: list is the region (args: when it has no command:). CA..CB: the lines of the container, CKI:
-# the indent of its keys, ARGK: its args: line when command: is the region (checked, never edited).
-function find_pod(   k, a, b, cmd, arg) {
-	k = find_key("containers", 1)
-	if (!k || !list_bounds(k)) { fail("no spec.containers: block list found"); return 0 }
-	for (a = LS; a <= LE; a = b + 1) {
-		b = item_end(a)
-		if (key_value(a, b, "name", LD + 2) != container) continue
-		CA = a; CB = b; CKI = LD + 2; ARGK = 0
-		cmd = key_line(a, b, "command", CKI); arg = key_line(a, b, "args", CKI)
-		if (cmd) { ARGK = arg; return block_list(cmd, "command") }
-		if (arg) return block_list(arg, "args")
-		fail("the container " container " has neither command: nor args:"); return 0
-	}
-	fail("no container named " container " in spec.containers (apiserver.containerName names the kube-apiserver container)")
-	return 0
-}
-# key_at: whether line s holds `key:` at indent ck (a mapping key of a list item: "- key:" on its first line)
-function key_at(s, ck, key,   rest, c) {
-	if (substr(s, 1, ck) != spaces(ck) && substr(s, 1, ck) != spaces(ck - 2) "- ") return 0
-	rest = substr(s, ck + 1)
-	if (substr(rest, 1, length(key) + 1) != key ":") return 0
-	c = substr(rest, length(key) + 2, 1)
-	return c == "" || c == " " || c == "\t"
-}
-function key_line(a, b, key, ck,   j) {
-	for (j = a; j <= b; j++) if (key_at(L[j], ck, key)) return j
-	return 0
-}
-function key_value(a, b, key, ck,   j, v) {
-	j = key_line(a, b, key, ck)
-	if (!j) return ""
-	v = substr(L[j], ck + length(key) + 2); sub(/^[ \t]+/, "", v)
-	return unquote(v)
-}
-function comment_or_blank(s) { return blank(s) || s ~ /^[ \t]*#/ }
-# block_list K WHAT: RS..RE = the items of the block list under key line K (comment and blank lines
-# between items belong to it); D their indent
-function block_list(k, what,   j) {
-	j = k + 1
-	while (j <= n && comment_or_blank(L[j])) j++
-	if (L[k] !~ /:[ \t]*$/ || j > n || !match(L[j], /^[ ]*- /)) {
-		fail("the " what ": of the container " container " is not a block list (one \"- item\" per line)"); return 0
-	}
-	D = RLENGTH - 2; RS = RE = j; CMDLINE = k
-	for (j++; j <= n; j++) {
-		if (is_item(L[j], D)) RE = j
-		else if (!comment_or_blank(L[j])) break
-	}
-	return 1
-}
-function container_key(key) { return key_line(CA, CB, key, CKI) }
-# args_tokens: NA, AT_[1..NA] = the --flags in the args: of the container (block list or one-line [a, b])
-function args_tokens(   s, j, d, v, m, items, i) {
-	NA = 0
-	if (!ARGK) return 1
-	s = substr(L[ARGK], CKI + 6); sub(/^[ \t]+/, "", s)
-	if (s != "" && s !~ /^#/) {
-		if (s !~ /^\[[^\]]*\][ \t]*(#.*)?$/) { fail("the args: of the container " container " is neither a block list nor a one-line [a, b] list: cannot check it for the flags this program sets"); return 0 }
-		sub(/\][ \t]*(#.*)?$/, "", s)
-		m = split(substr(s, 2), items, ",")
-		for (i = 1; i <= m; i++) { v = items[i]; sub(/^[ \t]+/, "", v); sub(/[ \t]+$/, "", v); v = unquote(v); if (substr(v, 1, 2) == "--") AT_[++NA] = v }
-		return 1
-	}
-	j = ARGK + 1
-	while (j <= n && comment_or_blank(L[j])) j++
-	if (j > n || !match(L[j], /^[ ]*- /)) return 1
-	d = RLENGTH - 2
-	for (; j <= n; j++) {
-		if (is_item(L[j], d)) { v = unquote(substr(L[j], d + 3)); if (substr(v, 1, 2) == "--") AT_[++NA] = v }
-		else if (!comment_or_blank(L[j])) break
-	}
-	return 1
-}
-# check_args: refuse a flag this program sets that the container also sets in args: (kube-apiserver reads
-# command then args; the last value wins, so it would override ours)
-function check_args(   i, name) {
-	if (layout != "static-pod" || !args_tokens()) return ERR == ""
-	for (i = 1; i <= NA; i++) {
-		name = AT_[i]; if (index(name, "=")) name = substr(name, 1, index(name, "=") - 1)
-		if (name in WANT) { fail("the container " container " sets " name " in args:, which kube-apiserver reads after command: (the last value wins, so it would override the value this program sets): move it into command: or remove it (kubeadm: ClusterConfiguration.apiServer.extraArgs), then run again; nothing written"); return 0 }
-	}
-	return 1
-}
-function is_item(s, d) { return substr(s, 1, d) == spaces(d) && substr(s, d + 1, 2) == "- " }
-# ---- tokens of the flag list: TL line, TS start column, TLEN length, TNAME, TVAL, TFORM, TTOK text
-function scan() {
-	NT = 0
-	if (!find_region()) return 0
-	if (layout == "static-pod") scan_pod(); else scan_line_tokens()
-	return 1
-}
-function add_tok(j, s, len, tok,   eq) {
-	NT++; TL[NT] = j; TS[NT] = s; TLEN[NT] = len; TTOK[NT] = tok
-	eq = index(tok, "=")
-	if (eq) { TNAME[NT] = substr(tok, 1, eq - 1); TVAL[NT] = substr(tok, eq + 1); TFORM[NT] = "eq" }
-	else { TNAME[NT] = tok; TVAL[NT] = ""; TFORM[NT] = "bare" }
-}
-function scan_pod(   j, v) {
-	for (j = RS; j <= RE; j++) {
-		if (!is_item(L[j], D)) continue
-		v = unquote(substr(L[j], D + 3))
-		if (substr(v, 1, 2) == "--") add_tok(j, 1, length(L[j]), v)
-	}
-}
-function scan_line_tokens(   j, seg, p, ts, tl, tok, v) {
-	for (j = RS; j <= RE; j++) {
-		seg = substr(L[j], CS[j], CE[j] - CS[j] + 1); p = 0
-		while (match(substr(seg, p + 1), /[^ \t]+/)) {
-			ts = p + RSTART; tl = RLENGTH; tok = substr(seg, ts, tl); p = ts + tl - 1
-			if (substr(tok, 1, 2) != "--") continue
-			add_tok(j, CS[j] + ts - 1, tl, tok)
-			# "--name value" on the same line: the value belongs to the flag
-			if (TFORM[NT] == "bare" && match(substr(seg, p + 1), /^[ \t]+[^ \t-][^ \t]*/)) {
-				v = substr(seg, p + 1, RLENGTH); TLEN[NT] += RLENGTH; p += RLENGTH
-				sub(/^[ \t]+/, "", v); TVAL[NT] = v; TFORM[NT] = "sep"
-				TTOK[NT] = substr(L[j], TS[NT], TLEN[NT])
-			}
-		}
-	}
-}
-function raw_of(k) { return (layout == "static-pod") ? L[TL[k]] : substr(L[TL[k]], TS[k], TLEN[k]) }
-function find_flag(name, skip,   k) {
-	for (k = 1; k <= NT; k++) if (TNAME[k] == name && skip-- <= 0) return k
-	return 0
-}
-# ---- edit operations (each followed by a fresh scan by the caller)
-function set_tok(k, text,   j) {
-	j = TL[k]
-	if (layout == "static-pod") { L[j] = spaces(D) "- " yq(text); return }
-	L[j] = substr(L[j], 1, TS[k] - 1) text substr(L[j], TS[k] + TLEN[k])
-}
-function restore_tok(k, raw,   j) {
-	j = TL[k]
-	if (layout == "static-pod") { L[j] = raw; return }
-	L[j] = substr(L[j], 1, TS[k] - 1) raw substr(L[j], TS[k] + TLEN[k])
-}
-function remove_tok(k,   j, before, after, ws) {
-	j = TL[k]
-	if (layout == "static-pod") { delete_line(j); return }
-	before = substr(L[j], BCS[j], TS[k] - BCS[j])
-	after = substr(L[j], TS[k] + TLEN[k], CE[j] - TS[k] - TLEN[k] + 1)
-	if (j != RS && j != RE && blank(before) && blank(after)) { delete_line(j); return }
-	if (!blank(before)) {
-		match(before, /[ \t]*$/); ws = RLENGTH
-		L[j] = substr(L[j], 1, TS[k] - 1 - ws) substr(L[j], TS[k] + TLEN[k])
-	} else if (match(after, /^[ \t]+[^ \t]/)) {
-		L[j] = substr(L[j], 1, TS[k] - 1) substr(L[j], TS[k] + TLEN[k] + RLENGTH - 1)
-	} else {
-		L[j] = substr(L[j], 1, TS[k] - 1) substr(L[j], TS[k] + TLEN[k])
-	}
-}
-function add_tok_line(text, is_raw,   ind, suf, seg, j) {
-	if (layout == "static-pod") { insert_line(RE + 1, is_raw ? text : spaces(D) "- " yq(text), CR[RE]); return }
-	if (RE > RS) {
-		# one or more flags per continuation line: a new line before the last one, same indent and
-		# the same continuation suffix as the line above it
-		ind = lead_ws(L[RE])
-		if (substr(L[RE], length(ind) + 1, 2) != "--") ind = (RS + 1 < RE) ? lead_ws(L[RS + 1]) : "  "
-		suf = ""
-		if (match(L[RE - 1], /[ \t]*\\$/)) suf = substr(L[RE - 1], RSTART)
-		insert_line(RE, ind text suf, CR[RE])
-		return
-	}
-	j = RS
-	seg = substr(L[j], CS[j], CE[j] - CS[j] + 1)
-	if (blank(seg) && layout == "env-file") { L[j] = substr(L[j], 1, CS[j] - 1) text substr(L[j], CS[j]); return }
-	match(seg, /[ \t]*$/)
-	j = CS[j] + RSTART - 1
-	L[RS] = substr(L[RS], 1, j - 1) " " text substr(L[RS], j)
-}
-# ---- static-pod volumes
-function find_key(key, from,   i) {
-	for (i = from; i <= n; i++) if (L[i] ~ ("^[ ]*(- )?" key ":[ \t]*$")) return i
-	return 0
-}
-function list_bounds(k,   j, ind) {
-	LK = k; LS = 0; LE = k
-	if (k >= n || !match(L[k + 1], /^[ ]*- /)) return 0
-	LD = RLENGTH - 2; LS = k + 1; LE = k + 1
-	for (j = k + 2; j <= n; j++) {
-		if (comment_or_blank(L[j])) continue # YAML ignores them; the list goes on after them
-		ind = length(lead_ws(L[j]))
-		if (is_item(L[j], LD) || ind > LD) LE = j; else break
-	}
-	return 1
-}
-function item_end(a,   j) {
-	for (j = a + 1; j <= LE; j++) if (is_item(L[j], LD)) return j - 1
-	return LE
-}
-function item_field(a, b, f,   j, s) {
-	for (j = a; j <= b; j++) {
-		s = L[j]; sub(/^[ ]*(- )?/, "", s)
-		if (index(s, f ":") == 1) { s = substr(s, length(f) + 2); sub(/^[ \t]+/, "", s); return unquote(s) }
-	}
-	return ""
-}
-function covers(mp, dir) {
-	if (mp != "/") sub(/\/+$/, "", mp)
-	return mp != "" && (mp == "/" || dir == mp || substr(dir, 1, length(mp) + 1) == mp "/")
-}
-function volume_host_path(name,   k, a, b) {
-	k = find_key("volumes", 1)
-	if (!k || !list_bounds(k)) return ""
-	for (a = LS; a <= LE; a = b + 1) { b = item_end(a); if (item_field(a, b, "name") == name) return item_field(a, b, "path") }
-	return ""
-}
-function mounted(   k, a, b, mp, nm, hits, i) {
-	k = container_key("volumeMounts")
-	if (!k || !list_bounds(k)) return ""
-	hits = 0
-	for (a = LS; a <= LE; a = b + 1) {
-		b = item_end(a); mp = item_field(a, b, "mountPath")
-		if (covers(mp, certdir)) { hits++; MP[hits] = mp; MN[hits] = item_field(a, b, "name") }
-	}
-	for (i = 1; i <= hits; i++) if (volume_host_path(MN[i]) == MP[i] || volume_host_path(MN[i]) == MP[i] "/") return MP[i]
-	return ""
-}
-function remove_item(key, from, name,   k, a, b, j) {
-	k = (key == "volumeMounts") ? container_key(key) : find_key(key, from)
-	if (!k || !list_bounds(k)) return 0
-	for (a = LS; a <= LE; a = b + 1) {
-		b = item_end(a)
-		if (item_field(a, b, "name") == name) {
-			for (j = b; j >= a; j--) delete_line(j)
-			if ((("@" key "-key") in REC) && !list_bounds(k)) delete_line(k)
-			return 1
-		}
-	}
-	return 0
-}
-function ins(text) { insert_line(AT, text, CR[AT > 1 ? AT - 1 : 1]); AT++ }
-function ensure_mount(   mp, k, ind) {
-	mp = mounted()
-	if (mp != "") { rep("= " certdir " is already mounted into the pod (mountPath " mp ")"); return }
-	k = container_key("volumeMounts")
-	if (k && list_bounds(k)) {
-		AT = LE + 1; ind = spaces(LD)
-	} else if (k) {
-		fail("volumeMounts: of the container is not a block list"); return
-	} else {
-		AT = RE + 1; ind = spaces(CKI)
-		ins(ind "volumeMounts:"); newrec("@volumeMounts-key", "added", "")
-	}
-	ins(ind "- mountPath: " yq(certdir))
-	ins(ind "  name: " volname)
-	ins(ind "  readOnly: true")
-	newrec("@volumeMounts", "added", volname)
-	k = find_key("volumes", 1)
-	if (k && list_bounds(k)) {
-		AT = LE + 1; ind = spaces(LD)
-	} else if (k) {
-		fail("volumes: of the pod is not a block list"); return
-	} else {
-		AT = find_key("containers", 1)
-		if (!AT) { fail("no containers: key found"); return }
-		ind = lead_ws(L[AT])
-		ins(ind "volumes:"); newrec("@volumes-key", "added", "")
-	}
-	ins(ind "- hostPath:")
-	ins(ind "    path: " yq(certdir))
-	ins(ind "    type: DirectoryOrCreate")
-	ins(ind "  name: " volname)
-	newrec("@volumes", "added", volname)
-	rep("+ hostPath volume " volname " mounted at " certdir " (the pod did not mount it)")
-}
-# ---- record and report
-function newrec(name, kind, raw) {
-	if (name in REC) return
-	REC[name] = kind; RAW[name] = raw; NR_++; RN[NR_] = name
-}
-function droprec(name) { DROP[name] = 1 }
-function rep(s) { print s > report }
-function undo_flag(name, kind, raw,   k, guard) {
-	if (!scan()) return
-	if (kind == "added") {
-		for (guard = 0; guard < 1000 && (k = find_flag(name, 0)); guard++) { remove_tok(k); if (!scan()) return }
-		return
-	}
-	k = find_flag(name, 0)
-	if (k) restore_tok(k, raw)
-	else add_tok_line(raw, 1)
-}
-function undo_volumes() {
-	if (layout != "static-pod") return
-	if (!scan()) return
-	if ("@volumeMounts" in REC) remove_item("volumeMounts", CMDLINE, RAW["@volumeMounts"])
-	if (!scan()) return
-	if ("@volumes" in REC) remove_item("volumes", 1, RAW["@volumes"])
-}
-function do_apply(   i, r, name, k, k2, guard) {
-	if (!scan() || !check_args()) return
-	for (r = 1; r <= NR_; r++) {
-		name = RN[r]
-		if (substr(name, 1, 1) == "@" || (name in WANT)) continue
-		undo_flag(name, REC[name], RAW[name]); droprec(name)
-		rep("- " name " (no longer configured: " (REC[name] == "added" ? "removed" : "restored " RAW[name]) ")")
-	}
-	for (i = 1; i <= NW; i++) {
-		name = WN[i]
-		if (!scan()) return
-		k = find_flag(name, 0)
-		if (!k) {
-			add_tok_line(WT[i], 0); newrec(name, "added", "")
-			rep("+ " WT[i])
-		} else if (TFORM[k] == "eq" && TVAL[k] == WV[i]) {
-			rep("= " WT[i])
-		} else {
-			newrec(name, "replaced", raw_of(k))
-			rep("~ " name ": " TTOK[k] " -> " WT[i])
-			set_tok(k, WT[i])
-		}
-		for (guard = 0; guard < 1000; guard++) {
-			if (!scan()) return
-			k2 = find_flag(name, 1)
-			if (!k2) break
-			rep("- " TTOK[k2] " (duplicate of " name ": each flag is set once; a revert restores it from the backup only)")
-			remove_tok(k2)
-		}
-	}
-	if (layout == "static-pod") {
-		undo_volumes()
-		if (("@volumeMounts" in REC) || ("@volumes" in REC)) {
-			delete REC["@volumeMounts"]; delete REC["@volumes"]; delete REC["@volumeMounts-key"]; delete REC["@volumes-key"]
-		}
-		if (scan()) ensure_mount()
-	}
-}
-function do_revert(   r, name) {
-	for (r = NR_; r >= 1; r--) {
-		name = RN[r]
-		if (substr(name, 1, 1) == "@") continue
-		undo_flag(name, REC[name], RAW[name])
-		rep((REC[name] == "added" ? "- " name " (removed)" : "~ " name " (restored " RAW[name] ")"))
-	}
-	undo_volumes()
-	if ("@volumes" in REC) rep("- hostPath volume " RAW["@volumes"] " (removed)")
-}
-# ---- read-only listing (verify): the flags of the region, NAME<TAB>VALUE, or NAME alone when bare
-function list_flags(   k, v) {
-	if (!scan()) { print ERR > "/dev/stderr"; return }
-	for (k = 1; k <= NT; k++) print TNAME[k] (TFORM[k] == "bare" ? "" : "\t" TVAL[k])
-	# static-pod: then the args: of the container (kube-apiserver reads them after command:)
-	if (layout != "static-pod") return
-	if (!args_tokens()) { print ERR > "/dev/stderr"; return }
-	for (k = 1; k <= NA; k++) { v = AT_[k]; print (index(v, "=") ? substr(v, 1, index(v, "=") - 1) "\t" substr(v, index(v, "=") + 1) : v) }
-}
-BEGIN { n = 0; NW = 0; NR_ = 0; ERR = "" }
-{
-	c = 0; line = $0
-	if (substr(line, length(line)) == "\r") { line = substr(line, 1, length(line) - 1); c = 1 }
-	n++; L[n] = line; CR[n] = c
-}
-END {
-	if (mode == "list") { list_flags(); exit (ERR != "") ? 3 : 0 }
-	while ((getline line < want) > 0) {
-		split(line, f, "\t"); NW++; WN[NW] = f[1]; WV[NW] = f[2]; WT[NW] = f[3]; WANT[f[1]] = 1
-	}
-	while ((getline line < rec) > 0) {
-		i = index(line, "\t"); name = substr(line, 1, i - 1); line = substr(line, i + 1)
-		i = index(line, "\t"); kind = substr(line, 1, i - 1)
-		if (!(name in REC)) { NR_++; RN[NR_] = name }
-		REC[name] = kind; RAW[name] = substr(line, i + 1)
-	}
-	printf "" > report
-	if (mode == "apply") do_apply(); else do_revert()
-	if (ERR != "") { print ERR > "/dev/stderr"; exit 3 }
-	for (i = 1; i <= n; i++) printf "%s%s\n", L[i], (CR[i] ? "\r" : "")
-	printf "" > newrec_file
-	for (r = 1; r <= NR_; r++) {
-		name = RN[r]
-		if ((name in DROP) || !(name in REC) || (name in PRINTED)) continue
-		if (mode == "revert") continue
-		PRINTED[name] = 1
-		printf "%s\t%s\t%s\n", name, REC[name], RAW[name] > newrec_file
-	}
-}
-'
-
-# edit MODE INPUT OUTPUT NEWRECORD REPORT: run the editor; keeps a missing final newline missing.
+# The editor is its own file, apiserver-flags-editor.awk (--editor: the program installs it next to this
+# script, content-addressed): awk reads the config file, edits the flag list of the layout in memory and
+# prints the new file; bash keeps the transaction around it (lock, backup, atomic write, restart,
+# readiness, rollback).
+# edit_config MODE INPUT OUTPUT NEWRECORD REPORT: run the editor (NEWRECORD: apply's record of the result;
+# REPORT: the changes, one a line). Called in `if`/`||` contexts, where set -e does not apply: awk's own
+# exit status reports a failed write (a truncated result never becomes the config file).
 edit_config() {
-	local mode=$1 in=$2 out=$3 newrec=$4 report=$5 want=$WORK/want f
-	# (called in `if`/`||` contexts, where set -e does not apply: every write is checked by hand; a
-	# truncated output would otherwise become the new config file)
-	: >"$want" || return 1
-	for f in "${FLAGS[@]+"${FLAGS[@]}"}"; do
-		printf '%s\t%s\t%s\n' "${f%%=*}" "${f#*=}" "$f" >>"$want" || return 1
-	done
-	local rec=$RECORD
-	if [ ! -f "$rec" ]; then
-		rec=$WORK/empty-record
-		: >"$rec" || return 1
-	fi
-	awk -v mode="$mode" -v layout="$LAYOUT" -v want="$want" -v rec="$rec" -v newrec_file="$newrec" \
-		-v report="$report" -v certdir="${CERT_DIR%/}" -v volname="$VOLUME_NAME" -v sq="'" \
-		-v container="$CONTAINER" "$AWK_EDIT" "$in" >"$out.full" || return 1
-	if [ -s "$in" ] && [ "$(tail -c 1 "$in" | od -An -c | tr -d ' ')" != '\n' ]; then
-		head -c -1 "$out.full" >"$out" || return 1
-	else
-		cat "$out.full" >"$out" || return 1
-	fi
-	rm -f "$out.full"
+	local mode=$1 in=$2 out=$3 newrec=$4 report=$5 record="" no_final_newline=0
+	[ -f "$RECORD" ] && record=$RECORD
+	# awk cannot tell whether the last line ends with a newline: a missing one stays missing
+	if [ -s "$in" ] && [ "$(tail -c 1 "$in" | od -An -c | tr -d ' ')" != '\n' ]; then no_final_newline=1; fi
+	awk -v mode="$mode" -v layout="$LAYOUT" -v flags="${FLAGS[*]+${FLAGS[*]}}" -v record_file="$record" \
+		-v new_record_file="$newrec" -v report_file="$report" -v cert_dir="${CERT_DIR%/}" \
+		-v volume_name="$VOLUME_NAME" -v container="$CONTAINER" -v no_final_newline="$no_final_newline" \
+		-f "$FLAGS_EDITOR" "$in" >"$out"
 }
 
 edit_failed() { # the editor's own message, or why there is none (it is written into the work dir)
@@ -1652,22 +1185,9 @@ why() { [ -z "$1" ] || printf ' (%s)' "$1"; } # WHY -> " (WHY)" or nothing
 
 validate_verify_opts() {
 	need_abs --config-path "$CONFIG_PATH"
-	case $LAYOUT in
-	env-file | systemd-unit | static-pod) ;;
-	*) die "--layout must be env-file, systemd-unit or static-pod, got '$LAYOUT'" ;;
-	esac
+	need_editor
+	[ -n "$LAYOUT" ] || die "--layout is required"
 	[ ${#REQ_KIND[@]} -gt 0 ] || die "verify needs at least one --require, --require-file-flag or --require-listed"
-	local i arg
-	for i in "${!REQ_KIND[@]}"; do
-		arg=${REQ_ARG[i]}
-		case $arg in *[[:cntrl:]]*) die "requirement '$arg' contains control characters" ;; esac
-		case ${REQ_KIND[i]}:$arg in
-		file:--[a-z0-9]*) case $arg in *=* | *[!a-z0-9-]*) die "--require-file-flag takes a flag name (--NAME), got '$arg'" ;; esac ;;
-		equal:--[a-z0-9]*=* | listed:--[a-z0-9]*=?*) ;;
-		equal:*) die "--require takes --NAME=VALUE, got '$arg'" ;;
-		*) die "--require-listed takes --NAME=ITEM, got '$arg'" ;;
-		esac
-	done
 }
 
 # read_flags: FVAL[--name]=value of the last occurrence (kube-apiserver: the last one wins); FBARE[--name]=1
@@ -1675,7 +1195,7 @@ validate_verify_opts() {
 read_flags() {
 	local listing line name
 	[ -f "$CONFIG_PATH" ] || die "$CONFIG_PATH does not exist (layout $LAYOUT): is this the kube-apiserver config file of this master?"
-	listing=$(awk -v mode=list -v layout="$LAYOUT" -v sq="'" -v container="$CONTAINER" "$AWK_EDIT" "$CONFIG_PATH" 2>&1) ||
+	listing=$(awk -v mode=list -v layout="$LAYOUT" -v container="$CONTAINER" -f "$FLAGS_EDITOR" "$CONFIG_PATH" 2>&1) ||
 		die "cannot read $CONFIG_PATH as layout $LAYOUT: $listing"
 	while IFS= read -r line; do
 		name=${line%%$'\t'*}

@@ -22,8 +22,9 @@ from components.apiserver import (
     certs_options,
     flags_options,
     host_command,
+    host_editor_path,
+    host_files_text,
     host_script_path,
-    script_text,
 )
 from components.config import is_safe_value
 from tests.hosts.lab import SAMPLES as SAMPLES_DIR
@@ -152,7 +153,8 @@ def test_quoted_command_lines_reach_the_script_as_one_word():
     """The test's own premise: host_command quotes each option as one shell word (a hostile value is
     delivered to the script intact, so its refusal is the script's)."""
     line = host_command("check", [("--master", "m1"), ("--cert-dir", HOSTILE["second flags"])], sudo=False)
-    assert shlex.split(line)[-1] == HOSTILE["second flags"]
+    argv = shlex.split(line)
+    assert argv[argv.index("--cert-dir") + 1] == HOSTILE["second flags"]
     assert host_script_path() in line
 
 
@@ -190,7 +192,7 @@ def test_a_b_c_restarts_never_overlap(lab, make_stack):
     h = lab.add_host("m1", "env-file", files={f"{SSL}/{n}": (b, 0o644, 0, 0) for n, b in pems.items()})
     st = make_stack([h], apiserver={"readyTimeoutSeconds": 20, "restartCommand": SLOW_RESTART})
     certs, flags = step(st, h, "certs"), step(st, h, "flags")
-    r = st.runner.run(certs["connection"], certs["create"], script_text())  # installs the script; no PEMs
+    r = st.runner.run(certs["connection"], certs["create"], host_files_text())  # installs the script; no PEMs
     assert r.rc == 1 and "refusing to install certificates" in r.stderr
     conn = flags["connection"]
     r = st.runner.run(conn, flags["create"])
@@ -352,7 +354,7 @@ def test_an_unknown_key_owner_is_refused_before_anything_is_written(lab, make_st
     assert r.rc == 1, out.explain()
     assert "apiserver.keyOwner: there is no user 'nosuchuser9' on this master" in r.stderr, r.stderr
     assert not h.path(SSL).exists()
-    assert state_listing(h) == ["scripts", f"scripts/{host_script_path().rsplit('/', 1)[1]}"]
+    assert state_listing(h) == ["scripts", *sorted(f"scripts/{p.rsplit('/', 1)[1]}" for p in (host_script_path(), host_editor_path()))]
 
 
 @pytest.mark.parametrize("what", ["cert dir owned by another user", "group-writable cert dir", "world-writable config"])

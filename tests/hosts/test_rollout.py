@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from components.apiserver import script_text
+from components.apiserver import host_files_text
 from tests.hosts import standin
 from tests.hosts.lab import SAMPLES, Host, tcp_open
 
@@ -356,8 +356,8 @@ def test_install_certs_refuses_anything_but_ca_cert_key(lab, make_stack):
     st = make_stack([h])
     by_name = {c["name"]: c for c in st.commands()}
     certs = by_name["m1-certs"]
-    script = script_text()
-    pems = certs["stdin"][len(script):]  # stdin: the host script, then the PEMs
+    script = host_files_text()
+    pems = certs["stdin"][len(script):]  # stdin: the host script and its editor, then the PEMs
     assert certs["stdin"].startswith(script)
     blocks = re.findall(r"-----BEGIN [A-Z ]+-----\n.*?-----END [A-Z ]+-----\n", pems, re.S)
     assert len(blocks) == 3

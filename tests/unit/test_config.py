@@ -36,6 +36,10 @@ BAD = [
     ("unknown curve", lambda c: c["pki"].update(keyAlgorithm="ECDSA", ecdsaCurve="P192"), "pki.ecdsaCurve", "'P192'", "'P256'"),
     ("unknown key algorithm", lambda c: c["pki"].update(keyAlgorithm="DSA"), "pki.keyAlgorithm", "'DSA'", "'RSA' or 'ECDSA'"),
     ("unknown layout", lambda c: c["apiserver"].update(layout="docker"), "apiserver.layout", "'docker'", "'env-file', 'systemd-unit' or 'static-pod'"),
+    # the checks below were made again by the host script (layout, readyz URL, timeout) until issue 12
+    ("unknown layout, verify only", lambda c: c["apiserver"].update(manage=False, layout="kubeadm"), "apiserver.layout", "'kubeadm'", "'env-file', 'systemd-unit' or 'static-pod'"),
+    ("readyz url not http", lambda c: c["apiserver"].update(readyzUrl="ftp://127.0.0.1:6443/readyz"), "apiserver.readyzUrl", "'ftp://127.0.0.1:6443/readyz'", "http(s) URL"),
+    ("ready timeout too long", lambda c: c["apiserver"].update(readyTimeoutSeconds=3601), "apiserver.readyTimeoutSeconds", "3601", "at most 3600"),
     ("ssh port zero", lambda c: c["ssh"].update(port=0), "ssh.port", "0", ">= 1"),
     ("ssh port too big", lambda c: c["ssh"].update(port=65536), "ssh.port", "65536", "<= 65535"),
     ("master port too big", lambda c: c["masters"][1].update(port=70000), "masters[1].port", "70000", "<= 65535"),

@@ -3,9 +3,10 @@ setup): no certificate, no certs or flags step; a read-only verify step per mast
 
 from __future__ import annotations
 
+import re
 import shlex
 
-from components.apiserver import script_text
+from components.apiserver import host_files_text
 from tests.support.program import run
 from tests.unit.test_existing_ca import make_ca
 
@@ -53,9 +54,28 @@ def test_each_master_is_verified_read_only_with_the_expected_flags(stack_config)
         # nothing this step runs writes flags or certificates
         assert not {"apply", "revert", "install-certs", "remove-certs"} & set(argv)
         assert command["update"] == command["create"]
-        # the script, and only the script, on stdin: no secret travels to an unmanaged master
-        assert command["stdin"] == script_text()
+        # the script and its editor, and only those, on stdin: no secret travels to an unmanaged master
+        assert command["stdin"] == host_files_text()
         assert command["depends_on"] == []  # read-only: all masters at once
+
+
+def test_every_requirement_is_well_formed(stack_config):
+    """The host script no longer checks the requirements' shape (issue 12): the program builds them so.
+    --require --NAME=VALUE, --require-file-flag --NAME, --require-listed --NAME=ITEM (ITEM not empty),
+    each NAME a kube-apiserver flag name; --why only after a requirement."""
+    name = r"--[a-z0-9]+(-[a-z0-9]+)*"
+    shapes = {"--require": f"{name}=.*", "--require-file-flag": name, "--require-listed": f"{name}=.+"}
+    for cfg in (unmanaged(stack_config), unmanaged(stack_config, enableAggregatorRouting=True)):
+        for command in run(cfg).commands:
+            argv = inner_argv(command["create"])
+            pairs = list(zip(argv[1::2], argv[2::2], strict=True))
+            kinds = [k for k, _ in pairs if k in shapes]
+            assert kinds, argv
+            for (option, value), (previous, _) in zip(pairs[1:], pairs, strict=False):
+                if option in shapes:
+                    assert re.fullmatch(shapes[option], value), (option, value)
+                if option == "--why":
+                    assert previous in shapes, argv
 
 
 def test_aggregator_routing_is_required_when_the_stack_says_so(stack_config):

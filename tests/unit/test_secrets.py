@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
-from components.apiserver import script_text
+from components.apiserver import host_files_text
 from tests.support.program import run
 
 
@@ -36,7 +36,7 @@ def test_secret_inputs_are_marked_secret(stack_config):
         assert "connection" in r.secret_inputs, r.name  # holds the SSH key
         if r.name.endswith("-certs"):
             assert "stdin" in r.secret_inputs, r.name  # holds the proxy-client key
-            assert r.inputs["stdin"].startswith(script_text())  # the host script, then the PEMs
+            assert r.inputs["stdin"].startswith(host_files_text())  # the host script and its editor, then the PEMs
 
 
 def test_no_private_key_in_outputs(stack_config):
