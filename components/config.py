@@ -148,10 +148,7 @@ def _is_loopback(host: str) -> bool:
 
 def _check_address(value: str) -> str:
     if address_kind(value) is None:
-        raise ValueError(
-            "is neither an IP address nor a DNS name; set it to an IPv4 or IPv6 address "
-            "(no brackets, no port) or a DNS name"
-        )
+        raise ValueError(errors.NOT_AN_ADDRESS)
     return value
 
 
@@ -169,14 +166,22 @@ class Layout(str, Enum):
 
 def _check_host_key(v: str) -> str:
     if not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
-        raise ValueError(
-            "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
-            "without the host name, e.g. 'ssh-ed25519 AAAA...'"
-        )
+        raise ValueError(errors.NOT_A_HOST_KEY)
     return v
 
 
 HostKey = Annotated[str, AfterValidator(_check_host_key)]
+
+
+def _check_ca_file_path(v: str) -> str:
+    """The field check of a CA file key (`*CaCertFile`, pki.existingCa.certFile/keyFile): a usable path (the
+    file itself is read by _read_ca_file, once the whole section is validated)."""
+    if not v.strip() or any(c in v for c in "\n\0"):
+        raise ValueError(errors.NOT_A_CA_FILE_PATH)
+    return v
+
+
+CaFilePath = Annotated[str, AfterValidator(_check_ca_file_path)]
 
 
 class Master(_Model):
@@ -193,10 +198,7 @@ class Master(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _MASTER_NAME.match(v):
-            raise ValueError(
-                "is not a usable master name; use 1-63 letters, digits, '.', '_' or '-', "
-                "starting and ending with a letter or digit (it becomes part of resource names)"
-            )
+            raise ValueError(errors.BAD_MASTER_NAME)
         return v
 
     @field_validator("config_path")
@@ -218,9 +220,7 @@ def _check_extra_flags(v: Any) -> dict[str, str]:
     if v is None:
         return {}
     if not isinstance(v, Mapping):
-        raise problem(
-            (), v, "must be a mapping of kube-apiserver flags to values, e.g. {--requestheader-uid-headers: X-Remote-Uid}"
-        )
+        raise problem((), v, errors.EXTRA_FLAGS_NOT_A_MAPPING)
     problems: list[ProblemItem] = []
     out: dict[str, str] = {}
     for name, value in v.items():
@@ -228,7 +228,7 @@ def _check_extra_flags(v: Any) -> dict[str, str]:
             problems.append(((), name, _bad_flag_name(name)))
             continue
         if name in MANAGED_FLAGS:
-            problems.append(((), name, f"is a flag this program manages itself; {errors.MANAGED_FLAG_ADVICE[name]}"))
+            problems.append(((), name, errors.managed_flag(name)))
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -239,8 +239,7 @@ def _check_extra_flags(v: Any) -> dict[str, str]:
                 (
                     (name,),
                     value,
-                    "is a number with a fraction, which YAML may have changed (1.10 reads as 1.1); "
-                    "quote it, e.g. '0.001'" if math.isfinite(value) else "is not a flag value; quote it",
+                    errors.FRACTION_FLAG_VALUE if math.isfinite(value) else errors.NOT_A_FLAG_VALUE,
                 )
             )
             continue
@@ -269,8 +268,13 @@ def _absolute_path(v: str) -> str:
     """A path on the master (configPath, certDir): absolute, no '..' step, one word of the value grammar."""
     if not v.startswith("/") or "/../" in v + "/":
         raise ValueError("must be an absolute path without '..' steps, e.g. /etc/kubernetes/ssl")
+    return _one_word(v, "a path on the master")
+
+
+def _one_word(v: str, what: str, example: str = "") -> str:
+    """`v` when it is one word of the value grammar, else the grammar's message for `what` (+ `example`)."""
     if not is_safe_value(v):
-        raise ValueError(unsafe_value_message("a path on the master"))
+        raise ValueError(unsafe_value_message(what) + example)
     return v
 
 
@@ -299,19 +303,9 @@ class Ssh(_Model):
     @model_validator(mode="after")
     def _auth(self) -> Ssh:
         if not self.private_key and not self.agent_socket_path:
-            raise problem(
-                ("privateKey",),
-                None,
-                "is missing; set it with `pulumi config set --secret --path ssh.privateKey --raw < "
-                "~/.ssh/id_ed25519` (or set ssh.agentSocketPath to use an SSH agent)",
-            )
+            raise problem(("privateKey",), None, errors.SSH_KEY_MISSING)
         if self.private_key and "PRIVATE KEY-----" not in self.private_key:
-            raise problem(
-                ("privateKey",),
-                "<secret>",
-                "is not a PEM/OpenSSH private key; set the key file's contents with "
-                "`pulumi config set --secret --path ssh.privateKey --raw < keyfile`",
-            )
+            raise problem(("privateKey",), "<secret>", errors.SSH_KEY_NOT_PEM)
         return self
 
 
@@ -342,30 +336,23 @@ class ExistingCa(_Model):
 
     cert_pem: str | None = None
     key_pem: SecretStr | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    cert_file: CaFilePath | None = None
+    key_file: CaFilePath | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _shape(cls, v: Any) -> Any:
         # pydantic's own messages show the value they refused: the key must not reach them.
         if not isinstance(v, Mapping):
-            raise problem((), f"<{type(v).__name__}>", "must be a mapping {certPem or certFile, keyPem or keyFile}; "
-                           "see pki.existingCa in the config reference of README.md")
+            raise problem((), f"<{type(v).__name__}>", errors.EXISTING_CA_NOT_A_MAPPING)
         known = {"certPem", "keyPem", "certFile", "keyFile", "cert_pem", "key_pem", "cert_file", "key_file"}
-        problems = [((k,), "<secret>", "is not a known key of pki.existingCa; use certPem or certFile, and keyPem "
-                     "or keyFile") for k in v if k not in known]
+        problems = [((k,), "<secret>", errors.EXISTING_CA_UNKNOWN_KEY) for k in v if k not in known]
         for k in ("keyPem", "key_pem"):
             if k in v and v[k] is not None and not isinstance(v[k], str):
                 problems.append(((k,), "<secret>", "must be the PEM text of the CA's private key (a string)"))
         if problems:
             raise Problems(problems)
         return v
-
-    @field_validator("cert_file", "key_file")
-    @classmethod
-    def _files(cls, v: str | None) -> str | None:
-        return _check_ca_file_path(v)
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> ExistingCa:
@@ -381,8 +368,7 @@ class ExistingCa(_Model):
         key = self._check_key(key_text, problems)
         if cert is not None and key is not None and ca_files.spki(key.public_key()) != ca_files.spki(cert.public_key()):
             problems.append(((self.key_source,), self._key_shown,
-                             f"does not match the certificate of pki.existingCa.{self.cert_source} "
-                             f"({cert.subject.rfc4514_string()}); give that CA certificate's own private key"))
+                             errors.existing_ca_key_mismatch(self.cert_source, cert.subject.rfc4514_string())))
         if problems:
             raise Problems(problems)
         return self.model_copy(update={"cert_pem": ca_files.pem_as_written(cert_text), "key_pem": SecretStr(key_text)})
@@ -472,7 +458,7 @@ class Pki(_Model):
     cluster_ca_cert_pem: str | None = None
     # A file on the machine running pulumi (relative: to the project directory), read at config load; the
     # validated settings then carry its text in cluster_ca_cert_pem, as if that key had been set.
-    cluster_ca_cert_file: str | None = None
+    cluster_ca_cert_file: CaFilePath | None = None
     # An existing aggregator/front-proxy CA to sign the proxy-client certificate with (instead of creating
     # one); caCommonName and caValidityHours then do not apply.
     existing_ca: ExistingCa | None = None
@@ -492,10 +478,7 @@ class Pki(_Model):
         if "," in v:
             raise ValueError("must be one common name without commas (--requestheader-allowed-names is a "
                              "comma-separated list), e.g. aggregator")
-        if not is_safe_value(v):
-            raise ValueError(unsafe_value_message("the common name that becomes --requestheader-allowed-names")
-                             + ", e.g. aggregator")
-        return v
+        return _one_word(v, "the common name that becomes --requestheader-allowed-names", ", e.g. aggregator")
 
     @field_validator("hosts")
     @classmethod
@@ -516,11 +499,6 @@ class Pki(_Model):
         # Accept the spelling of the policy docs (P-256) as well as the provider's (P256).
         return v.replace("-", "") if isinstance(v, str) else v
 
-    @field_validator("cluster_ca_cert_file")
-    @classmethod
-    def _ca_file(cls, v: str | None) -> str | None:
-        return _check_ca_file_path(v)
-
     @model_validator(mode="after")
     def _cross(self, info: ValidationInfo) -> Pki:
         problems: list[ProblemItem] = []
@@ -533,8 +511,7 @@ class Pki(_Model):
                 (
                     ("caCommonName",),
                     self.ca_common_name,
-                    "equals proxyClientCommonName; the CA and the proxy-client certificate need "
-                    "different subjects (e.g. caCommonName: aggregator-ca, proxyClientCommonName: aggregator)",
+                    errors.CA_CN_EQUALS_PROXY_CN,
                 )
             )
         if self.key_algorithm is KeyAlgorithm.RSA and self.rsa_bits < 2048:
@@ -548,8 +525,7 @@ class Pki(_Model):
                 (
                     ("certValidityHours",),
                     self.cert_validity_hours,
-                    f"is longer than caValidityHours ({self.ca_validity_hours}); a leaf must not "
-                    "outlive its CA: lower certValidityHours or raise caValidityHours",
+                    errors.leaf_outlives_ca(self.ca_validity_hours),
                 )
             )
         if self.early_renewal_hours >= self.cert_validity_hours:
@@ -557,8 +533,7 @@ class Pki(_Model):
                 (
                     ("earlyRenewalHours",),
                     self.early_renewal_hours,
-                    f"is not below certValidityHours ({self.cert_validity_hours}); the certificate "
-                    "would be renewed on every run: lower earlyRenewalHours",
+                    errors.renewal_not_below_validity(self.cert_validity_hours),
                 )
             )
         for i, use in enumerate(self.proxy_client_allowed_uses):
@@ -567,8 +542,7 @@ class Pki(_Model):
                     (
                         ("proxyClientAllowedUses", i),
                         use,
-                        "is not a usage the tls provider knows (it would be dropped silently); "
-                        f"use one of: {', '.join(sorted(TLS_ALLOWED_USES))}",
+                        errors.unknown_usage(TLS_ALLOWED_USES),
                     )
                 )
         if "client_auth" not in self.proxy_client_allowed_uses:
@@ -576,8 +550,7 @@ class Pki(_Model):
                 (
                     ("proxyClientAllowedUses",),
                     list(self.proxy_client_allowed_uses),
-                    "lacks client_auth; kube-apiserver presents this certificate as a client "
-                    "(metrics-server rejects it with 'incompatible key usage'): add client_auth",
+                    errors.NO_CLIENT_AUTH,
                 )
             )
         if self.cluster_ca_cert_pem is not None and "BEGIN CERTIFICATE" not in self.cluster_ca_cert_pem:
@@ -621,8 +594,7 @@ class Apiserver(_Model):
     @classmethod
     def _container_name(cls, v: str | None) -> str | None:
         if v is not None and not _CONTAINER_NAME.fullmatch(v):
-            raise ValueError("must be a container name (a DNS label: lowercase letters, digits and '-', at most 63), "
-                             "e.g. kube-apiserver")
+            raise ValueError(errors.BAD_CONTAINER_NAME)
         return v
 
     @field_validator("key_owner")
@@ -631,11 +603,7 @@ class Apiserver(_Model):
         if v is None:
             return v
         if not _KEY_OWNER.fullmatch(v) or any(p.isdigit() and int(p) > _MAX_ID for p in v.split(":")):
-            raise ValueError(
-                "must be user:group, each a name (lowercase letters, digits, '_' and '-', starting with a letter "
-                "or '_', at most 32) or a numeric id, e.g. kube:kube (the user kube-apiserver runs as, systemd's "
-                "User=)"
-            )
+            raise ValueError(errors.BAD_KEY_OWNER)
         return v
 
     @field_validator("extra_flags", mode="before")
@@ -653,10 +621,8 @@ class Apiserver(_Model):
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/]", v):
             raise ValueError("must be an http(s) URL such as https://127.0.0.1:6443/readyz")
-        if not is_safe_value(v):
-            raise ValueError(unsafe_value_message("the readyz URL the host script polls")
-                             + "; e.g. https://127.0.0.1:6443/readyz (IPv6: https://localhost:6443/readyz)")
-        return v
+        return _one_word(v, "the readyz URL the host script polls",
+                         "; e.g. https://127.0.0.1:6443/readyz (IPv6: https://localhost:6443/readyz)")
 
     @field_validator("ready_timeout_seconds")
     @classmethod
@@ -696,7 +662,7 @@ class MetricsServer(_Model):
     kubelet_ca_cert_pem: str | None = None
     # A file on the machine running pulumi (relative: to the project directory), read at config load; the
     # validated settings then carry its text in kubelet_ca_cert_pem, as if that key had been set.
-    kubelet_ca_cert_file: str | None = None
+    kubelet_ca_cert_file: CaFilePath | None = None
     preferred_address_types: tuple[
         Literal["Hostname", "InternalDNS", "InternalIP", "ExternalDNS", "ExternalIP"], ...
     ] = ("InternalIP", "ExternalIP", "Hostname")
@@ -724,16 +690,8 @@ class MetricsServer(_Model):
         # --kubelet-request-timeout, whose default is 10s: 10s itself crash-loops the pods.
         m = re.match(r"^(\d+)(s|m)$", v)
         if not m or int(m[1]) * (60 if m[2] == "m" else 1) <= METRIC_RESOLUTION_FLOOR_SECONDS:
-            raise ValueError(
-                f"must be a duration longer than {METRIC_RESOLUTION_FLOOR_SECONDS}s (metrics-server's kubelet "
-                "request timeout; metrics-server exits at start otherwise), such as 15s or 1m"
-            )
+            raise ValueError(errors.resolution_too_short(METRIC_RESOLUTION_FLOOR_SECONDS))
         return v
-
-    @field_validator("kubelet_ca_cert_file")
-    @classmethod
-    def _ca_file(cls, v: str | None) -> str | None:
-        return _check_ca_file_path(v)
 
     @model_validator(mode="after")
     def _cross(self, info: ValidationInfo) -> MetricsServer:
@@ -746,8 +704,7 @@ class MetricsServer(_Model):
                     (
                         ("kubeletInsecureTls",),
                         True,
-                        "is set together with kubeletCaCertFile; choose one: remove kubeletInsecureTls "
-                        "to verify kubelets with the CA in kubeletCaCertFile",
+                        errors.INSECURE_TLS_WITH_CA_FILE,
                     )
                 )
         if self.kubelet_insecure_tls and self.kubelet_ca_cert_pem:
@@ -755,8 +712,7 @@ class MetricsServer(_Model):
                 (
                     ("kubeletInsecureTls",),
                     True,
-                    "is set together with kubeletCaCertPem; choose one: remove kubeletInsecureTls "
-                    "to verify kubelets with kubeletCaCertPem",
+                    errors.INSECURE_TLS_WITH_CA_PEM,
                 )
             )
         if self.kubelet_ca_cert_pem is not None and "BEGIN CERTIFICATE" not in self.kubelet_ca_cert_pem:
@@ -768,8 +724,7 @@ class MetricsServer(_Model):
                 (
                     ("containerPort",),
                     10250,
-                    "collides with the kubelet when hostNetwork is true (bind: address already in "
-                    "use, metrics-server#1026); set metricsServer.containerPort to e.g. 4443",
+                    errors.PORT_COLLIDES_WITH_KUBELET,
                 )
             )
         if problems:
@@ -779,15 +734,6 @@ class MetricsServer(_Model):
         return self
 
 
-def _check_ca_file_path(v: str | None) -> str | None:
-    """The field check of a `*CaCertFile` key: a usable path (the file itself is read by _read_ca_file)."""
-    if v is not None and (not v.strip() or any(c in v for c in "\n\0")):
-        raise ValueError(
-            "must be the path of a PEM file on the machine running pulumi (relative paths are "
-            "relative to the project directory)"
-        )
-    return v
-
 
 def _ca_pem_or_file(pem: str | None, path: str | None, pem_key: str, file_key: str, context: Mapping[str, Any],
                     kind: CaFileKind, problems: list[ProblemItem]) -> str | None:
@@ -796,8 +742,7 @@ def _ca_pem_or_file(pem: str | None, path: str | None, pem_key: str, file_key: s
     if path is None:
         return None
     if pem is not None:
-        problems.append(((file_key,), path, f"is set together with {pem_key}; choose one: remove {pem_key} to read "
-                         f"{kind.noun} from the file, or remove {file_key}"))
+        problems.append(((file_key,), path, errors.pem_and_file(pem_key, file_key, kind.noun)))
         return None
     text, problem = _read_ca_file(path, context, kind)
     if problem:
@@ -848,10 +793,7 @@ def _existing_ca_in_pki(pki: Pki, cluster_pem: str | None, now: dt.datetime) -> 
         if hours >= 1:
             also = " (and pki.earlyRenewalHours below that)" if hours <= pki.early_renewal_hours else ""
             fix = f"lower pki.certValidityHours to at most {hours}{also}, or renew the CA"
-        out.append((where, ca.cert_shown(), (
-            f"expires on {ca_files.when(not_after)}, {ca_files.span(proxy_end - not_after)} before the proxy-client certificate "
-            f"would (now + pki.certValidityHours {pki.cert_validity_hours} = {ca_files.when(proxy_end)}): {fix}"
-        )))
+        out.append((where, ca.cert_shown(), errors.existing_ca_expires_first(not_after, proxy_end, pki.cert_validity_hours, fix)))
     return out
 
 
@@ -981,8 +923,7 @@ class Settings(_Model):
                     (
                         ("apiserver", "restartCommand"),
                         self.apiserver.restart_command,
-                        f"is empty but masters[{i}] ({m.name}) uses layout {layout.value}, which needs "
-                        "a restart command such as `systemctl restart kube-apiserver`",
+                        errors.restart_command_empty(i, m.name, layout.value),
                     )
                 )
                 break

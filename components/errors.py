@@ -11,12 +11,13 @@ texts live with the CA-file reader (components/ca_files.py), which the policy pa
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from components import contract
+from components import ca_files, contract
 from components.contract import NAMESPACE
 
 if TYPE_CHECKING:
@@ -141,6 +142,129 @@ MASTERS_MISSING = (
     "(missing) is required; list the masters in rollout order, e.g. [{name: k8s-master1, address: 10.0.0.101}]"
 )
 NOT_YAML = "could not be read as YAML/JSON (its value is not shown: it may hold a secret); fix its YAML"
+
+
+NOT_AN_ADDRESS = (
+    "is neither an IP address nor a DNS name; set it to an IPv4 or IPv6 address (no brackets, no port) or a DNS name"
+)
+
+NOT_A_HOST_KEY = (
+    "is not an SSH public host key; paste one line of `ssh-keyscan -t ed25519 <address>` "
+    "without the host name, e.g. 'ssh-ed25519 AAAA...'"
+)
+
+NOT_A_CA_FILE_PATH = (
+    "must be the path of a PEM file on the machine running pulumi (relative paths are relative to the project "
+    "directory)"
+)
+
+BAD_MASTER_NAME = (
+    "is not a usable master name; use 1-63 letters, digits, '.', '_' or '-', "
+    "starting and ending with a letter or digit (it becomes part of resource names)"
+)
+
+EXTRA_FLAGS_NOT_A_MAPPING = (
+    "must be a mapping of kube-apiserver flags to values, e.g. {--requestheader-uid-headers: X-Remote-Uid}"
+)
+
+def managed_flag(name: str) -> str:
+    return f"is a flag this program manages itself; {MANAGED_FLAG_ADVICE[name]}"
+
+FRACTION_FLAG_VALUE = "is a number with a fraction, which YAML may have changed (1.10 reads as 1.1); quote it, e.g. '0.001'"
+NOT_A_FLAG_VALUE = "is not a flag value; quote it"
+
+SSH_KEY_MISSING = (
+    "is missing; set it with `pulumi config set --secret --path ssh.privateKey --raw < "
+    "~/.ssh/id_ed25519` (or set ssh.agentSocketPath to use an SSH agent)"
+)
+
+SSH_KEY_NOT_PEM = (
+    "is not a PEM/OpenSSH private key; set the key file's contents with "
+    "`pulumi config set --secret --path ssh.privateKey --raw < keyfile`"
+)
+
+EXISTING_CA_NOT_A_MAPPING = (
+    "must be a mapping {certPem or certFile, keyPem or keyFile}; see pki.existingCa in the config reference of README.md"
+)
+
+EXISTING_CA_UNKNOWN_KEY = "is not a known key of pki.existingCa; use certPem or certFile, and keyPem or keyFile"
+
+def existing_ca_key_mismatch(cert_source: str, subject: str) -> str:
+    return (
+        f"does not match the certificate of pki.existingCa.{cert_source} ({subject}); give that CA certificate's "
+        "own private key"
+    )
+
+CA_CN_EQUALS_PROXY_CN = (
+    "equals proxyClientCommonName; the CA and the proxy-client certificate need "
+    "different subjects (e.g. caCommonName: aggregator-ca, proxyClientCommonName: aggregator)"
+)
+
+def leaf_outlives_ca(ca_validity_hours: int) -> str:
+    return (
+        f"is longer than caValidityHours ({ca_validity_hours}); a leaf must not "
+        "outlive its CA: lower certValidityHours or raise caValidityHours"
+    )
+
+def renewal_not_below_validity(cert_validity_hours: int) -> str:
+    return (
+        f"is not below certValidityHours ({cert_validity_hours}); the certificate "
+        "would be renewed on every run: lower earlyRenewalHours"
+    )
+
+def unknown_usage(known: Iterable[str]) -> str:
+    return f"is not a usage the tls provider knows (it would be dropped silently); use one of: {', '.join(sorted(known))}"
+
+NO_CLIENT_AUTH = (
+    "lacks client_auth; kube-apiserver presents this certificate as a client "
+    "(metrics-server rejects it with 'incompatible key usage'): add client_auth"
+)
+
+BAD_CONTAINER_NAME = (
+    "must be a container name (a DNS label: lowercase letters, digits and '-', at most 63), e.g. kube-apiserver"
+)
+
+BAD_KEY_OWNER = (
+    "must be user:group, each a name (lowercase letters, digits, '_' and '-', starting with a letter "
+    "or '_', at most 32) or a numeric id, e.g. kube:kube (the user kube-apiserver runs as, systemd's "
+    "User=)"
+)
+
+def resolution_too_short(floor_seconds: int) -> str:
+    return (
+        f"must be a duration longer than {floor_seconds}s (metrics-server's kubelet "
+        "request timeout; metrics-server exits at start otherwise), such as 15s or 1m"
+    )
+
+INSECURE_TLS_WITH_CA_FILE = (
+    "is set together with kubeletCaCertFile; choose one: remove kubeletInsecureTls "
+    "to verify kubelets with the CA in kubeletCaCertFile"
+)
+
+INSECURE_TLS_WITH_CA_PEM = (
+    "is set together with kubeletCaCertPem; choose one: remove kubeletInsecureTls "
+    "to verify kubelets with kubeletCaCertPem"
+)
+
+PORT_COLLIDES_WITH_KUBELET = (
+    "collides with the kubelet when hostNetwork is true (bind: address already in "
+    "use, metrics-server#1026); set metricsServer.containerPort to e.g. 4443"
+)
+
+def pem_and_file(pem_key: str, file_key: str, noun: str) -> str:
+    return f"is set together with {pem_key}; choose one: remove {pem_key} to read {noun} from the file, or remove {file_key}"
+
+def restart_command_empty(index: int, master: str, layout: str) -> str:
+    return (
+        f"is empty but masters[{index}] ({master}) uses layout {layout}, which needs "
+        "a restart command such as `systemctl restart kube-apiserver`"
+    )
+
+def existing_ca_expires_first(not_after: dt.datetime, proxy_end: dt.datetime, cert_validity_hours: int, fix: str) -> str:
+    return (
+        f"expires on {ca_files.when(not_after)}, {ca_files.span(proxy_end - not_after)} before the proxy-client "
+        f"certificate would (now + pki.certValidityHours {cert_validity_hours} = {ca_files.when(proxy_end)}): {fix}"
+    )
 
 
 # --- formatting ------------------------------------------------------------------------------------
