@@ -284,9 +284,6 @@ def verify_step_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> t
     return _sudo(f"sh -c {shlex.quote(create)}", sudo), _sudo(f"sh -c {shlex.quote(delete)}", sudo)
 
 
-_CERTS, _FLAGS = "certs", "flags"
-
-
 def step_name(master: Master, kind: str) -> str:
     """The logical name of a master's remote command: `<master>-certs`, `<master>-flags`, `<master>-verify`."""
     return f"{master.name}-{kind}"
@@ -300,7 +297,7 @@ def flag_props(settings: Settings) -> list[dict[str, object]]:
     return [
         {
             contract.MASTER_NAME: m.name,
-            contract.MASTER_FLAGS_STEP: step_name(m, _FLAGS),
+            contract.MASTER_FLAGS_STEP: step_name(m, "flags"),  # the step __init__ registers
             contract.MASTER_CERT_DIR: cert_dir(settings, m),
             contract.MASTER_FLAGS: apiserver_flags(settings, m),
         }
@@ -346,7 +343,10 @@ def _pem_bundle(ca_cert: str, cert: str, key: str) -> str:
 
 
 class ApiserverAggregation(pulumi.ComponentResource):
-    """Certificates and aggregation flags on every master, rolled out one master at a time."""
+    """Certificates and aggregation flags on every master, rolled out one master at a time.
+
+    Its input and output `masters` (contract.APISERVER_MASTERS) say what each master's flags step sets, so
+    the policy pack checks the flags by name instead of parsing the steps' command lines."""
 
     flags: dict[str, str]
     final_steps: list[pulumi.Resource]  # every master's flags step, in rollout order
@@ -381,9 +381,9 @@ class ApiserverAggregation(pulumi.ComponentResource):
         self.final_steps = []
         for master in settings.masters:
             step = functools.partial(self._step, master, _connection(settings, master))
-            certs = step(_CERTS, *certs_commands(certs_options(settings, master), sudo=sudo), [], stdin=stdin)
+            certs = step("certs", *certs_commands(certs_options(settings, master), sudo=sudo), [], stdin=stdin)
             options = flags_options(settings, master)
-            flags = step(_FLAGS, host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
+            flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
                          [certs] + ([previous] if previous else []))
             previous = flags
             self.final_steps.append(flags)

@@ -49,8 +49,6 @@ from components.ca_files import (
 from components.contract import MANAGED_FLAGS, NAMESPACE
 from components.errors import ConfigError, ProblemItem, Problems, problem, unsafe_value_message
 
-__all__ = ["ConfigError", "NAMESPACE", "Settings", "load", "parse"]
-
 TOP_LEVEL_KEYS = ("masters", "ssh", "pki", "apiserver", "metricsServer")
 
 # What the tls provider understands in `allowed_uses` (terraform-provider-tls `x509KeyUsages` and
