@@ -176,8 +176,11 @@ def master_flags(props: Any) -> list[MasterFlags]:
         if not isinstance(name, str) or not isinstance(step, str) or not isinstance(flags, Mapping):
             continue
         cert_dir = get(entry, contract.MASTER_CERT_DIR)
-        out.append(MasterFlags(name, step, cert_dir if isinstance(cert_dir, str) else "",
-                               {k: str(v) for k, v in flags.items() if isinstance(k, str) and not is_unknown(v)}))
+        try:  # the pulumi-policy proxy raises on an unknown value; the program's values are all known
+            known = {k: str(v) for k, v in flags.items() if isinstance(k, str) and not is_unknown(v)}
+        except UnknownValueError:
+            continue
+        out.append(MasterFlags(name, step, cert_dir if isinstance(cert_dir, str) else "", known))
     return out
 
 

@@ -789,3 +789,12 @@ def test_the_prod_stack_with_an_existing_ca_named_kubernetes_fails_the_pack(ssh_
     assert list(found) == ["aggregator-ca-not-cluster-ca"]
     [message] = found["aggregator-ca-not-cluster-ca"]
     assert "certificate 'proxy-client' is signed by a CA named 'kubernetes'" in message
+
+
+def test_flag_policies_skip_what_is_not_known_yet():
+    """In a preview every value the program records is known; an unknown one is skipped, not guessed."""
+    props = {"masters": [{"name": "cp1", "flagsStep": "cp1-flags", "certDir": "/etc/kubernetes/pki",
+                          "flags": {"--anonymous-auth": UNKNOWN_STRING_VALUE}}]}
+    assert messages(ap.validate_no_dangerous_apiserver_flags, resource_args(ap.APISERVER, "apiserver", props, DENIED)) == []
+    assert messages(ap.validate_no_dangerous_apiserver_flags,
+                    resource_args(ap.APISERVER, "apiserver", {"masters": UNKNOWN_STRING_VALUE}, DENIED)) == []
