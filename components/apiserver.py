@@ -50,6 +50,87 @@ HOST_SCRIPT_DIR = "/var/lib/metrics-aggregation/scripts"
 _IGNORE_KEY_ROTATION = ["connection.privateKey", "connection.proxy.privateKey"]
 
 
+# --- what a master gets: paths and flags, derived from the settings ---------------------------------
+
+# apiserver.configPath / certDir / restartCommand when the stack leaves them unset, per layout. Every layout
+# but static-pod has a restart command (config validation relies on that, a unit test holds it).
+LAYOUT_DEFAULTS: dict[Layout, dict[str, str]] = {
+    Layout.ENV_FILE: {
+        "config_path": "/etc/kubernetes/kube-apiserver.conf",
+        "cert_dir": "/etc/kubernetes/ssl",
+        "restart_command": "systemctl restart kube-apiserver",
+    },
+    Layout.SYSTEMD_UNIT: {
+        "config_path": "/etc/systemd/system/kube-apiserver.service",
+        "cert_dir": "/etc/kubernetes/ssl",
+        "restart_command": "systemctl daemon-reload && systemctl restart kube-apiserver",
+    },
+    Layout.STATIC_POD: {
+        "config_path": "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        "cert_dir": "/etc/kubernetes/pki",
+        # The kubelet restarts the static pod when its manifest changes.
+        "restart_command": "",
+    },
+}
+
+
+def _resolved(settings: Settings, field: str, layout: Layout) -> str:
+    """apiserver.<field> as given, else the layout's default."""
+    value = getattr(settings.apiserver, field)
+    return LAYOUT_DEFAULTS[layout][field] if value is None else value
+
+
+def config_path(settings: Settings, master: Master) -> str:
+    """The kube-apiserver config file on `master`: its own configPath, apiserver.configPath, the layout's."""
+    return master.config_path or _resolved(settings, "config_path", settings.master_layout(master))
+
+
+def cert_dir(settings: Settings, master: Master | None = None) -> str:
+    """Where the PEM files go on `master` (None: the default layout's, the `apiserverFlags` output's)."""
+    return _resolved(settings, "cert_dir", settings.master_layout(master) if master else settings.apiserver.layout)
+
+
+def restart_command(settings: Settings, master: Master) -> str:
+    return _resolved(settings, "restart_command", settings.master_layout(master))
+
+
+def extra_flags(settings: Settings, master: Master | None = None) -> dict[str, str]:
+    """apiserver.extraFlags with `master`'s extraFlags merged over them (the master's value wins), sorted."""
+    merged = {**settings.apiserver.extra_flags, **(master.extra_flags if master else {})}
+    return dict(sorted(merged.items()))
+
+
+def apiserver_flags(settings: Settings, master: Master | None = None) -> dict[str, str]:
+    """The kube-apiserver flags the program sets on `master` (docs/contracts.md, "Files on each master"):
+    the aggregation flags (contract.MANAGED_FLAGS, paths in the master's certDir), then apiserver.extraFlags
+    merged with the master's extraFlags, sorted by name.
+
+    Without a master: the set common to every master, the `apiserverFlags` output: the default
+    layout's certDir and apiserver.extraFlags only (no master's own extraFlags)."""
+    if master is not None and not isinstance(master, Master):
+        raise TypeError(
+            f"apiserver_flags takes a Master (for its certDir and extraFlags), not {type(master).__name__}: "
+            "call apiserver_flags(settings, master)"
+        )
+    d = cert_dir(settings, master)
+    flags = {
+        contract.REQUESTHEADER_CLIENT_CA_FILE: f"{d}/{contract.CA_CERT_FILE}",
+        contract.REQUESTHEADER_ALLOWED_NAMES: ",".join(settings.requestheader_allowed_names),
+        contract.REQUESTHEADER_EXTRA_HEADERS_PREFIX: "X-Remote-Extra-",
+        contract.REQUESTHEADER_GROUP_HEADERS: "X-Remote-Group",
+        contract.REQUESTHEADER_USERNAME_HEADERS: "X-Remote-User",
+        contract.PROXY_CLIENT_CERT_FILE: f"{d}/{contract.PROXY_CERT_FILE}",
+        contract.PROXY_CLIENT_KEY_FILE: f"{d}/{contract.PROXY_KEY_FILE}",
+    }
+    if settings.apiserver.enable_aggregator_routing:
+        flags[contract.ENABLE_AGGREGATOR_ROUTING] = "true"
+    flags.update(extra_flags(settings, master))
+    return flags
+
+
+# --- the host script and its command lines -----------------------------------------------------------
+
+
 @functools.cache
 def script_text() -> str:
     return SCRIPT_PATH.read_text()
@@ -123,7 +204,7 @@ def _remove_scripts() -> str:
 def certs_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     """The options of install-certs / remove-certs on `master`: the PEM file names (contract.PEM_FILES)
     as one comma-separated word, in the order of the PEM blocks on stdin."""
-    options = [("--master", master.name), ("--cert-dir", settings.cert_dir(master)),
+    options = [("--master", master.name), ("--cert-dir", cert_dir(settings, master)),
                ("--pem-files", ",".join(contract.PEM_FILES))]
     # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
     # left out, so stacks without it keep their command lines
@@ -137,10 +218,10 @@ def flags_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     (the aggregation flags, then apiserver.extraFlags merged with this master's extraFlags)."""
     options = [
         ("--master", master.name),
-        ("--cert-dir", settings.cert_dir(master)),
+        ("--cert-dir", cert_dir(settings, master)),
         ("--layout", settings.master_layout(master).value),
-        ("--config-path", settings.master_config_path(master)),
-        ("--restart-command", settings.restart_command(master)),
+        ("--config-path", config_path(settings, master)),
+        ("--restart-command", restart_command(settings, master)),
         ("--readyz-url", settings.apiserver.readyz_url),
         ("--ready-timeout", str(settings.apiserver.ready_timeout_seconds)),
     ]
@@ -148,7 +229,7 @@ def flags_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     if settings.apiserver.ready_steady_seconds is not None:
         options.append(("--ready-steady-seconds", str(settings.apiserver.ready_steady_seconds)))
     options += _container_option(settings, master)
-    return options + [("--flag", f"{k}={v}") for k, v in settings.apiserver_flags(master).items()]
+    return options + [("--flag", f"{k}={v}") for k, v in apiserver_flags(settings, master).items()]
 
 
 def _container_option(settings: Settings, master: Master) -> list[tuple[str, str]]:
@@ -207,23 +288,23 @@ def verify_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     """The options of `verify` on `master`: the header flags with the standard values (the ones this
     program and kubeadm set), the CA/cert/key flags naming existing files, requestheader-allowed-names
     empty or listing pki.proxyClientCommonName, and --enable-aggregator-routing=true when configured."""
-    flags = settings.apiserver_flags(master)
+    flags = apiserver_flags(settings, master)
     options = [
         ("--master", master.name),
         ("--layout", settings.master_layout(master).value),
-        ("--config-path", settings.master_config_path(master)),
+        ("--config-path", config_path(settings, master)),
         *_container_option(settings, master),
     ]
     for name in VERIFY_HEADER_FLAGS:
         options += [("--require", f"{name}={flags[name]}"), ("--why", "the standard value, as kubeadm and this program set it")]
     options += [("--require-file-flag", name) for name in VERIFY_FILE_FLAGS]
     options += [
-        ("--require-listed", f"--requestheader-allowed-names={settings.pki.proxy_client_common_name}"),
+        ("--require-listed", f"{contract.REQUESTHEADER_ALLOWED_NAMES}={settings.pki.proxy_client_common_name}"),
         ("--why", "pki.proxyClientCommonName"),
     ]
     if settings.apiserver.enable_aggregator_routing:
         options += [
-            ("--require", "--enable-aggregator-routing=true"),
+            ("--require", f"{contract.ENABLE_AGGREGATOR_ROUTING}=true"),
             ("--why", "apiserver.enableAggregatorRouting: true wants =true"),
         ]
     return options
@@ -239,6 +320,27 @@ def verify_step_commands(options: Sequence[tuple[str, str]], *, sudo: bool) -> t
     create = _install_script(f'exec bash "$f" verify {args}')
     delete = "set -eu; " + _remove_scripts()
     return _sudo(f"sh -c {shlex.quote(create)}", sudo), _sudo(f"sh -c {shlex.quote(delete)}", sudo)
+
+
+def step_name(master: Master, kind: str) -> str:
+    """The logical name of a master's remote command: `<master>-certs`, `<master>-flags`, `<master>-verify`."""
+    return f"{master.name}-{kind}"
+
+
+def flag_props(settings: Settings) -> list[dict[str, object]]:
+    """ApiserverAggregation's `masters` (contract.APISERVER_MASTERS): what every master's flags step sets,
+    in rollout order; none with apiserver.manage: false."""
+    if not settings.apiserver.manage:
+        return []
+    return [
+        {
+            contract.MASTER_NAME: m.name,
+            contract.MASTER_FLAGS_STEP: step_name(m, "flags"),  # the step __init__ registers
+            contract.MASTER_CERT_DIR: cert_dir(settings, m),
+            contract.MASTER_FLAGS: apiserver_flags(settings, m),
+        }
+        for m in settings.masters
+    ]
 
 
 def _connection(settings: Settings, master: Master) -> command.remote.ConnectionArgs:
@@ -279,7 +381,10 @@ def _pem_bundle(ca_cert: str, cert: str, key: str) -> str:
 
 
 class ApiserverAggregation(pulumi.ComponentResource):
-    """Certificates and aggregation flags on every master, rolled out one master at a time."""
+    """Certificates and aggregation flags on every master, rolled out one master at a time.
+
+    Its input and output `masters` (contract.APISERVER_MASTERS) say what each master's flags step sets, so
+    the policy pack checks the flags by name instead of parsing the steps' command lines."""
 
     flags: dict[str, str]
     final_steps: list[pulumi.Resource]  # every master's flags step, in rollout order
@@ -297,7 +402,9 @@ class ApiserverAggregation(pulumi.ComponentResource):
         proxy_key_pem: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        super().__init__("metrics-aggregation:apiserver:ApiserverAggregation", name, None, opts)
+        # what each master's flags step sets, as the component's input: the policy pack reads it there
+        masters = flag_props(settings)
+        super().__init__(contract.APISERVER_TYPE, name, {contract.APISERVER_MASTERS: masters}, opts)
         if not settings.apiserver.manage:
             self._verify_only(settings)
             return
@@ -320,8 +427,8 @@ class ApiserverAggregation(pulumi.ComponentResource):
             self.final_steps.append(flags)
         self.done = [self.final_steps[-1]]
         # the `apiserverFlags` output: what every master gets (no master's own extraFlags)
-        self.flags = settings.apiserver_flags()
-        self.register_outputs({"flags": self.flags})
+        self.flags = apiserver_flags(settings)
+        self.register_outputs({"flags": self.flags, contract.APISERVER_MASTERS: masters})
 
     def _verify_only(self, settings: Settings) -> None:
         """apiserver.manage: false: the apiservers already run aggregation (kubeadm's front-proxy, a
@@ -335,7 +442,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
             self.final_steps.append(step)
         self.done = list(self.final_steps)
         self.flags = {}  # this program sets no flag
-        self.register_outputs({"flags": self.flags})
+        self.register_outputs({"flags": self.flags, contract.APISERVER_MASTERS: []})
 
     def _step(
         self,
@@ -349,7 +456,7 @@ class ApiserverAggregation(pulumi.ComponentResource):
     ) -> command.remote.Command:
         """One remote command of a master; `update` is `create` again: re-runs come from inputs."""
         return command.remote.Command(
-            f"{master.name}-{kind}",
+            step_name(master, kind),
             connection=connection,
             create=apply,
             update=apply,

@@ -22,16 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from components import config, kube_access
+from components import config, contract, kube_access
 
 APP = "metrics-server"
-API_SERVICE = "v1beta1.metrics.k8s.io"
+API_SERVICE = contract.METRICS_API_SERVICE
 API_SERVICE_PATH = f"/apis/apiregistration.k8s.io/v1/apiservices/{API_SERVICE}"
 NAME_LABEL_SELECTOR = "app.kubernetes.io/name%3Dmetrics-server"
 DEPLOYMENTS_PATH = f"/apis/apps/v1/deployments?labelSelector={NAME_LABEL_SELECTOR}"
 # The proposed setting for "keep the metrics-server you have" (see the report/docs): this program then
 # deploys no metrics-server at all.
-KEEP_EXISTING_KEY = f"{config.NAMESPACE}:metricsServer.manage"
+KEEP_EXISTING_KEY = f"{contract.NAMESPACE}:metricsServer.manage"
 
 HELM_RELEASE_NAME = "meta.helm.sh/release-name"
 HELM_RELEASE_NAMESPACE = "meta.helm.sh/release-namespace"
@@ -81,7 +81,7 @@ def helm_release(obj: dict[str, Any]) -> tuple[str, str] | None:
 def is_ours(obj: dict[str, Any]) -> bool:
     """Made by this program (MetricsServer's labels): a later `up` of the same stack."""
     labels, _ = _meta(obj)
-    return labels.get(PART_OF) == config.NAMESPACE and labels.get(MANAGED_BY) == "pulumi"
+    return labels.get(PART_OF) == contract.NAMESPACE and labels.get(MANAGED_BY) == "pulumi"
 
 
 def helm_releases(api_service: dict[str, Any] | None, deployments: list[dict[str, Any]]) -> list[HelmRelease]:
@@ -124,7 +124,7 @@ def foreign_message(service: str, namespace: str) -> str:
     other_ns, _, other_name = service.partition("/")
     # An upstream-shaped install in another namespace has our names there: adoptable in place.
     adopt = (
-        f" (or, if it is an upstream-shaped install, set {config.NAMESPACE}:metricsServer.namespace to {other_ns}: "
+        f" (or, if it is an upstream-shaped install, set {contract.NAMESPACE}:metricsServer.namespace to {other_ns}: "
         f"`up` then adopts it in place)"
         if other_name == APP else ""
     )

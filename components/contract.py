@@ -37,16 +37,39 @@ MANAGED_FLAGS = (
 )
 
 # Stack outputs. No private key is ever one.
+OUTPUT_AGGREGATOR_CA_CERT_PEM = "aggregatorCaCertPem"
+OUTPUT_PROXY_CLIENT_CERT_PEM = "proxyClientCertPem"
+OUTPUT_PROXY_CLIENT_CERT_NOT_AFTER = "proxyClientCertNotAfter"
+OUTPUT_REQUESTHEADER_ALLOWED_NAMES = "requestheaderAllowedNames"
+OUTPUT_APISERVER_FLAGS = "apiserverFlags"
+OUTPUT_MASTERS = "masters"
+OUTPUT_METRICS_API_SERVICE = "metricsApiService"
+OUTPUT_METRICS_SERVER_NAMESPACE = "metricsServerNamespace"
 OUTPUTS = (
-    "aggregatorCaCertPem",
-    "proxyClientCertPem",
-    "proxyClientCertNotAfter",
-    "requestheaderAllowedNames",
-    "apiserverFlags",
-    "masters",
-    "metricsApiService",
-    "metricsServerNamespace",
+    OUTPUT_AGGREGATOR_CA_CERT_PEM,
+    OUTPUT_PROXY_CLIENT_CERT_PEM,
+    OUTPUT_PROXY_CLIENT_CERT_NOT_AFTER,
+    OUTPUT_REQUESTHEADER_ALLOWED_NAMES,
+    OUTPUT_APISERVER_FLAGS,
+    OUTPUT_MASTERS,
+    OUTPUT_METRICS_API_SERVICE,
+    OUTPUT_METRICS_SERVER_NAMESPACE,
 )
 
 # The APIService the metrics API is served through (its name is the API's, whoever installed it).
 METRICS_API_SERVICE = "v1beta1.metrics.k8s.io"
+
+# The resources the policy pack finds by type and exact logical name, never by parsing command lines.
+# The proxy-client certificate: its tls CertRequest and LocallySignedCert both carry this name (its key:
+# "<name>-key").
+PROXY_CLIENT_CERT_NAME = "proxy-client"
+# ApiserverAggregation holds, as its input and output `masters`, what every master's flags step sets: one
+# entry per master in rollout order, {"name": <master>, "flagsStep": <the step's logical name>,
+# "certDir": <where the PEM files go>, "flags": {<kube-apiserver flag>: <value>}} (empty with
+# apiserver.manage: false, when no flag is set).
+APISERVER_TYPE = "metrics-aggregation:apiserver:ApiserverAggregation"
+APISERVER_MASTERS = "masters"
+MASTER_NAME = "name"
+MASTER_FLAGS_STEP = "flagsStep"
+MASTER_CERT_DIR = "certDir"
+MASTER_FLAGS = "flags"

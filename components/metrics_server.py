@@ -38,14 +38,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_tls as tls
 
-from components import config, kube_access
+from components import config, contract, kube_access
 
 TYPE = "metrics-aggregation:k8s:MetricsServer"
 
 APP = "metrics-server"  # the upstream object name of the SA, Service, Deployment, PDB
-API_GROUP = "metrics.k8s.io"
-API_VERSION = "v1beta1"
-API_SERVICE_NAME = f"{API_VERSION}.{API_GROUP}"
+API_SERVICE_NAME = contract.METRICS_API_SERVICE
+API_VERSION, API_GROUP = API_SERVICE_NAME.split(".", 1)
 # extension-apiserver-authentication lives in kube-system, so the RoleBinding that lets
 # metrics-server read it lives there too, wherever metrics-server itself runs.
 AUTH_NAMESPACE = "kube-system"
@@ -92,7 +91,7 @@ def labels(settings: config.MetricsServer) -> dict[str, str]:
         **SELECTOR,
         "app.kubernetes.io/name": APP,
         "app.kubernetes.io/version": settings.version,
-        "app.kubernetes.io/part-of": config.NAMESPACE,
+        "app.kubernetes.io/part-of": contract.NAMESPACE,
         "app.kubernetes.io/managed-by": "pulumi",
     }
 

@@ -12,21 +12,22 @@ call it the same way under Pulumi's mocks.
 
 from __future__ import annotations
 
+from components import contract as c
 from components.apiserver import ApiserverAggregation
 from components.config import Settings
 from components.kube_access import KubeSettings
-from components.metrics_server import API_SERVICE_NAME, MetricsServer
+from components.metrics_server import MetricsServer
 from components.pki import AggregatorCA, ProxyClientCert
 
 
 def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, object]:
-    """Register every resource; return the stack outputs (contract: docs/contracts.md). `kube`: the
+    """Register every resource; return the stack outputs (docs/contracts.md "Outputs"). `kube`: the
     stack's `kubernetes:*` settings, when the caller has read them already (else metrics-server reads them)."""
     if not settings.apiserver.manage:
         return _verify_only(settings, kube)
     ca = AggregatorCA("aggregator-ca", settings.pki)
     ips, dns = settings.cert_sans()
-    proxy = ProxyClientCert("proxy-client", settings.pki, ca, ip_addresses=ips, dns_names=dns)
+    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings.pki, ca, ip_addresses=ips, dns_names=dns)
     apiserver = ApiserverAggregation(
         "apiserver",
         settings,
@@ -62,14 +63,14 @@ def _metrics_server(settings: Settings, apiserver: ApiserverAggregation,
 def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer | None, *,
              ca_cert_pem: object, proxy: ProxyClientCert | None) -> dict[str, object]:
     return {
-        "aggregatorCaCertPem": ca_cert_pem,
-        "proxyClientCertPem": proxy.cert_pem if proxy else None,
-        "proxyClientCertNotAfter": proxy.not_after if proxy else None,
-        "requestheaderAllowedNames": settings.requestheader_allowed_names,
-        "apiserverFlags": apiserver.flags,
-        "masters": [{"name": m.name, "address": m.address} for m in settings.masters],
+        c.OUTPUT_AGGREGATOR_CA_CERT_PEM: ca_cert_pem,
+        c.OUTPUT_PROXY_CLIENT_CERT_PEM: proxy.cert_pem if proxy else None,
+        c.OUTPUT_PROXY_CLIENT_CERT_NOT_AFTER: proxy.not_after if proxy else None,
+        c.OUTPUT_REQUESTHEADER_ALLOWED_NAMES: settings.requestheader_allowed_names,
+        c.OUTPUT_APISERVER_FLAGS: apiserver.flags,
+        c.OUTPUT_MASTERS: [{"name": m.name, "address": m.address} for m in settings.masters],
         # without our metrics-server the APIService of the kept one has the same name (it is the API's)
-        "metricsApiService": metrics.api_service_name if metrics else API_SERVICE_NAME,
+        c.OUTPUT_METRICS_API_SERVICE: metrics.api_service_name if metrics else c.METRICS_API_SERVICE,
         # unmanaged: metricsServer.namespace, which such a stack sets to where the kept one runs
-        "metricsServerNamespace": metrics.namespace if metrics else settings.metrics_server.namespace,
+        c.OUTPUT_METRICS_SERVER_NAMESPACE: metrics.namespace if metrics else settings.metrics_server.namespace,
     }

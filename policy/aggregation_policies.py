@@ -10,19 +10,24 @@ Policies (issue 6, §3) and what they read:
 | policy | kind | resources (type token: property names as in state, camelCase) |
 |---|---|---|
 | aggregator-ca-not-cluster-ca | stack | tls SelfSignedCert (isCaCertificate, subject.commonName, certPem), LocallySignedCert (caCertPem: with pki.existingCa the CA is no resource of the stack, only the signer of the proxy cert) vs config clusterCaCertPem (or the file of pki.clusterCaCertFile) |
-| proxy-client-cert-accepted | stack | tls LocallySignedCert *proxy-client* (allowedUses), CertRequest *proxy-client* (subject.commonName), command:remote:Command (create: `--flag --requestheader-allowed-names=<CN>`) |
-| no-kubelet-insecure-tls-in-production | resource | kubernetes Deployment (container args/command), command:remote:Command (create) |
+| proxy-client-cert-accepted | stack | tls LocallySignedCert `proxy-client` (allowedUses), CertRequest `proxy-client` (subject.commonName), ApiserverAggregation (masters[].flags: --requestheader-allowed-names; masters[].flagsStep names the command:remote:Command reported) |
+| no-kubelet-insecure-tls-in-production | resource | kubernetes Deployment (container args/command), ApiserverAggregation (masters[].flags) |
 | no-insecure-skip-tls-verify-in-production | resource | kubernetes APIService (spec.insecureSkipTLSVerify) |
 | strong-keys | resource | tls PrivateKey (algorithm, rsaBits, ecdsaCurve) |
 | leaf-validity-bounded | resource | tls LocallySignedCert / non-CA SelfSignedCert (validityPeriodHours) vs config maxLeafValidityHours |
 | host-keys-pinned-in-production | resource | command:remote:Command (connection.hostKey, connection.proxy.hostKey) |
-| no-dangerous-apiserver-flags | resource | command:remote:Command (create/update: the `--flag NAME=VALUE` pairs and `--cert-dir` of the host script) vs config deniedFlags |
+| no-dangerous-apiserver-flags | resource | ApiserverAggregation (masters[].flags and masters[].certDir) vs config deniedFlags |
+
+Resources are found by type and exact logical name, and flags by name, as components/contract.py defines
+them: what every master's flags step sets is an input (and output) of the ApiserverAggregation component,
+so no command line is parsed here.
 
 Policy config (per policy, see `pack_config.py`): `production` (bool; default: true when the stack is
 named prod or production), `maxLeafValidityHours` (default 8760), `clusterCaCertPem` (optional; default:
 the stack config `metrics-aggregation:pki.clusterCaCertPem` when the CLI passes the stack config, else
 the file named by `metrics-aggregation:pki.clusterCaCertFile`, read by the pack itself, a relative path
-against its working directory; a file it cannot read or that holds no certificate is a violation),
+against its working directory, through components/ca_files.py as the stack config reads it; a file it
+cannot read or that holds no certificate is a violation),
 `deniedFlags` (kube-apiserver flag names the program must never set; pack_config.py writes
 DEFAULT_DENIED_FLAGS).
 
@@ -35,9 +40,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pulumi_policy import (
@@ -57,8 +62,10 @@ from pulumi_policy.proxy import (
     UnknownValueError,
 )
 
+from components import ca_files, contract
+
 PACK_NAME = "metrics-aggregation-guardrails"
-NAMESPACE = "metrics-aggregation"
+NAMESPACE = contract.NAMESPACE
 DEFAULT_MAX_LEAF_VALIDITY_HOURS = 8760
 PRODUCTION_STACK_NAMES = frozenset({"prod", "production"})
 
@@ -67,18 +74,13 @@ LOCALLY_SIGNED_CERT = "tls:index/locallySignedCert:LocallySignedCert"
 CERT_REQUEST = "tls:index/certRequest:CertRequest"
 PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 REMOTE_COMMAND = "command:remote:Command"
+APISERVER = contract.APISERVER_TYPE
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 API_SERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
 
-PROXY_CLIENT_MARKER = "proxy-client"
-ALLOWED_NAMES_FLAG = "--requestheader-allowed-names"
+PROXY_CLIENT = contract.PROXY_CLIENT_CERT_NAME
+ALLOWED_NAMES_FLAG = contract.REQUESTHEADER_ALLOWED_NAMES
 KUBELET_INSECURE_FLAG = "--kubelet-insecure-tls"
-# The host script's option that carries one kube-apiserver flag (`--flag NAME=VALUE`), and the option
-# naming the master's cert dir, where the aggregator CA is `aggregator-ca.pem`.
-HOST_FLAG_OPTION = "--flag"
-CERT_DIR_OPTION = "--cert-dir"
-AGGREGATOR_CA_FILE = "aggregator-ca.pem"
-REQUESTHEADER_CA_FLAG = "--requestheader-client-ca-file"
 # Flags no stack should have this program set, whatever the value: static bearer tokens in a file, and the
 # unauthenticated, unauthorized HTTP port of old kube-apiservers.
 DEFAULT_DENIED_FLAGS = ("--basic-auth-file", "--insecure-bind-address", "--insecure-port", "--token-auth-file")
@@ -155,29 +157,31 @@ def _items(value: Any) -> list[Any]:
     return out
 
 
-def command_tokens(command: Any) -> list[str]:
-    """The argv of a remote command line (the program shell-quotes every argument).
+@dataclass(frozen=True)
+class MasterFlags:
+    """What one master's flags step sets, as ApiserverAggregation records it (contract.APISERVER_MASTERS)."""
 
-    The host script is installed on the master and called by path (`bash <path> apply ... --flag X=Y`);
-    tokens are split as the shell would, so a quoted argument is never mistaken for several options.
-    """
-    if not isinstance(command, str) or is_unknown(command):
-        return []
-    try:
-        return shlex.split(command)
-    except ValueError:
-        return command.split()
+    master: str
+    step: str  # the logical name of the master's flags command
+    cert_dir: str
+    flags: dict[str, str]
 
 
-def flag_values(tokens: Sequence[str], flag: str) -> list[str | None]:
-    """Values given to `flag` (as `flag=value` or bare `flag` -> None) anywhere in `tokens`."""
-    values: list[str | None] = []
-    for token in tokens:
-        if token == flag:
-            values.append(None)
-        elif token.startswith(flag + "="):
-            values.append(token[len(flag) + 1 :])
-    return values
+def master_flags(props: Any) -> list[MasterFlags]:
+    """The `masters` of an ApiserverAggregation's properties; an unknown or malformed entry is skipped."""
+    out = []
+    for entry in _items(get(props, contract.APISERVER_MASTERS)):
+        name, step = get(entry, contract.MASTER_NAME), get(entry, contract.MASTER_FLAGS_STEP)
+        flags = get(entry, contract.MASTER_FLAGS)
+        if not isinstance(name, str) or not isinstance(step, str) or not isinstance(flags, Mapping):
+            continue
+        cert_dir = get(entry, contract.MASTER_CERT_DIR)
+        try:  # the pulumi-policy proxy raises on an unknown value; the program's values are all known
+            known = {k: str(v) for k, v in flags.items() if isinstance(k, str) and not is_unknown(v)}
+        except UnknownValueError:
+            continue
+        out.append(MasterFlags(name, step, cert_dir if isinstance(cert_dir, str) else "", known))
+    return out
 
 
 # --- settings --------------------------------------------------------------------------------------
@@ -220,53 +224,28 @@ def settings_from(config: Mapping[str, Any] | None) -> Settings:
 
 
 CLUSTER_CA_FILE_KEY = f"{NAMESPACE}:pki.clusterCaCertFile"
-# As components/config.py reads it: a CA bundle is a few KiB.
-MAX_CA_FILE_BYTES = 256 * 1024
 
 
 def cluster_ca(settings: Settings) -> tuple[str | None, str | None]:
     """(the cluster CA's PEM or None, None) or (None, why the clusterCaCertFile could not be used).
 
     The PEM of the policy config or of the stack config pki.clusterCaCertPem as given; otherwise the file
-    of the stack config pki.clusterCaCertFile, read here, a relative path against the working directory
-    (under `pulumi preview/up`, the directory pulumi runs the pack in)."""
+    of the stack config pki.clusterCaCertFile, read as the stack config reads it (components/ca_files.py),
+    a relative path against the working directory (under `pulumi preview/up`, the directory pulumi runs
+    the pack in)."""
     if settings.cluster_ca_cert_pem or not settings.cluster_ca_cert_file:
         return settings.cluster_ca_cert_pem, None
     given = settings.cluster_ca_cert_file
-    path = os.path.expanduser(given)
-    if os.path.isabs(path):
-        where = path
-    else:
-        path = os.path.join(os.getcwd(), path)
-        where = f"{path} (relative to the working directory {os.getcwd()})"
-
-    def problem(what: str) -> str:
-        return (
-            f"{CLUSTER_CA_FILE_KEY} (stack config): {given!r} {what}; the aggregator CA cannot be compared "
-            "with the cluster CA: put the cluster CA certificate (kube-apiserver's --client-ca-file, e.g. "
-            "/etc/kubernetes/pki/ca.crt) there, or set policy config clusterCaCertPem "
-            "(policy/pack_config.py --cluster-ca-cert FILE)."
-        )
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CA_FILE_BYTES + 1)
-    except FileNotFoundError:
-        return None, problem(f"cannot be read: {where} does not exist")
-    except IsADirectoryError:
-        return None, problem(f"cannot be read: {where} is a directory")
-    except OSError as e:
-        return None, problem(f"cannot be read: {where}: {e.strerror or e}")
-    if len(data) > MAX_CA_FILE_BYTES:
-        return None, problem(f"is larger than {MAX_CA_FILE_BYTES // 1024} KiB ({where})")
-    text = data.decode("ascii", errors="replace")
-    if cert_info(text) is None:
-        return None, problem(f"is not a PEM certificate ({where})")
-    return text, None
-
-
-def _is_proxy_client(name: str) -> bool:
-    return PROXY_CLIENT_MARKER in name
+    full, where = ca_files.locate(given, Path.cwd(), "the working directory")
+    text, fault = ca_files.read_ca_file(full, where)
+    if fault is None:
+        return text, None
+    return None, (
+        f"{CLUSTER_CA_FILE_KEY} (stack config): {given!r} {fault.text}; the aggregator CA cannot be compared "
+        "with the cluster CA: put the cluster CA certificate (kube-apiserver's --client-ca-file, e.g. "
+        "/etc/kubernetes/pki/ca.crt) there, or set policy config clusterCaCertPem "
+        "(policy/pack_config.py --cluster-ca-cert FILE)."
+    )
 
 
 # --- certificates (cryptography) -------------------------------------------------------------------
@@ -283,20 +262,15 @@ def cert_info(pem: Any) -> CertInfo | None:
     """DER, public key and subject CN of the first certificate in a PEM string; None if not one."""
     if not isinstance(pem, str) or is_unknown(pem) or "BEGIN CERTIFICATE" not in pem:
         return None
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509.oid import NameOID
 
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
+        cert = ca_files.certificate(pem)
     except ValueError:
         return None
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return CertInfo(
-        cert.public_bytes(Encoding.DER),
-        cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
-        str(cns[0].value) if cns else None,
-    )
+    return CertInfo(cert.public_bytes(Encoding.DER), ca_files.spki(cert.public_key()), str(cns[0].value) if cns else None)
 
 
 # --- stack policies --------------------------------------------------------------------------------
@@ -388,7 +362,7 @@ def validate_proxy_client_cert(args: StackValidationArgs, report_violation: Repo
     for r in args.resources:
         by_type.setdefault(r.resource_type, []).append(r)
 
-    certs = [r for r in by_type.get(LOCALLY_SIGNED_CERT, []) if _is_proxy_client(r.name)]
+    certs = [r for r in by_type.get(LOCALLY_SIGNED_CERT, []) if r.name == PROXY_CLIENT]
     for cert in certs:
         uses = get(cert.props, "allowedUses")
         if is_unknown(uses):
@@ -401,17 +375,21 @@ def validate_proxy_client_cert(args: StackValidationArgs, report_violation: Repo
                 cert.urn,
             )
 
-    requests = [r for r in by_type.get(CERT_REQUEST, []) if _is_proxy_client(r.name)]
-    flag_commands = [
-        c for c in by_type.get(REMOTE_COMMAND, [])
-        if flag_values(command_tokens(get(c.props, "create")), ALLOWED_NAMES_FLAG)
+    requests = [r for r in by_type.get(CERT_REQUEST, []) if r.name == PROXY_CLIENT]
+    # (the flags step's name, where to report, the flag's value) for every master that sets the flag
+    commands = {c.name: c.urn for c in by_type.get(REMOTE_COMMAND, [])}
+    allowed_names = [
+        (m.step, commands.get(m.step, component.urn), m.flags[ALLOWED_NAMES_FLAG])
+        for component in by_type.get(APISERVER, [])
+        for m in master_flags(component.props)
+        if ALLOWED_NAMES_FLAG in m.flags
     ]
-    if not requests and not certs and not flag_commands:
+    if not requests and not certs and not allowed_names:
         return  # nothing of the aggregation layer in this stack (e.g. an empty or unrelated stack)
     if not requests:
         report_violation(
-            "no tls CertRequest named like 'proxy-client' in the stack: cannot tell which common name the "
-            "proxy-client certificate has; name the proxy client's CertRequest 'proxy-client'.",
+            f"no tls CertRequest named like '{PROXY_CLIENT}' in the stack: cannot tell which common name the "
+            f"proxy-client certificate has; name the proxy client's CertRequest '{PROXY_CLIENT}'.",
             None,
         )
         return
@@ -426,32 +404,28 @@ def validate_proxy_client_cert(args: StackValidationArgs, report_violation: Repo
         return
     cn_text = ", ".join(f"'{cn}'" for cn in sorted(set(names.values())))
 
-    found = False
-    for cmd in by_type.get(REMOTE_COMMAND, []):
-        tokens = command_tokens(get(cmd.props, "create"))
-        for value in flag_values(tokens, ALLOWED_NAMES_FLAG):
-            found = True
-            allowed = [n.strip() for n in (value or "").strip("'\"").split(",") if n.strip()]
-            if not allowed:
-                report_violation(
-                    f"command '{cmd.name}' sets {ALLOWED_NAMES_FLAG} empty, which accepts ANY client "
-                    f"certificate signed by the requestheader CA; set it to the proxy-client CN {cn_text}.",
-                    cmd.urn,
-                )
-                continue
-            missing = sorted({cn for cn in names.values() if cn not in allowed})
-            if missing:
-                report_violation(
-                    f"proxy-client certificate CN {', '.join(repr(m) for m in missing)} is not in "
-                    f"{ALLOWED_NAMES_FLAG}={','.join(allowed)} set by command '{cmd.name}'; kube-apiserver "
-                    "would not be trusted by metrics-server ('x509: subject with cn=... is not in the allowed "
-                    "list'): make pki.proxyClientCommonName and the flag agree.",
-                    cmd.urn,
-                )
-    if not found:
+    for step, where, value in allowed_names:
+        allowed = [n.strip() for n in value.strip("'\"").split(",") if n.strip()]
+        if not allowed:
+            report_violation(
+                f"command '{step}' sets {ALLOWED_NAMES_FLAG} empty, which accepts ANY client "
+                f"certificate signed by the requestheader CA; set it to the proxy-client CN {cn_text}.",
+                where,
+            )
+            continue
+        missing = sorted({cn for cn in names.values() if cn not in allowed})
+        if missing:
+            report_violation(
+                f"proxy-client certificate CN {', '.join(repr(m) for m in missing)} is not in "
+                f"{ALLOWED_NAMES_FLAG}={','.join(allowed)} set by command '{step}'; kube-apiserver "
+                "would not be trusted by metrics-server ('x509: subject with cn=... is not in the allowed "
+                "list'): make pki.proxyClientCommonName and the flag agree.",
+                where,
+            )
+    if not allowed_names:
         report_violation(
-            f"no command:remote:Command sets {ALLOWED_NAMES_FLAG} (expected `--flag "
-            f"{ALLOWED_NAMES_FLAG}=<CN>` in the per-master flags command), so the proxy-client CN {cn_text} "
+            f"no command:remote:Command sets {ALLOWED_NAMES_FLAG} (expected in the flags of a master's flags "
+            f"step, which {APISERVER} records as masters[].flags), so the proxy-client CN {cn_text} "
             "is not pinned on any apiserver.",
             None,
         )
@@ -491,12 +465,11 @@ def validate_no_kubelet_insecure_tls(args: ResourceValidationArgs, report_violat
                     f"{bad[0]}; {hint}.",
                     None,
                 )
-    elif args.resource_type == REMOTE_COMMAND:
-        for key in ("create", "update"):
-            bad = _insecure_kubelet_values(command_tokens(get(args.props, key)))
+    elif args.resource_type == APISERVER:
+        for m in master_flags(args.props):
+            bad = _insecure_kubelet_values(f"{name}={value}" for name, value in m.flags.items())
             if bad:
-                report_violation(f"command '{args.name}' passes {bad[0]} ({key}); {hint}.", None)
-                return
+                report_violation(f"command '{m.step}' passes {bad[0]} (create); {hint}.", None)
 
 
 def validate_no_insecure_skip_tls_verify(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -583,26 +556,12 @@ def validate_host_keys_pinned(args: ResourceValidationArgs, report_violation: Re
             )
 
 
-def host_flags(tokens: Sequence[str]) -> list[tuple[str, str]]:
-    """The kube-apiserver flags a host command sets: its `--flag NAME=VALUE` argument pairs, in order."""
-    out = []
-    for option, value in zip(tokens, tokens[1:], strict=False):
-        if option == HOST_FLAG_OPTION:
-            name, _, text = value.partition("=")
-            out.append((name, text))
-    return out
-
-
-def _option(tokens: Sequence[str], option: str) -> str | None:
-    return next((value for o, value in zip(tokens, tokens[1:], strict=False) if o == option), None)
-
-
-def _aggregator_ca_files(tokens: Sequence[str], flags: Sequence[tuple[str, str]]) -> set[str]:
-    """Where this command puts the aggregator CA: <cert dir>/aggregator-ca.pem and the requestheader CA flag."""
-    files = {posixpath.normpath(v) for n, v in flags if n == REQUESTHEADER_CA_FLAG and v}
-    cert_dir = _option(tokens, CERT_DIR_OPTION)
-    if cert_dir:
-        files.add(posixpath.normpath(posixpath.join(cert_dir, AGGREGATOR_CA_FILE)))
+def _aggregator_ca_files(m: MasterFlags) -> set[str]:
+    """Where this master's flags step puts the aggregator CA: <cert dir>/aggregator-ca.pem and the
+    requestheader CA flag."""
+    files = {posixpath.normpath(v) for n, v in m.flags.items() if n == contract.REQUESTHEADER_CLIENT_CA_FILE and v}
+    if m.cert_dir:
+        files.add(posixpath.normpath(posixpath.join(m.cert_dir, contract.CA_CERT_FILE)))
     return files
 
 
@@ -631,21 +590,17 @@ def _dangerous_flag(name: str, value: str, ca_files: set[str], denied: Sequence[
 
 
 def validate_no_dangerous_apiserver_flags(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    """The extra kube-apiserver flags a host command sets never open the apiserver: no aggregator CA as client
-    CA, no anonymous auth, no AlwaysAllow, nothing the policy config denies (deniedFlags)."""
-    if args.resource_type != REMOTE_COMMAND:
+    """The extra kube-apiserver flags a master's flags step sets never open the apiserver: no aggregator CA as
+    client CA, no anonymous auth, no AlwaysAllow, nothing the policy config denies (deniedFlags)."""
+    if args.resource_type != APISERVER:
         return
     denied = [f for f in _items((args.get_config() or {}).get("deniedFlags")) if isinstance(f, str)]
-    seen: set[str] = set()
-    for key in ("create", "update"):
-        tokens = command_tokens(get(args.props, key))
-        flags = host_flags(tokens)
-        ca_files = _aggregator_ca_files(tokens, flags)
-        for name, value in flags:
-            why = _dangerous_flag(name, value, ca_files, denied)
-            if why and why not in seen:
-                seen.add(why)
-                report_violation(f"command '{args.name}' {why} (apiserver.extraFlags / masters[].extraFlags).", None)
+    for m in master_flags(args.props):
+        ca_files_of_master = _aggregator_ca_files(m)
+        for name, value in m.flags.items():
+            why = _dangerous_flag(name, value, ca_files_of_master, denied)
+            if why:
+                report_violation(f"command '{m.step}' {why} (apiserver.extraFlags / masters[].extraFlags).", None)
 
 
 # --- the policies ----------------------------------------------------------------------------------
@@ -676,64 +631,40 @@ def _schema(name: str) -> PolicyConfigSchema | None:
     return PolicyConfigSchema(properties=dict(props)) if props else None
 
 
+# (kind, name, description, validation), in the order of CONFIG_KEYS
+_POLICIES: tuple[tuple[type[ResourceValidationPolicy] | type[StackValidationPolicy], str, str, Callable[..., None]], ...] = (
+    (StackValidationPolicy, "aggregator-ca-not-cluster-ca",
+     "The requestheader (aggregator) CA is not the cluster CA and signs the proxy-client cert.",
+     validate_ca_not_cluster_ca),
+    (StackValidationPolicy, "proxy-client-cert-accepted",
+     "The proxy-client certificate has client_auth and its CN is in --requestheader-allowed-names.",
+     validate_proxy_client_cert),
+    (ResourceValidationPolicy, "no-kubelet-insecure-tls-in-production",
+     "metrics-server verifies kubelet certificates on production stacks (no --kubelet-insecure-tls).",
+     validate_no_kubelet_insecure_tls),
+    (ResourceValidationPolicy, "no-insecure-skip-tls-verify-in-production",
+     "The metrics APIService is verified with a caBundle on production stacks.",
+     validate_no_insecure_skip_tls_verify),
+    (ResourceValidationPolicy, "strong-keys", "Private keys are RSA >= 2048 bits or ECDSA >= P-256.",
+     validate_strong_keys),
+    (ResourceValidationPolicy, "leaf-validity-bounded",
+     "Leaf certificates are valid for at most maxLeafValidityHours (default one year).",
+     validate_leaf_validity),
+    (ResourceValidationPolicy, "host-keys-pinned-in-production",
+     "Every SSH connection to a master pins its host key on production stacks.",
+     validate_host_keys_pinned),
+    (ResourceValidationPolicy, "no-dangerous-apiserver-flags",
+     "The extra flags set on kube-apiserver never make the aggregator CA a client CA, turn on "
+     "anonymous auth or AlwaysAllow, or name a flag of deniedFlags.",
+     validate_no_dangerous_apiserver_flags),
+)
+
+
 def build_policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
-    mandatory = EnforcementLevel.MANDATORY
     return [
-        StackValidationPolicy(
-            name="aggregator-ca-not-cluster-ca",
-            description="The requestheader (aggregator) CA is not the cluster CA and signs the proxy-client cert.",
-            validate=validate_ca_not_cluster_ca,
-            enforcement_level=mandatory,
-            config_schema=_schema("aggregator-ca-not-cluster-ca"),
-        ),
-        StackValidationPolicy(
-            name="proxy-client-cert-accepted",
-            description="The proxy-client certificate has client_auth and its CN is in --requestheader-allowed-names.",
-            validate=validate_proxy_client_cert,
-            enforcement_level=mandatory,
-        ),
-        ResourceValidationPolicy(
-            name="no-kubelet-insecure-tls-in-production",
-            description="metrics-server verifies kubelet certificates on production stacks (no --kubelet-insecure-tls).",
-            validate=validate_no_kubelet_insecure_tls,
-            enforcement_level=mandatory,
-            config_schema=_schema("no-kubelet-insecure-tls-in-production"),
-        ),
-        ResourceValidationPolicy(
-            name="no-insecure-skip-tls-verify-in-production",
-            description="The metrics APIService is verified with a caBundle on production stacks.",
-            validate=validate_no_insecure_skip_tls_verify,
-            enforcement_level=mandatory,
-            config_schema=_schema("no-insecure-skip-tls-verify-in-production"),
-        ),
-        ResourceValidationPolicy(
-            name="strong-keys",
-            description="Private keys are RSA >= 2048 bits or ECDSA >= P-256.",
-            validate=validate_strong_keys,
-            enforcement_level=mandatory,
-        ),
-        ResourceValidationPolicy(
-            name="leaf-validity-bounded",
-            description="Leaf certificates are valid for at most maxLeafValidityHours (default one year).",
-            validate=validate_leaf_validity,
-            enforcement_level=mandatory,
-            config_schema=_schema("leaf-validity-bounded"),
-        ),
-        ResourceValidationPolicy(
-            name="host-keys-pinned-in-production",
-            description="Every SSH connection to a master pins its host key on production stacks.",
-            validate=validate_host_keys_pinned,
-            enforcement_level=mandatory,
-            config_schema=_schema("host-keys-pinned-in-production"),
-        ),
-        ResourceValidationPolicy(
-            name="no-dangerous-apiserver-flags",
-            description="The extra flags set on kube-apiserver never make the aggregator CA a client CA, turn on "
-            "anonymous auth or AlwaysAllow, or name a flag of deniedFlags.",
-            validate=validate_no_dangerous_apiserver_flags,
-            enforcement_level=mandatory,
-            config_schema=_schema("no-dangerous-apiserver-flags"),
-        ),
+        kind(name=name, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY,
+             config_schema=_schema(name))
+        for kind, name, description, validate in _POLICIES
     ]
 
 

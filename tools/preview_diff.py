@@ -40,7 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-NAMESPACE = "metrics-aggregation"
+from components.contract import NAMESPACE
+
 COLUMNS = ("create", "update", "replace", "delete", "same")
 # Steps that are the physical halves of a logical replace (shown with --show-replacement-steps).
 _REPLACEMENT_HALVES = {"create-replacement", "delete-replaced"}

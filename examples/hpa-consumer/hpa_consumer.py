@@ -32,7 +32,10 @@ import pulumi_kubernetes as k8s
 
 METRICS_PROJECT = "metrics-aggregation"
 DIY_ORGANIZATION = "organization"  # the organization part of every stack name on a DIY backend
+# The names it reads are metrics-aggregation's contract (its components/contract.py); spelt out here because
+# this project is copied and run on its own, and a unit test there holds them equal.
 REQUIRED_OUTPUT = "metricsApiService"
+NAMESPACE_OUTPUT = "metricsServerNamespace"
 ANNOTATION_PREFIX = "hpa-consumer.metrics-aggregation.io"
 
 
@@ -128,7 +131,7 @@ def main() -> dict[str, Any]:
     s = load_settings()
     ref = pulumi.StackReference(METRICS_PROJECT, stack_name=s.reference)
     api_service = ref.get_output(REQUIRED_OUTPUT).apply(lambda v: require_api_service(s.reference, v))
-    metrics_namespace = ref.get_output("metricsServerNamespace").apply(lambda v: v or "kube-system")
+    metrics_namespace = ref.get_output(NAMESPACE_OUTPUT).apply(lambda v: v or "kube-system")
 
     # Everything below waits for the reference; with verifyApiService also for the live APIService.
     depends_on: list[pulumi.Resource] = [ref]

@@ -57,7 +57,9 @@ class Scenario:
         return next(m for m in self.settings().masters if m.name == host.name)
 
     def cert_dir(self, host: Host) -> str:
-        return self.settings().cert_dir(self.master(host))
+        from components.apiserver import cert_dir
+
+        return cert_dir(self.settings(), self.master(host))
 
     def require(self, key: str) -> Any:
         if key not in self.results:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
+from components.apiserver import apiserver_flags
 from tests.e2e.engine import PRIVATE_KEY_RE, PROJECT, REPO, step_ops
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -103,7 +104,7 @@ def test_up_creates_certs_flags_and_rolls_one_master_at_a_time(scenario):
 
     # flags: in every master's file exactly once, and the running stand-in apiserver started with them
     for h in s.hosts:
-        flags = settings.apiserver_flags(s.master(h))
+        flags = apiserver_flags(settings, s.master(h))
         args = h.config_args()
         for name, value in flags.items():
             hits = [a for a in args if a == name or a.startswith(name + "=")]

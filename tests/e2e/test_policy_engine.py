@@ -93,3 +93,24 @@ def test_the_pack_sees_the_stack_under_this_engine(toolchain, tmp_path, ssh_key)
     p = preview_with_pack(toolchain, tmp_path, "production", cfg, ssh_key, tmp_path / "pack.json")
     text = p.stdout + p.stderr
     assert p.returncode != 0 and "host-keys-pinned-in-production" in text, text[-4000:]
+
+
+def test_the_pack_reads_the_flags_the_component_records(toolchain, tmp_path, ssh_key):
+    """What every master's flags step sets reaches the pack as ApiserverAggregation's `masters` (its inputs
+    for resource policies, its registered outputs for stack policies), never from a command line: a managed
+    prod stack passes proxy-client-cert-accepted, and an extra flag that opens the apiserver is refused by
+    name of the master's flags step."""
+    cfg = prod_config()
+    ns = f"{PROJECT}:"
+    cfg[ns + "apiserver"].update(manage=True, certDir="/etc/kubernetes/pki/aggregator")
+    p = preview_with_pack(toolchain, tmp_path, "managed", cfg, ssh_key)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "\u2705 metrics-aggregation-guardrails@" in p.stdout, p.stdout[-3000:]
+
+    cfg[ns + "apiserver"]["extraFlags"] = {"--anonymous-auth": True}
+    p = preview_with_pack(toolchain, tmp_path, "anonymous", cfg, ssh_key)
+    text = p.stdout + p.stderr
+    assert p.returncode != 0, text[-4000:]
+    first = cfg[ns + "masters"][0]["name"]
+    assert f"command '{first}-flags' sets --anonymous-auth=true" in text, text[-4000:]
+    assert "proxy-client-cert-accepted" not in text, text[-4000:]

@@ -63,13 +63,17 @@ class Stack:
             self.commands()
         s = self.last.settings
         master = next(m for m in s.masters if m.name == host.name)
-        return s.apiserver_flags(master)
+        from components.apiserver import apiserver_flags
+
+        return apiserver_flags(s, master)
 
     def cert_dir(self, host: Host) -> str:
         if self.last is None:
             self.commands()
         s = self.last.settings
-        return s.cert_dir(next(m for m in s.masters if m.name == host.name))
+        from components.apiserver import cert_dir
+
+        return cert_dir(s, next(m for m in s.masters if m.name == host.name))
 
     def up(self, **kw: Any) -> Outcome:
         return self.runner.up(self.commands(), **kw)

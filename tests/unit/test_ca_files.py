@@ -1,8 +1,9 @@
 """metricsServer.kubeletCaCertFile and pki.clusterCaCertFile: read at config load, then exactly as if
 the key's PEM twin (kubeletCaCertPem, clusterCaCertPem) held the file.
 
-Both keys are read and checked by the same code (components.config._read_ca_file), worded per key: the
-shared cases run for each key (a row of KEYS), the cases that only one key has follow at the end."""
+Both keys are read and checked by the same code (components/ca_files.py), worded per key: the shared
+cases run for each key (a row of KEYS), the cases that only one key has follow at the end. The policy
+pack reads pki.clusterCaCertFile through the same module (the last cases)."""
 
 from __future__ import annotations
 
@@ -296,3 +297,65 @@ def test_both_files_problems_come_with_the_other_problems(stack_config, tmp_path
     # each file's fix names what belongs in it
     assert "create it with the cluster CA certificate" in problems[2]
     assert "create it with the PEM CA certificate that signed the kubelets' serving certificates" in problems[3]
+
+
+# ---- one reader for the stack config and the policy pack
+
+
+def test_ca_files_needs_neither_pulumi_nor_pydantic():
+    """The policy pack imports components.ca_files and components.contract in its own process: they must
+    import with the standard library and cryptography alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import components.ca_files, components.contract; "
+            "loaded = sorted(m for m in ('pulumi', 'pulumi_policy', 'pydantic') if m in sys.modules); "
+            "assert not loaded, loaded")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_policy_pack_has_no_ca_file_reading_of_its_own():
+    import ast
+    import sys
+
+    from components import ca_files, config
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "policy"))
+    import aggregation_policies as ap
+
+    tree = ast.parse((root / "policy" / "aggregation_policies.py").read_text())
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert "open" not in calls and not {"read_bytes", "read_text"} & attrs, "the pack reads a file itself"
+    assert not hasattr(ap, "MAX_CA_FILE_BYTES")
+    # the very module the config reads CA files with
+    assert ap.ca_files is ca_files and config.ca_files is ca_files
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not pem", "private key", "too large"])
+def test_the_policy_pack_and_the_config_find_the_same_fault(case, stack_config, ca, tmp_path, monkeypatch):
+    """The pack's message carries the same words for what is wrong as the config's, ahead of its own hint."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "policy"))
+    import aggregation_policies as ap
+
+    path = tmp_path / "ca.crt"
+    if case == "directory":
+        path.mkdir()
+    elif case == "not pem":
+        path.write_text("hello\n")
+    elif case == "private key":
+        path.write_text(ca[0] + ca[1])
+    elif case == "too large":
+        path.write_text(ca[0] + "#" * (256 * 1024))
+    [line] = problems_of(CLUSTER.cfg(stack_config, clusterCaCertFile=str(path)))
+    config_says = line.removeprefix(f"{CLUSTER.path}: {str(path)!r} ")
+    monkeypatch.setenv("PULUMI_CONFIG", f'{{"metrics-aggregation:pki": {{"clusterCaCertFile": "{path}"}}}}')
+    pem, pack_says = ap.cluster_ca(ap.settings_from({}))
+    assert pem is None
+    what = pack_says.removeprefix(f"{ap.CLUSTER_CA_FILE_KEY} (stack config): {str(path)!r} ").split("; the aggregator CA")[0]
+    assert what and config_says.startswith(what), (what, config_says)

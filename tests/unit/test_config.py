@@ -8,6 +8,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
+from components.apiserver import config_path, restart_command
 from components.config import ConfigError, parse
 from tests.support.program import config_values, run
 from tests.unit.hostkeys import host_key
@@ -127,10 +128,10 @@ def test_main_raises_run_error_without_traceback_noise(stack_config, monkeypatch
 def test_defaults_follow_layout(stack_config):
     s = parse({**stack_config(), "apiserver": {"layout": "static-pod"}})
     m = s.masters[0]
-    assert s.master_config_path(m) == "/etc/kubernetes/manifests/kube-apiserver.yaml"
-    assert s.restart_command(m) == ""
+    assert config_path(s, m) == "/etc/kubernetes/manifests/kube-apiserver.yaml"
+    assert restart_command(s, m) == ""
     override = parse({**stack_config(), "masters": [{"name": "a", "address": "a.example", "layout": "systemd-unit",
                                                                   "hostKey": host_key(0)}]})
     a = override.masters[0]
-    assert override.master_config_path(a) == "/etc/systemd/system/kube-apiserver.service"
-    assert "daemon-reload" in override.restart_command(a)
+    assert config_path(override, a) == "/etc/systemd/system/kube-apiserver.service"
+    assert "daemon-reload" in restart_command(override, a)

@@ -7,7 +7,10 @@ import shlex
 
 import pytest
 
-from components.config import MANAGED_FLAGS, ConfigError, parse
+from components.apiserver import apiserver_flags
+from components.config import ConfigError, parse
+from components.contract import MANAGED_FLAGS
+from components.errors import MANAGED_FLAG_ADVICE
 from tests.support.program import run
 
 
@@ -55,7 +58,7 @@ def test_extra_flags_merge_per_master_and_reach_apply_and_revert(stack_config):
         # revert gets the same flag set: it removes exactly what apply set
         assert flag_args(step["delete"]) == flags, master
         assert " revert " in step["delete"] and " apply " in step["create"]
-        assert flag_args(step["create"]) == result.settings.apiserver_flags(
+        assert flag_args(step["create"]) == apiserver_flags(result.settings,
             next(m for m in result.settings.masters if m.name == master))
 
     # the output: the aggregation flags plus apiserver.extraFlags; no master's own flags or overrides
@@ -74,7 +77,7 @@ def test_extra_flags_are_sorted_so_key_order_does_not_rerun_a_master(stack_confi
 def test_yaml_numbers_and_booleans_become_flag_text(stack_config):
     cfg = stack_config(apiserver={"extraFlags": {"--v": 2, "--profiling": False, "--anonymous-auth": True,
                                                  "--runtime-config": "api/all=true"}})
-    flags = parse(cfg).apiserver_flags()
+    flags = apiserver_flags(parse(cfg))
     assert flags["--v"] == "2" and flags["--profiling"] == "false" and flags["--anonymous-auth"] == "true"
     assert flags["--runtime-config"] == "api/all=true"
 
@@ -84,16 +87,16 @@ def test_per_master_cert_dir_and_extra_flags_come_from_the_master(stack_config):
     cfg["masters"][1].update(layout="static-pod", extraFlags={"--v": "4"})
     s = parse(cfg)
     m1, m2 = s.masters
-    assert s.apiserver_flags(m2)["--proxy-client-cert-file"] == "/etc/kubernetes/pki/aggregator.pem"
-    assert s.apiserver_flags(m2)["--v"] == "4" and "--v" not in s.apiserver_flags(m1)
-    assert s.apiserver_flags(m1)["--proxy-client-cert-file"] == "/etc/kubernetes/ssl/aggregator.pem"
+    assert apiserver_flags(s, m2)["--proxy-client-cert-file"] == "/etc/kubernetes/pki/aggregator.pem"
+    assert apiserver_flags(s, m2)["--v"] == "4" and "--v" not in apiserver_flags(s, m1)
+    assert apiserver_flags(s, m1)["--proxy-client-cert-file"] == "/etc/kubernetes/ssl/aggregator.pem"
 
 
 def test_apiserver_flags_refuses_a_cert_dir_argument(stack_config):
     """The old signature took a cert dir: such a caller must fail loudly, not lose the master's flags."""
     s = parse(stack_config())
     with pytest.raises(TypeError, match=r"takes a Master"):
-        s.apiserver_flags("/etc/kubernetes/ssl")
+        apiserver_flags(s, "/etc/kubernetes/ssl")
 
 
 @pytest.mark.parametrize("flag", sorted(MANAGED_FLAGS))
@@ -104,17 +107,17 @@ def test_managed_flags_are_refused_with_the_setting_to_use(stack_config, flag):
     for path in ("apiserver.extraFlags", "masters[1].extraFlags"):
         line = next(p for p in problems if p.startswith(f"metrics-aggregation:{path}: "))
         assert f"'{flag}' is a flag this program manages itself" in line, line
-        assert MANAGED_FLAGS[flag] in line
+        assert MANAGED_FLAG_ADVICE[flag] in line
     assert len(problems) == 2, problems
 
 
 def test_the_managed_set_is_what_the_program_sets(stack_config):
-    assert set(parse(stack_config()).apiserver_flags()) == set(MANAGED_FLAGS)
+    assert set(apiserver_flags(parse(stack_config()))) == set(MANAGED_FLAGS)
 
 
 def test_other_requestheader_flags_are_allowed(stack_config):
     s = parse(stack_config(apiserver={"extraFlags": {"--requestheader-uid-headers": "X-Remote-Uid"}}))
-    assert s.apiserver_flags()["--requestheader-uid-headers"] == "X-Remote-Uid"
+    assert apiserver_flags(s)["--requestheader-uid-headers"] == "X-Remote-Uid"
 
 
 # (case id, extraFlags of masters[1], expected key path, expected value text, words of the fix)

@@ -19,6 +19,8 @@ import pulumi
 import pytest
 from pulumi.runtime import config as pulumi_config
 
+from components import contract
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "hpa-consumer"
 
@@ -273,3 +275,12 @@ def test_project_files():
     main = (EXAMPLE / "__main__.py").read_text()
     assert "hpa_consumer.main()" in main
     logging.getLogger(__name__).debug("project files ok")
+
+
+def test_the_consumer_reads_the_contract_s_names():
+    """The example is a project of its own (it is copied out and run alone), so it spells the names it reads
+    instead of importing them: they are the contract's."""
+    assert consumer.METRICS_PROJECT == contract.NAMESPACE
+    assert consumer.REQUIRED_OUTPUT == contract.OUTPUT_METRICS_API_SERVICE
+    assert consumer.NAMESPACE_OUTPUT == contract.OUTPUT_METRICS_SERVER_NAMESPACE
+    assert tuple(OUTPUTS) == contract.OUTPUTS

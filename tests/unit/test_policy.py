@@ -114,6 +114,12 @@ def flags(allowed: str = "front-proxy-aggregator") -> dict[str, str]:
     }
 
 
+def apiserver_props(flags_by_master: dict[str, dict[str, str]], cert_dir: str = "/etc/kubernetes/pki") -> dict:
+    """ApiserverAggregation's `masters` as the program records them: what each master's flags step sets."""
+    return {"masters": [{"name": m, "flagsStep": f"{m}-flags", "certDir": cert_dir, "flags": f}
+                        for m, f in flags_by_master.items()]}
+
+
 def connection(host_key: str | None = HOST_KEY, **extra) -> dict:
     c = {"host": "cp1.prod.k8s.internal", "port": 22, "user": "deploy", "privateKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}
     if host_key:
@@ -134,6 +140,7 @@ def good_stack(**over) -> list[PolicyResource]:
                     "validityPeriodHours": 8760},
         "flags": {"create": host_command("apply", flags()), "connection": connection()},
         "certs": {"create": host_command("install-certs", {}), "connection": connection()},
+        "apiserver": apiserver_props({"cp1": flags()}),
     }
     for k, v in over.items():
         p[k] = v
@@ -144,6 +151,7 @@ def good_stack(**over) -> list[PolicyResource]:
         resource(ap.LOCALLY_SIGNED_CERT, "metrics-server-serving-cert", p["serving"]),
         resource(ap.REMOTE_COMMAND, "cp1-certs", p["certs"]),
         resource(ap.REMOTE_COMMAND, "cp1-flags", p["flags"]),
+        resource(ap.APISERVER, "apiserver", p["apiserver"]),
     ]
 
 
@@ -280,8 +288,8 @@ def test_proxy_policy_passes_on_the_good_stack():
 
 
 def test_proxy_policy_passes_with_the_cn_in_a_list():
-    create = host_command("apply", flags("someone-else,front-proxy-aggregator"))
-    assert run(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create}))) == []
+    props = apiserver_props({"cp1": flags("someone-else,front-proxy-aggregator")})
+    assert run(ap.validate_proxy_client_cert, stack_args(good_stack(apiserver=props))) == []
 
 
 def test_proxy_policy_fails_without_client_auth():
@@ -293,8 +301,8 @@ def test_proxy_policy_fails_without_client_auth():
 
 
 def test_proxy_policy_fails_when_the_cn_is_not_allowed():
-    create = host_command("apply", flags("aggregator"))
-    found = run(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create})))
+    props = apiserver_props({"cp1": flags("aggregator")})
+    found = run(ap.validate_proxy_client_cert, stack_args(good_stack(apiserver=props)))
     assert len(found) == 1
     assert (
         "proxy-client certificate CN 'front-proxy-aggregator' is not in "
@@ -304,14 +312,14 @@ def test_proxy_policy_fails_when_the_cn_is_not_allowed():
 
 
 def test_proxy_policy_fails_on_an_empty_allowed_names_flag():
-    create = host_command("apply", flags(""))
-    [message] = messages(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create})))
+    props = apiserver_props({"cp1": flags("")})
+    [message] = messages(ap.validate_proxy_client_cert, stack_args(good_stack(apiserver=props)))
     assert "sets --requestheader-allowed-names empty, which accepts ANY client certificate" in message
 
 
 def test_proxy_policy_fails_when_no_command_sets_the_flag():
-    create = host_command("apply", {"--enable-aggregator-routing": "true"})
-    [message] = messages(ap.validate_proxy_client_cert, stack_args(good_stack(flags={"create": create})))
+    props = apiserver_props({"cp1": {"--enable-aggregator-routing": "true"}})
+    [message] = messages(ap.validate_proxy_client_cert, stack_args(good_stack(apiserver=props)))
     assert "no command:remote:Command sets --requestheader-allowed-names" in message
 
 
@@ -359,12 +367,15 @@ def test_kubelet_tls_policy_defaults_production_from_the_stack_name(monkeypatch)
     assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.DEPLOYMENT, "ms", bad)) == []
 
 
-def test_kubelet_tls_policy_checks_remote_commands():
-    create = host_command("apply", {"--kubelet-insecure-tls": "true"})
-    [message] = messages(ap.validate_no_kubelet_insecure_tls, resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": create}, PROD))
+def test_kubelet_tls_policy_checks_the_flags_of_every_master():
+    props = apiserver_props({"cp1": {"--kubelet-insecure-tls": "true"}})
+    [message] = messages(ap.validate_no_kubelet_insecure_tls, resource_args(ap.APISERVER, "apiserver", props, PROD))
     assert "command 'cp1-flags' passes --kubelet-insecure-tls=true (create)" in message
-    # the script text mentions the flag, but no argument sets it
-    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": host_command("apply", flags())}, PROD)) == []
+    # the command lines are never read: the script text mentions the flag, but no flag sets it
+    props = {**apiserver_props({"cp1": flags()}), "create": host_command("apply", {"--kubelet-insecure-tls": "true"})}
+    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(ap.APISERVER, "apiserver", props, PROD)) == []
+    assert run(ap.validate_no_kubelet_insecure_tls, resource_args(
+        ap.REMOTE_COMMAND, "cp1-flags", {"create": host_command("apply", {"--kubelet-insecure-tls": "true"})}, PROD)) == []
 
 
 # --- no-insecure-skip-tls-verify-in-production -----------------------------------------------------
@@ -469,19 +480,23 @@ def test_host_key_policy_checks_the_bastion_too():
 DENIED = {"deniedFlags": list(ap.DEFAULT_DENIED_FLAGS)}
 
 
-def flag_messages(extra: dict[str, str], config: dict | None = None, key: str = "create") -> list[str]:
-    props = {key: host_command("apply", {**flags(), **extra}), "connection": connection()}
+def flag_messages(extra: dict[str, str], config: dict | None = None) -> list[str]:
+    props = apiserver_props({"cp1": {**flags(), **extra}})
     return messages(ap.validate_no_dangerous_apiserver_flags,
-                    resource_args(ap.REMOTE_COMMAND, "cp1-flags", props, DENIED if config is None else config))
+                    resource_args(ap.APISERVER, "apiserver", props, DENIED if config is None else config))
 
 
 def test_flag_policy_passes_on_ordinary_extra_flags():
     ordinary = {"--requestheader-uid-headers": "X-Remote-Uid", "--anonymous-auth": "false",
                 "--authorization-mode": "Node,RBAC", "--client-ca-file": "/etc/kubernetes/pki/ca.crt", "--v": "2"}
     assert flag_messages(ordinary) == []
-    # the certs step carries no --flag; the aggregator CA as the requestheader CA is the point
+    # no master gets a flag (apiserver.manage: false); the aggregator CA as the requestheader CA is the point
     assert messages(ap.validate_no_dangerous_apiserver_flags,
-                    resource_args(ap.REMOTE_COMMAND, "cp1-certs", {"create": host_command("install-certs", {})}, DENIED)) == []
+                    resource_args(ap.APISERVER, "apiserver", apiserver_props({}), DENIED)) == []
+    # a command line is never read, whatever it says
+    line = host_command("apply", {"--anonymous-auth": "true"})
+    assert messages(ap.validate_no_dangerous_apiserver_flags,
+                    resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": line}, DENIED)) == []
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -502,11 +517,11 @@ def test_flag_policy_refuses_dangerous_extra_flags(extra, words):
 
 
 def test_flag_policy_finds_the_aggregator_ca_in_another_cert_dir():
-    """The requestheader CA flag names the aggregator CA even where --cert-dir says something else."""
-    line = host_command("apply", {**flags(), "--client-ca-file": "/etc/kubernetes/pki/aggregator-ca.pem"})
-    line = line.replace("--cert-dir /etc/kubernetes/pki", "--cert-dir /srv/other")
+    """The requestheader CA flag names the aggregator CA even where certDir says something else."""
+    props = apiserver_props({"cp1": {**flags(), "--client-ca-file": "/etc/kubernetes/pki/aggregator-ca.pem"}},
+                            cert_dir="/srv/other")
     [message] = messages(ap.validate_no_dangerous_apiserver_flags,
-                         resource_args(ap.REMOTE_COMMAND, "cp1-flags", {"create": line}, DENIED))
+                         resource_args(ap.APISERVER, "apiserver", props, DENIED))
     assert "aggregator (requestheader) CA" in message
 
 
@@ -517,19 +532,19 @@ def test_flag_policy_denies_what_the_config_lists():
     assert flag_messages({"--token-auth-file": "/x"}, {}) == []  # the list is the config's
 
 
-def test_flag_policy_reads_update_too_and_reports_once():
-    props = {"create": host_command("apply", {"--anonymous-auth": "true"}),
-             "update": host_command("apply", {"--anonymous-auth": "true"})}
+def test_flag_policy_reads_every_master_and_reports_each_once():
+    """One record per master (its flags step runs them on create and update alike): each bad flag once."""
+    props = apiserver_props({"cp1": {"--anonymous-auth": "true"}})
     assert len(messages(ap.validate_no_dangerous_apiserver_flags,
-                        resource_args(ap.REMOTE_COMMAND, "cp1-flags", props, DENIED))) == 1
-    only_update = {"create": host_command("apply", {}), "update": host_command("apply", {"--authorization-mode": "AlwaysAllow"})}
-    assert len(messages(ap.validate_no_dangerous_apiserver_flags,
-                        resource_args(ap.REMOTE_COMMAND, "cp1-flags", only_update, DENIED))) == 1
+                        resource_args(ap.APISERVER, "apiserver", props, DENIED))) == 1
+    only_second = apiserver_props({"cp1": {}, "cp2": {"--authorization-mode": "AlwaysAllow"}})
+    [message] = messages(ap.validate_no_dangerous_apiserver_flags, resource_args(ap.APISERVER, "apiserver", only_second, DENIED))
+    assert message.startswith("command 'cp2-flags' sets --authorization-mode=AlwaysAllow")
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_the_program_s_own_extra_flags_reach_the_flag_policy(stack, ssh_private_key):
-    """Through the program: extraFlags of the stack, as the pack sees the flags commands' create strings."""
+    """Through the program: extraFlags of the stack, as the pack sees them in ApiserverAggregation's masters."""
     # the prod example keeps kubeadm's aggregation (apiserver.manage: false): extraFlags need managed masters
     cert_dir = "/etc/kubernetes/ssl" if stack == "dev" else "/etc/kubernetes/pki/aggregator"
     managed = {"manage": True, "certDir": cert_dir}
@@ -552,7 +567,7 @@ def test_every_policy_is_wired_and_mandatory():
     assert all(p.enforcement_level.value == "mandatory" for p in policies)
     # Through the policy objects, as the analyzer calls them: the bad stack trips both stack policies.
     ca = {"isCaCertificate": True, "subject": {"commonName": "kubernetes"}, "certPem": CLUSTER_CA}
-    bad = stack_args(good_stack(ca=ca, flags={"create": host_command("apply", flags("nobody"))}), PROD)
+    bad = stack_args(good_stack(ca=ca, apiserver=apiserver_props({"cp1": flags("nobody")})), PROD)
     found = []
     for p in policies:
         if isinstance(p, StackValidationPolicy):
@@ -774,3 +789,12 @@ def test_the_prod_stack_with_an_existing_ca_named_kubernetes_fails_the_pack(ssh_
     assert list(found) == ["aggregator-ca-not-cluster-ca"]
     [message] = found["aggregator-ca-not-cluster-ca"]
     assert "certificate 'proxy-client' is signed by a CA named 'kubernetes'" in message
+
+
+def test_flag_policies_skip_what_is_not_known_yet():
+    """In a preview every value the program records is known; an unknown one is skipped, not guessed."""
+    props = {"masters": [{"name": "cp1", "flagsStep": "cp1-flags", "certDir": "/etc/kubernetes/pki",
+                          "flags": {"--anonymous-auth": UNKNOWN_STRING_VALUE}}]}
+    assert messages(ap.validate_no_dangerous_apiserver_flags, resource_args(ap.APISERVER, "apiserver", props, DENIED)) == []
+    assert messages(ap.validate_no_dangerous_apiserver_flags,
+                    resource_args(ap.APISERVER, "apiserver", {"masters": UNKNOWN_STRING_VALUE}, DENIED)) == []

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from components import config as config_mod
+from components import ca_files
 from components import metrics_server as ms
 from sandbox import cluster, kubelets, podrunner
 from sandbox import pki as sandbox_pki
@@ -75,7 +75,7 @@ def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
         return served[path].read_bytes()
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(config_mod, "read_local_file", reader)  # parse()'s default reader, used by load()
+        mp.setattr(ca_files, "read_local_file", reader)  # parse()'s default reader, used by load()
         result = run(stack_config())
     return result, asked
 

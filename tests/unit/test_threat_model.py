@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from components.config import SECRET_KEYS
+from components.errors import SECRET_KEYS
 from tests.support.program import run
 
 ROOT = Path(__file__).resolve().parents[2]
