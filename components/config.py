@@ -55,7 +55,6 @@ TLS_ALLOWED_USES = frozenset(
         "microsoft_commercial_code_signing", "microsoft_kernel_code_signing",
     }
 )
-CA_ALLOWED_USES = ("cert_signing", "key_encipherment", "digital_signature")
 PROXY_CLIENT_ALLOWED_USES = ("client_auth", "key_encipherment", "digital_signature")
 
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
@@ -1282,10 +1281,6 @@ class Settings(_Model):
     def restart_command(self, m: Master) -> str:
         return self.apiserver.resolved("restart_command", self.master_layout(m))
 
-    @property
-    def requestheader_allowed_names(self) -> list[str]:
-        return [self.pki.proxy_client_common_name]
-
     def extra_flags(self, m: Master | None = None) -> dict[str, str]:
         """apiserver.extraFlags with master m's extraFlags merged over them (the master's value wins)."""
         merged = {**self.apiserver.extra_flags, **(m.extra_flags if m else {})}
@@ -1306,7 +1301,8 @@ class Settings(_Model):
         d = self.cert_dir(master) if master else self.apiserver.resolved("cert_dir", self.apiserver.layout)
         flags = {
             "--requestheader-client-ca-file": f"{d}/aggregator-ca.pem",
-            "--requestheader-allowed-names": ",".join(self.requestheader_allowed_names),
+            # the proxy-client certificate's CN (components/pki.py requestheader_allowed_names)
+            "--requestheader-allowed-names": self.pki.proxy_client_common_name,
             "--requestheader-extra-headers-prefix": "X-Remote-Extra-",
             "--requestheader-group-headers": "X-Remote-Group",
             "--requestheader-username-headers": "X-Remote-User",
@@ -1317,19 +1313,6 @@ class Settings(_Model):
             flags["--enable-aggregator-routing"] = "true"
         flags.update(self.extra_flags(master))
         return flags
-
-    def cert_sans(self) -> tuple[list[str], list[str]]:
-        """(ip_addresses, dns_names) of the proxy-client cert: every master address + pki.hosts."""
-        ips: list[str] = []
-        dns: list[str] = []
-        for value in [m.address for m in self.masters] + list(self.pki.hosts):
-            if address_kind(value) == "ip":
-                text = str(ipaddress.ip_address(value))
-                if text not in ips:
-                    ips.append(text)
-            elif value.lower() not in dns:
-                dns.append(value.lower())
-        return ips, dns
 
     def _unmanaged_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
         """With apiserver.manage: false this program writes nothing on the masters, so a setting that
