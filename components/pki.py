@@ -1,14 +1,15 @@
 """The program's PKI as one declarative table (kubeadm's certlist.go), and the one builder of its rows.
 
-    row                     signed by               usages                                          goes to
-    aggregator-ca           itself                  cert_signing, key_encipherment, digital_sig.    masters
-    proxy-client            aggregator-ca           pki.proxyClientAllowedUses (client_auth, ...)   masters
-    metrics-server-serving-ca  itself               cert_signing, crl_signing, digital_signature    cluster
-    metrics-server-serving  metrics-server-serving-ca  server_auth, digital_signature, key_enc.     cluster
+    TABLE row                    signed by                    read from                  goes to
+    aggregator-ca                itself                       the stack (pki.*)          every master
+    proxy-client                 aggregator-ca                the stack (pki.*, masters)  every master
+    metrics-server-serving-ca    itself                       metrics-server's Service   the cluster
+    metrics-server-serving       metrics-server-serving-ca    metrics-server's Service   the cluster
 
-The front-proxy pair (kubeadm's front-proxy-ca / front-proxy-client) is read from the stack (Settings):
-pki.* and, for the proxy client's SANs, the masters. AggregatorCA and ProxyClientCert build it. The
-metrics-server serving pair is read from metricsServer.* (MetricsServer builds it, as children of its own).
+Each row gives the CN, issuer, usages, validity and SANs, as values or as where in its source they come
+from; the comment above it names the files it becomes. `issue` builds a row as children of the component
+that owns it: AggregatorCA and ProxyClientCert here (kubeadm's front-proxy-ca / front-proxy-client),
+MetricsServer for its serving pair.
 
 With pki.existingCa the aggregator-ca row is not built: the CA is one that exists already (the classic
 guide's cfssl CA, kubeadm's front-proxy-ca), the proxy-client certificate is signed with its key (from
@@ -84,7 +85,8 @@ class Names:
 
 @dataclass(frozen=True)
 class Cert(Generic[C]):
-    """One row of the table: a certificate, its key and (a leaf) its CSR as pulumi-tls resources."""
+    """One row of the table: a certificate, its key and (a leaf) its CSR as pulumi-tls resources. A field
+    that depends on the stack is a function of the row's source (C)."""
 
     common_name: Read[C, str]
     issuer: str | None  # the signing CA's row; None: self-signed, a CA
@@ -209,8 +211,9 @@ def requestheader_allowed_names(settings: Settings) -> list[str]:
 
 @dataclass(frozen=True)
 class Issued:
-    """A built row: what its certificate goes out as."""
+    """A built row (or, for aggregator-ca, pki.existingCa in its place): what its certificate goes out as."""
 
+    row: str
     cert_pem: pulumi.Output[str]
     key_pem: pulumi.Output[str]  # a secret in the engine's state (pulumi-tls marks it)
     not_after: pulumi.Output[str]  # RFC 3339
@@ -228,9 +231,8 @@ def issue(
     """Build TABLE[row], read from `source`, as children of `parent` named after `name` (its key, and a
     self-signed certificate or a CSR and a certificate signed by `issuer`, the built row it names)."""
     cert: Cert[Any] = TABLE[row]
-    if (issuer is None) != (cert.issuer is None):
-        raise ValueError(f"{row} is signed by {cert.issuer or 'itself'}: pass that CA as issuer" if cert.issuer
-                         else f"{row} is self-signed: it takes no issuer")
+    if (issuer.row if issuer else None) != cert.issuer:
+        raise ValueError(f"{row} is signed by {cert.issuer or 'itself'}, not {issuer.row if issuer else 'itself'}")
 
     def opts() -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on) or None)
@@ -271,7 +273,7 @@ def issue(
             ca_private_key_pem=issuer.key_pem,
             **common,
         )
-    return Issued(signed.cert_pem, key.private_key_pem, signed.validity_end_time)
+    return Issued(row, signed.cert_pem, key.private_key_pem, signed.validity_end_time)
 
 
 class AggregatorCA(pulumi.ComponentResource):
@@ -295,6 +297,7 @@ def _kept(existing: ExistingCa) -> Issued:
     # Validated at config load (key matches, a CA, valid, not the cluster CA); the key is a secret from
     # here on, in whatever form it was given re-encoded as PKCS#8 (see ExistingCa.signing_key_pem).
     return Issued(
+        row=AGGREGATOR_CA,
         cert_pem=pulumi.Output.from_input(existing.cert_pem or ""),
         key_pem=pulumi.Output.secret(existing.signing_key_pem()),
         not_after=pulumi.Output.from_input(existing.not_after()),

@@ -11,7 +11,6 @@ Regenerate the fixture only for a change that is meant to show in previews:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import sys
@@ -20,37 +19,14 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.support.program import Run, run
+from tests.unit.test_existing_ca import make_ca
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "fixtures" / "urns.json"
 STACKS = ("dev", "prod", "sandbox", "dev-existing-ca", "prod-existing-ca")
 _PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----\n.*?-----END \1-----\n?", re.DOTALL)
-
-
-def _ca(cn: str) -> tuple[str, str]:
-    """A CA certificate and its key (PEM), as `python -m sandbox up` or kubeadm would have made them."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=True,
-                                     crl_sign=True, content_commitment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
 
 
 def stack_config(stack: str, ssh_private_key: str) -> dict[str, Any]:
@@ -61,14 +37,13 @@ def stack_config(stack: str, ssh_private_key: str) -> dict[str, Any]:
     cfg = {k.partition(":")[2]: v for k, v in data.items() if k.startswith("metrics-aggregation:")}
     if base == "sandbox":
         cfg["pki"].pop("clusterCaCertFile")
-        cfg["pki"]["clusterCaCertPem"] = _ca("sandbox-cluster-ca")[0]
+        cfg["pki"]["clusterCaCertPem"] = make_ca(cn="sandbox-cluster-ca").cert_pem
         cfg["metricsServer"].pop("kubeletCaCertFile")
-        cfg["metricsServer"]["kubeletCaCertPem"] = _ca("sandbox-kubelet-ca")[0]
+        cfg["metricsServer"]["kubeletCaCertPem"] = make_ca(cn="sandbox-kubelet-ca").cert_pem
     else:
         cfg["ssh"]["privateKey"] = ssh_private_key
     if variant == "existing-ca":
-        cert_pem, key_pem = _ca("front-proxy-ca")
-        cfg["pki"]["existingCa"] = {"certPem": cert_pem, "keyPem": key_pem}
+        cfg["pki"]["existingCa"] = make_ca(cn="front-proxy-ca").config()
     return cfg
 
 
