@@ -128,13 +128,13 @@ def test_ca_key_never_reaches_a_master(stack_config):
 def test_a_row_is_signed_only_by_the_ca_its_table_row_names(stack_config):
     """pki.issue refuses, before registering anything, a leaf signed by another CA or a CA given an issuer."""
     settings = parse(stack_config())
-    serving_ca = pki.Issued(pki.SERVING_CA, cert_pem=None, key_pem=None, not_after=None)  # type: ignore[arg-type]
+    serving_ca = pki.Issued(pki.SERVING_CA, cert_pem=None, key_pem=None, not_after=None)
     with pytest.raises(ValueError, match="proxy-client is signed by aggregator-ca, not metrics-server-serving-ca"):
-        pki.issue(pki.PROXY_CLIENT, settings, "proxy-client", None, issuer=serving_ca)  # type: ignore[arg-type]
+        pki.issue(pki.PROXY_CLIENT, settings, "proxy-client", None, issuer=serving_ca)
     with pytest.raises(ValueError, match="proxy-client is signed by aggregator-ca, not itself"):
-        pki.issue(pki.PROXY_CLIENT, settings, "proxy-client", None)  # type: ignore[arg-type]
+        pki.issue(pki.PROXY_CLIENT, settings, "proxy-client", None)
     with pytest.raises(ValueError, match="aggregator-ca is signed by itself, not metrics-server-serving-ca"):
-        pki.issue(pki.AGGREGATOR_CA, settings, "aggregator-ca", None, issuer=serving_ca)  # type: ignore[arg-type]
+        pki.issue(pki.AGGREGATOR_CA, settings, "aggregator-ca", None, issuer=serving_ca)
 
 
 def test_requestheader_allowed_names_is_the_proxy_client_cn(stack_config):
