@@ -46,12 +46,6 @@ class KeySpec:
     rsa_bits: int | None = None
     ecdsa_curve: str | None = None
 
-    @classmethod
-    def of(cls, pki: Pki) -> KeySpec:
-        if pki.key_algorithm is KeyAlgorithm.RSA:
-            return cls("RSA", pki.rsa_bits, None)
-        return cls("ECDSA", None, pki.ecdsa_curve)
-
 
 @dataclass(frozen=True)
 class Sans:
@@ -123,19 +117,15 @@ def cert_sans(settings: Settings) -> Sans:
 def _subject(settings: Settings) -> dict[str, Any]:
     """pki.subject: the front-proxy pair's subject fields (only the CN differs)."""
     s = settings.pki.subject
-    return dict(
-        organization=s.organization,
-        organizational_unit=s.organizational_unit,
-        country=s.country,
-        province=s.province,
-        locality=s.locality,
-        street_addresses=list(s.street_addresses) or None,
-        postal_code=s.postal_code,
-    )
+    return {**s.model_dump(), "street_addresses": list(s.street_addresses) or None}
 
 
 def _key(settings: Settings) -> KeySpec:
-    return KeySpec.of(settings.pki)
+    """pki.keyAlgorithm with pki.rsaBits or pki.ecdsaCurve: the front-proxy pair's keys."""
+    pki = settings.pki
+    if pki.key_algorithm is KeyAlgorithm.RSA:
+        return KeySpec("RSA", rsa_bits=pki.rsa_bits)
+    return KeySpec("ECDSA", ecdsa_curve=pki.ecdsa_curve)
 
 
 AGGREGATOR_CA = "aggregator-ca"
