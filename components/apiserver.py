@@ -36,7 +36,7 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components import contract
+from components import contract, pki
 from components.config import Layout, Master, Settings
 
 SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
@@ -115,7 +115,7 @@ def apiserver_flags(settings: Settings, master: Master | None = None) -> dict[st
     d = cert_dir(settings, master)
     flags = {
         contract.REQUESTHEADER_CLIENT_CA_FILE: f"{d}/{contract.CA_CERT_FILE}",
-        contract.REQUESTHEADER_ALLOWED_NAMES: ",".join(settings.requestheader_allowed_names),
+        contract.REQUESTHEADER_ALLOWED_NAMES: ",".join(pki.requestheader_allowed_names(settings)),
         contract.REQUESTHEADER_EXTRA_HEADERS_PREFIX: "X-Remote-Extra-",
         contract.REQUESTHEADER_GROUP_HEADERS: "X-Remote-Group",
         contract.REQUESTHEADER_USERNAME_HEADERS: "X-Remote-User",

@@ -64,7 +64,6 @@ TLS_ALLOWED_USES = frozenset(
         "microsoft_commercial_code_signing", "microsoft_kernel_code_signing",
     }
 )
-CA_ALLOWED_USES = ("cert_signing", "key_encipherment", "digital_signature")
 PROXY_CLIENT_ALLOWED_USES = ("client_auth", "key_encipherment", "digital_signature")
 
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
@@ -832,23 +831,6 @@ class Settings(_Model):
 
     def master_layout(self, m: Master) -> Layout:
         return m.layout or self.apiserver.layout
-
-    @property
-    def requestheader_allowed_names(self) -> list[str]:
-        return [self.pki.proxy_client_common_name]
-
-    def cert_sans(self) -> tuple[list[str], list[str]]:
-        """(ip_addresses, dns_names) of the proxy-client cert: every master address + pki.hosts."""
-        ips: list[str] = []
-        dns: list[str] = []
-        for value in [m.address for m in self.masters] + list(self.pki.hosts):
-            if address_kind(value) == "ip":
-                text = str(ipaddress.ip_address(value))
-                if text not in ips:
-                    ips.append(text)
-            elif value.lower() not in dns:
-                dns.append(value.lower())
-        return ips, dns
 
     def _unmanaged_problems(self) -> list[ProblemItem]:
         """With apiserver.manage: false this program writes nothing on the masters, so a setting that

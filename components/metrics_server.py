@@ -36,9 +36,8 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_tls as tls
 
-from components import config, contract, kube_access
+from components import config, contract, kube_access, pki
 
 TYPE = "metrics-aggregation:k8s:MetricsServer"
 
@@ -65,13 +64,6 @@ KUBELET_CA_DIR = "/etc/metrics-server/kubelet-ca"
 KUBELET_CA_KEY = "ca.crt"
 SERVING_SECRET_NAME = "metrics-server-serving-cert"
 KUBELET_CA_CONFIGMAP_NAME = "metrics-server-kubelet-ca"
-
-SERVING_CA_COMMON_NAME = "metrics-server-serving-ca"
-SERVING_CA_VALIDITY_HOURS = 10 * 8760
-SERVING_CERT_VALIDITY_HOURS = 8760
-SERVING_CERT_EARLY_RENEWAL_HOURS = 720
-SERVING_CA_ALLOWED_USES = ("cert_signing", "crl_signing", "digital_signature")
-SERVING_CERT_ALLOWED_USES = ("server_auth", "digital_signature", "key_encipherment")
 
 RUN_AS_USER = 1000
 BASE_NODES = 100  # docs/config.md, metricsServer.nodeCount: 100m/200Mi suffice up to 100 nodes ...
@@ -102,10 +94,6 @@ def resource_requests(node_count: int) -> dict[str, str]:
         "cpu": f"{BASE_CPU_M + PER_NODE_CPU_M * extra}m",
         "memory": f"{BASE_MEMORY_MI + PER_NODE_MEMORY_MI * extra}Mi",
     }
-
-
-def serving_dns_names(namespace: str) -> list[str]:
-    return [APP, f"{APP}.{namespace}", f"{APP}.{namespace}.svc", f"{APP}.{namespace}.svc.cluster.local"]
 
 
 def container_args(settings: config.MetricsServer) -> list[str]:
@@ -182,10 +170,6 @@ class _Scope:
             ignore_changes=ignore_changes,
         )
 
-    def plain_opts(self) -> pulumi.ResourceOptions:
-        """Options of a resource of another package (tls): no Kubernetes provider."""
-        return pulumi.ResourceOptions(parent=self.parent, depends_on=list(self.depends_on))
-
     def meta(
         self,
         name: str,
@@ -215,55 +199,24 @@ class _ServingPki:
 
 
 def _serving_pki(s: _Scope) -> _ServingPki:
-    """A serving CA of metrics-server's own and the leaf it signs for the Service's DNS names."""
-    ca_key = tls.PrivateKey(s.child("serving-ca-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.plain_opts())
-    ca = tls.SelfSignedCert(
-        s.child("serving-ca"),
-        private_key_pem=ca_key.private_key_pem,
-        subject=tls.SelfSignedCertSubjectArgs(
-            common_name=SERVING_CA_COMMON_NAME, organization=config.NAMESPACE
-        ),
-        is_ca_certificate=True,
-        set_subject_key_id=True,
-        allowed_uses=list(SERVING_CA_ALLOWED_USES),
-        validity_period_hours=SERVING_CA_VALIDITY_HOURS,
-        opts=s.plain_opts(),
-    )
-    key = tls.PrivateKey(s.child("serving-key"), algorithm="ECDSA", ecdsa_curve="P256", opts=s.plain_opts())
-    csr = tls.CertRequest(
-        s.child("serving-csr"),
-        private_key_pem=key.private_key_pem,
-        subject=tls.CertRequestSubjectArgs(common_name=f"{APP}.{s.namespace}.svc"),
-        dns_names=serving_dns_names(s.namespace),
-        opts=s.plain_opts(),
-    )
-    cert = tls.LocallySignedCert(
-        s.child("serving-cert"),
-        cert_request_pem=csr.cert_request_pem,
-        ca_cert_pem=ca.cert_pem,
-        ca_private_key_pem=ca_key.private_key_pem,
-        allowed_uses=list(SERVING_CERT_ALLOWED_USES),
-        validity_period_hours=SERVING_CERT_VALIDITY_HOURS,
-        early_renewal_hours=SERVING_CERT_EARLY_RENEWAL_HOURS,
-        opts=s.plain_opts(),
-    )
-    return _ServingPki(
-        ca_cert_pem=ca.cert_pem,
-        cert_pem=cert.cert_pem,
-        key_pem=pulumi.Output.secret(key.private_key_pem),
-    )
+    """The serving CA of metrics-server's own and the leaf it signs for the Service (pki.TABLE's serving
+    rows), after every master like the rest of this component."""
+    service = pki.Service(APP, s.namespace)
+    ca = pki.issue(pki.SERVING_CA, service, s.name, s.parent, depends_on=s.depends_on)
+    leaf = pki.issue(pki.SERVING, service, s.name, s.parent, issuer=ca, depends_on=s.depends_on)
+    return _ServingPki(ca_cert_pem=ca.cert_pem, cert_pem=leaf.cert_pem, key_pem=pulumi.Output.secret(leaf.key_pem))
 
 
-def _serving_secret(s: _Scope, pki: _ServingPki) -> k8s.core.v1.Secret:
+def _serving_secret(s: _Scope, serving: _ServingPki) -> k8s.core.v1.Secret:
     return k8s.core.v1.Secret(
         s.child("serving-secret"),
         metadata=s.meta(SERVING_SECRET_NAME),
         type="kubernetes.io/tls",
         # `data`, not `stringData`: stringData does not round-trip under server-side apply.
         data={
-            "tls.crt": pki.cert_pem.apply(b64),
-            "tls.key": pulumi.Output.secret(pki.key_pem.apply(b64)),
-            "ca.crt": pki.ca_cert_pem.apply(b64),
+            "tls.crt": serving.cert_pem.apply(b64),
+            "tls.key": pulumi.Output.secret(serving.key_pem.apply(b64)),
+            "ca.crt": serving.ca_cert_pem.apply(b64),
         },
         opts=s.opts(),
     )
@@ -432,10 +385,10 @@ def _anti_affinity(s: _Scope) -> k8s.core.v1.AffinityArgs | None:
     )
 
 
-def _pod_annotations(s: _Scope, pki: _ServingPki) -> pulumi.Output[dict[str, str]]:
+def _pod_annotations(s: _Scope, serving: _ServingPki) -> pulumi.Output[dict[str, str]]:
     """Checksums of what the pod reads from files, so a new cert or kubelet CA rolls the pods."""
     kubelet_ca = s.settings.kubelet_ca_cert_pem
-    return pki.cert_pem.apply(
+    return serving.cert_pem.apply(
         lambda pem: {
             "checksum/serving-cert": sha256(pem),
             **({"checksum/kubelet-ca": sha256(kubelet_ca)} if kubelet_ca else {}),
@@ -450,7 +403,7 @@ def _no_pods_annotations(s: _Scope) -> dict[str, str] | None:
     return {SKIP_AWAIT_ANNOTATION: "true"} if s.settings.expect_no_pods else None
 
 
-def _deployment(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apps.v1.Deployment:
+def _deployment(s: _Scope, serving: _ServingPki, *after: pulumi.Resource) -> k8s.apps.v1.Deployment:
     volumes, mounts = _volumes(s)
     return k8s.apps.v1.Deployment(
         s.child("deployment"),
@@ -466,7 +419,7 @@ def _deployment(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.app
             ),
             template=k8s.core.v1.PodTemplateSpecArgs(
                 metadata=k8s.meta.v1.ObjectMetaArgs(
-                    labels=labels(s.settings), annotations=_pod_annotations(s, pki)
+                    labels=labels(s.settings), annotations=_pod_annotations(s, serving)
                 ),
                 spec=k8s.core.v1.PodSpecArgs(
                     service_account_name=APP,
@@ -496,9 +449,9 @@ def _pod_disruption_budget(s: _Scope) -> k8s.policy.v1.PodDisruptionBudget | Non
     )
 
 
-def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.apiregistration.v1.APIService:
+def _api_service(s: _Scope, serving: _ServingPki, *after: pulumi.Resource) -> k8s.apiregistration.v1.APIService:
     wait = s.settings.wait_for_available
-    annotations = pki.ca_cert_pem.apply(lambda pem: api_service_annotations(wait, pem))
+    annotations = serving.ca_cert_pem.apply(lambda pem: api_service_annotations(wait, pem))
     return k8s.apiregistration.v1.APIService(
         s.child("apiservice"),
         metadata=s.meta(API_SERVICE_NAME, cluster_scoped=True, annotations=annotations),
@@ -508,7 +461,7 @@ def _api_service(s: _Scope, pki: _ServingPki, *after: pulumi.Resource) -> k8s.ap
             group_priority_minimum=100,
             version_priority=100,
             service=k8s.apiregistration.v1.ServiceReferenceArgs(name=APP, namespace=s.namespace, port=443),
-            ca_bundle=pki.ca_cert_pem.apply(b64),
+            ca_bundle=serving.ca_cert_pem.apply(b64),
             # Explicitly false, not left out: an adopted upstream APIService has `true` from its
             # `kubectl apply`, and under Server-Side Apply a field this program does not send keeps
             # its other owner's value (and true next to a caBundle is rejected). Sent as false, the
@@ -559,8 +512,8 @@ class MetricsServer(pulumi.ComponentResource):
         provider = kube_provider(f"{name}-kubernetes", kube or kube_access.read_settings(), self, deps)
         s = _Scope(name=name, parent=self, depends_on=deps, settings=settings, provider=provider)
 
-        pki = _serving_pki(s)
-        secret = _serving_secret(s, pki)
+        serving = _serving_pki(s)
+        secret = _serving_secret(s, serving)
         kubelet_ca = _kubelet_ca_config_map(s)
         account = _service_account(s)
         reader = _aggregated_reader_role(s)
@@ -574,15 +527,15 @@ class MetricsServer(pulumi.ComponentResource):
         )
         service = _service(s)
         runs_with = [r for r in (account, secret, kubelet_ca, auth_reader, delegator, role_binding) if r]
-        deployment = _deployment(s, pki, *runs_with)
+        deployment = _deployment(s, serving, *runs_with)
         pdb = _pod_disruption_budget(s)
         # Last in, first out: the APIService goes only when everything behind it is in place.
         everything = [r for r in (*runs_with, reader, role, service, deployment, pdb) if r]
-        api_service = _api_service(s, pki, *everything)
+        api_service = _api_service(s, serving, *everything)
 
         self.api_service_name = api_service.metadata.apply(lambda m: m.name)
         self.namespace = deployment.metadata.apply(lambda m: m.namespace)
-        self.serving_ca_cert_pem = pki.ca_cert_pem
+        self.serving_ca_cert_pem = serving.ca_cert_pem
         self.register_outputs(
             {
                 "apiServiceName": self.api_service_name,

@@ -17,7 +17,7 @@ from components.apiserver import ApiserverAggregation
 from components.config import Settings
 from components.kube_access import KubeSettings
 from components.metrics_server import MetricsServer
-from components.pki import AggregatorCA, ProxyClientCert
+from components.pki import AGGREGATOR_CA, AggregatorCA, ProxyClientCert, requestheader_allowed_names
 
 
 def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, object]:
@@ -25,9 +25,8 @@ def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, obj
     stack's `kubernetes:*` settings, when the caller has read them already (else metrics-server reads them)."""
     if not settings.apiserver.manage:
         return _verify_only(settings, kube)
-    ca = AggregatorCA("aggregator-ca", settings.pki)
-    ips, dns = settings.cert_sans()
-    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings.pki, ca, ip_addresses=ips, dns_names=dns)
+    ca = AggregatorCA(AGGREGATOR_CA, settings)
+    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings, ca)
     apiserver = ApiserverAggregation(
         "apiserver",
         settings,
@@ -43,7 +42,7 @@ def _verify_only(settings: Settings, kube: KubeSettings | None) -> dict[str, obj
     """apiserver.manage: false: the apiservers keep their own aggregation CA, cert and flags (kubeadm's
     front-proxy, a hand-made setup). No certificate is made; every master is checked, read-only, and
     metrics-server follows. The CA output is pki.existingCa's certificate when the stack gives it."""
-    ca = AggregatorCA("aggregator-ca", settings.pki) if settings.pki.existing_ca else None
+    ca = AggregatorCA(AGGREGATOR_CA, settings) if settings.pki.existing_ca else None
     apiserver = ApiserverAggregation("apiserver", settings)
     metrics = _metrics_server(settings, apiserver, kube)
     return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem if ca else None, proxy=None)
@@ -66,7 +65,7 @@ def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: Metri
         c.OUTPUT_AGGREGATOR_CA_CERT_PEM: ca_cert_pem,
         c.OUTPUT_PROXY_CLIENT_CERT_PEM: proxy.cert_pem if proxy else None,
         c.OUTPUT_PROXY_CLIENT_CERT_NOT_AFTER: proxy.not_after if proxy else None,
-        c.OUTPUT_REQUESTHEADER_ALLOWED_NAMES: settings.requestheader_allowed_names,
+        c.OUTPUT_REQUESTHEADER_ALLOWED_NAMES: requestheader_allowed_names(settings),
         c.OUTPUT_APISERVER_FLAGS: apiserver.flags,
         c.OUTPUT_MASTERS: [{"name": m.name, "address": m.address} for m in settings.masters],
         # without our metrics-server the APIService of the kept one has the same name (it is the API's)

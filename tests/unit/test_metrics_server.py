@@ -20,7 +20,7 @@ import pytest
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
-from components import config
+from components import config, pki
 from components import metrics_server as ms
 
 DEP_TYPE = "test:index:MasterFlags"
@@ -683,7 +683,7 @@ def test_whole_program_serving_chain_is_real_and_matches_the_ca_bundle(stack_con
         in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     )
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ms.serving_dns_names("kube-system")
+    assert sans.get_values_for_type(x509.DNSName) == list(pki.Service(ms.APP, "kube-system").dns_names)
     assert ca.subject != leaf.subject
     assert ca.not_valid_before_utc <= leaf.not_valid_before_utc
     assert leaf.not_valid_after_utc <= ca.not_valid_after_utc

@@ -10,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from components import pki
+from components.config import parse
 from tests.support.program import run
 from tests.unit.hostkeys import host_key
 
@@ -121,3 +123,20 @@ def test_ca_key_never_reaches_a_master(stack_config):
         assert ca_key_pem not in (c["stdin"] or "")
     stdin = result.named("master1-certs").inputs["stdin"]
     assert stdin.count("BEGIN CERTIFICATE") == 2 and stdin.count("PRIVATE KEY-----") == 2  # begin + end
+
+
+def test_a_row_is_signed_only_by_the_ca_its_table_row_names(stack_config):
+    """pki.issue refuses, before registering anything, a leaf signed by another CA or a CA given an issuer."""
+    settings = parse(stack_config())
+    serving_ca = pki.Issued(pki.SERVING_CA, cert_pem=None, key_pem=None, not_after=None)
+    with pytest.raises(ValueError, match="proxy-client is signed by aggregator-ca, not metrics-server-serving-ca"):
+        pki.issue(pki.PROXY_CLIENT, settings, "proxy-client", None, issuer=serving_ca)
+    with pytest.raises(ValueError, match="proxy-client is signed by aggregator-ca, not itself"):
+        pki.issue(pki.PROXY_CLIENT, settings, "proxy-client", None)
+    with pytest.raises(ValueError, match="aggregator-ca is signed by itself, not metrics-server-serving-ca"):
+        pki.issue(pki.AGGREGATOR_CA, settings, "aggregator-ca", None, issuer=serving_ca)
+
+
+def test_requestheader_allowed_names_is_the_proxy_client_cn(stack_config):
+    assert pki.requestheader_allowed_names(parse(stack_config(pki={"proxyClientCommonName": "front-proxy-client"}))) \
+        == ["front-proxy-client"]
