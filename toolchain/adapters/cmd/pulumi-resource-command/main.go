@@ -98,11 +98,7 @@ func (p *commandProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) 
 }
 
 func (p *commandProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
-	olds, err := provider.Unmarshal(req.GetOlds(), false)
-	if err != nil {
-		return nil, err
-	}
-	news, err := provider.Unmarshal(req.GetNews(), true)
+	olds, news, err := provider.OldsAndNews(req)
 	if err != nil {
 		return nil, err
 	}
@@ -125,68 +121,27 @@ func (p *commandProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*
 		}
 		detailed[k] = &pulumirpc.PropertyDiff{Kind: kind, InputDiff: true}
 	}
-	sort.Strings(diffs)
-	changes := pulumirpc.DiffResponse_DIFF_NONE
-	if len(diffs) > 0 {
-		changes = pulumirpc.DiffResponse_DIFF_SOME
-	}
-	return &pulumirpc.DiffResponse{
-		Changes: changes, Diffs: diffs, Replaces: replaces, DetailedDiff: detailed, HasDetailedDiff: true,
-	}, nil
+	return provider.DiffResult(diffs, replaces, detailed), nil
 }
 
 func (p *commandProvider) Create(ctx context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
-	in, err := provider.Unmarshal(req.GetProperties(), true)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetPreview() {
-		props, err := p.Marshal(in)
+	return p.CreateFrom(req, func(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+		outs, err := p.run(ctx, provider.String(in, "create"), in, nil)
 		if err != nil {
-			return nil, err
+			return "", nil, err
 		}
-		return &pulumirpc.CreateResponse{Properties: props}, nil
-	}
-	outs, err := p.run(ctx, provider.String(in, "create"), in, nil)
-	if err != nil {
-		return nil, err
-	}
-	props, err := p.Marshal(outs)
-	if err != nil {
-		return nil, err
-	}
-	return &pulumirpc.CreateResponse{Id: resourceName(req.GetUrn()) + randomSuffix(), Properties: props}, nil
+		return resourceName(req.GetUrn()) + randomSuffix(), outs, nil
+	})
 }
 
 func (p *commandProvider) Update(ctx context.Context, req *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
-	olds, err := provider.Unmarshal(req.GetOlds(), false)
-	if err != nil {
-		return nil, err
-	}
-	news, err := provider.Unmarshal(req.GetNews(), true)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetPreview() {
-		props, err := p.Marshal(news)
-		if err != nil {
-			return nil, err
+	return p.UpdateFrom(req, func(olds, news resource.PropertyMap) (resource.PropertyMap, error) {
+		cmd := provider.String(news, "update")
+		if cmd == "" {
+			cmd = provider.String(news, "create")
 		}
-		return &pulumirpc.UpdateResponse{Properties: props}, nil
-	}
-	cmd := provider.String(news, "update")
-	if cmd == "" {
-		cmd = provider.String(news, "create")
-	}
-	outs, err := p.run(ctx, cmd, news, olds)
-	if err != nil {
-		return nil, err
-	}
-	props, err := p.Marshal(outs)
-	if err != nil {
-		return nil, err
-	}
-	return &pulumirpc.UpdateResponse{Properties: props}, nil
+		return p.run(ctx, cmd, news, olds)
+	})
 }
 
 func (p *commandProvider) Delete(ctx context.Context, req *pulumirpc.DeleteRequest) (*emptypb.Empty, error) {

@@ -41,7 +41,6 @@ import (
 	"math/big"
 	"net"
 	"net/url"
-	"sort"
 	"strings"
 	"time"
 
@@ -198,11 +197,7 @@ var inputKeys = map[string][]string{
 
 func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
 	t := provider.ResourceType(req.GetUrn())
-	olds, err := provider.Unmarshal(req.GetOlds(), false)
-	if err != nil {
-		return nil, err
-	}
-	news, err := provider.Unmarshal(req.GetNews(), true)
+	olds, news, err := provider.OldsAndNews(req)
 	if err != nil {
 		return nil, err
 	}
@@ -235,14 +230,8 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 			detailed["readyForRenewal"] = &pulumirpc.PropertyDiff{Kind: pulumirpc.PropertyDiff_UPDATE_REPLACE}
 		}
 	}
-	sort.Strings(replaces)
-	changes := pulumirpc.DiffResponse_DIFF_NONE
-	if len(replaces) > 0 {
-		changes = pulumirpc.DiffResponse_DIFF_SOME
-	}
-	return &pulumirpc.DiffResponse{
-		Changes: changes, Replaces: replaces, Diffs: replaces, DetailedDiff: detailed, HasDetailedDiff: true,
-	}, nil
+	// Every change replaces: the changed inputs and the replacing ones are the same list.
+	return provider.DiffResult(replaces, replaces, detailed), nil
 }
 
 func readyForRenewal(state resource.PropertyMap) bool {
@@ -263,42 +252,30 @@ func readyForRenewal(state resource.PropertyMap) bool {
 
 func (p *tlsProvider) Create(_ context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
 	t := provider.ResourceType(req.GetUrn())
-	in, err := provider.Unmarshal(req.GetProperties(), true)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetPreview() {
-		props, err := p.Marshal(in)
+	return p.CreateFrom(req, func(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+		var id string
+		var outs resource.PropertyMap
+		var err error
+		switch t {
+		case tPrivateKey:
+			id, outs, err = createPrivateKey(in)
+		case tCertRequest:
+			id, outs, err = createCertRequest(in)
+		case tSelfSignedCert, tLocallySignedCert:
+			id, outs, err = createCert(t, in)
+		default:
+			err = fmt.Errorf("resource type %q is not supported by this provider", t)
+		}
 		if err != nil {
-			return nil, err
+			return "", nil, fmt.Errorf("%s: %w", t, err)
 		}
-		return &pulumirpc.CreateResponse{Properties: props}, nil
-	}
-	var id string
-	var outs resource.PropertyMap
-	switch t {
-	case tPrivateKey:
-		id, outs, err = createPrivateKey(in)
-	case tCertRequest:
-		id, outs, err = createCertRequest(in)
-	case tSelfSignedCert, tLocallySignedCert:
-		id, outs, err = createCert(t, in)
-	default:
-		err = fmt.Errorf("resource type %q is not supported by this provider", t)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", t, err)
-	}
-	for k, v := range in {
-		if _, ok := outs[k]; !ok {
-			outs[k] = v
+		for k, v := range in {
+			if _, ok := outs[k]; !ok {
+				outs[k] = v
+			}
 		}
-	}
-	props, err := p.Marshal(outs)
-	if err != nil {
-		return nil, err
-	}
-	return &pulumirpc.CreateResponse{Id: id, Properties: props}, nil
+		return id, outs, nil
+	})
 }
 
 // Read: nothing lives outside the state, so the state is the truth.

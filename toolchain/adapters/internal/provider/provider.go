@@ -9,6 +9,7 @@ package provider
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
@@ -82,11 +83,76 @@ func (b *Base) Marshal(m resource.PropertyMap) (*structpb.Struct, error) {
 	return plugin.MarshalProperties(out, plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: b.acceptSecrets})
 }
 
+// CreateFrom answers a Create request: a preview echoes the inputs, as the outputs are not known
+// before the resource exists; otherwise create makes the resource from the inputs and returns its ID
+// and outputs.
+func (b *Base) CreateFrom(req *pulumirpc.CreateRequest,
+	create func(in resource.PropertyMap) (string, resource.PropertyMap, error),
+) (*pulumirpc.CreateResponse, error) {
+	in, err := Unmarshal(req.GetProperties(), true)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetPreview() {
+		props, err := b.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		return &pulumirpc.CreateResponse{Properties: props}, nil
+	}
+	id, outs, err := create(in)
+	if err != nil {
+		return nil, err
+	}
+	props, err := b.Marshal(outs)
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.CreateResponse{Id: id, Properties: props}, nil
+}
+
+// UpdateFrom answers an Update request as CreateFrom does Create: a preview echoes the new inputs,
+// otherwise update returns the outputs from the old state and the new inputs.
+func (b *Base) UpdateFrom(req *pulumirpc.UpdateRequest,
+	update func(olds, news resource.PropertyMap) (resource.PropertyMap, error),
+) (*pulumirpc.UpdateResponse, error) {
+	olds, news, err := OldsAndNews(req)
+	if err != nil {
+		return nil, err
+	}
+	outs := news
+	if !req.GetPreview() {
+		if outs, err = update(olds, news); err != nil {
+			return nil, err
+		}
+	}
+	props, err := b.Marshal(outs)
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.UpdateResponse{Properties: props}, nil
+}
+
 // Unmarshal reads properties for the resource operations: secrets unwrapped (the operations need the
 // values, and Marshal marks the outputs again), nulls skipped, unknowns kept only when asked (the
 // new inputs of a preview may have some; a state never has).
 func Unmarshal(s *structpb.Struct, keepUnknowns bool) (resource.PropertyMap, error) {
 	return plugin.UnmarshalProperties(s, plugin.MarshalOptions{KeepUnknowns: keepUnknowns, SkipNulls: true})
+}
+
+// OldsAndNews reads the state and the new inputs of a Diff or Update request.
+func OldsAndNews(req interface {
+	GetOlds() *structpb.Struct
+	GetNews() *structpb.Struct
+},
+) (olds, news resource.PropertyMap, err error) {
+	if olds, err = Unmarshal(req.GetOlds(), false); err != nil {
+		return nil, nil, err
+	}
+	if news, err = Unmarshal(req.GetNews(), true); err != nil {
+		return nil, nil, err
+	}
+	return olds, news, nil
 }
 
 // UnmarshalInputs reads the news of Check as the program sent them, unknowns and secrets kept.
@@ -122,6 +188,19 @@ func InputChanged(olds, news resource.PropertyMap, k string) bool {
 		return !o.DeepEquals(n)
 	}
 	return false
+}
+
+// DiffResult is the answer of Diff: diffs are the changed inputs (sorted here, for a stable
+// preview), replaces those of them that replace the resource, detailed the change of each.
+func DiffResult(diffs, replaces []string, detailed map[string]*pulumirpc.PropertyDiff) *pulumirpc.DiffResponse {
+	sort.Strings(diffs)
+	changes := pulumirpc.DiffResponse_DIFF_NONE
+	if len(diffs) > 0 {
+		changes = pulumirpc.DiffResponse_DIFF_SOME
+	}
+	return &pulumirpc.DiffResponse{
+		Changes: changes, Diffs: diffs, Replaces: replaces, DetailedDiff: detailed, HasDetailedDiff: true,
+	}
 }
 
 func isEmpty(v resource.PropertyValue) bool {

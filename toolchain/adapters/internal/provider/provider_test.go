@@ -3,6 +3,8 @@ package provider
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
@@ -176,5 +178,83 @@ func TestTypedReads(t *testing.T) {
 	}
 	if Strings(m, "s") != nil {
 		t.Error("Strings of a non-array")
+	}
+}
+
+func TestCreateFromEchoesTheInputsInAPreviewAndOtherwiseCreates(t *testing.T) {
+	b := configured(t, true)
+	props, err := plugin.MarshalProperties(resource.PropertyMap{
+		"alg":   resource.NewStringProperty("RSA"),
+		"later": resource.MakeComputed(resource.NewStringProperty("")),
+	}, plugin.MarshalOptions{KeepUnknowns: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := 0
+	create := func(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+		created++
+		return "id-1", resource.PropertyMap{"alg": in["alg"], "key": resource.NewStringProperty("PEM")}, nil
+	}
+
+	resp, err := b.CreateFrom(&pulumirpc.CreateRequest{Properties: props, Preview: true}, create)
+	if err != nil || created != 0 || resp.GetId() != "" {
+		t.Fatalf("preview: %v, %v, created %d times; want no ID and no create", resp, err, created)
+	}
+	echo, _ := plugin.UnmarshalProperties(resp.GetProperties(), plugin.MarshalOptions{KeepUnknowns: true})
+	if echo["alg"].StringValue() != "RSA" || !echo["later"].ContainsUnknowns() {
+		t.Errorf("preview outputs = %v, want the inputs", echo)
+	}
+
+	resp, err = b.CreateFrom(&pulumirpc.CreateRequest{Properties: props}, create)
+	if err != nil || created != 1 || resp.GetId() != "id-1" {
+		t.Fatalf("create: %v, %v, created %d times", resp, err, created)
+	}
+	outs, _ := plugin.UnmarshalProperties(resp.GetProperties(), plugin.MarshalOptions{KeepSecrets: true})
+	if !outs["key"].IsSecret() || outs["alg"].StringValue() != "RSA" {
+		t.Errorf("outputs = %v, want alg and the secret key", outs)
+	}
+
+	failing := func(resource.PropertyMap) (string, resource.PropertyMap, error) { return "", nil, errors.New("boom") }
+	if _, err := b.CreateFrom(&pulumirpc.CreateRequest{Properties: props}, failing); err == nil || err.Error() != "boom" {
+		t.Errorf("create error = %v, want boom", err)
+	}
+}
+
+func TestUpdateFromEchoesTheNewInputsInAPreviewAndOtherwiseUpdates(t *testing.T) {
+	b := configured(t, false)
+	olds, _ := plugin.MarshalProperties(resource.PropertyMap{"cmd": resource.NewStringProperty("old")}, plugin.MarshalOptions{})
+	news, _ := plugin.MarshalProperties(resource.PropertyMap{"cmd": resource.NewStringProperty("new")}, plugin.MarshalOptions{})
+	var seen []string
+	update := func(o, n resource.PropertyMap) (resource.PropertyMap, error) {
+		seen = append(seen, o["cmd"].StringValue()+">"+n["cmd"].StringValue())
+		return resource.PropertyMap{"cmd": n["cmd"], "stdout": resource.NewStringProperty("ran")}, nil
+	}
+
+	resp, err := b.UpdateFrom(&pulumirpc.UpdateRequest{Olds: olds, News: news, Preview: true}, update)
+	if err != nil || len(seen) != 0 {
+		t.Fatalf("preview: %v, %v, updates %v; want none", resp, err, seen)
+	}
+	if _, has := resp.GetProperties().GetFields()["stdout"]; has {
+		t.Errorf("preview outputs = %v, want the new inputs only", resp.GetProperties())
+	}
+
+	resp, err = b.UpdateFrom(&pulumirpc.UpdateRequest{Olds: olds, News: news}, update)
+	if err != nil || len(seen) != 1 || seen[0] != "old>new" {
+		t.Fatalf("update: %v, %v, updates %v", resp, err, seen)
+	}
+	if resp.GetProperties().GetFields()["stdout"].GetStringValue() != "ran" {
+		t.Errorf("outputs = %v, want stdout", resp.GetProperties())
+	}
+}
+
+func TestDiffResultSortsTheChangesAndSaysWhetherThereAreAny(t *testing.T) {
+	none := DiffResult(nil, nil, map[string]*pulumirpc.PropertyDiff{})
+	if none.GetChanges() != pulumirpc.DiffResponse_DIFF_NONE || !none.GetHasDetailedDiff() {
+		t.Errorf("no diffs: %v", none)
+	}
+	some := DiffResult([]string{"update", "create"}, []string{"triggers"}, nil)
+	if some.GetChanges() != pulumirpc.DiffResponse_DIFF_SOME ||
+		strings.Join(some.GetDiffs(), ",") != "create,update" || strings.Join(some.GetReplaces(), ",") != "triggers" {
+		t.Errorf("diffs: %v", some)
 	}
 }
