@@ -143,12 +143,21 @@ copy_module() {
 	chmod -R u+w "$2"
 }
 
-# recipe hash of a component: versions.env is in the cache key already; adapters add their sources.
+# The project-written plugins: one Go module, one main package per plugin under cmd/ (README.md there).
+ADAPTERS=$HERE/adapters
+ADAPTERS_MODULE=metrics-aggregation/toolchain/adapters
+
+# adapter_sources: the adapter module's go.mod and *.go files, relative to $ADAPTERS, sorted so that
+# the recipe hash does not depend on the directory order.
+adapter_sources() {
+	(cd "$ADAPTERS" && find . -type f \( -name go.mod -o -name '*.go' \) | LC_ALL=C sort)
+}
+
+# recipe hash of a component: versions.env is in the cache key already; the adapters (python, tls,
+# command) add their whole module's sources, names included, as any file may go into any of them.
 recipe_hash() {
 	case $1 in
-	python) (cd "$HERE/adapters/pulumi-language-python" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
-	tls) (cd "$HERE/adapters/pulumi-resource-tls" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
-	command) (cd "$HERE/adapters/pulumi-resource-command" && cat go.mod ./*.go) | sha256sum | cut -c1-12 ;;
+	python | tls | command) (cd "$ADAPTERS" && adapter_sources | xargs -d '\n' sha256sum) | sha256sum | cut -c1-12 ;;
 	*) printf '%s\n' "$KEY" ;;
 	esac
 }
@@ -222,13 +231,36 @@ EOF
 		"$PULUMI_BUILD_TAGS" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
 }
 
+# adapters_wrapper COMPONENT: a copy of the adapter module in $WORK, tidied (git has no go.sum: tidy
+# writes it there, as for the other wrappers), vetted and tested; made once per recipe hash, for
+# python, tls and command together. Prints its path.
+adapters_wrapper() {
+	local comp=$1 dir=$WORK/adapters ready file
+	ready=$(recipe_hash "$comp")
+	if [[ -f $dir/.ready && $(cat "$dir/.ready") == "$ready" ]]; then
+		printf '%s\n' "$dir"
+		return
+	fi
+	dir=$(new_wrapper adapters)
+	# Called as $(adapters_wrapper …), where bash does not apply `set -e`: every step says || exit.
+	while IFS= read -r file; do
+		install -D -m 0644 "$ADAPTERS/$file" "$dir/$file" || fail "$comp: cannot copy $file"
+	done < <(adapter_sources)
+	# The adapters are the project's own code: their vet and tests run wherever they are built.
+	(cd "$dir" && run_logged "$comp" go mod tidy && run_logged "$comp" go vet ./... &&
+		run_logged "$comp" go test ./...) || exit 1
+	printf '%s\n' "$ready" >"$dir/.ready"
+	printf '%s\n' "$dir"
+}
+
+# adapter_ldflags VERSION: the version stamp of an adapter binary (package serve holds it).
+adapter_ldflags() { printf '%s\n' "-s -w -X $ADAPTERS_MODULE/internal/serve.Version=$1"; }
+
 build_python() {
 	local dir sdk
-	dir=$(new_wrapper pulumi-language-python)
-	cp "$HERE/adapters/pulumi-language-python/go.mod" "$HERE/adapters/pulumi-language-python/"*.go "$dir/"
-	(cd "$dir" && run_logged python go mod tidy)
-	go_build python "$dir" "$BIN/pulumi-language-python" "-s -w -X main.Version=$PULUMI_STAMP" \
-		"$PULUMI_BUILD_TAGS" .
+	dir=$(adapters_wrapper python)
+	go_build python "$dir" "$BIN/pulumi-language-python" "$(adapter_ldflags "$PULUMI_STAMP")" \
+		"$PULUMI_BUILD_TAGS" ./cmd/pulumi-language-python
 	sdk=$(mod_dir "github.com/pulumi/pulumi/sdk/v3@$PULUMI_EXEC_SDK_VERSION")
 	[[ -n $sdk ]] || fail "python: cannot download github.com/pulumi/pulumi/sdk/v3@$PULUMI_EXEC_SDK_VERSION"
 	install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
@@ -284,20 +316,18 @@ EOF
 			"" "$COMMAND_PROVIDER_MODULE/cmd/pulumi-resource-command"
 		return
 	fi
-	say "command: upstream not served ($(cat "$LOGS/command.unavailable")); building the project's stand-in toolchain/adapters/pulumi-resource-command"
-	cp "$HERE/adapters/pulumi-resource-command/go.mod" "$HERE/adapters/pulumi-resource-command/"*.go "$dir/"
-	(cd "$dir" && run_logged command go mod tidy)
-	go_build command "$dir" "$PROVIDERS/pulumi-resource-command" "-s -w -X main.Version=$COMMAND_TARGET_VERSION" "" .
+	say "command: upstream not served ($(cat "$LOGS/command.unavailable")); building the project's stand-in toolchain/adapters/cmd/pulumi-resource-command"
+	dir=$(adapters_wrapper command)
+	go_build command "$dir" "$PROVIDERS/pulumi-resource-command" "$(adapter_ldflags "$COMMAND_TARGET_VERSION")" "" \
+		./cmd/pulumi-resource-command
 }
 
 build_tls() {
 	# The upstream provider is not served by the Go module proxy (see versions.env): build the
 	# project's stand-in, stamped with the pulumi_tls SDK version for the exact-version plugin lookup.
 	local dir
-	dir=$(new_wrapper pulumi-resource-tls)
-	cp "$HERE/adapters/pulumi-resource-tls/go.mod" "$HERE/adapters/pulumi-resource-tls/"*.go "$dir/"
-	(cd "$dir" && run_logged tls go mod tidy)
-	go_build tls "$dir" "$PROVIDERS/pulumi-resource-tls" "-s -w -X main.Version=$TLS_TARGET_VERSION" "" .
+	dir=$(adapters_wrapper tls)
+	go_build tls "$dir" "$PROVIDERS/pulumi-resource-tls" "$(adapter_ldflags "$TLS_TARGET_VERSION")" "" ./cmd/pulumi-resource-tls
 }
 
 build_etcd() {

@@ -40,14 +40,12 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
-)
 
-// Version is stamped by toolchain/build.sh (-X main.Version=...).
-var Version = "0.0.0-dev"
+	"metrics-aggregation/toolchain/adapters/internal/serve"
+)
 
 const (
 	execName = "pulumi-language-python-exec"
@@ -62,8 +60,8 @@ func main() {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
-		case a == "-version" || a == "--version":
-			fmt.Println(Version)
+		case serve.IsVersionFlag(a):
+			fmt.Println(serve.Version)
 			return
 		case a == "-use-executor" || a == "--use-executor":
 			if i+1 < len(args) {
@@ -94,22 +92,9 @@ func main() {
 	}
 
 	host := &pythonHost{executor: executor, engineAddress: engineAddress}
-	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
-		Init: func(srv *grpc.Server) error {
-			pulumirpc.RegisterLanguageRuntimeServer(srv, host)
-			return nil
-		},
+	serve.Serve("pulumi-language-python", func(srv grpc.ServiceRegistrar) {
+		pulumirpc.RegisterLanguageRuntimeServer(srv, host)
 	})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-language-python: could not start the RPC server: %v\n", err)
-		os.Exit(1)
-	}
-	// The engine reads the port from the first line of stdout.
-	fmt.Printf("%d\n", handle.Port)
-	if err := <-handle.Done; err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-language-python: RPC server stopped: %v\n", err)
-		os.Exit(1)
-	}
 }
 
 type pythonHost struct {
@@ -219,7 +204,7 @@ func resolvePythonEnv(venv string, base []string, mustExist bool) (*pythonEnv, e
 }
 
 func (h *pythonHost) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
-	return &pulumirpc.PluginInfo{Version: Version}, nil
+	return &pulumirpc.PluginInfo{Version: serve.Version}, nil
 }
 
 // pluginScan lists the pulumi-plugin.json files of the installed Python packages.

@@ -7,7 +7,9 @@
 // by the Go module proxy this project is limited to, at any version (see toolchain/versions.env).
 // The project uses one resource of the `pulumi_command` Python SDK 1.2.1, remote.Command; this
 // binary implements it on the same wire names with golang.org/x/crypto/ssh, following the upstream
-// provider's documented behaviour (and the facts in docs/contracts.md):
+// provider's behaviour as its sources show it (github.com/pulumi/pulumi-command v1.2.1,
+// provider/pkg/provider/remote and common; update and replace from pulumi-go-provider v1.3.0,
+// infer/resource.go):
 //
 //   - create runs `create`; any input change runs `update` (or `create` when no update is set);
 //     a change of `triggers` replaces the resource (the SDK sets replaceOnChanges triggers[*]);
@@ -39,18 +41,15 @@ import (
 	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
-	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/plugin"
-	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
-	"google.golang.org/protobuf/types/known/structpb"
-)
 
-// Version is stamped by toolchain/build.sh (-X main.Version=...).
-var Version = "0.0.0-dev"
+	"metrics-aggregation/toolchain/adapters/internal/provider"
+	"metrics-aggregation/toolchain/adapters/internal/serve"
+)
 
 const tRemoteCommand = "command:remote:Command"
 
@@ -61,92 +60,25 @@ var inputKeys = []string{
 }
 
 func main() {
-	for _, a := range os.Args[1:] {
-		if a == "-version" || a == "--version" {
-			fmt.Println(Version)
-			return
-		}
-	}
-	prov := &commandProvider{}
-	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
-		Init: func(srv *grpc.Server) error {
-			pulumirpc.RegisterResourceProviderServer(srv, prov)
-			return nil
-		},
+	prov := &commandProvider{provider.Base{
+		Name: "command",
+		// The SSH credentials and the payload: both stay in the state, for update and delete.
+		Secrets: map[string]bool{"connection": true, "stdin": true},
+	}}
+	serve.Main("pulumi-resource-command", func(srv grpc.ServiceRegistrar) {
+		pulumirpc.RegisterResourceProviderServer(srv, prov)
 	})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-resource-command: %v\n", err)
-		os.Exit(1)
-	}
-	fmt.Printf("%d\n", handle.Port)
-	if err := <-handle.Done; err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-resource-command: %v\n", err)
-		os.Exit(1)
-	}
 }
 
 type commandProvider struct {
-	pulumirpc.UnimplementedResourceProviderServer
-	acceptSecrets bool
-}
-
-func resourceType(urn string) string {
-	parts := strings.Split(urn, "::")
-	if len(parts) < 4 {
-		return ""
-	}
-	t := parts[2]
-	if i := strings.LastIndex(t, "$"); i >= 0 {
-		t = t[i+1:]
-	}
-	return t
-}
-
-func unmarshal(s *structpb.Struct, keepUnknowns bool) (resource.PropertyMap, error) {
-	return plugin.UnmarshalProperties(s, plugin.MarshalOptions{KeepUnknowns: keepUnknowns, SkipNulls: true})
-}
-
-func (p *commandProvider) marshal(m resource.PropertyMap) (*structpb.Struct, error) {
-	out := resource.PropertyMap{}
-	for k, v := range m {
-		if (k == "connection" || k == "stdin") && p.acceptSecrets && !v.IsNull() {
-			v = resource.MakeSecret(v)
-		}
-		out[k] = v
-	}
-	return plugin.MarshalProperties(out, plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: p.acceptSecrets})
-}
-
-func (p *commandProvider) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
-	return &pulumirpc.PluginInfo{Version: Version}, nil
-}
-
-func (p *commandProvider) GetSchema(context.Context, *pulumirpc.GetSchemaRequest) (*pulumirpc.GetSchemaResponse, error) {
-	return &pulumirpc.GetSchemaResponse{Schema: fmt.Sprintf(`{"name":"command","version":%q}`, Version)}, nil
-}
-
-func (p *commandProvider) CheckConfig(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
-	return &pulumirpc.CheckResponse{Inputs: req.GetNews()}, nil
-}
-
-func (p *commandProvider) DiffConfig(context.Context, *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
-	return &pulumirpc.DiffResponse{Changes: pulumirpc.DiffResponse_DIFF_NONE}, nil
-}
-
-func (p *commandProvider) Configure(_ context.Context, req *pulumirpc.ConfigureRequest) (*pulumirpc.ConfigureResponse, error) {
-	p.acceptSecrets = req.GetAcceptSecrets()
-	return &pulumirpc.ConfigureResponse{AcceptSecrets: true}, nil
-}
-
-func (p *commandProvider) Cancel(context.Context, *emptypb.Empty) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, nil
+	provider.Base
 }
 
 func (p *commandProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
-	if t := resourceType(req.GetUrn()); t != tRemoteCommand {
+	if t := provider.ResourceType(req.GetUrn()); t != tRemoteCommand {
 		return nil, fmt.Errorf("command: resource type %q is not supported by this provider (only %s)", t, tRemoteCommand)
 	}
-	news, err := plugin.UnmarshalProperties(req.GetNews(), plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: true})
+	news, err := provider.UnmarshalInputs(req.GetNews())
 	if err != nil {
 		return nil, err
 	}
@@ -166,34 +98,19 @@ func (p *commandProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) 
 }
 
 func (p *commandProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
-	olds, err := unmarshal(req.GetOlds(), false)
-	if err != nil {
-		return nil, err
-	}
-	news, err := unmarshal(req.GetNews(), true)
+	olds, news, err := provider.OldsAndNews(req)
 	if err != nil {
 		return nil, err
 	}
 	if req.GetOldInputs() != nil {
-		if oldIn, err := unmarshal(req.GetOldInputs(), false); err == nil {
+		if oldIn, err := provider.Unmarshal(req.GetOldInputs(), false); err == nil {
 			olds = oldIn
 		}
 	}
 	var diffs, replaces []string
 	detailed := map[string]*pulumirpc.PropertyDiff{}
 	for _, k := range inputKeys {
-		o, hasOld := olds[resource.PropertyKey(k)]
-		n, hasNew := news[resource.PropertyKey(k)]
-		changed := false
-		switch {
-		case hasNew && n.ContainsUnknowns():
-			changed = true
-		case hasOld != hasNew:
-			changed = !(isEmpty(o) && isEmpty(n))
-		case hasOld && hasNew:
-			changed = !o.DeepEquals(n)
-		}
-		if !changed {
+		if !provider.InputChanged(olds, news, k) {
 			continue
 		}
 		diffs = append(diffs, k)
@@ -204,94 +121,35 @@ func (p *commandProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*
 		}
 		detailed[k] = &pulumirpc.PropertyDiff{Kind: kind, InputDiff: true}
 	}
-	sort.Strings(diffs)
-	changes := pulumirpc.DiffResponse_DIFF_NONE
-	if len(diffs) > 0 {
-		changes = pulumirpc.DiffResponse_DIFF_SOME
-	}
-	return &pulumirpc.DiffResponse{
-		Changes: changes, Diffs: diffs, Replaces: replaces, DetailedDiff: detailed, HasDetailedDiff: true,
-	}, nil
-}
-
-func isEmpty(v resource.PropertyValue) bool {
-	return v.IsNull() || (v.IsArray() && len(v.ArrayValue()) == 0) || (v.IsObject() && len(v.ObjectValue()) == 0)
-}
-
-func str(m resource.PropertyMap, k string) string {
-	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsString() {
-		return v.StringValue()
-	}
-	return ""
-}
-
-func num(m resource.PropertyMap, k string, def float64) float64 {
-	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsNumber() {
-		return v.NumberValue()
-	}
-	return def
+	return provider.DiffResult(diffs, replaces, detailed), nil
 }
 
 func (p *commandProvider) Create(ctx context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
-	in, err := unmarshal(req.GetProperties(), true)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetPreview() {
-		props, err := p.marshal(in)
+	return p.CreateFrom(req, func(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+		outs, err := p.run(ctx, provider.String(in, "create"), in, nil)
 		if err != nil {
-			return nil, err
+			return "", nil, err
 		}
-		return &pulumirpc.CreateResponse{Properties: props}, nil
-	}
-	outs, err := p.run(ctx, str(in, "create"), in, nil)
-	if err != nil {
-		return nil, err
-	}
-	props, err := p.marshal(outs)
-	if err != nil {
-		return nil, err
-	}
-	return &pulumirpc.CreateResponse{Id: resourceName(req.GetUrn()) + randomSuffix(), Properties: props}, nil
+		return resourceName(req.GetUrn()) + randomSuffix(), outs, nil
+	})
 }
 
 func (p *commandProvider) Update(ctx context.Context, req *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
-	olds, err := unmarshal(req.GetOlds(), false)
-	if err != nil {
-		return nil, err
-	}
-	news, err := unmarshal(req.GetNews(), true)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetPreview() {
-		props, err := p.marshal(news)
-		if err != nil {
-			return nil, err
+	return p.UpdateFrom(req, func(olds, news resource.PropertyMap) (resource.PropertyMap, error) {
+		cmd := provider.String(news, "update")
+		if cmd == "" {
+			cmd = provider.String(news, "create")
 		}
-		return &pulumirpc.UpdateResponse{Properties: props}, nil
-	}
-	cmd := str(news, "update")
-	if cmd == "" {
-		cmd = str(news, "create")
-	}
-	outs, err := p.run(ctx, cmd, news, olds)
-	if err != nil {
-		return nil, err
-	}
-	props, err := p.marshal(outs)
-	if err != nil {
-		return nil, err
-	}
-	return &pulumirpc.UpdateResponse{Properties: props}, nil
+		return p.run(ctx, cmd, news, olds)
+	})
 }
 
 func (p *commandProvider) Delete(ctx context.Context, req *pulumirpc.DeleteRequest) (*emptypb.Empty, error) {
-	olds, err := unmarshal(req.GetProperties(), false)
+	olds, err := provider.Unmarshal(req.GetProperties(), false)
 	if err != nil {
 		return nil, err
 	}
-	if cmd := str(olds, "delete"); cmd != "" {
+	if cmd := provider.String(olds, "delete"); cmd != "" {
 		if _, err := p.run(ctx, cmd, olds, olds); err != nil {
 			return nil, err
 		}
@@ -302,10 +160,6 @@ func (p *commandProvider) Delete(ctx context.Context, req *pulumirpc.DeleteReque
 // Read: a command has no remote state to read; the state is kept as it is.
 func (p *commandProvider) Read(_ context.Context, req *pulumirpc.ReadRequest) (*pulumirpc.ReadResponse, error) {
 	return &pulumirpc.ReadResponse{Id: req.GetId(), Properties: req.GetProperties(), Inputs: req.GetInputs()}, nil
-}
-
-func (p *commandProvider) Invoke(_ context.Context, req *pulumirpc.InvokeRequest) (*pulumirpc.InvokeResponse, error) {
-	return nil, fmt.Errorf("command: function %s is not supported by this provider", req.GetTok())
 }
 
 func resourceName(urn string) string {
@@ -362,10 +216,10 @@ func (p *commandProvider) run(ctx context.Context, cmd string, in, prev resource
 		addPrev = v.BoolValue()
 	}
 	if addPrev && prev != nil {
-		if s := str(prev, "stdout"); s != "" {
+		if s := provider.String(prev, "stdout"); s != "" {
 			env["PULUMI_COMMAND_STDOUT"] = s
 		}
-		if s := str(prev, "stderr"); s != "" {
+		if s := provider.String(prev, "stderr"); s != "" {
 			env["PULUMI_COMMAND_STDERR"] = s
 		}
 	}
@@ -382,7 +236,7 @@ func (p *commandProvider) run(ctx context.Context, cmd string, in, prev resource
 				"command': %w", k, err)
 		}
 	}
-	if s := str(in, "stdin"); s != "" {
+	if s := provider.String(in, "stdin"); s != "" {
 		session.Stdin = strings.NewReader(s)
 	}
 	var stdout, stderr bytes.Buffer
@@ -416,14 +270,14 @@ func prevOr(prev resource.PropertyMap, k string) resource.PropertyValue {
 // ---------------------------------------------------------------- SSH connection
 
 func clientConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
-	user := str(c, "user")
+	user := provider.String(c, "user")
 	if user == "" {
 		user = "root"
 	}
 	cfg := &ssh.ClientConfig{User: user, HostKeyCallback: ssh.InsecureIgnoreHostKey()} //nolint:gosec // as upstream without hostKey
-	cfg.Timeout = time.Duration(num(c, "perDialTimeout", 15)) * time.Second
+	cfg.Timeout = time.Duration(provider.Number(c, "perDialTimeout", 15)) * time.Second
 	closer := func() {}
-	if hk := str(c, "hostKey"); hk != "" {
+	if hk := provider.String(c, "hostKey"); hk != "" {
 		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hk))
 		if err != nil {
 			return nil, closer, fmt.Errorf("connection.hostKey: %w", err)
@@ -434,10 +288,10 @@ func clientConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
 			cfg.HostKeyAlgorithms = []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
 		}
 	}
-	if key := str(c, "privateKey"); key != "" {
+	if key := provider.String(c, "privateKey"); key != "" {
 		var signer ssh.Signer
 		var err error
-		if pw := str(c, "privateKeyPassword"); pw != "" {
+		if pw := provider.String(c, "privateKeyPassword"); pw != "" {
 			signer, err = ssh.ParsePrivateKeyWithPassphrase([]byte(key), []byte(pw))
 		} else {
 			signer, err = ssh.ParsePrivateKey([]byte(key))
@@ -447,7 +301,7 @@ func clientConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
 		}
 		cfg.Auth = append(cfg.Auth, ssh.PublicKeys(signer))
 	}
-	if pw := str(c, "password"); pw != "" {
+	if pw := provider.String(c, "password"); pw != "" {
 		cfg.Auth = append(cfg.Auth, ssh.Password(pw),
 			ssh.KeyboardInteractive(func(_, _ string, qs []string, _ []bool) ([]string, error) {
 				answers := make([]string, len(qs))
@@ -457,7 +311,7 @@ func clientConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
 				return answers, nil
 			}))
 	}
-	sock := str(c, "agentSocketPath")
+	sock := provider.String(c, "agentSocketPath")
 	if sock == "" && len(cfg.Auth) == 0 {
 		sock = os.Getenv("SSH_AUTH_SOCK")
 	}
@@ -473,12 +327,12 @@ func clientConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
 }
 
 func address(c resource.PropertyMap) string {
-	return net.JoinHostPort(str(c, "host"), strconv.Itoa(int(num(c, "port", 22))))
+	return net.JoinHostPort(provider.String(c, "host"), strconv.Itoa(int(provider.Number(c, "port", 22))))
 }
 
 // withRetries dials up to dialErrorLimit times (default 10; -1 = no limit), 1 s apart.
 func withRetries[T any](ctx context.Context, c resource.PropertyMap, what string, f func() (T, error)) (T, error) {
-	limit := int(num(c, "dialErrorLimit", 10))
+	limit := int(provider.Number(c, "dialErrorLimit", 10))
 	var zero T
 	var last error
 	for i := 0; limit < 0 || i < limit || i == 0; i++ {

@@ -41,24 +41,19 @@ import (
 	"math/big"
 	"net"
 	"net/url"
-	"os"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/plugin"
-	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
-	"google.golang.org/protobuf/types/known/structpb"
-)
 
-// Version is stamped by toolchain/build.sh (-X main.Version=...): the pulumi_tls SDK version it
-// stands in for, so the engine's exact-version plugin lookup matches.
-var Version = "0.0.0-dev"
+	"metrics-aggregation/toolchain/adapters/internal/provider"
+	"metrics-aggregation/toolchain/adapters/internal/serve"
+)
 
 const (
 	tPrivateKey        = "tls:index/privateKey:PrivateKey"
@@ -67,96 +62,21 @@ const (
 	tLocallySignedCert = "tls:index/locallySignedCert:LocallySignedCert"
 )
 
-// Outputs that are always secret.
-var secretKeys = map[string]bool{
-	"privateKeyPem": true, "privateKeyPemPkcs8": true, "privateKeyOpenssh": true, "caPrivateKeyPem": true,
-}
-
 func main() {
-	for _, a := range os.Args[1:] {
-		if a == "-version" || a == "--version" {
-			fmt.Println(Version)
-			return
-		}
-	}
-	prov := &tlsProvider{}
-	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
-		Init: func(srv *grpc.Server) error {
-			pulumirpc.RegisterResourceProviderServer(srv, prov)
-			return nil
+	prov := &tlsProvider{provider.Base{
+		Name: "tls",
+		// Private keys, as the pulumi_tls schema marks them.
+		Secrets: map[string]bool{
+			"privateKeyPem": true, "privateKeyPemPkcs8": true, "privateKeyOpenssh": true, "caPrivateKeyPem": true,
 		},
+	}}
+	serve.Main("pulumi-resource-tls", func(srv grpc.ServiceRegistrar) {
+		pulumirpc.RegisterResourceProviderServer(srv, prov)
 	})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-resource-tls: %v\n", err)
-		os.Exit(1)
-	}
-	fmt.Printf("%d\n", handle.Port)
-	if err := <-handle.Done; err != nil {
-		fmt.Fprintf(os.Stderr, "pulumi-resource-tls: %v\n", err)
-		os.Exit(1)
-	}
 }
 
 type tlsProvider struct {
-	pulumirpc.UnimplementedResourceProviderServer
-	acceptSecrets bool
-}
-
-func resourceType(urn string) string {
-	// urn:pulumi:stack::project::[parent$]type::name
-	parts := strings.Split(urn, "::")
-	if len(parts) < 4 {
-		return ""
-	}
-	t := parts[2]
-	if i := strings.LastIndex(t, "$"); i >= 0 {
-		t = t[i+1:]
-	}
-	return t
-}
-
-func unmarshal(s *structpb.Struct, keepUnknowns bool) (resource.PropertyMap, error) {
-	return plugin.UnmarshalProperties(s, plugin.MarshalOptions{
-		KeepUnknowns: keepUnknowns, KeepSecrets: false, SkipNulls: true,
-	})
-}
-
-func (p *tlsProvider) marshal(m resource.PropertyMap) (*structpb.Struct, error) {
-	out := resource.PropertyMap{}
-	for k, v := range m {
-		if secretKeys[string(k)] && p.acceptSecrets && !v.IsNull() {
-			v = resource.MakeSecret(v)
-		}
-		out[k] = v
-	}
-	return plugin.MarshalProperties(out, plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: p.acceptSecrets})
-}
-
-// ---------------------------------------------------------------- provider lifecycle
-
-func (p *tlsProvider) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
-	return &pulumirpc.PluginInfo{Version: Version}, nil
-}
-
-func (p *tlsProvider) GetSchema(context.Context, *pulumirpc.GetSchemaRequest) (*pulumirpc.GetSchemaResponse, error) {
-	return &pulumirpc.GetSchemaResponse{Schema: fmt.Sprintf(`{"name":"tls","version":%q}`, Version)}, nil
-}
-
-func (p *tlsProvider) CheckConfig(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
-	return &pulumirpc.CheckResponse{Inputs: req.GetNews()}, nil
-}
-
-func (p *tlsProvider) DiffConfig(context.Context, *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
-	return &pulumirpc.DiffResponse{Changes: pulumirpc.DiffResponse_DIFF_NONE}, nil
-}
-
-func (p *tlsProvider) Configure(_ context.Context, req *pulumirpc.ConfigureRequest) (*pulumirpc.ConfigureResponse, error) {
-	p.acceptSecrets = req.GetAcceptSecrets()
-	return &pulumirpc.ConfigureResponse{AcceptSecrets: true}, nil
-}
-
-func (p *tlsProvider) Cancel(context.Context, *emptypb.Empty) (*emptypb.Empty, error) {
-	return &emptypb.Empty{}, nil
+	provider.Base
 }
 
 // ---------------------------------------------------------------- CRUD
@@ -184,8 +104,8 @@ func defaults(t string) resource.PropertyMap {
 }
 
 func (p *tlsProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
-	t := resourceType(req.GetUrn())
-	news, err := plugin.UnmarshalProperties(req.GetNews(), plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: true})
+	t := provider.ResourceType(req.GetUrn())
+	news, err := provider.UnmarshalInputs(req.GetNews())
 	if err != nil {
 		return nil, err
 	}
@@ -276,12 +196,8 @@ var inputKeys = map[string][]string{
 }
 
 func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
-	t := resourceType(req.GetUrn())
-	olds, err := unmarshal(req.GetOlds(), false)
-	if err != nil {
-		return nil, err
-	}
-	news, err := unmarshal(req.GetNews(), true)
+	t := provider.ResourceType(req.GetUrn())
+	olds, news, err := provider.OldsAndNews(req)
 	if err != nil {
 		return nil, err
 	}
@@ -295,18 +211,9 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 		if ignored[k] {
 			continue
 		}
-		o, hasOld := olds[resource.PropertyKey(k)]
-		n, hasNew := news[resource.PropertyKey(k)]
-		changed := false
-		switch {
-		case hasNew && n.ContainsUnknowns():
-			changed = true
-		case hasOld != hasNew:
-			changed = !(isEmpty(o) && isEmpty(n))
-		case hasOld && hasNew:
-			changed = !o.DeepEquals(n)
-		}
-		if changed {
+		if provider.InputChanged(olds, news, k) {
+			_, hasOld := olds[resource.PropertyKey(k)]
+			_, hasNew := news[resource.PropertyKey(k)]
 			replaces = append(replaces, k)
 			kind := pulumirpc.PropertyDiff_UPDATE_REPLACE
 			if !hasOld {
@@ -323,18 +230,8 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 			detailed["readyForRenewal"] = &pulumirpc.PropertyDiff{Kind: pulumirpc.PropertyDiff_UPDATE_REPLACE}
 		}
 	}
-	sort.Strings(replaces)
-	changes := pulumirpc.DiffResponse_DIFF_NONE
-	if len(replaces) > 0 {
-		changes = pulumirpc.DiffResponse_DIFF_SOME
-	}
-	return &pulumirpc.DiffResponse{
-		Changes: changes, Replaces: replaces, Diffs: replaces, DetailedDiff: detailed, HasDetailedDiff: true,
-	}, nil
-}
-
-func isEmpty(v resource.PropertyValue) bool {
-	return v.IsNull() || (v.IsArray() && len(v.ArrayValue()) == 0) || (v.IsObject() && len(v.ObjectValue()) == 0)
+	// Every change replaces: the changed inputs and the replacing ones are the same list.
+	return provider.DiffResult(replaces, replaces, detailed), nil
 }
 
 func readyForRenewal(state resource.PropertyMap) bool {
@@ -354,43 +251,31 @@ func readyForRenewal(state resource.PropertyMap) bool {
 }
 
 func (p *tlsProvider) Create(_ context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
-	t := resourceType(req.GetUrn())
-	in, err := unmarshal(req.GetProperties(), true)
-	if err != nil {
-		return nil, err
-	}
-	if req.GetPreview() {
-		props, err := p.marshal(in)
+	t := provider.ResourceType(req.GetUrn())
+	return p.CreateFrom(req, func(in resource.PropertyMap) (string, resource.PropertyMap, error) {
+		var id string
+		var outs resource.PropertyMap
+		var err error
+		switch t {
+		case tPrivateKey:
+			id, outs, err = createPrivateKey(in)
+		case tCertRequest:
+			id, outs, err = createCertRequest(in)
+		case tSelfSignedCert, tLocallySignedCert:
+			id, outs, err = createCert(t, in)
+		default:
+			err = fmt.Errorf("resource type %q is not supported by this provider", t)
+		}
 		if err != nil {
-			return nil, err
+			return "", nil, fmt.Errorf("%s: %w", t, err)
 		}
-		return &pulumirpc.CreateResponse{Properties: props}, nil
-	}
-	var id string
-	var outs resource.PropertyMap
-	switch t {
-	case tPrivateKey:
-		id, outs, err = createPrivateKey(in)
-	case tCertRequest:
-		id, outs, err = createCertRequest(in)
-	case tSelfSignedCert, tLocallySignedCert:
-		id, outs, err = createCert(t, in)
-	default:
-		err = fmt.Errorf("resource type %q is not supported by this provider", t)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", t, err)
-	}
-	for k, v := range in {
-		if _, ok := outs[k]; !ok {
-			outs[k] = v
+		for k, v := range in {
+			if _, ok := outs[k]; !ok {
+				outs[k] = v
+			}
 		}
-	}
-	props, err := p.marshal(outs)
-	if err != nil {
-		return nil, err
-	}
-	return &pulumirpc.CreateResponse{Id: id, Properties: props}, nil
+		return id, outs, nil
+	})
 }
 
 // Read: nothing lives outside the state, so the state is the truth.
@@ -398,15 +283,15 @@ func (p *tlsProvider) Read(_ context.Context, req *pulumirpc.ReadRequest) (*pulu
 	if req.GetProperties() == nil || len(req.GetProperties().GetFields()) == 0 {
 		return nil, errors.New("tls: import is not supported by this provider")
 	}
-	state, err := unmarshal(req.GetProperties(), false)
+	state, err := provider.Unmarshal(req.GetProperties(), false)
 	if err != nil {
 		return nil, err
 	}
-	t := resourceType(req.GetUrn())
+	t := provider.ResourceType(req.GetUrn())
 	if t == tSelfSignedCert || t == tLocallySignedCert {
 		state["readyForRenewal"] = resource.NewBoolProperty(readyForRenewal(state))
 	}
-	props, err := p.marshal(state)
+	props, err := p.Marshal(state)
 	if err != nil {
 		return nil, err
 	}
@@ -419,45 +304,6 @@ func (p *tlsProvider) Update(context.Context, *pulumirpc.UpdateRequest) (*pulumi
 
 func (p *tlsProvider) Delete(context.Context, *pulumirpc.DeleteRequest) (*emptypb.Empty, error) {
 	return &emptypb.Empty{}, nil
-}
-
-func (p *tlsProvider) Invoke(_ context.Context, req *pulumirpc.InvokeRequest) (*pulumirpc.InvokeResponse, error) {
-	return nil, fmt.Errorf("tls: function %s is not supported by this provider", req.GetTok())
-}
-
-// ---------------------------------------------------------------- helpers on inputs
-
-func getString(m resource.PropertyMap, k string) string {
-	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsString() {
-		return v.StringValue()
-	}
-	return ""
-}
-
-func getNumber(m resource.PropertyMap, k string) float64 {
-	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsNumber() {
-		return v.NumberValue()
-	}
-	return 0
-}
-
-func getBool(m resource.PropertyMap, k string) bool {
-	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsBool() {
-		return v.BoolValue()
-	}
-	return false
-}
-
-func getStrings(m resource.PropertyMap, k string) []string {
-	var out []string
-	if v, ok := m[resource.PropertyKey(k)]; ok && v.IsArray() {
-		for _, e := range v.ArrayValue() {
-			if e.IsString() {
-				out = append(out, e.StringValue())
-			}
-		}
-	}
-	return out
 }
 
 // ---------------------------------------------------------------- keys
@@ -480,9 +326,9 @@ func createPrivateKey(in resource.PropertyMap) (string, resource.PropertyMap, er
 	var key crypto.Signer
 	var keyPEM *pem.Block
 	var err error
-	switch alg := getString(in, "algorithm"); alg {
+	switch alg := provider.String(in, "algorithm"); alg {
 	case "RSA":
-		bits := int(getNumber(in, "rsaBits"))
+		bits := int(provider.Number(in, "rsaBits", 0))
 		if bits < 1024 {
 			return "", nil, fmt.Errorf("rsaBits must be >= 1024 (got %d)", bits)
 		}
@@ -492,9 +338,9 @@ func createPrivateKey(in resource.PropertyMap) (string, resource.PropertyMap, er
 			keyPEM = &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}
 		}
 	case "ECDSA":
-		c := curve(getString(in, "ecdsaCurve"))
+		c := curve(provider.String(in, "ecdsaCurve"))
 		if c == nil {
-			return "", nil, fmt.Errorf("unsupported ecdsaCurve %q", getString(in, "ecdsaCurve"))
+			return "", nil, fmt.Errorf("unsupported ecdsaCurve %q", provider.String(in, "ecdsaCurve"))
 		}
 		var k *ecdsa.PrivateKey
 		if k, err = ecdsa.GenerateKey(c, rand.Reader); err == nil {
@@ -607,21 +453,21 @@ func subject(in resource.PropertyMap) pkix.Name {
 	}
 	s := v.ObjectValue()
 	one := func(k string) []string {
-		if x := getString(s, k); x != "" {
+		if x := provider.String(s, k); x != "" {
 			return []string{x}
 		}
 		return nil
 	}
-	n.CommonName = getString(s, "commonName")
+	n.CommonName = provider.String(s, "commonName")
 	n.Organization = one("organization")
 	n.OrganizationalUnit = one("organizationalUnit")
 	n.Country = one("country")
 	n.Province = one("province")
 	n.Locality = one("locality")
 	n.PostalCode = one("postalCode")
-	n.StreetAddress = getStrings(s, "streetAddresses")
-	n.SerialNumber = getString(s, "serialNumber")
-	if e := getString(s, "emailAddress"); e != "" {
+	n.StreetAddress = provider.Strings(s, "streetAddresses")
+	n.SerialNumber = provider.String(s, "serialNumber")
+	if e := provider.String(s, "emailAddress"); e != "" {
 		n.ExtraNames = append(n.ExtraNames, pkix.AttributeTypeAndValue{
 			Type: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}, Value: e,
 		})
@@ -631,7 +477,7 @@ func subject(in resource.PropertyMap) pkix.Name {
 
 func sans(in resource.PropertyMap) ([]string, []net.IP, []*url.URL, error) {
 	var ips []net.IP
-	for _, s := range getStrings(in, "ipAddresses") {
+	for _, s := range provider.Strings(in, "ipAddresses") {
 		ip := net.ParseIP(s)
 		if ip == nil {
 			return nil, nil, nil, fmt.Errorf("invalid IP address %q", s)
@@ -639,14 +485,14 @@ func sans(in resource.PropertyMap) ([]string, []net.IP, []*url.URL, error) {
 		ips = append(ips, ip)
 	}
 	var uris []*url.URL
-	for _, s := range getStrings(in, "uris") {
+	for _, s := range provider.Strings(in, "uris") {
 		u, err := url.Parse(s)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("invalid URI %q: %w", s, err)
 		}
 		uris = append(uris, u)
 	}
-	return getStrings(in, "dnsNames"), ips, uris, nil
+	return provider.Strings(in, "dnsNames"), ips, uris, nil
 }
 
 // usage maps the Terraform tls provider's allowed_uses names.
@@ -691,7 +537,7 @@ func usage(name string) (x509.KeyUsage, x509.ExtKeyUsage, bool) {
 // ---------------------------------------------------------------- CSR and certificates
 
 func createCertRequest(in resource.PropertyMap) (string, resource.PropertyMap, error) {
-	key, alg, err := parsePrivateKey(getString(in, "privateKeyPem"))
+	key, alg, err := parsePrivateKey(provider.String(in, "privateKeyPem"))
 	if err != nil {
 		return "", nil, err
 	}
@@ -733,7 +579,7 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 	if err != nil {
 		return "", nil, err
 	}
-	hours := getNumber(in, "validityPeriodHours")
+	hours := provider.Number(in, "validityPeriodHours", 0)
 	if hours <= 0 {
 		return "", nil, fmt.Errorf("validityPeriodHours must be > 0 (got %v)", hours)
 	}
@@ -743,14 +589,14 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 		NotBefore:             now,
 		NotAfter:              now.Add(time.Duration(hours * float64(time.Hour))),
 		BasicConstraintsValid: true,
-		IsCA:                  getBool(in, "isCaCertificate"),
+		IsCA:                  provider.Bool(in, "isCaCertificate"),
 	}
 	if tmpl.IsCA {
-		if n := int(getNumber(in, "maxPathLength")); n > 0 {
+		if n := int(provider.Number(in, "maxPathLength", 0)); n > 0 {
 			tmpl.MaxPathLen = n
 		}
 	}
-	for _, u := range getStrings(in, "allowedUses") {
+	for _, u := range provider.Strings(in, "allowedUses") {
 		ku, eku, ok := usage(u)
 		if !ok {
 			return "", nil, fmt.Errorf("unknown allowed use %q", u)
@@ -766,7 +612,7 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 	parent := tmpl
 	outs := resource.PropertyMap{}
 	if t == tSelfSignedCert {
-		key, alg, err := parsePrivateKey(getString(in, "privateKeyPem"))
+		key, alg, err := parsePrivateKey(provider.String(in, "privateKeyPem"))
 		if err != nil {
 			return "", nil, err
 		}
@@ -779,15 +625,15 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 		if err != nil {
 			return "", nil, err
 		}
-		if getBool(in, "setSubjectKeyId") {
+		if provider.Bool(in, "setSubjectKeyId") {
 			tmpl.SubjectKeyId = skid
 		}
-		if getBool(in, "setAuthorityKeyId") {
+		if provider.Bool(in, "setAuthorityKeyId") {
 			tmpl.AuthorityKeyId = skid
 		}
 		outs["keyAlgorithm"] = resource.NewStringProperty(alg)
 	} else {
-		blk, _ := pem.Decode([]byte(getString(in, "certRequestPem")))
+		blk, _ := pem.Decode([]byte(provider.String(in, "certRequestPem")))
 		if blk == nil {
 			return "", nil, errors.New("certRequestPem: no PEM block found")
 		}
@@ -798,7 +644,7 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 		if err := csr.CheckSignature(); err != nil {
 			return "", nil, fmt.Errorf("certRequestPem: bad signature: %w", err)
 		}
-		cblk, _ := pem.Decode([]byte(getString(in, "caCertPem")))
+		cblk, _ := pem.Decode([]byte(provider.String(in, "caCertPem")))
 		if cblk == nil {
 			return "", nil, errors.New("caCertPem: no PEM block found")
 		}
@@ -806,7 +652,7 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 		if err != nil {
 			return "", nil, fmt.Errorf("caCertPem: %w", err)
 		}
-		caKey, caAlg, err := parsePrivateKey(getString(in, "caPrivateKeyPem"))
+		caKey, caAlg, err := parsePrivateKey(provider.String(in, "caPrivateKeyPem"))
 		if err != nil {
 			return "", nil, fmt.Errorf("caPrivateKeyPem: %w", err)
 		}
@@ -818,7 +664,7 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 		signer, pub, parent = caKey, csr.PublicKey, ca
 		tmpl.Subject = csr.Subject
 		tmpl.DNSNames, tmpl.IPAddresses, tmpl.URIs = csr.DNSNames, csr.IPAddresses, csr.URIs
-		if getBool(in, "setSubjectKeyId") {
+		if provider.Bool(in, "setSubjectKeyId") {
 			if tmpl.SubjectKeyId, err = subjectKeyID(pub); err != nil {
 				return "", nil, err
 			}
