@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hosts import standin
+from lab import standin
 
 pytestmark = pytest.mark.hosts
 SCRIPT = Path(__file__).resolve().parents[2] / "components" / "scripts" / "apiserver-aggregation.sh"

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.apiserver import script_text, verify_options, verify_step_commands
-from tests.hosts import standin
-from tests.hosts.lab import Host
+from lab import standin
+from lab.hosts import Host
 from tests.hosts.test_editor import SCRIPT, config_file, manifest, words
 from tests.hosts.test_rollout import state_files
 from tests.hosts.test_takeover import cfssl_like_pems, handmade_host

@@ -1,8 +1,8 @@
-"""The sandbox behind `make demo` (sandbox/), without root, namespaces, network or daemons:
+"""The sandbox behind `make demo` (sandbox/), without root, namespaces, network or daemons (`make lab`):
 Pulumi.sandbox.yaml names what sandbox/cluster.py starts and evaluates under the mocks; the masters'
-env-file parsing (supervisor.py), the pod runner's reading of the program's own Deployment
-(podrunner.py), the emulated kubelets' metrics (kubelets.py), the sandbox certificates (pki.py) and the
-API client (kube.py, against a local TLS server on 127.0.0.1)."""
+env-file parsing (lab/supervisor.py), the pod runner's reading of the program's own Deployment
+(podrunner.py), the emulated kubelets' metrics (kubelets.py), the sandbox certificates (lab/pki.py) and
+the API client (lab/kube.py, against a local TLS server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from components import config as config_mod
 from components import metrics_server as ms
+from lab import pki as sandbox_pki
+from lab.kube import Api, ApiError
+from lab.supervisor import BadEnvFile, env_file_args
 from sandbox import cluster, kubelets, podrunner
-from sandbox import pki as sandbox_pki
-from sandbox.kube import Api, ApiError
-from sandbox.supervisor import BadEnvFile, env_file_args
 from tests.support.program import Run, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def stack_config() -> dict:
 
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sandbox's certificates for its default masters and nodes, made by sandbox/pki.py."""
+    """The sandbox's certificates for its default masters and nodes, made by lab/pki.py."""
     d = tmp_path_factory.mktemp("sandbox") / "pki"
     sandbox_pki.ensure(d, SB.masters, SB.nodes_ip, list(cluster.NODES))
     return d
@@ -174,7 +174,7 @@ def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
     assert not any(c.get("privateKey") for c in connections)
 
 
-# ---------------------------------------------------------------- 2. supervisor.env_file_args
+# ---------------------------------------------------------------- 2. lab/supervisor.env_file_args
 
 
 def flags_of(text: str) -> list[str]:
