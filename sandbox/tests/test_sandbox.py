@@ -14,7 +14,6 @@ import http.server
 import ipaddress
 import json
 import socket
-import ssl
 import stat
 import threading
 from pathlib import Path
@@ -34,6 +33,7 @@ from lab import pki as sandbox_pki
 from lab.kube import Api, ApiError
 from lab.supervisor import BadEnvFile, env_file_args
 from sandbox import cluster, kubelets, podrunner
+from tests.support.fake_apiserver import Certs, FakeApiServer
 from tests.support.program import Run, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -538,55 +538,24 @@ def test_pki_ensure_twice_rewrites_nothing(tmp_path):
 # ---------------------------------------------------------------- 6. kube.Api
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[tuple[str, str], tuple[int, str]] = {
-        ("GET", "/api/v1/namespaces/kube-system"): (200, json.dumps({"kind": "Namespace", "metadata": {"name": NS}})),
-        ("GET", "/readyz"): (200, "ok"),
-        ("GET", "/forbidden"): (403, json.dumps({"kind": "Status", "status": "Failure", "reason": "Forbidden",
-                                                "message": 'nodes is forbidden: User "x" cannot list', "code": 403})),
-        ("POST", "/conflict"): (409, json.dumps({"kind": "Status", "message": "the object has been modified",
-                                                 "code": 409})),
-        ("GET", "/broken"): (500, "etcd: request timed out (not JSON)"),
-    }
-
-    def _route(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.clients.append(self.connection.getpeercert())  # type: ignore[attr-defined]
-        code, body = self.routes.get((self.command, self.path), (404, json.dumps(
-            {"kind": "Status", "message": f"{self.path} not found", "code": 404})))
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _route
-
-    def log_message(self, fmt, *args):
-        pass
+ROUTES = {
+    "/api/v1/namespaces/kube-system": {"kind": "Namespace", "metadata": {"name": NS}},
+    "/readyz": "ok",
+    "/forbidden": (403, {"kind": "Status", "status": "Failure", "reason": "Forbidden",
+                         "message": 'nodes is forbidden: User "x" cannot list', "code": 403}),
+    ("POST", "/conflict"): (409, {"kind": "Status", "message": "the object has been modified", "code": 409}),
+    "/broken": (500, "etcd: request timed out (not JSON)"),
+}
 
 
 @pytest.fixture
 def apiserver(pki_dir):
     """A TLS server on 127.0.0.1 with master1's serving cert that requires a client cert from the sandbox CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(pki_dir / "apiserver-master1.crt"), str(pki_dir / "apiserver-master1.key"))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(str(pki_dir / "ca.crt"))
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    srv.clients = []  # type: ignore[attr-defined]
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        yield srv, f"https://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
+    certs = Certs(pki_dir, ca=pki_dir / "ca.crt", server_cert=pki_dir / "apiserver-master1.crt",
+                  server_key=pki_dir / "apiserver-master1.key", client_cert=pki_dir / "admin.crt",
+                  client_key=pki_dir / "admin.key", other_ca=pki_dir / "kubelet-ca.crt")
+    with FakeApiServer(certs, ROUTES, require_client_cert=True) as srv:
+        yield srv, srv.url
 
 
 @pytest.fixture
@@ -612,7 +581,7 @@ def test_api_get_and_404(apiserver, pki_dir):
     assert api.get("/api/v1/namespaces/nope") is None
     assert api.delete("/api/v1/namespaces/nope") is False
     assert api.ok()
-    cn = [dict(x[0] for x in c["subject"])["commonName"] for c in srv.clients]
+    cn = [client_cn for _, _, client_cn in srv.requests]
     assert cn and set(cn) == {"sandbox-admin"}
 
 
