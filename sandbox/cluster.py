@@ -16,9 +16,10 @@ Topology (B = the block, 200 for `make demo`; the tests pick a free one):
                   and registers the Service's EndpointSlice (there is no kubelet or endpoints controller)
   <prefix>-nodes  198.18.B.30  kubelets.py: emulated nodes (Node objects + /metrics/resource on :10250+i)
 Namespaces, sshd, the supervisor, certificates and the etcd / kube-apiserver / kube-controller-manager
-command lines are the lab's (lab/). Files: <dir>/pki (lab/pki.py), <dir>/admin.kubeconfig (the operator's), <dir>/agent.sock (an ssh-agent with
-the sandbox's SSH key: the stack uses ssh.agentSocketPath, so no key is in any config file),
-<dir>/masters/<name>/ (each master's /etc/kubernetes, state dir, logs), <dir>/sandbox.json (what to kill).
+command lines are the lab's (lab/). Files: <dir>/pki (lab/pki.py), <dir>/admin.kubeconfig (the
+operator's), <dir>/agent.sock (an ssh-agent with the sandbox's SSH key: the stack uses
+ssh.agentSocketPath, so no key is in any config file), <dir>/masters/<name>/ (each master's
+/etc/kubernetes, state dir, logs), <dir>/sandbox.json (what to kill).
 Only addresses in 198.18.0.0/15 are configured.
 """
 
