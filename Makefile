@@ -44,18 +44,22 @@ system-deps: ## install the Debian packages the host tests need (when missing)
 .PHONY: lint
 lint: venv system-deps ## ruff + shellcheck
 	$(BIN)/ruff check .
-	shellcheck components/scripts/*.sh sandbox/*.sh $(wildcard toolchain/*.sh) $(wildcard tests/hosts/*.sh) .ci/run
+	shellcheck components/scripts/*.sh sandbox/*.sh lab/shims/* $(wildcard toolchain/*.sh) $(wildcard tests/hosts/*.sh) .ci/run
 
 .PHONY: unit
 unit: venv system-deps ## unit tier: the whole program under Pulumi mocks
 	$(BIN)/pytest tests/unit -q
+
+.PHONY: lab
+lab: venv system-deps ## the lab's and the sandbox's own tests (lab/tests, sandbox/tests; no root, no namespaces)
+	$(BIN)/pytest lab/tests sandbox/tests -q
 
 .PHONY: hosts
 hosts: venv system-deps ## host tier: the host script over real SSH in network namespaces
 	$(BIN)/pytest tests/hosts -q -m hosts
 
 .PHONY: test
-test: lint unit hosts e2e ## everything CI runs
+test: lint unit lab hosts e2e ## everything CI runs
 
 # ---- the Pulumi toolchain and engine (built from Go modules; see toolchain/versions.env) -------------
 .PHONY: toolchain
@@ -82,7 +86,7 @@ toolchain-pulumi: ## only what preview/up, the sandbox and the engine tests need
 e2e: venv system-deps toolchain-pulumi ## engine tier: pulumi up/preview/destroy for real against the SSH test hosts
 	$(BIN)/pytest tests/e2e -q -m e2e
 
-# ---- the sandbox: a real control plane in network namespaces (sandbox/) ------------------------------
+# ---- the sandbox: a real control plane in network namespaces (sandbox/, built on lab/) -------------
 .PHONY: sandbox-up
 sandbox-up: venv system-deps toolchain-pulumi ## start the sandbox (etcd, 3 masters with sshd + kube-apiserver, nodes); idempotent
 	$(BIN)/python -m sandbox up --dir $(SANDBOX_DIR)

@@ -4,9 +4,9 @@ share spent starting the provider plugins.
     sudo venv/bin/python bench/engine.py [--hosts 1,3,5] [--repeat 3]
 
 Set-up (not timed): the built toolchain (tests/e2e/engine.py: private PULUMI_HOME, file backend in a
-temp dir, passphrase secrets), the SSH test hosts of tests/hosts/lab.py (env-file layout, stand-in
+temp dir, passphrase secrets), the SSH test hosts of lab/hosts.py (env-file layout, stand-in
 apiserver with 0.6 s restart-to-ready), and a loopback etcd + kube-apiserver + garbage collector
-(tests/e2e/controlplane.py), with metricsServer.expectNoPods, exactly as the e2e tier runs.
+(lab/apiserver.py), with metricsServer.expectNoPods, exactly as the e2e tier runs.
 
 Measured, per host count, through `pulumi.automation` (so each figure includes the CLI start, the
 Python language host and the program's evaluation, as a user's `pulumi preview` does):
@@ -40,11 +40,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab.apiserver import ControlPlane  # noqa: E402
+from lab.hosts import Lab  # noqa: E402
 from tests.e2e.conftest import stack_values  # noqa: E402
-from tests.e2e.controlplane import ControlPlane  # noqa: E402
 from tests.e2e.engine import PROJECT, Project, Toolchain  # noqa: E402
 from tests.hosts.conftest import stack_config  # noqa: E402
-from tests.hosts.lab import Lab  # noqa: E402
 
 # (a) imports the same SDK packages as (b) (importing pulumi_kubernetes alone takes a good part of a
 # second), so that the difference is the plugins, not the Python imports

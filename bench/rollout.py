@@ -13,7 +13,7 @@ real engine against the three REAL kube-apiservers of sandbox/cluster.py. Every 
 sandbox in a short temp dir (never make demo's block 200 or its dir), runs one `up` and tears the sandbox
 down, so each round is the first rollout on a fresh control plane, as `make demo` does it (no warm-up round,
 no rollout that follows a destroy). Per round, from the masters' own records and polling:
-  * each master's restart: the supervisor's events.jsonl (sandbox/supervisor.py; ms wall-clock times):
+  * each master's restart: the supervisor's events.jsonl (lab/supervisor.py; ms wall-clock times):
     `stop` = SIGTERM sent to the running kube-apiserver, `started` = the new process spawned;
   * each master's ready: the first GET /readyz == "ok" sent after `started`, polled from the runner every
     --poll seconds (one thread per master, all through the up); the time is when that answer arrived;
@@ -43,8 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sandbox_rounds import BenchError, run_rounds  # noqa: E402
+from lab.hosts import Lab, LabError  # noqa: E402
 from tests.hosts.conftest import stack_config  # noqa: E402
-from tests.hosts.lab import Lab, LabError  # noqa: E402
 from tests.hosts.remote import SshRunner  # noqa: E402
 from tests.support.program import run  # noqa: E402
 
@@ -110,8 +110,8 @@ def read_events(path: Path) -> list[dict]:
 
 def sandbox_round(n: int, root: Path, tc, poll: float) -> dict:
     """One fresh sandbox, one `pulumi up` of the sandbox stack, the figures of the docstring."""
+    from lab.kube import ApiError
     from sandbox.cluster import MASTERS, NODES, Sandbox, SandboxError, free_block_and_prefix
-    from sandbox.kube import ApiError
     from tests.e2e.engine import Project
     from tests.e2e.sandboxes import sandbox_config
 
@@ -213,8 +213,10 @@ def sandbox_round(n: int, root: Path, tc, poll: float) -> dict:
 
 
 def sandbox_main(rounds: int, poll: float) -> int:
+    from lab.supervisor import Unit
     from sandbox.cluster import MASTERS
-    from sandbox.supervisor import STOP_TIMEOUT
+
+    stop_timeout = Unit().stop_timeout  # the sandbox masters' (cluster.py writes the default Unit)
 
     def one_round(n: int, root: Path, tc) -> dict:
         row = sandbox_round(n, root, tc, poll)
@@ -253,7 +255,7 @@ def sandbox_main(rounds: int, poll: float) -> int:
         print(f"  {m}: {med(lambda x: x['ready'] - x['stop']):5.2f} = {med(lambda x: x['stopped'] - x['stop']):5.2f}"
               f" + {med(lambda x: x['started'] - x['stopped']):5.2f} + {med(lambda x: x['ready'] - x['started']):5.2f}"
               f"   ({len(rs)} restart(s) in {len(rows)} round(s)"
-              + (f"; shutdown ended by the supervisor's SIGKILL after {STOP_TIMEOUT:.0f} s in {sum(x['killed'] for x in rs)})"
+              + (f"; shutdown ended by the supervisor's SIGKILL after {stop_timeout:.0f} s in {sum(x['killed'] for x in rs)})"
                  if any(x["killed"] for x in rs) else ")"))
     handoffs = [h for r in rows for h in r["handoffs"]]
     if handoffs:

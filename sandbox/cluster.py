@@ -11,13 +11,15 @@ Topology (B = the block, 200 for `make demo`; the tests pick a free one):
   <prefix>-ctl    198.18.B.2   etcd (plain HTTP, sandbox only) and kube-controller-manager (garbage collector)
   <prefix>-m1..3  198.18.B.11+ the masters: sshd + a real kube-apiserver each, configured like a binary
                   install (env-file layout, /etc/kubernetes/kube-apiserver.conf), in a private mount
-                  namespace, run by supervisor.py and restarted by `/usr/local/sbin/apiserverctl restart`
+                  namespace, run by lab/supervisor.py and restarted by `/usr/local/sbin/apiserverctl restart`
   <prefix>-pods   198.18.B.20  podrunner.py: runs the metrics-server Deployment's container as a process
                   and registers the Service's EndpointSlice (there is no kubelet or endpoints controller)
   <prefix>-nodes  198.18.B.30  kubelets.py: emulated nodes (Node objects + /metrics/resource on :10250+i)
-Files: <dir>/pki (pki.py), <dir>/admin.kubeconfig (the operator's), <dir>/agent.sock (an ssh-agent with
-the sandbox's SSH key: the stack uses ssh.agentSocketPath, so no key is in any config file),
-<dir>/masters/<name>/ (each master's /etc/kubernetes, state dir, logs), <dir>/sandbox.json (what to kill).
+Namespaces, sshd, the supervisor, certificates and the etcd / kube-apiserver / kube-controller-manager
+command lines are the lab's (lab/). Files: <dir>/pki (lab/pki.py), <dir>/admin.kubeconfig (the
+operator's), <dir>/agent.sock (an ssh-agent with the sandbox's SSH key: the stack uses
+ssh.agentSocketPath, so no key is in any config file), <dir>/masters/<name>/ (each master's
+/etc/kubernetes, state dir, logs), <dir>/sandbox.json (what to kill).
 Only addresses in 198.18.0.0/15 are configured.
 """
 
@@ -28,7 +30,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,8 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import pki as pki_mod
-from sandbox.kube import Api, ApiError
+from lab import netns, proc, sshd
+from lab import pki as pki_mod
+from lab.apiserver import apiserver_flags, controller_manager_argv, etcd_argv, etcd_healthy, write_kubeconfig
+from lab.kube import Api, ApiError
+from lab.proc import LabError, tcp_open
+from lab.supervisor import Unit, install_shims
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -49,7 +54,7 @@ NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")
 ENV_FILE = "/etc/kubernetes/kube-apiserver.conf"
 RESTART_COMMAND = "/usr/local/sbin/apiserverctl restart"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "metrics-server", "kubectl")
-SSHD = "/usr/sbin/sshd"
+SUPERVISOR = REPO / "lab" / "supervisor.py"
 # a master's private mounts: inside path -> directory under the master's dir
 MOUNTS = {
     "/etc/kubernetes": "etc-kubernetes",
@@ -59,36 +64,18 @@ MOUNTS = {
 Log = Callable[[str], None]
 
 
-class SandboxError(Exception):
+class SandboxError(LabError):
     pass
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30, error: type[Exception] = SandboxError,
        **kw) -> subprocess.CompletedProcess:
-    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and p.returncode != 0:
-        raise error(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
-    return p
+    return proc.sh(*args, check=check, timeout=timeout, error=error, **kw)
 
 
 def wait_for(pred: Callable[[], object], what: str, timeout: float, interval: float = 0.2,
              error: type[Exception] = SandboxError):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise error(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def tcp_open(addr: str, port: int) -> bool:
-    try:
-        with socket.create_connection((addr, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return proc.wait_for(pred, what, timeout, interval, error)
 
 
 def free_block_and_prefix(tag: str = "mas") -> tuple[int, str]:
@@ -214,7 +201,7 @@ class Sandbox:
             return ["no complete sandbox here" if not st else "a sandbox start did not finish"]
         out = []
         for name, pid in st.get("pids", {}).items():
-            if _zombie(pid):  # gone, or exited and not yet reaped by whoever started it
+            if proc.gone(pid):  # gone, or exited and not yet reaped by whoever started it
                 out.append(f"{name} (pid {pid}) is not running")
         for name in MASTERS:
             if not self.master_api(name).ok():
@@ -228,8 +215,7 @@ class Sandbox:
         for tool in ("ip", "nsenter", "unshare", "ssh-keygen", "ssh-agent", "ssh-add", "curl", "flock"):
             if not shutil.which(tool):
                 raise SandboxError(f"{tool} is missing: run `make system-deps`")
-        if not Path(SSHD).exists():
-            raise SandboxError(f"{SSHD} is missing: run `make system-deps` (openssh-server)")
+        sshd.check_installed(SandboxError)
         self.bin_dir = self.bin_dir or default_bin_dir()
         missing = [b for b in BINARIES if not (self.bin_dir / b).exists()]
         if missing:
@@ -278,8 +264,7 @@ class Sandbox:
         log(f"[sandbox] up in {time.monotonic() - t0:.0f}s: KUBECONFIG={self.kubeconfig}")
 
     def _namespaces_present(self) -> bool:
-        out = sh("ip", "netns", "list", check=False).stdout
-        return any(line.split()[0].startswith(f"{self.prefix}-") for line in out.splitlines() if line.strip())
+        return bool(netns.names(f"{self.prefix}-"))
 
     def _check_block(self) -> None:
         used = sh("ip", "-4", "-o", "addr", "show").stdout
@@ -288,34 +273,20 @@ class Sandbox:
 
     def _network(self) -> None:
         br = self.ns("br")
-        sh("ip", "netns", "add", br)
+        netns.add(br, SandboxError)
         self._track("netns", br)
-        sh("ip", "-n", br, "link", "set", "lo", "up")
-        sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", br, "link", "set", "br0", "up")
+        netns.bridge(br, "br0", SandboxError)
         roles = ["ctl", *[f"m{i + 1}" for i in range(len(MASTERS))], "pods", "nodes"]
         addrs = [self.ctl_ip, *self.masters.values(), self.pods_ip, self.nodes_ip]
         for i, (role, addr) in enumerate(zip(roles, addrs, strict=True)):
             ns = self.ns(role)
-            sh("ip", "netns", "add", ns)
+            netns.add(ns, SandboxError)
             self._track("netns", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            self._veth(br, f"v{i}", ns, addr)
+            netns.veth(netns.End(br, f"v{i}", bridge="br0"), netns.End(ns, "eth0", f"{addr}/24"), SandboxError)
         # the runner: one veth from the root namespace
         root_if = f"{self.prefix}{self.block}"[:15]
-        sh("ip", "link", "add", root_if, "type", "veth", "peer", "name", "vroot", "netns", br)
         self._track("links", root_if)
-        sh("ip", "-n", br, "link", "set", "vroot", "master", "br0")
-        sh("ip", "-n", br, "link", "set", "vroot", "up")
-        sh("ip", "addr", "add", f"{self.runner_ip}/24", "dev", root_if)
-        sh("ip", "link", "set", root_if, "up")
-
-    def _veth(self, br: str, port: str, ns: str, addr: str) -> None:
-        sh("ip", "-n", br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", br, "link", "set", port, "master", "br0")
-        sh("ip", "-n", br, "link", "set", port, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        netns.veth(netns.End(None, root_if, f"{self.runner_ip}/24"), netns.End(br, "vroot", bridge="br0"), SandboxError)
 
     def _spawn(self, name: str, argv: list[str], logfile: Path) -> subprocess.Popen:
         """A daemon that outlives this process (its own session); its pid goes into sandbox.json."""
@@ -329,15 +300,14 @@ class Sandbox:
         return p
 
     def _alive(self, name: str) -> None:
-        if _zombie(self.state["pids"][name]):
+        if proc.gone(self.state["pids"][name]):
             log = self.dir / "logs" / f"{name}.log"
             tail = log.read_text(errors="replace")[-2500:] if log.exists() else ""
             raise SandboxError(f"{name} exited:\n{tail}")
 
     def _ssh(self) -> None:
         key = self.dir / "id_ed25519"
-        if not key.exists():
-            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "metrics-aggregation-sandbox", "-f", str(key))
+        proc.keygen(key, "metrics-aggregation-sandbox", SandboxError)
         (self.dir / "authorized_keys").write_text((self.dir / "id_ed25519.pub").read_text())
         self.agent_socket.unlink(missing_ok=True)
         self._spawn("ssh-agent", ["ssh-agent", "-D", "-a", str(self.agent_socket)], self.dir / "logs" / "ssh-agent.log")
@@ -346,39 +316,25 @@ class Sandbox:
 
     def _etcd(self, deadline: float) -> None:
         url = f"http://{self.ctl_ip}:2379"
-        self._spawn("etcd", [
-            "ip", "netns", "exec", self.ns("ctl"), self.bin("etcd"), "--name", "sandbox",
-            "--data-dir", str(self.dir / "etcd"),
-            "--listen-client-urls", f"{url},http://127.0.0.1:2379", "--advertise-client-urls", url,
-            "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "sandbox=http://127.0.0.1:2380", "--listen-metrics-urls", "http://127.0.0.1:2381",
-            "--log-level", "warn", "--quota-backend-bytes", str(512 * 1024 * 1024), "--unsafe-no-fsync",
-        ], self.dir / "logs" / "etcd.log")
+        self._spawn("etcd", ["ip", "netns", "exec", self.ns("ctl"), *etcd_argv(
+            self.bin("etcd"), "sandbox", self.dir / "etcd", [url, "http://127.0.0.1:2379"], "http://127.0.0.1:2380",
+            "http://127.0.0.1:2381", 512)], self.dir / "logs" / "etcd.log")
 
         def healthy() -> bool:
             self._alive("etcd")
-            p = sh("curl", "-s", "--max-time", "2", f"{url}/health", check=False)
-            return '"health":"true"' in p.stdout.replace(" ", "")
+            return etcd_healthy(url)
 
         wait_for(healthy, "etcd", max(5.0, deadline - time.monotonic()))
 
     # ---- masters
     def env_file_text(self, name: str) -> str:
         """The master's kube-apiserver flags, as a binary install keeps them: no aggregation flags."""
-        a = self.masters[name]
-        flags = [
-            f"--advertise-address={a}", "--bind-address=0.0.0.0", "--secure-port=6443",
-            f"--etcd-servers=http://{self.ctl_ip}:2379",
-            "--allow-privileged=true", "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-            "--client-ca-file=/etc/kubernetes/pki/ca.crt",
-            "--tls-cert-file=/etc/kubernetes/pki/apiserver.crt",
-            "--tls-private-key-file=/etc/kubernetes/pki/apiserver.key",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-account-key-file=/etc/kubernetes/pki/sa.pub",
-            "--service-account-signing-key-file=/etc/kubernetes/pki/sa.key",
-            "--service-cluster-ip-range=10.96.0.0/24",
-            "--profiling=false", "--v=1",
-        ]
+        flags = apiserver_flags(
+            advertise=self.masters[name], bind="0.0.0.0", port=6443, etcd=f"http://{self.ctl_ip}:2379",
+            pki=Path("/etc/kubernetes/pki"), issuer="https://kubernetes.default.svc.cluster.local",
+            before=["--allow-privileged=true", "--authorization-mode=Node,RBAC",
+                    "--enable-admission-plugins=NodeRestriction"],
+            after=["--v=1"])
         body = " \\\n".join(flags)
         return (f"# kube-apiserver flags of {name} (sandbox), read by its unit as EnvironmentFile=\n"
                 f"# ExecStart=/usr/local/bin/kube-apiserver $KUBE_APISERVER_OPTS\n"
@@ -398,58 +354,14 @@ class Sandbox:
         conf.write_text(self.env_file_text(name))
         os.chmod(conf, 0o644)
         (d / "original-kube-apiserver.conf").write_bytes(conf.read_bytes())
-        key = d / "ssh_host_ed25519_key"
-        if not key.exists():
-            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key))
-        (d / "sshd_config").write_text(
-            f"Port 22\nListenAddress {self.masters[name]}\nHostKey {key}\nPidFile none\n"
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-            "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            "StrictModes no\nAllowTcpForwarding no\nX11Forwarding no\nMaxStartups 50:30:100\nLogLevel INFO\n"
-            "Subsystem sftp internal-sftp\n"
-        )
-        sbin = d / "sbin"
-        shims = {
-            "apiserverctl": f"""#!/bin/bash
-# apiserverctl: the sandbox master's service manager command for kube-apiserver (supervisor.py)
-#   restart   stop kube-apiserver, re-read {ENV_FILE}, start it; returns once the new process started
-#   status    print the supervisor's generation and whether the apiserver process runs
-set -euo pipefail
-d={d}
-case "${{1:-}}" in
-restart)
-	gen=$(cat "$d/generation")
-	kill -HUP "$(cat "$d/supervisor.pid")"
-	for _ in $(seq 1 1200); do
-		[ "$(cat "$d/generation")" != "$gen" ] && exit 0
-		sleep 0.05
-	done
-	echo "apiserverctl: the supervisor did not restart kube-apiserver within 60s" >&2
-	exit 1
-	;;
-status) echo "generation $(cat "$d/generation")" ;;
-*) echo "usage: apiserverctl restart|status" >&2; exit 2 ;;
-esac
-""",
-            "journalctl": f"""#!/bin/bash
-# journalctl of a sandbox master: the kube-apiserver unit's log (supervisor.py writes it)
-set -euo pipefail
-n=20
-while [ $# -gt 0 ]; do case "$1" in -n) n=$2; shift 2 ;; *) shift ;; esac; done
-tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
-""",
-        }
-        for shim, text in shims.items():
-            (sbin / shim).write_text(text)
-            os.chmod(sbin / shim, 0o755)
-        binds = "\n".join(f"mount --bind {d / sub} {mp}" for mp, sub in MOUNTS.items())
-        # the master's root gets Debian's default ~/.bashrc for SSH commands, not the runner's
-        binds += "\nif [ -f /etc/skel/.bashrc ] && [ -f /root/.bashrc ]; then mount --bind /etc/skel/.bashrc /root/.bashrc; fi"
+        sshd.write_config(d, name, listen=self.masters[name], authorized_keys=str(self.dir / "authorized_keys"),
+                          forwarding=False, error=SandboxError)
+        install_shims(d / "sbin", d, name, journal="kube-apiserver.log", shims=("apiserverctl", "journalctl"))
+        Unit(binary=self.bin("kube-apiserver"), env_file=ENV_FILE).write(d)
         # its own hostname (UTS namespace): kube-apiserver names its identity lease after the hostname, and
         # three apiservers sharing one would fight over one lease
-        binds += f"\nhostname {name}"
-        (d / "init.sh").write_text(
-            f"set -e\n{binds}\nexec {self.python} {HERE / 'supervisor.py'} {d} {self.bin('kube-apiserver')} {ENV_FILE}\n")
+        netns.write_init(d / "init.sh", [(str(d / sub), mp) for mp, sub in MOUNTS.items()],
+                         f"{self.python} {SUPERVISOR} {d}", hostname=name)
 
     def _masters(self, deadline: float) -> None:
         for mp in MOUNTS:
@@ -457,15 +369,13 @@ tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         for name in MASTERS:
             self._master_files(name)
-            self._spawn(f"{name}-supervisor", [
-                "ip", "netns", "exec", self.master_ns(name), "unshare", "-m", "-u", "--propagation", "private", "--",
-                "sh", str(self.master_dir(name) / "init.sh")], self.dir / "logs" / f"{name}-supervisor.log")
+            self._spawn(f"{name}-supervisor", netns.anchor_argv(self.master_ns(name), self.master_dir(name) / "init.sh",
+                                                                uts=True), self.dir / "logs" / f"{name}-supervisor.log")
         for name in MASTERS:
             wait_for(lambda n=name: self._alive(f"{n}-supervisor") or (self.master_dir(n) / "supervisor.pid").exists(),
                      f"{name}: supervisor", 15, 0.05)
             pid = (self.master_dir(name) / "supervisor.pid").read_text().strip()
-            self._spawn(f"{name}-sshd", ["nsenter", "-t", pid, "-m", "-n", "-u", "--", SSHD, "-D", "-e", "-f",
-                                         str(self.master_dir(name) / "sshd_config")],
+            self._spawn(f"{name}-sshd", sshd.argv(self.master_dir(name), pid, uts=True),
                         self.dir / "logs" / f"{name}-sshd.log")
         for name, addr in self.masters.items():
             def ready(n=name, a=addr) -> bool:
@@ -484,25 +394,12 @@ tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
 
     def _kubeconfig(self) -> None:
         first = next(iter(self.masters.values()))
-        doc = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "sandbox",
-            "clusters": [{"name": "sandbox", "cluster": {"server": f"https://{first}:6443",
-                                                          "certificate-authority": str(self.pki / "ca.crt")}}],
-            "users": [{"name": "sandbox-admin", "user": {"client-certificate": str(self.pki / "admin.crt"),
-                                                         "client-key": str(self.pki / "admin.key")}}],
-            "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox-admin"}}],
-        }
-        self.kubeconfig.write_text(json.dumps(doc, indent=1) + "\n")
-        os.chmod(self.kubeconfig, 0o600)
+        write_kubeconfig(self.kubeconfig, "sandbox", f"https://{first}:6443", self.pki, user="sandbox-admin")
 
     def _controller_manager(self) -> None:
-        # only the garbage collector: pulumi-kubernetes deletes with Foreground propagation, which needs it;
-        # no endpoints/endpointslice controllers (podrunner.py registers the Service's endpoints)
-        self._spawn("kube-controller-manager", [
-            "ip", "netns", "exec", self.ns("ctl"), self.bin("kube-controller-manager"),
-            f"--kubeconfig={self.kubeconfig}", "--controllers=garbagecollector", "--leader-elect=false",
-            "--bind-address=127.0.0.1", "--secure-port=10257", "--use-service-account-credentials=false",
-        ], self.dir / "logs" / "kube-controller-manager.log")
+        # podrunner.py registers the Service's endpoints (no endpoints controller)
+        self._spawn("kube-controller-manager", ["ip", "netns", "exec", self.ns("ctl"), *controller_manager_argv(
+            self.bin("kube-controller-manager"), self.kubeconfig, 10257)], self.dir / "logs" / "kube-controller-manager.log")
 
     def _daemons(self, deadline: float) -> None:
         env_py = [self.python, "-m"]
@@ -530,12 +427,10 @@ tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
     def down(self, log: Log = print, keep_dir: bool = False) -> None:
         st = self._load() or self.state
         prefix = st.get("prefix", self.prefix)
-        namespaces = [line.split()[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines()
-                      if line.strip() and line.split()[0].startswith(f"{prefix}-")]
+        namespaces = netns.names(f"{prefix}-")
         pids = set(st.get("pids", {}).values())
         for ns in namespaces:
-            p = sh("ip", "netns", "pids", ns, check=False)
-            pids.update(int(x) for x in p.stdout.split() if x.isdigit())
+            pids.update(netns.pids(ns))
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
                 try:
@@ -544,22 +439,14 @@ tail -n "$n" {d}/kube-apiserver.log | sed 's/^/{name} kube-apiserver: /'
                     pass
             deadline = time.monotonic() + 10
             while pids and time.monotonic() < deadline:
-                pids = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
+                pids = {p for p in pids if not proc.gone(p)}
                 time.sleep(0.1)
         for ns in namespaces:
-            sh("ip", "netns", "del", ns, check=False)
+            netns.delete(ns)
         for link in st.get("links", []):
-            if sh("ip", "link", "show", link, check=False).returncode == 0:
-                sh("ip", "link", "del", link, check=False)
+            netns.delete_link(link)
         if self.dir.exists() and not keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         if namespaces or st:
             log(f"[sandbox] down: {len(namespaces)} namespaces removed" + ("" if keep_dir else f", {self.dir} deleted"))
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandbox.kube import Api, ApiError, admin_api, daemon_parser
+from lab.kube import Api, ApiError, admin_api, daemon_parser
 
 BASE_PORT = 10250
 CPU_MILLICORES_PER_INDEX = 250

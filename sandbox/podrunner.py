@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from sandbox.kube import Api, ApiError, admin_api, daemon_parser
+from lab.kube import Api, ApiError, admin_api, daemon_parser
 
 NAME = "metrics-server"
 SLICE_NAME = "metrics-server-sandbox"

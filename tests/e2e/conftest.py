@@ -1,7 +1,7 @@
-"""Fixtures of the engine tier: the built toolchain, the SSH test hosts of tests/hosts, a local control
+"""Fixtures of the engine tier: the built toolchain, the SSH test hosts of the lab, a local control
 plane, and one stack on a throw-away file backend.
 
-The lab (tests.hosts.lab) and the stack config of the host tier (tests.hosts.conftest.stack_config) are
+The lab (lab.hosts) and the stack config of the host tier (tests.hosts.conftest.stack_config) are
 reused as they are, so the engine drives the program against the same hosts the host tier uses.
 A missing toolchain that cannot be built, a machine without namespaces, or a control plane that does
 not start FAIL the tier with the reason: nothing here skips.
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.controlplane import ControlPlane, ControlPlaneError
+from lab.apiserver import ControlPlane, ControlPlaneError
+from lab.hosts import Host, Lab, LabError
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain, ToolchainError
 from tests.hosts.conftest import stack_config
-from tests.hosts.lab import Host, Lab, LabError
 
 # env-file, systemd-unit and static-pod: the three layouts, one master each (3 hosts max)
 LAYOUTS = ("env-file", "systemd-unit", "static-pod")

@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lab.kube import Api, ApiError
 from sandbox.cluster import ENV_FILE, MASTERS, MOUNTS, NODES, Sandbox, SandboxError, wait_for
-from sandbox.kube import Api, ApiError
 
 DATA = Path(__file__).resolve().parent / "data"
 UPSTREAM_MANIFEST = DATA / "metrics-server-upstream.yaml"
@@ -259,7 +259,7 @@ def edit_env_file(sb: Sandbox, master: str, edit: Callable[[str], str]) -> None:
 
 
 def generation(sb: Sandbox, master: str) -> int:
-    """How many times the master's supervisor has started kube-apiserver (sandbox/supervisor.py)."""
+    """How many times the master's supervisor has started kube-apiserver (lab/supervisor.py)."""
     return int((sb.master_dir(master) / "generation").read_text())
 
 

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from components import metrics_server as ms
+from lab.kube import ApiError
 from sandbox.cluster import Sandbox, wait_for
-from sandbox.kube import ApiError
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
 from tests.e2e.sandboxes import running_sandbox, sandbox_config
 

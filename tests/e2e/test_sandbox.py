@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from pulumi import automation as auto
 
+from lab.pki import Cert, Pki
 from sandbox.cluster import MASTERS, NODES, Sandbox, wait_for
-from sandbox.pki import Cert, Pki
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
 from tests.e2e.sandboxes import running_sandbox, sandbox_config
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.hosts.lab import Host, Lab, LabError
+from lab.hosts import Host, Lab, LabError
 from tests.hosts.remote import Outcome, SshRunner
 from tests.support.program import with_overrides
 

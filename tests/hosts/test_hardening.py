@@ -27,8 +27,8 @@ from components.apiserver import (
     host_script_path,
 )
 from components.config import is_safe_value
-from tests.hosts.lab import SAMPLES as SAMPLES_DIR
-from tests.hosts.lab import Host, sh, wait_for
+from lab.hosts import SAMPLES as SAMPLES_DIR
+from lab.hosts import Host, sh, wait_for
 from tests.hosts.test_rollout import assert_flags_once
 from tests.hosts.test_takeover import SSL, cfssl_like_pems
 from tests.unit.test_key_owner import BAD as BAD_OWNERS

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts import standin
+from lab import standin
 from tests.unit.test_editor import KUBEADM, WANT, without_ours, words
 
 pytestmark = pytest.mark.hosts

@@ -18,8 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from components.apiserver import host_files_text
-from tests.hosts import standin
-from tests.hosts.lab import SAMPLES, Host, tcp_open
+from lab import standin
+from lab.hosts import SAMPLES, Host, tcp_open
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(240)]
 
@@ -410,7 +410,7 @@ def test_kubeadm_upgrade_rewrites_manifest_then_reapply_and_revert(lab, make_sta
 
 def test_lab_without_privileges_fails_with_the_reason(tmp_path, monkeypatch):
     """No root / no namespaces: the tier fails (pytest.fail in the `lab` fixture) saying why, never skips."""
-    from tests.hosts import lab as lab_mod
+    from lab import hosts as lab_mod
 
     monkeypatch.setattr(lab_mod.os, "geteuid", lambda: 1000)
     with pytest.raises(lab_mod.LabError, match="needs root"):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.hosts.lab import Host, wait_for
+from lab.hosts import Host, wait_for
 from tests.hosts.test_rollout import CERT_FILES, assert_certs, assert_flags_once, state_files
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(240)]

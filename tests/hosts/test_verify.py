@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from components.apiserver import host_files_text, verify_options, verify_step_commands
-from tests.hosts import standin
-from tests.hosts.lab import Host
+from lab import standin
+from lab.hosts import Host
 from tests.hosts.test_local_script import EDITOR, SCRIPT
 from tests.hosts.test_rollout import state_files
 from tests.hosts.test_takeover import cfssl_like_pems, handmade_host

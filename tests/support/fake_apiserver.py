@@ -5,8 +5,10 @@
         srv.url                                      # https://127.0.0.1:<port>
         srv.requests                                 # [(path, Authorization header, client cert CN)]
 
-Routes map a request path (with its query) to a JSON object (200), or to (status, object). Anything
-else is a 404 Status, as kube-apiserver answers for a missing object.
+Routes map a request path (with its query), or (method, path) for other methods than GET, to a JSON
+object (200), or to (status, object); a str object is sent as is. Anything else is a 404 Status, as
+kube-apiserver answers for a missing object. The sandbox's tests (sandbox/tests) serve its client with it
+too, from its own certificates (Certs of lab/pki.py's files).
 """
 
 from __future__ import annotations
@@ -111,17 +113,24 @@ class FakeApiServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if int(self.headers.get("Content-Length") or 0):
+                    self.rfile.read(int(self.headers["Content-Length"]))
                 peer = self.connection.getpeercert()  # type: ignore[attr-defined]
                 cn = dict(x[0] for x in peer["subject"])["commonName"] if peer else None
                 fake.requests.append((self.path, self.headers.get("Authorization"), cn))
-                answer = fake.routes.get(self.path, status(404, f"{self.path} not found"))
+                answer = fake.routes.get((self.command, self.path)) or (
+                    fake.routes.get(self.path) if self.command == "GET" else None)
                 code, body = answer if isinstance(answer, tuple) else (200, answer)
-                data = json.dumps(body).encode()
+                if answer is None:
+                    code, body = status(404, f"{self.path} not found")
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            do_POST = do_PUT = do_DELETE = do_GET
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 pass

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.hosts import standin
+from lab import standin
 
 EDITOR = Path(__file__).resolve().parents[2] / "components" / "scripts" / "apiserver-flags-editor.awk"
 # POSIX awk: every master has one of these (busybox aside); the editor must mean the same in each

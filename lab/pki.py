@@ -1,6 +1,7 @@
-"""The sandbox's own certificates, as a declarative table (CA -> leaves), like kubeadm's certlist.
+"""A lab cluster's own certificates, as a declarative table (CA -> leaves), like kubeadm's certlist: the
+sandbox's (sandbox/cluster.py) and the engine tier's control plane (apiserver.py ControlPlane).
 
-Files (all under <sandbox>/pki):
+Files (all under <cluster dir>/pki):
   ca.crt/.key                 the sandbox CLUSTER CA: apiserver serving certs and every client cert
   apiserver-<master>.crt/.key kube-apiserver serving (SANs: the master's address, 127.0.0.1, service IP)
   admin.crt/.key              the operator (O=system:masters)
@@ -119,7 +120,7 @@ class Pki:
 
 
 def table(masters: dict[str, str], nodes_ip: str, node_names: list[str]) -> list[Cert]:
-    """Every leaf the sandbox needs; `masters`: name -> address."""
+    """Every leaf a lab cluster needs; `masters`: name -> address."""
     certs = [
         Cert("admin", "ca", "sandbox-admin", org="system:masters", client=True),
         Cert("controller-manager", "ca", "system:kube-controller-manager", client=True),

@@ -1,5 +1,5 @@
-"""A minimal Kubernetes API client for the sandbox (standard library only): JSON over HTTPS with a
-client certificate or a bearer token. The sandbox daemons run it inside network namespaces, where
+"""A minimal Kubernetes API client for the lab's clusters (standard library only): JSON over HTTPS with
+a client certificate or a bearer token. The sandbox daemons run it inside network namespaces, where
 the project's venv may be all there is.
 
     api = Api(("https://198.18.200.11:6443", ...), ca=Path("ca.crt"), cert=..., key=...)

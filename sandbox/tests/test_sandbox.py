@@ -1,8 +1,8 @@
-"""The sandbox behind `make demo` (sandbox/), without root, namespaces, network or daemons:
+"""The sandbox behind `make demo` (sandbox/), without root, namespaces, network or daemons (`make lab`):
 Pulumi.sandbox.yaml names what sandbox/cluster.py starts and evaluates under the mocks; the masters'
-env-file parsing (supervisor.py), the pod runner's reading of the program's own Deployment
-(podrunner.py), the emulated kubelets' metrics (kubelets.py), the sandbox certificates (pki.py) and the
-API client (kube.py, against a local TLS server on 127.0.0.1)."""
+env-file parsing (lab/supervisor.py), the pod runner's reading of the program's own Deployment
+(podrunner.py), the emulated kubelets' metrics (kubelets.py), the sandbox certificates (lab/pki.py) and
+the API client (lab/kube.py, against a local TLS server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import http.server
 import ipaddress
 import json
 import socket
-import ssl
 import stat
 import threading
 from pathlib import Path
@@ -30,10 +29,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from components import ca_files
 from components import metrics_server as ms
+from lab import pki as sandbox_pki
+from lab.kube import Api, ApiError
+from lab.supervisor import BadEnvFile, env_file_args
 from sandbox import cluster, kubelets, podrunner
-from sandbox import pki as sandbox_pki
-from sandbox.kube import Api, ApiError
-from sandbox.supervisor import BadEnvFile, env_file_args
+from tests.support.fake_apiserver import Certs, FakeApiServer
 from tests.support.program import Run, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def stack_config() -> dict:
 
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sandbox's certificates for its default masters and nodes, made by sandbox/pki.py."""
+    """The sandbox's certificates for its default masters and nodes, made by lab/pki.py."""
     d = tmp_path_factory.mktemp("sandbox") / "pki"
     sandbox_pki.ensure(d, SB.masters, SB.nodes_ip, list(cluster.NODES))
     return d
@@ -174,7 +174,7 @@ def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
     assert not any(c.get("privateKey") for c in connections)
 
 
-# ---------------------------------------------------------------- 2. supervisor.env_file_args
+# ---------------------------------------------------------------- 2. lab/supervisor.env_file_args
 
 
 def flags_of(text: str) -> list[str]:
@@ -538,55 +538,24 @@ def test_pki_ensure_twice_rewrites_nothing(tmp_path):
 # ---------------------------------------------------------------- 6. kube.Api
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[tuple[str, str], tuple[int, str]] = {
-        ("GET", "/api/v1/namespaces/kube-system"): (200, json.dumps({"kind": "Namespace", "metadata": {"name": NS}})),
-        ("GET", "/readyz"): (200, "ok"),
-        ("GET", "/forbidden"): (403, json.dumps({"kind": "Status", "status": "Failure", "reason": "Forbidden",
-                                                "message": 'nodes is forbidden: User "x" cannot list', "code": 403})),
-        ("POST", "/conflict"): (409, json.dumps({"kind": "Status", "message": "the object has been modified",
-                                                 "code": 409})),
-        ("GET", "/broken"): (500, "etcd: request timed out (not JSON)"),
-    }
-
-    def _route(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.clients.append(self.connection.getpeercert())  # type: ignore[attr-defined]
-        code, body = self.routes.get((self.command, self.path), (404, json.dumps(
-            {"kind": "Status", "message": f"{self.path} not found", "code": 404})))
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _route
-
-    def log_message(self, fmt, *args):
-        pass
+ROUTES = {
+    "/api/v1/namespaces/kube-system": {"kind": "Namespace", "metadata": {"name": NS}},
+    "/readyz": "ok",
+    "/forbidden": (403, {"kind": "Status", "status": "Failure", "reason": "Forbidden",
+                         "message": 'nodes is forbidden: User "x" cannot list', "code": 403}),
+    ("POST", "/conflict"): (409, {"kind": "Status", "message": "the object has been modified", "code": 409}),
+    "/broken": (500, "etcd: request timed out (not JSON)"),
+}
 
 
 @pytest.fixture
 def apiserver(pki_dir):
     """A TLS server on 127.0.0.1 with master1's serving cert that requires a client cert from the sandbox CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(pki_dir / "apiserver-master1.crt"), str(pki_dir / "apiserver-master1.key"))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(str(pki_dir / "ca.crt"))
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    srv.clients = []  # type: ignore[attr-defined]
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        yield srv, f"https://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(5)
+    certs = Certs(pki_dir, ca=pki_dir / "ca.crt", server_cert=pki_dir / "apiserver-master1.crt",
+                  server_key=pki_dir / "apiserver-master1.key", client_cert=pki_dir / "admin.crt",
+                  client_key=pki_dir / "admin.key", other_ca=pki_dir / "kubelet-ca.crt")
+    with FakeApiServer(certs, ROUTES, require_client_cert=True) as srv:
+        yield srv, srv.url
 
 
 @pytest.fixture
@@ -612,7 +581,7 @@ def test_api_get_and_404(apiserver, pki_dir):
     assert api.get("/api/v1/namespaces/nope") is None
     assert api.delete("/api/v1/namespaces/nope") is False
     assert api.ok()
-    cn = [dict(x[0] for x in c["subject"])["commonName"] for c in srv.clients]
+    cn = [client_cn for _, _, client_cn in srv.requests]
     assert cn and set(cn) == {"sandbox-admin"}
 
 

@@ -1,45 +1,38 @@
-"""A stand-in kube-apiserver for the host tier, plus the supervisor that restarts it.
+"""A stand-in kube-apiserver for the host tier.
 
-Runs inside a test host's network + mount namespace (tests/hosts/lab.py starts it there):
-
-    python standin.py supervise HOSTDIR     the long-lived anchor of the host's namespaces: starts
-                                            `serve`, restarts it on SIGHUP (what the `systemctl restart
-                                            kube-apiserver` shim sends) and, for the static-pod layout,
-                                            whenever the manifest changes (it plays the kubelet)
-    python standin.py serve HOSTDIR         one apiserver "process": reads the layout's config file the
-                                            way systemd / the kubelet would, refuses to start on a
-                                            malformed, unknown or refused flag (as kube-apiserver exits
-                                            on a bad flag), otherwise serves /readyz over HTTPS: 500
-                                            while "starting", 200 after `startup_seconds`
+    python lab/standin.py HOSTDIR      one apiserver "process", run by lab/supervisor.py inside a test
+                                       host's namespaces (lab/hosts.py sets them up): reads the layout's
+                                       config file the way systemd / the kubelet would, refuses to start on
+                                       a malformed, unknown or refused flag (as kube-apiserver exits on a
+                                       bad flag), otherwise serves /readyz over HTTPS: 500 while
+                                       "starting", 200 after `startup_seconds`
 
 HOSTDIR/standin.json holds the settings (layout, config path, port, TLS files, timings). Evidence for
-the tests, all under HOSTDIR: events.jsonl (stop/start/ready/exit/daemon-reload, wall-clock times on
-the shared clock), running.json (the flags the current process started with), apiserver.log (what
-`journalctl -u kube-apiserver` / `crictl logs` print on this host), generation (restart counter).
+the tests, all under HOSTDIR: events.jsonl (listening/ready/exit here, the supervisor's and the
+systemctl shim's beside them, wall-clock times on the shared clock), running.json (the flags the current
+process started with), apiserver.log (what `journalctl -u kube-apiserver` / `crictl logs` print on this
+host), generation (the supervisor's start counter).
 A test refuses a flag by writing its name (or name=value) into HOSTDIR/refuse, and makes a process that
 runs with a flag flap (once ready: /readyz answers 200 once, then 500) by writing it into HOSTDIR/flap.
-`kubelet_delay` (standin.json): how long the static-pod "kubelet" takes to notice a changed manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shlex
 import signal
 import ssl
-import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-# run as a script by the lab (python standin.py ...): the repo root makes `sandbox` importable
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from sandbox import supervisor  # noqa: E402
+# run as a script by the supervisor (python lab/standin.py ...): the repo root makes `lab` importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lab import supervisor  # noqa: E402
 
 # kube-apiserver flags the stand-in accepts (a real subset of `kube-apiserver --help`, v1.34).
 KNOWN_FLAGS = set(
@@ -273,72 +266,5 @@ def serve(hostdir: Path, gen: int = 1) -> int:
         time.sleep(3600)
 
 
-# ------------------------------------------------------------------------------------------- supervise
-def supervise(hostdir: Path) -> int:
-    cfg = settings(hostdir)
-    want = {"restart": False, "stop": False}
-    signal.signal(signal.SIGHUP, lambda *_: want.__setitem__("restart", True))
-    signal.signal(signal.SIGTERM, lambda *_: want.__setitem__("stop", True))
-    signal.signal(signal.SIGINT, lambda *_: want.__setitem__("stop", True))
-    gen = 0
-    child: subprocess.Popen | None = None
-    logf = open(hostdir / "serve.out", "ab")  # noqa: SIM115
-
-    def start() -> subprocess.Popen:
-        nonlocal gen
-        gen += 1
-        p = subprocess.Popen([sys.executable, __file__, "serve", str(hostdir), str(gen)], stdout=logf, stderr=logf)
-        event(hostdir, "start", gen=gen, pid=p.pid)
-        (hostdir / "child.pid").write_text(str(p.pid))
-        (hostdir / "generation.tmp").write_text(str(gen))
-        os.replace(hostdir / "generation.tmp", hostdir / "generation")
-        return p
-
-    def stop(p: subprocess.Popen | None) -> None:
-        if p and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-    def manifest_hash() -> str:
-        try:
-            return hashlib.sha256(Path(cfg["config_path"]).read_bytes()).hexdigest()
-        except OSError:
-            return ""
-
-    watched = manifest_hash() if cfg["layout"] == "static-pod" else ""
-    (hostdir / "supervisor.pid").write_text(str(os.getpid()))
-    child = start()
-    exited_reported = False
-    while not want["stop"]:
-        time.sleep(0.05)
-        reason = None
-        if want["restart"]:
-            want["restart"] = False
-            reason = "restart"
-        elif cfg["layout"] == "static-pod":
-            h = manifest_hash()
-            if h != watched:
-                watched = h
-                reason = "manifest-changed"
-                time.sleep(float(cfg.get("kubelet_delay", 0.2)))  # the kubelet notices and syncs the pod
-                watched = manifest_hash()
-        if reason:
-            event(hostdir, "stop", gen=gen, reason=reason)
-            stop(child)
-            child = start()
-            exited_reported = False
-        elif child.poll() is not None and not exited_reported:
-            exited_reported = True
-    stop(child)
-    return 0
-
-
 if __name__ == "__main__":
-    cmd, hostdir = sys.argv[1], Path(sys.argv[2])
-    if cmd == "serve":
-        sys.exit(serve(hostdir, int(sys.argv[3]) if len(sys.argv) > 3 else 1))
-    sys.exit(supervise(hostdir))
+    sys.exit(serve(Path(sys.argv[1]), int(os.environ.get("LAB_GENERATION", "1"))))

@@ -10,14 +10,17 @@ Each host:
   * a network namespace `ma<run><i>` with lo and one veth to the runner (runner 198.18.X.4i+1/30, host
     .4i+2/30), or, `behind` a jump host, a veth to the jump host's namespace only (198.19.X.4i+1/30 on the
     jump side), so the runner has no route to it;
-  * a private mount namespace (anchored by the stand-in supervisor) in which /etc/kubernetes,
+  * a private mount namespace (lab/netns.py; anchored by lab/supervisor.py) in which /etc/kubernetes,
     /etc/systemd/system, /var/lib, /etc/sudoers.d and /usr/local/sbin are bind mounts of per-host
     directories (/var/lib: with the runner's entries bound in, so that /var/lib/metrics-aggregation is
-    an ordinary directory the program creates and removes, as on a master). /usr/local/sbin (first on root's and sudo's PATH) holds shims:
-    `systemctl` (daemon-reload = copy the unit to what the stand-in runs; restart kube-apiserver =
-    restart the stand-in, synchronously), `journalctl` and `crictl` (print the stand-in's log);
-  * /usr/sbin/sshd -D -e -f <per-host config> entered into both namespaces with nsenter, with a per-host
-    host key (pinned by the tests through masters[].hostKey) and the per-run client key.
+    an ordinary directory the program creates and removes, as on a master). /usr/local/sbin (first on
+    root's and sudo's PATH) holds lab/shims: `systemctl` (daemon-reload = copy the unit to what the
+    stand-in runs; restart kube-apiserver = restart the stand-in, synchronously), `journalctl` and
+    `crictl` (print the stand-in's log), `apiserverctl`;
+  * the stand-in apiserver (lab/standin.py) run by the supervisor, as systemd or the kubelet would;
+  * Debian's sshd (lab/sshd.py) entered into both namespaces, with a per-host host key (pinned by the
+    tests through masters[].hostKey) and the per-run client key.
+`samples`: the directory of the layouts' config files a host starts with (SAMPLES: tests/hosts/samples).
 Only addresses in 198.18.0.0/15 are ever configured.
 """
 
@@ -34,13 +37,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import cluster
-from sandbox.cluster import tcp_open
+from lab import netns, proc, sshd, standin
+from lab.proc import LabError, children_of, kill_pid, tcp_open
+from lab.supervisor import Unit, install_shims
 
-HERE = Path(__file__).resolve().parent
-SAMPLES = HERE / "samples"
-STANDIN = HERE / "standin.py"
-SSHD = "/usr/sbin/sshd"
+# the config files a master of each layout starts with: test data of the host tier
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "hosts" / "samples"
+STANDIN = Path(standin.__file__).resolve()
+SUPERVISOR = Path(__file__).resolve().parent / "supervisor.py"
 OPS_USER = "maops"  # the non-root SSH user of the sudo tests (created once, shared /etc/passwd)
 
 LAYOUT_FILES = {
@@ -61,39 +65,12 @@ MOUNTS = {
 }
 
 
-class LabError(Exception):
-    pass
-
-
 def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    return cluster.sh(*args, check=check, timeout=timeout, error=LabError, **kw)
+    return proc.sh(*args, check=check, timeout=timeout, **kw)
 
 
 def wait_for(pred, what: str, timeout: float = 10.0, interval: float = 0.05):
-    return cluster.wait_for(pred, what, timeout, interval, error=LabError)
-
-
-def kill_pid(pid: int | None, sig: int = signal.SIGTERM) -> None:
-    if not pid:
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out.append(int(d.name))
-    return out
+    return proc.wait_for(pred, what, timeout, interval)
 
 
 @dataclass
@@ -128,8 +105,6 @@ class Host:
 
     def config_args(self) -> list[str]:
         """The kube-apiserver arguments the config file holds now (parsed as systemd/the kubelet would)."""
-        from tests.hosts import standin
-
         text = self.config_bytes().decode()
         if self.layout == "env-file":
             return standin.env_file_args(text, "KUBE_APISERVER_OPTS")
@@ -142,7 +117,8 @@ class Host:
         return [json.loads(x) for x in f.read_text().splitlines()] if f.exists() else []
 
     def restarts(self) -> int:
-        return sum(1 for e in self.events() if e["event"] == "stop")
+        """Restarts asked of the supervisor (restart command, or a changed static-pod manifest)."""
+        return sum(1 for e in self.events() if e["event"] == "restart")
 
     def running_flags(self) -> dict[str, str]:
         return json.loads((self.dir / "running.json").read_text())["flags"]
@@ -155,10 +131,10 @@ class Host:
         (self.dir / "flap").write_text("".join(f + "\n" for f in flags))
 
     def down_intervals(self) -> list[tuple[float, float]]:
-        """[stop, next ready] intervals: when this host's apiserver did not answer 200."""
+        """[restart, next ready] intervals: when this host's apiserver did not answer 200."""
         out, down = [], None
         for e in self.events():
-            if e["event"] == "stop" and down is None:
+            if e["event"] == "restart" and down is None:
                 down = e["t"]
             elif e["event"] == "ready" and down is not None:
                 out.append((down, e["t"]))
@@ -195,11 +171,7 @@ class Host:
     # ---- processes
     def start_sshd(self) -> None:
         assert self.supervisor
-        log = open(self.dir / "sshd.log", "ab")  # noqa: SIM115
-        self.sshd = subprocess.Popen(
-            ["nsenter", "-t", str(self.supervisor.pid), "-m", "-n", "--", SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )
+        self.sshd = sshd.start(self.dir, self.supervisor.pid, self.dir / "sshd.log")
         probe = self.behind.ns if self.behind else None
 
         def up() -> bool:
@@ -225,8 +197,7 @@ class Host:
         if self.sshd:
             self.kill_sshd()
         # everything still running in the namespace (script runs, the stand-in, the supervisor)
-        p = sh("ip", "netns", "pids", self.ns, check=False)
-        pids = [int(x) for x in p.stdout.split()] if p.returncode == 0 else []
+        pids = netns.pids(self.ns)
         if self.supervisor and self.supervisor.poll() is None:
             kill_pid(self.supervisor.pid)
             try:
@@ -238,8 +209,9 @@ class Host:
 
 
 class Lab:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, samples: Path = SAMPLES):
         self.root = root
+        self.samples = samples
         self.run_id = f"{random.randrange(16**4):04x}"
         self.hosts: list[Host] = []
         self.block = self._free_block()
@@ -250,22 +222,20 @@ class Lab:
 
     # ---- set-up
     @classmethod
-    def create(cls, root: Path) -> Lab:
+    def create(cls, root: Path, samples: Path = SAMPLES) -> Lab:
         if os.geteuid() != 0:
             raise LabError("the host tier needs root (network and mount namespaces, sshd); run it as root")
         for tool in ("ip", "nsenter", "unshare", "ssh", "ssh-keygen", "curl", "sudo"):
             if not shutil.which(tool):
                 raise LabError(f"{tool} is missing: run `make system-deps` (apt-get install -y openssh-server openssh-client iproute2 util-linux curl sudo)")
-        if not Path(SSHD).exists():
-            raise LabError(f"{SSHD} is missing: apt-get install -y openssh-server")
-        lab = cls(root)
+        sshd.check_installed()
+        lab = cls(root, samples)
         probe = f"maprobe{lab.run_id}"
         p = sh("ip", "netns", "add", probe, check=False)
         if p.returncode != 0:
             raise LabError(f"cannot create a network namespace (`ip netns add` failed: {p.stderr.strip()}); the host tier needs CAP_SYS_ADMIN/CAP_NET_ADMIN")
         sh("ip", "netns", "del", probe, check=False)
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hosts-{lab.run_id}", "-f", str(lab.client_key))
-        os.chmod(lab.client_key, 0o600)
+        proc.keygen(lab.client_key, f"hosts-{lab.run_id}")
         (root / "authorized_keys").write_text((root / "id_ed25519.pub").read_text())
         os.chmod(root / "authorized_keys", 0o644)
         lab._tls()
@@ -331,18 +301,13 @@ class Lab:
         hostdir.mkdir()
         for sub in MOUNTS.values():
             (hostdir / sub).mkdir()
-        sh("ip", "netns", "add", ns)
+        netns.add(ns)
         self._netns.append(ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
         if behind is None:
             runner_if, host_if = f"ma{self.run_id}{i:02d}r", f"ma{self.run_id}{i:02d}h"
-            sh("ip", "link", "add", runner_if, "type", "veth", "peer", "name", host_if)
             self._veths.append(runner_if)
-            sh("ip", "link", "set", host_if, "netns", ns)
-            sh("ip", "addr", "add", f"198.18.{self.block}.{4 * i + 1}/30", "dev", runner_if)
-            sh("ip", "link", "set", runner_if, "up")
-            sh("ip", "-n", ns, "addr", "add", f"198.18.{self.block}.{4 * i + 2}/30", "dev", host_if)
-            sh("ip", "-n", ns, "link", "set", host_if, "up")
+            netns.veth(netns.End(None, runner_if, f"198.18.{self.block}.{4 * i + 1}/30"),
+                       netns.End(ns, host_if, f"198.18.{self.block}.{4 * i + 2}/30"))
             address = f"198.18.{self.block}.{4 * i + 2}"
         else:
             if not self._routes:
@@ -350,12 +315,8 @@ class Lab:
                 # addresses from ever leaving through the runner's default route)
                 sh("ip", "route", "add", "unreachable", f"198.19.{self.block}.0/24")
                 self._routes.append(f"198.19.{self.block}.0/24")
-            a, b = f"ma{self.run_id}{i:02d}j", f"ma{self.run_id}{i:02d}h"
-            sh("ip", "-n", behind.ns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns)
-            sh("ip", "-n", behind.ns, "addr", "add", f"198.19.{self.block}.{4 * i + 1}/30", "dev", a)
-            sh("ip", "-n", behind.ns, "link", "set", a, "up")
-            sh("ip", "-n", ns, "addr", "add", f"198.19.{self.block}.{4 * i + 2}/30", "dev", b)
-            sh("ip", "-n", ns, "link", "set", b, "up")
+            netns.veth(netns.End(behind.ns, f"ma{self.run_id}{i:02d}j", f"198.19.{self.block}.{4 * i + 1}/30"),
+                       netns.End(ns, f"ma{self.run_id}{i:02d}h", f"198.19.{self.block}.{4 * i + 2}/30"))
             address = f"198.19.{self.block}.{4 * i + 2}"
         host = Host(self, name, i, ns, address, hostdir, layout, behind)
         self.hosts.append(host)
@@ -368,31 +329,8 @@ class Lab:
     def _write_host_files(self, h: Host, sample: str | None, startup_seconds: float, sudo_user: str | None,
                           kubelet_delay: float, sshd_env: dict[str, str], container: str) -> None:
         d = h.dir
-        key = d / "ssh_host_ed25519_key"
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h.name, "-f", str(key))
-        h.host_key_pub = " ".join(Path(f"{key}.pub").read_text().split()[:2])
-        (d / "sshd_config").write_text(
-            f"""Port 22
-ListenAddress 0.0.0.0
-HostKey {key}
-PidFile none
-AuthorizedKeysFile /run/metrics-aggregation-ssh/authorized_keys
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowTcpForwarding yes
-PermitTunnel no
-X11Forwarding no
-MaxStartups 100:30:200
-MaxSessions 50
-LogLevel VERBOSE
-Subsystem sftp internal-sftp
-"""
-            + "".join(f"SetEnv {k}={v}\n" for k, v in sshd_env.items())
-        )
+        h.host_key_pub = sshd.write_config(d, h.name, listen="0.0.0.0", forwarding=True, set_env=sshd_env,
+                                           authorized_keys="/run/metrics-aggregation-ssh/authorized_keys")
         shutil.copyfile(self.root / "authorized_keys", d / "ssh-auth" / "authorized_keys")
         os.chmod(d / "ssh-auth" / "authorized_keys", 0o644)
         if sudo_user:
@@ -403,59 +341,21 @@ Subsystem sftp internal-sftp
             inside, default_sample = LAYOUT_FILES[h.layout]
             target = h.path(inside)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(SAMPLES / (sample or default_sample), target)
+            shutil.copyfile(self.samples / (sample or default_sample), target)
             os.chmod(target, 0o644)
             (d / "loaded-unit").write_bytes(target.read_bytes() if h.layout == "systemd-unit" else b"")
         (d / "standin.json").write_text(json.dumps({
             "layout": h.layout or "none", "config_path": str(h.path(h.config_path)) if h.layout else "",
             "port": 6443, "tls_cert": str(self.root / "tls.crt"), "tls_key": str(self.root / "tls.key"),
-            "startup_seconds": startup_seconds, "kubelet_delay": kubelet_delay, "container": container,
+            "startup_seconds": startup_seconds, "container": container,
         }))
-        self._shims(h)
-
-    def _shims(self, h: Host) -> None:
-        sbin, d = h.dir / "sbin", h.dir
-        unit = h.path(LAYOUT_FILES["systemd-unit"][0])
-        shims = {
-            "apiserverctl": f"""#!/bin/sh
-# restart the stand-in kube-apiserver of this test host; returns once the new process is started
-set -eu
-gen=$(cat {d}/generation)
-kill -HUP "$(cat {d}/supervisor.pid)"
-i=0
-while [ "$(cat {d}/generation)" = "$gen" ]; do
-  i=$((i + 1)); [ $i -le 200 ] || {{ echo "apiserverctl: the supervisor did not restart kube-apiserver" >&2; exit 1; }}
-  sleep 0.05
-done
-""",
-            "systemctl": f"""#!/bin/sh
-# systemctl of a test host: only what the host script and the stack's restart commands use
-case "$*" in
-  daemon-reload)
-    [ -f {unit} ] && cp {unit} {d}/loaded-unit
-    printf '{{"t": %s, "event": "daemon-reload"}}\\n' "$(date +%s.%N)" >> {d}/events.jsonl ;;
-  "restart kube-apiserver"|"restart kube-apiserver.service") exec /usr/local/sbin/apiserverctl ;;
-  *) echo "systemctl (test host): unsupported: $*" >&2; exit 1 ;;
-esac
-""",
-            "journalctl": f"""#!/bin/sh
-# journalctl of a test host: the stand-in kube-apiserver's log, as the journal shows a unit's lines
-tail -n 20 {d}/apiserver.log 2>/dev/null | sed 's/^/{h.name} kube-apiserver[journal]: /' || true
-""",
-        }
-        if h.layout == "static-pod":
-            shims["crictl"] = f"""#!/bin/sh
-# crictl of a test host: the stand-in plays the kube-apiserver container (id = its pid)
-case "$1" in
-  ps) pid=$(cat {d}/child.pid 2>/dev/null) && [ -n "$pid" ] && echo "standin$pid" ;;
-  logs) tail -n 20 {d}/apiserver.log 2>/dev/null ;;
-  *) echo "crictl (test host): unsupported: $*" >&2; exit 1 ;;
-esac
-exit 0
-"""
-        for name, text in shims.items():
-            (sbin / name).write_text(text)
-            os.chmod(sbin / name, 0o755)
+        # the stand-in's own log is the journal; the supervisor's notes and the process output go aside
+        Unit(command=[sys.executable, str(STANDIN), str(d)], log="serve.out", stop_timeout=5, restart_sec=None,
+             watch=str(h.path(h.config_path)) if h.layout == "static-pod" else None,
+             watch_delay=kubelet_delay).write(d)
+        install_shims(d / "sbin", d, h.name, journal="apiserver.log", restart_wait=10,
+                      unit_file=h.path(LAYOUT_FILES["systemd-unit"][0]),
+                      shims=("apiserverctl", "systemctl", "journalctl") + (("crictl",) if h.layout == "static-pod" else ()))
 
     @staticmethod
     def _var_lib_binds(h: Host) -> list[str]:
@@ -479,23 +379,12 @@ exit 0
         return lines
 
     def _start(self, h: Host) -> None:
-        lines = []
-        for mp, sub in MOUNTS.items():
-            if mp == "/var/lib":
-                lines += self._var_lib_binds(h)
-            lines.append(f"mount --rbind {h.dir / sub} {mp}")
-        binds = "\n".join(lines)
-        # a master's root has Debian's default ~/.bashrc (bash reads it for ssh commands), not the
-        # runner's (pyenv, cargo, go on PATH)
-        binds += "\nif [ -f /etc/skel/.bashrc ] && [ -f /root/.bashrc ]; then mount --bind /etc/skel/.bashrc /root/.bashrc; fi"
-        (h.dir / "init.sh").write_text(f"set -e\n{binds}\nexec {sys.executable} {STANDIN} supervise {h.dir}\n")
-        if h.layout is None:
-            (h.dir / "init.sh").write_text(f"set -e\n{binds}\nexec sleep infinity\n")
+        mounts = [(str(h.dir / sub), mp) for mp, sub in MOUNTS.items()]
+        command = f"{sys.executable} {SUPERVISOR} {h.dir}" if h.layout else "sleep infinity"
+        netns.write_init(h.dir / "init.sh", mounts, command, before=self._var_lib_binds(h))
         log = open(h.dir / "supervisor.log", "ab")  # noqa: SIM115
-        h.supervisor = subprocess.Popen(
-            ["ip", "netns", "exec", h.ns, "unshare", "-m", "--propagation", "private", "--", "sh", str(h.dir / "init.sh")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )
+        h.supervisor = subprocess.Popen(netns.anchor_argv(h.ns, h.dir / "init.sh"),
+                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
         def mounted() -> bool:
             if h.supervisor.poll() is not None:
@@ -525,9 +414,8 @@ exit 0
             except Exception:  # noqa: BLE001 - keep tearing down
                 pass
         for ns in reversed(self._netns):
-            sh("ip", "netns", "del", ns, check=False)
+            netns.delete(ns)
         for v in self._veths:
-            if sh("ip", "link", "show", v, check=False).returncode == 0:
-                sh("ip", "link", "del", v, check=False)
+            netns.delete_link(v)
         for r in self._routes:
             sh("ip", "route", "del", "unreachable", r, check=False)

@@ -1,0 +1,90 @@
+"""Commands, waits and processes: the helpers every part of the lab uses (standard library only: the
+sandbox daemons import it inside namespaces)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class LabError(Exception):
+    pass
+
+
+def sh(*args: str, check: bool = True, timeout: float = 30, error: type[Exception] = LabError,
+       **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise error(f"{' '.join(args)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def wait_for(pred: Callable[[], object], what: str, timeout: float, interval: float = 0.2,
+             error: type[Exception] = LabError):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def tcp_open(addr: str, port: int) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_pid(pid: int | None, sig: int = signal.SIGTERM) -> None:
+    if not pid:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def gone(pid: int) -> bool:
+    """The process is gone, or exited and not yet reaped by whoever started it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+    return out
+
+
+def keygen(path: Path, comment: str, error: type[Exception] = LabError) -> str:
+    """An ed25519 key pair at path (made once); -> its public key as `type base64`."""
+    if not path.exists():
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path), error=error)
+    os.chmod(path, 0o600)
+    return " ".join(Path(f"{path}.pub").read_text().split()[:2])
