@@ -17,7 +17,7 @@ STACK_ENV = $(if $(filter sandbox,$(STACK)),export PULUMI_BACKEND_URL=file://$(S
 # Tools installed into the venv (actionlint, ruff, pytest) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # System packages the test hosts and linters need (Debian names); mawk and gawk: the editor is tested with both.
-SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps strace mawk gawk
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps strace mawk gawk busybox
 
 .PHONY: help
 help: ## list the targets

@@ -174,7 +174,7 @@ TABLE: dict[str, Cert[Any]] = {
         early_renewal_hours=None,  # unset since it was first made: an explicit 0 would change its inputs
         sans=Sans(),
         key=_SERVING_KEY,
-        subject={"organization": config.NAMESPACE},
+        subject={"organization": contract.NAMESPACE},
         names=Names(key="-serving-ca-key", cert="-serving-ca"),
     ),
     # metrics-server's serving certificate, for its Service's names. Cluster: tls.crt and tls.key of the

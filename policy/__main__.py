@@ -11,7 +11,8 @@ import sys
 # The pack's own modules, and the repository's components/ (contract.py, ca_files.py: standard library and
 # cryptography only), which the pack shares with the program instead of copying.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [_HERE, os.path.dirname(_HERE)]
+sys.path.insert(0, _HERE)
+sys.path.append(os.path.dirname(_HERE))  # after site-packages: the repo's folders shadow nothing installed
 
 from aggregation_policies import PACK_NAME, build_policies  # noqa: E402
 from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402

@@ -388,7 +388,7 @@ def validate_proxy_client_cert(args: StackValidationArgs, report_violation: Repo
         return  # nothing of the aggregation layer in this stack (e.g. an empty or unrelated stack)
     if not requests:
         report_violation(
-            f"no tls CertRequest named like '{PROXY_CLIENT}' in the stack: cannot tell which common name the "
+            f"no tls CertRequest named '{PROXY_CLIENT}' in the stack: cannot tell which common name the "
             f"proxy-client certificate has; name the proxy client's CertRequest '{PROXY_CLIENT}'.",
             None,
         )

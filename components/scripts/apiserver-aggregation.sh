@@ -158,7 +158,8 @@ parse_args() {
 # The value grammar of components/config.py (VALUE_PATTERN), checked again here as a second line of
 # defence: every value that ends up in the kube-apiserver config or names a file is ONE word of these
 # characters, matched whole (a space, quote, '$', '%', '#', CR, TAB or newline would be split or
-# interpreted by the shell, systemd or YAML). Keep the two in step (tests/hosts/test_hardening.py).
+# interpreted by the shell, systemd or YAML). Keep the two in step (tests/hosts/test_hardening.py);
+# edit_config relies on it too (no '\\' or space in a value passed to awk with -v).
 VALUE_RE='^[A-Za-z0-9_.,:/=@+*~-]+$'
 VALUE_CHARS_TEXT='letters, digits and _ . , : / = @ + * ~ -'
 in_grammar() { [[ $1 =~ $VALUE_RE ]]; } # VALUE
@@ -711,7 +712,9 @@ remove_certs() {
 # readiness, rollback).
 # edit_config MODE INPUT OUTPUT NEWRECORD REPORT: run the editor (NEWRECORD: apply's record of the result;
 # REPORT: the changes, one a line). Called in `if`/`||` contexts, where set -e does not apply: awk's own
-# exit status reports a failed write (a truncated result never becomes the config file).
+# exit status reports a failed write (a truncated result never becomes the config file). The flags go in
+# one `-v` word, space-separated: awk expands backslash escapes in -v values, so this is exact only
+# because VALUE_RE admits neither '\\' nor a space (widen the grammar and this must change too).
 edit_config() {
 	local mode=$1 in=$2 out=$3 newrec=$4 report=$5 record="" no_final_newline=0
 	[ -f "$RECORD" ] && record=$RECORD

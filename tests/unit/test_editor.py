@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from lab import standin
 
 EDITOR = Path(__file__).resolve().parents[2] / "components" / "scripts" / "apiserver-flags-editor.awk"
-# POSIX awk: every master has one of these (busybox aside); the editor must mean the same in each
-AWKS = ("mawk", "gawk")
+# POSIX awk: every master has one of these (Debian/Ubuntu mawk, RHEL gawk, busybox on minimal images); the
+# editor must mean the same in each
+AWKS = ("mawk", "gawk", "busybox awk")
 
 WANT = {
     "--requestheader-client-ca-file": "/etc/kubernetes/ssl/aggregator-ca.pem",
@@ -53,13 +54,13 @@ class Edited:
 def edit(awk: str, mode: str, layout: str, text: str, want: dict[str, str] | None = None, record: str = "",
          cert_dir: str = "/etc/kubernetes/ssl") -> Edited:
     """Run the editor as the host script does (edit_config): the file, the flags, the previous record."""
-    if shutil.which(awk) is None:
-        pytest.fail(f"{awk} is not installed: `make system-deps` installs it (the editor is tested with mawk and gawk)")
+    if shutil.which(awk.split()[0]) is None:
+        pytest.fail(f"{awk} is not installed: `make system-deps` installs it (the editor is tested with {', '.join(AWKS)})")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "cfg").write_bytes(text.encode())
         (d / "record").write_text(record)
-        args = [awk, "-v", f"mode={mode}", "-v", f"layout={layout}",
+        args = [*awk.split(), "-v", f"mode={mode}", "-v", f"layout={layout}",
                 "-v", "flags=" + " ".join(f"{k}={v}" for k, v in (want or {}).items()),
                 "-v", f"record_file={d / 'record' if record else ''}", "-v", f"new_record_file={d / 'new-record'}",
                 "-v", f"report_file={d / 'report'}", "-v", f"cert_dir={cert_dir}", "-v", "volume_name=aggregator-certs",

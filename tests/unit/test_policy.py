@@ -326,7 +326,7 @@ def test_proxy_policy_fails_when_no_command_sets_the_flag():
 def test_proxy_policy_fails_without_a_proxy_client_cert_request():
     resources = [r for r in good_stack() if r.resource_type != ap.CERT_REQUEST]
     [message] = messages(ap.validate_proxy_client_cert, stack_args(resources))
-    assert "no tls CertRequest named like 'proxy-client'" in message
+    assert "no tls CertRequest named 'proxy-client'" in message
 
 
 def test_proxy_policy_skips_unknown_values_in_preview():
