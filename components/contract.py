@@ -45,6 +45,11 @@ OUTPUT_APISERVER_FLAGS = "apiserverFlags"
 OUTPUT_MASTERS = "masters"
 OUTPUT_METRICS_API_SERVICE = "metricsApiService"
 OUTPUT_METRICS_SERVER_NAMESPACE = "metricsServerNamespace"
+OUTPUT_AGGREGATOR_CA_NOT_AFTER = "aggregatorCaNotAfter"
+OUTPUT_METRICS_SERVER_SERVING_CA_CERT_PEM = "metricsServerServingCaCertPem"
+OUTPUT_METRICS_SERVER_SERVING_CA_NOT_AFTER = "metricsServerServingCaNotAfter"
+OUTPUT_METRICS_SERVER_SERVING_CERT_NOT_AFTER = "metricsServerServingCertNotAfter"
+OUTPUT_CONTRACT_VERSION = "contractVersion"
 OUTPUTS = (
     OUTPUT_AGGREGATOR_CA_CERT_PEM,
     OUTPUT_PROXY_CLIENT_CERT_PEM,
@@ -54,7 +59,18 @@ OUTPUTS = (
     OUTPUT_MASTERS,
     OUTPUT_METRICS_API_SERVICE,
     OUTPUT_METRICS_SERVER_NAMESPACE,
+    OUTPUT_AGGREGATOR_CA_NOT_AFTER,
+    OUTPUT_METRICS_SERVER_SERVING_CA_CERT_PEM,
+    OUTPUT_METRICS_SERVER_SERVING_CA_NOT_AFTER,
+    OUTPUT_METRICS_SERVER_SERVING_CERT_NOT_AFTER,
+    OUTPUT_CONTRACT_VERSION,
 )
+# The *NotAfter outputs: RFC 3339; readers accept fractional seconds and any offset (components/rfc3339.py).
+# The value of `contractVersion`, semver over the outputs (docs/contracts.md "Outputs"): major when an
+# output is removed or renamed or its meaning or type changes, minor when one is added, patch when only
+# the docs change. 1.0.0 was the first eight outputs; 1.1.0 added the expiry times, the serving CA and
+# this version. A consumer checks the major and that the minor is at least the one it was written for.
+CONTRACT_VERSION = "1.1.0"
 
 # The APIService the metrics API is served through (its name is the API's, whoever installed it).
 METRICS_API_SERVICE = "v1beta1.metrics.k8s.io"

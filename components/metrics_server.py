@@ -194,7 +194,9 @@ class _Scope:
 @dataclass(frozen=True)
 class _ServingPki:
     ca_cert_pem: pulumi.Output[str]
+    ca_not_after: pulumi.Output[str]  # RFC 3339
     cert_pem: pulumi.Output[str]
+    cert_not_after: pulumi.Output[str]  # RFC 3339
     key_pem: pulumi.Output[str]  # secret
 
 
@@ -204,7 +206,8 @@ def _serving_pki(s: _Scope) -> _ServingPki:
     service = pki.Service(APP, s.namespace)
     ca = pki.issue(pki.SERVING_CA, service, s.name, s.parent, depends_on=s.depends_on)
     leaf = pki.issue(pki.SERVING, service, s.name, s.parent, issuer=ca, depends_on=s.depends_on)
-    return _ServingPki(ca_cert_pem=ca.cert_pem, cert_pem=leaf.cert_pem, key_pem=pulumi.Output.secret(leaf.key_pem))
+    return _ServingPki(ca_cert_pem=ca.cert_pem, ca_not_after=ca.not_after, cert_pem=leaf.cert_pem,
+                       cert_not_after=leaf.not_after, key_pem=pulumi.Output.secret(leaf.key_pem))
 
 
 def _serving_secret(s: _Scope, serving: _ServingPki) -> k8s.core.v1.Secret:
@@ -492,6 +495,8 @@ class MetricsServer(pulumi.ComponentResource):
     api_service_name: pulumi.Output[str]
     namespace: pulumi.Output[str]
     serving_ca_cert_pem: pulumi.Output[str]
+    serving_ca_not_after: pulumi.Output[str]  # RFC 3339
+    serving_cert_not_after: pulumi.Output[str]  # RFC 3339
 
     def __init__(
         self,
@@ -536,10 +541,14 @@ class MetricsServer(pulumi.ComponentResource):
         self.api_service_name = api_service.metadata.apply(lambda m: m.name)
         self.namespace = deployment.metadata.apply(lambda m: m.namespace)
         self.serving_ca_cert_pem = serving.ca_cert_pem
+        self.serving_ca_not_after = serving.ca_not_after
+        self.serving_cert_not_after = serving.cert_not_after
         self.register_outputs(
             {
                 "apiServiceName": self.api_service_name,
                 "namespace": self.namespace,
                 "servingCaCertPem": self.serving_ca_cert_pem,
+                "servingCaNotAfter": self.serving_ca_not_after,
+                "servingCertNotAfter": self.serving_cert_not_after,
             }
         )

@@ -35,7 +35,7 @@ def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, obj
         proxy_key_pem=proxy.private_key_pem,
     )
     metrics = _metrics_server(settings, apiserver, kube)
-    return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem, proxy=proxy)
+    return _outputs(settings, apiserver, metrics, ca=ca, proxy=proxy)
 
 
 def _verify_only(settings: Settings, kube: KubeSettings | None) -> dict[str, object]:
@@ -45,7 +45,7 @@ def _verify_only(settings: Settings, kube: KubeSettings | None) -> dict[str, obj
     ca = AggregatorCA(AGGREGATOR_CA, settings) if settings.pki.existing_ca else None
     apiserver = ApiserverAggregation("apiserver", settings)
     metrics = _metrics_server(settings, apiserver, kube)
-    return _outputs(settings, apiserver, metrics, ca_cert_pem=ca.cert_pem if ca else None, proxy=None)
+    return _outputs(settings, apiserver, metrics, ca=ca, proxy=None)
 
 
 def _metrics_server(settings: Settings, apiserver: ApiserverAggregation,
@@ -60,9 +60,12 @@ def _metrics_server(settings: Settings, apiserver: ApiserverAggregation,
 
 
 def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer | None, *,
-             ca_cert_pem: object, proxy: ProxyClientCert | None) -> dict[str, object]:
+             ca: AggregatorCA | None, proxy: ProxyClientCert | None) -> dict[str, object]:
     return {
-        c.OUTPUT_AGGREGATOR_CA_CERT_PEM: ca_cert_pem,
+        c.OUTPUT_CONTRACT_VERSION: c.CONTRACT_VERSION,
+        c.OUTPUT_AGGREGATOR_CA_CERT_PEM: ca.cert_pem if ca else None,
+        # with pki.existingCa: the given certificate's notAfter
+        c.OUTPUT_AGGREGATOR_CA_NOT_AFTER: ca.not_after if ca else None,
         c.OUTPUT_PROXY_CLIENT_CERT_PEM: proxy.cert_pem if proxy else None,
         c.OUTPUT_PROXY_CLIENT_CERT_NOT_AFTER: proxy.not_after if proxy else None,
         c.OUTPUT_REQUESTHEADER_ALLOWED_NAMES: requestheader_allowed_names(settings),
@@ -72,4 +75,8 @@ def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: Metri
         c.OUTPUT_METRICS_API_SERVICE: metrics.api_service_name if metrics else c.METRICS_API_SERVICE,
         # unmanaged: metricsServer.namespace, which such a stack sets to where the kept one runs
         c.OUTPUT_METRICS_SERVER_NAMESPACE: metrics.namespace if metrics else settings.metrics_server.namespace,
+        # the kept metrics-server's serving certificate is not ours to know: null
+        c.OUTPUT_METRICS_SERVER_SERVING_CA_CERT_PEM: metrics.serving_ca_cert_pem if metrics else None,
+        c.OUTPUT_METRICS_SERVER_SERVING_CA_NOT_AFTER: metrics.serving_ca_not_after if metrics else None,
+        c.OUTPUT_METRICS_SERVER_SERVING_CERT_NOT_AFTER: metrics.serving_cert_not_after if metrics else None,
     }

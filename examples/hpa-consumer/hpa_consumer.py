@@ -13,16 +13,23 @@ How the outputs are used:
   created on a cluster that has no such APIService (e.g. a kubeconfig pointing at the wrong cluster).
 - `metricsServerNamespace`: recorded, with the API service and the source stack, as annotations on the
   Deployment and the HPA, so `kubectl describe hpa` says where its metrics come from.
+- `contractVersion`: the outputs contract's semver (absent: 1.0.0). Another major stops the program;
+  exported as `metricsContractVersion`.
+- `proxyClientCertNotAfter`, `aggregatorCaNotAfter`, `metricsServerServingCaNotAfter`,
+  `metricsServerServingCertNotAfter` (RFC 3339, null when that stack does not make the certificate): a
+  warning for each that expires within `expiryWarningDays`; their names are exported as `expiringSoon`.
 Outputs the metrics-aggregation stack marks secret stay secret here (StackReference keeps the marks).
 
 Config (namespace hpa-consumer): metricsStack (required), namespace (default), appName (php-apache),
 image (registry.k8s.io/hpa-example), cpuRequest (200m), cpuLimit (500m), cpuUtilization (50),
 minReplicas (1), maxReplicas (5), verifyApiService (true), expectNoPods (false: true only on a control
-plane without kubelets, where the Deployment and Service awaits would never finish).
+plane without kubelets, where the Deployment and Service awaits would never finish), expiryWarningDays (30).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +43,43 @@ DIY_ORGANIZATION = "organization"  # the organization part of every stack name o
 # this project is copied and run on its own, and a unit test there holds them equal.
 REQUIRED_OUTPUT = "metricsApiService"
 NAMESPACE_OUTPUT = "metricsServerNamespace"
+VERSION_OUTPUT = "contractVersion"
+CONTRACT_MAJOR = 1  # the major of the outputs contract this program is written for (it reads 1.1's names)
+# Each expiring certificate, and what whoever reads the warning should do about it.
+NOT_AFTER_OUTPUTS = {
+    "proxyClientCertNotAfter": ("the proxy-client certificate", "`pulumi up` on that stack renews it"),
+    "aggregatorCaNotAfter": ("the aggregator CA", "`up` never renews it: plan a CA rotation"),
+    "metricsServerServingCaNotAfter": ("metrics-server's serving CA", "plan its rotation"),
+    "metricsServerServingCertNotAfter": ("metrics-server's serving certificate", "`pulumi up` on that stack renews it"),
+}
 ANNOTATION_PREFIX = "hpa-consumer.metrics-aggregation.io"
+
+
+# metrics-aggregation's times are RFC 3339 with any fraction and offset. Python's fromisoformat takes at
+# most six fractional digits, so this is metrics-aggregation's components/rfc3339.py parser, copied (this
+# project runs on its own); a unit test there holds the two equal.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # \d is 0-9 only
+)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An RFC 3339 date-time as an aware datetime (its own offset kept); ValueError naming the text."""
+    m = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 time (e.g. 2027-12-02T13:24:07Z or "
+                         "2027-12-02T13:24:07.123456789+01:00)")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    micro = int((m.group(7) or "").ljust(6, "0")[:6])
+    offset = dt.timedelta(0)
+    if m.group(9):
+        sign = 1 if m.group(9) == "+" else -1
+        offset = sign * dt.timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
+    try:
+        return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=dt.timezone(offset))
+    except ValueError as e:  # month 13, hour 24, second 60, offset 24:00 ...
+        raise ValueError(f"{text!r} is not an RFC 3339 time: {e}") from None
 
 
 class ConsumerConfigError(pulumi.RunError):
@@ -88,6 +131,7 @@ class Settings:
     max_replicas: int
     verify_api_service: bool
     expect_no_pods: bool
+    expiry_warning_days: int = 30
 
 
 def load_settings(config: pulumi.Config | None = None) -> Settings:
@@ -104,7 +148,13 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         max_replicas=cfg.get_int("maxReplicas") or 5,
         verify_api_service=cfg.get_bool("verifyApiService") is not False,
         expect_no_pods=cfg.get_bool("expectNoPods") is True,
+        expiry_warning_days=30 if cfg.get_int("expiryWarningDays") is None else cfg.get_int("expiryWarningDays"),
     )
+    if s.expiry_warning_days < 0:
+        raise ConsumerConfigError(
+            f"hpa-consumer:expiryWarningDays is {s.expiry_warning_days}; use a number of days >= 0 (0: warn only "
+            "once a certificate has expired)"
+        )
     if not 1 <= s.cpu_utilization <= 100:
         raise ConsumerConfigError(f"hpa-consumer:cpuUtilization is {s.cpu_utilization}; use 1-100 (percent of the CPU request)")
     if not 1 <= s.min_replicas <= s.max_replicas:
@@ -112,6 +162,41 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
             f"hpa-consumer:minReplicas ({s.min_replicas}) must be >= 1 and <= maxReplicas ({s.max_replicas})"
         )
     return s
+
+
+def require_contract(reference: str, value: Any) -> str:
+    """contractVersion, "1.0.0" when the stack predates it; a RunError when its major is not ours."""
+    version = value or "1.0.0"
+    major = str(version).split(".", 1)[0]
+    if not major.isdigit() or int(major) != CONTRACT_MAJOR:
+        raise pulumi.RunError(
+            f"stack '{reference}' exports {VERSION_OUTPUT}={version!r}; this program reads the "
+            f"{CONTRACT_MAJOR}.x outputs of {METRICS_PROJECT}. Update hpa-consumer for that contract "
+            f"(see {METRICS_PROJECT}'s docs/contracts.md). Nothing was changed."
+        )
+    return str(version)
+
+
+def expiring(times: Mapping[str, Any], now: dt.datetime, days: int) -> tuple[list[str], list[str]]:
+    """(warnings, output names) for each *NotAfter in `times` that expires within `days` of `now`; an
+    unreadable time is a warning too (expiry cannot be watched). Null: that stack makes no such cert."""
+    warnings: list[str] = []
+    names: list[str] = []
+    for name, (what, action) in NOT_AFTER_OUTPUTS.items():
+        value = times.get(name)
+        if value is None:
+            continue
+        try:
+            not_after = parse_time(value)
+        except ValueError as e:
+            warnings.append(f"{name}: {e}; expiry of {what} is not watched")
+            continue
+        left = not_after - now
+        if left <= dt.timedelta(days=days):
+            names.append(name)
+            when = "expired" if left <= dt.timedelta(0) else f"expires in {left.days} days"
+            warnings.append(f"{what} {when} ({name}={value}, hpa-consumer:expiryWarningDays={days}): {action}")
+    return warnings, names
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -132,9 +217,20 @@ def main() -> dict[str, Any]:
     ref = pulumi.StackReference(METRICS_PROJECT, stack_name=s.reference)
     api_service = ref.get_output(REQUIRED_OUTPUT).apply(lambda v: require_api_service(s.reference, v))
     metrics_namespace = ref.get_output(NAMESPACE_OUTPUT).apply(lambda v: v or "kube-system")
+    version = ref.get_output(VERSION_OUTPUT).apply(lambda v: require_contract(s.reference, v))
+
+    def warn_expiring(values: list[Any]) -> list[str]:
+        warnings, names = expiring(dict(zip(NOT_AFTER_OUTPUTS, values, strict=True)),
+                                   dt.datetime.now(dt.UTC), s.expiry_warning_days)
+        for warning in warnings:
+            pulumi.log.warn(f"stack '{s.reference}': {warning}", ref)
+        return names
+
+    expiring_soon = pulumi.Output.all(*(ref.get_output(n) for n in NOT_AFTER_OUTPUTS)).apply(warn_expiring)
 
     # Everything below waits for the reference; with verifyApiService also for the live APIService.
     depends_on: list[pulumi.Resource] = [ref]
+    api_service = pulumi.Output.all(api_service, version).apply(lambda a: a[0])  # a wrong major stops it all
     available: pulumi.Output[Any] = pulumi.Output.from_input(None)
     if s.verify_api_service:
         live = k8s.apiregistration.v1.APIService.get(
@@ -230,6 +326,8 @@ def main() -> dict[str, Any]:
         "metricsApiService": api_service,
         "metricsServerNamespace": metrics_namespace,
         "metricsApiAvailable": available,
+        "metricsContractVersion": version,
+        "expiringSoon": expiring_soon,
         "deploymentName": deployment.metadata.name,
         "serviceName": service.metadata.name,
         "hpaName": hpa.metadata.name,

@@ -8,6 +8,7 @@ The reference is mocked at the engine boundary: `pulumi.StackReference` register
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import importlib.util
 import logging
@@ -38,7 +39,15 @@ OUTPUTS = {
     "masters": [{"name": "k8s-master", "address": "10.0.0.101"}],
     "metricsApiService": "v1beta1.metrics.k8s.io",
     "metricsServerNamespace": "kube-system",
+    "aggregatorCaNotAfter": "2036-11-24T14:40:00.123456789+01:00",
+    "metricsServerServingCaCertPem": "-----BEGIN CERTIFICATE-----\nMIID...\n-----END CERTIFICATE-----\n",
+    "metricsServerServingCaNotAfter": "2036-11-24T14:40:00Z",
+    "metricsServerServingCertNotAfter": "2027-11-26T14:40:00.5Z",
+    "contractVersion": "1.1.0",
 }
+
+
+OUTPUTS_1_0_0 = list(OUTPUTS)[:8]
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -284,3 +293,67 @@ def test_the_consumer_reads_the_contract_s_names():
     assert consumer.REQUIRED_OUTPUT == contract.OUTPUT_METRICS_API_SERVICE
     assert consumer.NAMESPACE_OUTPUT == contract.OUTPUT_METRICS_SERVER_NAMESPACE
     assert tuple(OUTPUTS) == contract.OUTPUTS
+    assert consumer.VERSION_OUTPUT == contract.OUTPUT_CONTRACT_VERSION
+    assert consumer.CONTRACT_MAJOR == int(contract.CONTRACT_VERSION.split(".")[0])
+    assert set(consumer.NOT_AFTER_OUTPUTS) == {n for n in contract.OUTPUTS if n.endswith("NotAfter")}
+
+
+def _exports(run, *names):
+    seen = {}
+
+    def check(result):
+        e = result["exports"]
+        return pulumi.Output.all(*(e[n] for n in names)).apply(lambda v: seen.update(zip(names, v, strict=True)))
+
+    run(check)
+    return seen
+
+
+def _in_days(days: float) -> str:
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    return when.astimezone(dt.timezone(dt.timedelta(hours=-5))).strftime("%Y-%m-%dT%H:%M:%S.123456789-05:00")
+
+
+def test_warns_of_certificates_expiring_within_the_window(program, monkeypatch):
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
+    outputs = {**OUTPUTS, "proxyClientCertNotAfter": _in_days(10), "aggregatorCaNotAfter": _in_days(-1),
+               "metricsServerServingCaNotAfter": _in_days(3650), "metricsServerServingCertNotAfter": _in_days(45)}
+    _, run = program(outputs, expiryWarningDays=30)
+    seen = _exports(run, "expiringSoon", "metricsContractVersion")
+    assert seen["expiringSoon"] == ["proxyClientCertNotAfter", "aggregatorCaNotAfter"]
+    assert seen["metricsContractVersion"] == "1.1.0"
+    assert len(warnings) == 2
+    assert "proxy-client certificate expires in 9 days" in warnings[0] and "pulumi up" in warnings[0]
+    assert "aggregator CA expired" in warnings[1] and "rotation" in warnings[1]
+
+
+def test_null_times_are_not_watched_and_bad_ones_are_said(program, monkeypatch):
+    """apiserver.manage: false / metricsServer.manage: false export null times; a bad one is a warning."""
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
+    outputs = {**OUTPUTS, "proxyClientCertNotAfter": None, "aggregatorCaNotAfter": None,
+               "metricsServerServingCaNotAfter": "next year", "metricsServerServingCertNotAfter": None}
+    _, run = program(outputs)
+    assert _exports(run, "expiringSoon") == {"expiringSoon": []}
+    assert len(warnings) == 1 and "'next year' is not an RFC 3339 time" in warnings[0]
+
+
+def test_a_stack_before_contract_versions_is_1_0_0(program):
+    old = {k: v for k, v in OUTPUTS.items() if k in OUTPUTS_1_0_0}
+    _, run = program(old)
+    assert _exports(run, "metricsContractVersion", "expiringSoon") == {
+        "metricsContractVersion": "1.0.0", "expiringSoon": []}
+
+
+def test_another_contract_major_stops_the_consumer(program):
+    mocks, run = program({**OUTPUTS, "contractVersion": "2.0.0"})
+    with pytest.raises(Exception, match="contractVersion='2.0.0'.*1.x outputs"):
+        run(lambda result: result["exports"]["metricsApiService"])
+    assert ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", "php-apache") not in mocks.resources
+
+
+def test_expiry_warning_days_must_not_be_negative(program):
+    _, run = program(expiryWarningDays=-1)
+    with pytest.raises(consumer.ConsumerConfigError, match="hpa-consumer:expiryWarningDays is -1"):
+        run(lambda result: None)

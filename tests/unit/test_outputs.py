@@ -2,18 +2,98 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import re
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from components import contract
+from components.rfc3339 import parse_time
 from tests.support.program import run
+from tests.unit.test_existing_ca import make_ca
 
 CONTRACT = {
     "aggregatorCaCertPem", "proxyClientCertPem", "proxyClientCertNotAfter", "requestheaderAllowedNames",
     "apiserverFlags", "masters", "metricsApiService", "metricsServerNamespace",
+    # contract 1.1.0
+    "aggregatorCaNotAfter", "metricsServerServingCaCertPem", "metricsServerServingCaNotAfter",
+    "metricsServerServingCertNotAfter", "contractVersion",
+}
+UNMANAGED = {"manage": False, "layout": "static-pod", "enableAggregatorRouting": False}
+STACKS = {  # every shape of stack: the outputs are the same names in each
+    "managed": {},
+    "apiserver.manage: false": {"apiserver": UNMANAGED},
+    "metricsServer.manage: false": {"metricsServer": {"manage": False, "namespace": "monitoring"}},
+    "both unmanaged": {"apiserver": UNMANAGED, "metricsServer": {"manage": False}},
 }
 
 
 def test_output_names_are_exactly_the_contract(stack_config):
     assert set(run(stack_config()).outputs) == CONTRACT
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_exports_exactly_contract_outputs(stack_config, stack):
+    assert sorted(run(stack_config(**STACKS[stack])).outputs) == sorted(contract.OUTPUTS)
+
+
+def test_the_contract_version_is_semver_and_exported(stack_config):
+    assert re.fullmatch(r"\d+\.\d+\.\d+", contract.CONTRACT_VERSION)
+    assert run(stack_config()).outputs["contractVersion"] == contract.CONTRACT_VERSION
+
+
+def _cert(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def test_every_not_after_is_its_certificate_s(stack_config):
+    out = run(stack_config()).outputs
+    ca, proxy = _cert(out["aggregatorCaCertPem"]), _cert(out["proxyClientCertPem"])
+    serving_ca = _cert(out["metricsServerServingCaCertPem"])
+    assert parse_time(out["aggregatorCaNotAfter"]) == ca.not_valid_after_utc
+    assert parse_time(out["proxyClientCertNotAfter"]) == proxy.not_valid_after_utc
+    assert parse_time(out["metricsServerServingCaNotAfter"]) == serving_ca.not_valid_after_utc
+    # the serving CA is metrics-server's own, not the aggregator CA, and is a CA
+    assert serving_ca.subject != ca.subject
+    assert serving_ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_the_serving_cert_not_after_is_the_secret_s_cert(stack_config):
+    """The serving leaf is not an output (only its CA and expiry are): its notAfter is the one in the Secret
+    metrics-server serves with, and the serving CA output signed that certificate."""
+    result = run(stack_config())
+    [leaf_cert] = [r for r in result.resources if r.type == "tls:index/locallySignedCert:LocallySignedCert"
+                   and r.name.endswith("-serving-cert")]
+    leaf = _cert(leaf_cert.state["certPem"])
+    serving_ca = _cert(result.outputs["metricsServerServingCaCertPem"])
+    assert parse_time(result.outputs["metricsServerServingCertNotAfter"]) == leaf.not_valid_after_utc
+    leaf.verify_directly_issued_by(serving_ca)
+    assert isinstance(serving_ca.public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_unmanaged_outputs_are_null(stack_config):
+    out = run(stack_config(**STACKS["both unmanaged"])).outputs
+    nulls = ["aggregatorCaCertPem", "aggregatorCaNotAfter", "proxyClientCertPem", "proxyClientCertNotAfter",
+             "metricsServerServingCaCertPem", "metricsServerServingCaNotAfter", "metricsServerServingCertNotAfter"]
+    assert {k: out[k] for k in nulls} == dict.fromkeys(nulls)
+    assert out["contractVersion"] == contract.CONTRACT_VERSION
+    out = run(stack_config(**STACKS["metricsServer.manage: false"])).outputs
+    assert parse_time(out["aggregatorCaNotAfter"]) and out["metricsServerServingCaCertPem"] is None
+
+
+def test_the_existing_ca_s_not_after_is_the_output(stack_config):
+    ca = make_ca(cn="front-proxy-ca")
+    cfg = stack_config(apiserver=UNMANAGED)
+    cfg["pki"]["existingCa"] = ca.config()
+    out = run(cfg).outputs
+    given = x509.load_pem_x509_certificate(ca.cert_pem.encode()).not_valid_after_utc
+    assert parse_time(out["aggregatorCaNotAfter"]) == given
+
+
+def test_no_output_is_a_private_key(stack_config):
+    for stack in STACKS.values():
+        assert "PRIVATE KEY" not in repr(run(stack_config(**stack)).outputs)
 
 
 def test_output_values(stack_config):
@@ -22,7 +102,7 @@ def test_output_values(stack_config):
     out = run(cfg).outputs
     assert out["aggregatorCaCertPem"].startswith("-----BEGIN CERTIFICATE-----")
     assert out["proxyClientCertPem"].startswith("-----BEGIN CERTIFICATE-----")
-    assert dt.datetime.fromisoformat(out["proxyClientCertNotAfter"].replace("Z", "+00:00")).tzinfo
+    assert parse_time(out["proxyClientCertNotAfter"]).tzinfo
     assert out["requestheaderAllowedNames"] == ["front-proxy-client"]
     assert out["masters"] == [{"name": "master1", "address": "198.18.0.10"},
                               {"name": "master2", "address": "198.18.0.11"}]
