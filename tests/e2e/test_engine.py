@@ -9,6 +9,7 @@ files and the stand-in apiserver's restart timeline, read through the lab's host
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -19,9 +20,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 from pulumi import automation as auto
 
+from components import contract
 from components.apiserver import apiserver_flags
+from components.metrics_server import SERVING_SECRET_NAME
+from components.rfc3339 import parse_time
 from tests.e2e.engine import PRIVATE_KEY_RE, PROJECT, REPO, step_ops
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -131,6 +136,26 @@ def test_up_creates_certs_flags_and_rolls_one_master_at_a_time(scenario):
     assert outputs["metricsApiService"] == "v1beta1.metrics.k8s.io"
     assert [m["name"] for m in outputs["masters"]] == [h.name for h in s.hosts]
     s.results["proxy_key_pem"] = Path(key_file).read_text()
+
+    # contract 1.1.0: each *NotAfter, as the real providers write it, parses as RFC 3339 and is its
+    # certificate's notAfter; the serving CA output verifies the certificate metrics-server serves
+    assert outputs["contractVersion"] == contract.CONTRACT_VERSION
+    secret = s.cp.get(f"/api/v1/namespaces/kube-system/secrets/{SERVING_SECRET_NAME}")
+    serving_pem = base64.b64decode(secret["data"]["tls.crt"]).decode()
+    certs = {
+        "aggregatorCaNotAfter": ca_pem,
+        "proxyClientCertNotAfter": cert_pem,
+        "metricsServerServingCaNotAfter": outputs["metricsServerServingCaCertPem"],
+        "metricsServerServingCertNotAfter": serving_pem,
+    }
+    for output, pem in certs.items():
+        not_after = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+        assert parse_time(outputs[output]) == not_after, f"{output}={outputs[output]!r}, certificate: {not_after}"
+    serving_ca_file, serving_file = s.tmp / "serving-ca.pem", s.tmp / "serving.pem"
+    serving_ca_file.write_text(outputs["metricsServerServingCaCertPem"])
+    serving_file.write_text(serving_pem)
+    assert _openssl("verify", "-purpose", "sslserver", "-CAfile", str(serving_ca_file), str(serving_file)).strip() \
+        == f"{serving_file}: OK"
 
 
 def test_second_preview_reports_no_changes(scenario):
@@ -242,6 +267,9 @@ def test_consumer_project_reads_our_real_outputs(scenario, toolchain):
         assert out["metricsStack"] == f"organization/{PROJECT}/{scenario.stack.name}"
         assert out["metricsApiService"] == "v1beta1.metrics.k8s.io"
         assert out["metricsServerNamespace"] == "kube-system"
+        # the consumer read contract 1.1.0's times (fresh certificates: nothing within 30 days)
+        assert out["metricsContractVersion"] == contract.CONTRACT_VERSION
+        assert out["expiringSoon"] == []
         hpa = scenario.cp.get("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/php-apache")
         assert hpa is not None, "the consumer's HPA is not in the cluster"
         assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
