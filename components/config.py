@@ -459,6 +459,10 @@ class Pki(_Model):
     # An existing aggregator/front-proxy CA to sign the proxy-client certificate with (instead of creating
     # one); caCommonName and caValidityHours then do not apply.
     existing_ca: ExistingCa | None = None
+    # The created CA's key and certificate carry Pulumi's `protect`: a change that would replace the CA
+    # (every master's requestheader CA, a re-signed proxy cert, extension apiservers to re-trust) fails its
+    # preview and `up`, and `destroy` cannot delete them; false lifts that (docs/operations.md).
+    protect_ca: bool = True
 
     @field_validator("ca_common_name")
     @classmethod

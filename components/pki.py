@@ -20,6 +20,7 @@ The aggregator CA is a CA of its own, never the cluster CA: kube-apiserver check
 --requestheader-client-ca-file before --client-ca-file, so a shared CA locks out every ordinary client
 certificate whose CN is not in --requestheader-allowed-names (kubelets, controllers, users).
 The CA private keys stay in Pulumi state (encrypted); masters only receive the CA certificate.
+The aggregator CA's key and certificate are `protect`ed unless pki.protectCa is false (the row's `protect`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class Cert(Generic[C]):
     names: Names
     # Fixed per row (ForceNew in pulumi-tls): setting it on a row that has none would replace the certificate.
     subject_key_id: bool = True
+    # Pulumi's `protect` on the row's key and certificate (a resource option: no input, no URN changes).
+    protect: Read[C, bool] = False
 
 
 def _read(value: Any, source: Any) -> Any:
@@ -149,6 +152,9 @@ TABLE: dict[str, Cert[Any]] = {
         key=_key,
         subject=_subject,
         names=Names(key="-key", cert=""),
+        # Replacing the CA means a rotation (every master, the proxy cert, extension apiservers): never as the
+        # side effect of a config edit, and `destroy` keeps it, unless the stack says pki.protectCa: false.
+        protect=lambda s: s.pki.protect_ca,
     ),
     # The proxy client (kubeadm: front-proxy-client), which kube-apiserver presents to extension
     # apiservers. Masters: <certDir>/aggregator.pem and aggregator-key.pem (--proxy-client-cert-file,
@@ -224,19 +230,21 @@ def issue(
     if (issuer.row if issuer else None) != cert.issuer:
         raise ValueError(f"{row} is signed by {cert.issuer or 'itself'}, not {issuer.row if issuer else 'itself'}")
 
-    def opts() -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on) or None)
+    protect = bool(_read(cert.protect, source))
+
+    def opts(*, protected: bool = False) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on) or None, protect=protected or None)
 
     spec: KeySpec = _read(cert.key, source)
     key = tls.PrivateKey(name + cert.names.key, algorithm=spec.algorithm, rsa_bits=spec.rsa_bits,
-                         ecdsa_curve=spec.ecdsa_curve, opts=opts())
+                         ecdsa_curve=spec.ecdsa_curve, opts=opts(protected=protect))
     subject = {"common_name": _read(cert.common_name, source), **_read(cert.subject, source)}
     common = dict(
         allowed_uses=list(_read(cert.usages, source)),
         validity_period_hours=_read(cert.validity_hours, source),
         early_renewal_hours=_read(cert.early_renewal_hours, source),
         set_subject_key_id=cert.subject_key_id or None,
-        opts=opts(),
+        opts=opts(protected=protect),  # the certificate; a leaf's CSR below is never protected
     )
     if issuer is None:
         signed: tls.SelfSignedCert | tls.LocallySignedCert = tls.SelfSignedCert(

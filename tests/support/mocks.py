@@ -3,7 +3,7 @@
 Each fake follows the pulumi-tls resource's inputs the way the provider does (subject, SANs, key
 usages, validity), so the unit tests check real certificates: chains verify, EKUs are present,
 CNs and SANs are what the program asked for. The monitor also records what the mock runtime alone
-does not expose: parent, dependencies, ignoreChanges and which inputs were secret.
+does not expose: parent, dependencies, ignoreChanges, protect and which inputs were secret.
 """
 
 from __future__ import annotations
@@ -200,6 +200,7 @@ class Registration:
     ignore_changes: list[str]
     secret_inputs: set[str] = field(default_factory=set)
     custom: bool = True
+    protect: bool = False  # the `protect` resource option as the engine receives it
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -274,6 +275,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     ignore_changes=list(request.ignoreChanges),
                     secret_inputs=_secret_paths(raw),
                     custom=request.custom,
+                    protect=bool(request.protect),
                 )
             )
         return response
