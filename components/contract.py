@@ -72,6 +72,11 @@ OUTPUTS = (
 # this version. A consumer checks the major and that the minor is at least the one it was written for.
 CONTRACT_VERSION = "1.1.0"
 
+# The component of the aggregator CA (components/pki.py AggregatorCA): its tls PrivateKey and SelfSignedCert
+# are the CA that every master trusts as --requestheader-client-ca-file; tools/preview_diff.py finds them by
+# this parent type to call out a preview that would replace them.
+AGGREGATOR_CA_TYPE = "metrics-aggregation:pki:AggregatorCA"
+
 # The APIService the metrics API is served through (its name is the API's, whoever installed it).
 METRICS_API_SERVICE = "v1beta1.metrics.k8s.io"
 

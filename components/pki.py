@@ -283,7 +283,7 @@ class AggregatorCA(pulumi.ComponentResource):
     not_after: pulumi.Output[str]  # RFC 3339
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("metrics-aggregation:pki:AggregatorCA", name, None, opts)
+        super().__init__(contract.AGGREGATOR_CA_TYPE, name, None, opts)
         existing = settings.pki.existing_ca
         self.issued = _kept(existing) if existing is not None else issue(AGGREGATOR_CA, settings, name, self)
         self.cert_pem = self.issued.cert_pem

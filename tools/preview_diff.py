@@ -24,6 +24,10 @@ What that shape implies (same file, `shouldShow`): `same` steps are listed only 
 (changeSummary counts them regardless), and a replacement is one logical `replace` step unless
 `--show-replacement-steps` adds the physical `create-replacement`/`delete-replaced` steps.
 
+A preview that would replace (or delete) the aggregator CA's key or certificate, or that the engine refused
+because they are protected (pki.protectCa), opens with a warning in plain words: a new CA reaches every
+master, the proxy cert and every extension apiserver (docs/operations.md, "The protected aggregator CA").
+
 Resources belong to a master when their name contains the master's name (the program names its host
 steps `<master>-certs` and `<master>-flags`); masters come from `--masters`, else from the stack config
 recorded in the preview (`metrics-aggregation:masters`), else from the `-certs`/`-flags` names.
@@ -40,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.contract import NAMESPACE
+from components.contract import AGGREGATOR_CA_TYPE, NAMESPACE
 
 COLUMNS = ("create", "update", "replace", "delete", "same")
 # Steps that are the physical halves of a logical replace (shown with --show-replacement-steps).
@@ -49,6 +53,15 @@ _HOST_STEP = re.compile(r"^(?P<master>.+)-(script|certs|flags)$")
 _SECRET = "[secret]"
 _PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
 _NOT_MASTER = "(not master-specific)"
+# The aggregator CA: these tls resources under the AggregatorCA component (its key and its certificate).
+_CA_TYPES = {"tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert"}
+# Ops that end the CA's life: a logical replace, its physical halves, a delete (e.g. a switch to
+# pki.existingCa).
+_CA_ENDING_OPS = {"replace", "create-replacement", "delete-replaced", "delete"}
+# What the engine says when `protect` stops a replace or delete (pkg/resource/deploy step_generator.go,
+# step.go: "unable to replace resource ... marked for protection", "cannot be deleted because it is protected").
+_PROTECTED = re.compile(r"marked for protection|because it is protected")
+_URN_IN_TEXT = re.compile(r"urn:pulumi:[^\s\"']+")
 
 
 class PreviewFormatError(ValueError):
@@ -110,6 +123,8 @@ class Summary:
     diagnostics: list[tuple[str, str, str]] = field(default_factory=list)  # severity, resource, message
     sames_listed: bool = False
     maybe_corrupt: bool = False
+    ca_ending: list[tuple[str, str]] = field(default_factory=list)  # (op, name) of the aggregator CA's resources
+    ca_refused: list[str] = field(default_factory=list)  # CA resources the engine refused (protected)
 
     @property
     def failed(self) -> bool:
@@ -246,6 +261,25 @@ def _inferred_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | No
     return out
 
 
+def is_aggregator_ca(urn: Urn) -> bool:
+    """The aggregator CA's key or certificate (directly under the AggregatorCA component)."""
+    return urn.type in _CA_TYPES and urn.parent_types[-1:] == (AGGREGATOR_CA_TYPE,)
+
+
+def _refused_ca(urn_text: str | None, message: str) -> str | None:
+    """The CA resource a protection error is about: the diagnostic's URN or the first URN in its message."""
+    if not _PROTECTED.search(message):
+        return None
+    for text in ([urn_text] if urn_text else []) + _URN_IN_TEXT.findall(message):
+        try:
+            urn = parse_urn(text)
+        except PreviewFormatError:
+            continue
+        if is_aggregator_ca(urn):
+            return urn.name
+    return None
+
+
 def summarize(digest: Mapping[str, Any], masters: Sequence[str] | None = None) -> Summary:
     steps = [s for s in digest.get("steps") or [] if isinstance(s, Mapping) and s.get("urn")]
     parsed = [(s, parse_urn(s["urn"])) for s in steps]
@@ -265,6 +299,10 @@ def summarize(digest: Mapping[str, Any], masters: Sequence[str] | None = None) -
             if step["urn"] in logical_replaces:
                 continue
             op = "replace"
+        if step.get("op") in _CA_ENDING_OPS and is_aggregator_ca(urn):
+            entry = (op, urn.name)
+            if entry not in summary.ca_ending:
+                summary.ca_ending.append(entry)
         master = master_of(urn.name, masters)
         from_steps[op] += 1
         summary.per_master.setdefault(master or _NOT_MASTER, Counter())[op] += 1
@@ -289,6 +327,9 @@ def summarize(digest: Mapping[str, Any], masters: Sequence[str] | None = None) -
         if severity not in ("error", "warning"):
             continue
         where = parse_urn(diag["urn"]).name if diag.get("urn") else ""
+        refused = _refused_ca(diag.get("urn"), str(diag.get("message", "")))
+        if refused and refused not in summary.ca_refused:
+            summary.ca_refused.append(refused)
         summary.diagnostics.append((severity, where, _clean_message(str(diag.get("message", "")))))
     return summary
 
@@ -309,10 +350,35 @@ def _headline(totals: Counter) -> str:
     return ", ".join(parts)
 
 
+def ca_warning(summary: Summary) -> list[str]:
+    """The plain-words warning that opens the summary when the aggregator CA would be replaced or deleted."""
+    if not summary.ca_ending and not summary.ca_refused:
+        return []
+    names = list(dict.fromkeys([n for _, n in summary.ca_ending] + summary.ca_refused))
+    deleted_only = summary.ca_ending and all(op == "delete" for op, _ in summary.ca_ending)
+    verb = "deletes" if deleted_only else "replaces"
+    out = [
+        f"> :rotating_light: **This change {verb} the aggregator CA** "
+        f"({', '.join(f'`{n}`' for n in names)}). A new CA is a CA rotation, not a routine update:",
+        "> - every master's requestheader CA changes (`--requestheader-client-ca-file`, `aggregator-ca.pem`);",
+        "> - the proxy-client certificate is re-signed by the new CA;",
+        "> - every extension apiserver (metrics-server and any other) must get the new CA "
+        "(`extension-apiserver-authentication`) before it trusts the apiservers' proxied requests again.",
+        ">",
+    ]
+    if summary.ca_refused:
+        out.append("> The engine refused it: the CA is protected (`pki.protectCa`, default true), so this preview "
+                   "fails and `pulumi up` would change nothing.")
+    out.append("> See docs/operations.md, \"The protected aggregator CA\", and the CA rotation runbook (issue 13) "
+               "before setting `pki.protectCa: false`.")
+    return out + [""]
+
+
 def render_markdown(summary: Summary, stack: str | None = None) -> str:
     stack = stack or summary.stack or "?"
     title = f"{summary.project}/{stack}" if summary.project else stack
     out: list[str] = [f"### Pulumi preview: `{title}`", ""]
+    out += ca_warning(summary)
     changed = sum(summary.totals.get(op, 0) for op in COLUMNS if op != "same") + sum(
         v for k, v in summary.totals.items() if k not in COLUMNS
     )

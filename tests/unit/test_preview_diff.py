@@ -12,6 +12,9 @@ unknown values as the engine's sentinel 04da6b54-80e4-46f7-96ec-b56ff0331ba9, as
   metrics-server Deployment update, one create, one delete; sames not listed (no --show-sames).
 - preview-create.json: a first preview (everything created), no masters in the recorded config.
 - preview-failed.json: a preview that failed on a config error, with a warning carrying a PEM block.
+- preview-ca-replace.json (written by us from pulumi's step_generator.go): dev stack, pki.caCommonName
+  changed on a protected CA: the CA cert's logical replace, the proxy-client cert replaced in turn, one
+  certs step updated, and the engine's protection error on the CA.
 - preview-engine.json, preview-engine-failed.json: recorded from the real engine (see
   test_recorded_engine_preview, test_recorded_engine_failure).
 """
@@ -44,7 +47,7 @@ def render(digest: dict, **kw) -> str:
 # --- the recorded shape ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["update", "create", "failed", "engine", "engine-failed"])
+@pytest.mark.parametrize("name", ["update", "create", "failed", "engine", "engine-failed", "ca-replace"])
 def test_fixtures_have_the_preview_digest_shape(name):
     doc = fixture(name)
     assert set(doc) <= {"config", "steps", "diagnostics", "duration", "changeSummary", "maybeCorrupt"}
@@ -100,7 +103,7 @@ def test_update_preview_lists_changed_properties_and_marks_secrets():
 
 
 def test_no_value_is_ever_printed():
-    for name in ("update", "create", "failed", "engine"):
+    for name in ("update", "create", "failed", "engine", "ca-replace"):
         md = render(fixture(name))
         for value in ("BEGIN", "MIIB", "MIIC", "[secret]", "10.0.0.101", "198.18.0.10", "4380", "8760",
                       "--metric-resolution", "aggregation host script", "04da6b54", "--ready-timeout"):
@@ -287,3 +290,74 @@ def test_recorded_engine_failure(capsys):
     assert "- read `metrics-aggregation` (pulumi:pulumi:StackReference)" in out
     assert "has no output 'metricsApiService'" in out and "Nothing was changed." in out
     assert "Per master" not in out  # no masters in that project
+
+
+# --- the aggregator CA (pki.protectCa) ------------------------------------------------------------
+
+CA_HEAD = "**This change replaces the aggregator CA**"
+
+
+def test_protected_ca_replacement_is_called_out_at_the_top_and_refused(capsys):
+    rc = pd.main([str(FIXTURES / "preview-ca-replace.json")])
+    md = capsys.readouterr().out
+    assert rc == 1
+    top = md.split("**Preview failed**")[0]
+    assert CA_HEAD in top and "(`aggregator-ca`)" in top
+    for words in ("every master's requestheader CA changes", "re-signed by the new CA",
+                  "every extension apiserver", "The engine refused it: the CA is protected (`pki.protectCa`",
+                  "docs/operations.md", "rotation runbook"):
+        assert words in top, words
+    assert "- replace `aggregator-ca` (tls:index/selfSignedCert:SelfSignedCert): `subject.commonName`" in md
+
+
+def test_unprotected_ca_replacement_is_called_out_without_a_refusal():
+    digest = fixture("ca-replace")
+    digest["diagnostics"] = []
+    md = render(digest)
+    top = md.split("**0 to create")[0]
+    assert CA_HEAD in top
+    assert "refused" not in md
+
+
+def test_ca_key_and_cert_as_replacement_halves_are_named_once_each():
+    digest = fixture("ca-replace")
+    ca = next(s for s in digest["steps"] if s["urn"].endswith("::aggregator-ca"))
+    key = copy.deepcopy(ca)
+    key["urn"] = ca["urn"].replace("tls:index/selfSignedCert:SelfSignedCert::aggregator-ca",
+                                   "tls:index/privateKey:PrivateKey::aggregator-ca-key")
+    halves = [dict(copy.deepcopy(s), op=op) for s in (ca, key) for op in ("create-replacement", "delete-replaced")]
+    digest["steps"] = [s for s in digest["steps"] if s is not ca] + halves
+    digest["diagnostics"] = []
+    summary = pd.summarize(digest)
+    assert [n for _, n in summary.ca_ending] == ["aggregator-ca", "aggregator-ca-key"]
+    assert "(`aggregator-ca`, `aggregator-ca-key`)" in pd.render_markdown(summary)
+
+
+def test_a_refusal_alone_names_the_ca_and_a_delete_says_deletes():
+    digest = fixture("ca-replace")
+    digest["steps"] = [s for s in digest["steps"] if s["op"] == "same"]
+    ca_urn = digest["diagnostics"][0]["urn"]
+    # the delete step's error (step.go deleteProtectedError), reported at the stack, the URN in the text
+    digest["diagnostics"] = [{"urn": digest["steps"][0]["urn"], "severity": "error", "message":
+                              f'resource "{ca_urn}" cannot be deleted\nbecause it is protected.'}]
+    md = render(digest)
+    assert CA_HEAD in md and "The engine refused it" in md
+    digest = fixture("ca-replace")
+    for s in digest["steps"]:
+        if s["urn"] == ca_urn:
+            s["op"] = "delete"
+    digest["diagnostics"] = []
+    assert "**This change deletes the aggregator CA**" in render(digest)
+
+
+def test_no_ca_warning_for_other_certificates_or_other_protection_errors():
+    for name in ("update", "create", "failed", "engine", "engine-failed"):
+        assert "aggregator CA" not in render(fixture(name)), name  # preview-update replaces proxy-client
+    digest = fixture("ca-replace")
+    for s in digest["steps"]:  # the same change on metrics-server's serving CA is no aggregator CA
+        s["urn"] = s["urn"].replace("metrics-aggregation:pki:AggregatorCA$", "metrics-aggregation:metrics:MetricsServer$")
+    digest["diagnostics"][0]["urn"] = digest["diagnostics"][0]["urn"].replace(
+        "metrics-aggregation:pki:AggregatorCA$", "metrics-aggregation:metrics:MetricsServer$")
+    digest["diagnostics"][0]["message"] = digest["diagnostics"][0]["message"].replace(
+        "metrics-aggregation:pki:AggregatorCA$", "metrics-aggregation:metrics:MetricsServer$")
+    assert "aggregator CA" not in render(digest)

@@ -101,6 +101,19 @@ def test_preview_runs_on_pull_requests_per_stack_and_comments_in_place():
     assert any("tools.preview_diff" in s.get("run", "") for s in job["steps"])
 
 
+def test_preview_summary_runs_after_a_failed_preview_and_is_commented_on_the_pr():
+    """A refused CA replacement fails the preview step: the summary (which opens with the CA warning) must
+    still be rendered, and reach the PR as a comment of its own, edited in place per stack."""
+    [job] = load("preview.yml")["jobs"].values()
+    [step] = [s for s in job["steps"] if "tools.preview_diff" in s.get("run", "")]
+    assert step["if"] == "${{ !cancelled() }}"
+    run = step["run"]
+    assert '> "summary-${STACK}.md" || rc=$?' in run and run.rstrip().endswith('exit "$rc"')
+    assert 'cat "summary-${STACK}.md" >> "$GITHUB_STEP_SUMMARY"' in run
+    assert "issues/${PR}/comments" in run and "-X PATCH" in run and 'body=@comment-${STACK}.md' in run
+    assert step["env"]["PR"] == "${{ github.event.pull_request.number }}"
+
+
 # --- up.yml ----------------------------------------------------------------------------------------
 
 
