@@ -112,7 +112,9 @@ def bench_hosts(tc: Toolchain, n: int, repeat: int) -> dict[str, float]:
         try:
             hosts = [lab.add_host(f"m{i + 1}", layout="env-file") for i in range(n)]
             cp = ControlPlane.start(tc.bin_dir, root / "cp")
-            cfg = stack_config(lab, hosts, metricsServer={"replicas": 1, "waitForAvailable": False, "expectNoPods": True})
+            # a stack made to be destroyed: its CA unprotected (the default would refuse the destroy)
+            cfg = stack_config(lab, hosts, pki={"protectCa": False},
+                               metricsServer={"replicas": 1, "waitForAvailable": False, "expectNoPods": True})
             proj = Project.copy(root / "project")
             st = proj.stack(tc, root / "backend", "bench", stack_values(cfg, cp.kubeconfig),
                             secret_paths={f"{PROJECT}:ssh.privateKey": cfg["ssh"]["privateKey"]})

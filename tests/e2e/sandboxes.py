@@ -31,8 +31,11 @@ def running_sandbox(bin_dir: Path, root: Path, timeout: float = 180) -> Iterator
 
 
 def sandbox_config(sb: Sandbox) -> dict[str, Any]:
-    """Pulumi.sandbox.yaml's config (full keys) moved to this sandbox, the masters' host keys pinned."""
+    """Pulumi.sandbox.yaml's config (full keys) moved to this sandbox, the masters' host keys pinned, and
+    pki.protectCa false: every e2e stack on a sandbox is destroyed (or torn down by a targeted destroy)
+    at its end, which a protected CA refuses; the demo stack keeps the default (sandbox-down drops its state)."""
     config = yaml.safe_load(sb.stack_file_text())["config"]
+    config[f"{PROJECT}:pki"] = {**config[f"{PROJECT}:pki"], "protectCa": False}
     keys = sb.host_keys()
     for m in config[f"{PROJECT}:masters"]:
         m["hostKey"] = keys[m["name"]]

@@ -198,6 +198,43 @@ def test_one_masters_change_touches_only_that_master(scenario):
     assert result.change_summary.get("update") == 2, result.change_summary
 
 
+CA_TYPES = ("tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert")
+
+
+def test_ca_is_protected_and_a_ca_replacement_preview_is_refused_and_called_out(scenario):
+    """pki.protectCa defaults to true: the state marks exactly the aggregator CA's key and certificate
+    protected, and a config change that would replace the CA fails its `pulumi preview --json`, whose
+    tools/preview_diff.py summary opens with the CA warning and the refusal (what the PR comment shows)."""
+    from tools import preview_diff as pd
+
+    s = scenario
+    s.require("up")
+    state = s.stack.stack.export_stack().deployment["resources"]
+    protected = sorted(r["urn"].rsplit("::", 1)[1] for r in state if r.get("protect"))
+    assert protected == ["aggregator-ca", "aggregator-ca-key"], protected
+    for r in state:
+        if r.get("protect"):
+            assert r["type"] in CA_TYPES and f"{contract.AGGREGATOR_CA_TYPE}$" in r["urn"], r["urn"]
+
+    saved = s.stack.config_file.read_text()
+    before = {h.name: h.config_bytes() for h in s.hosts}
+    s.stack.write_config({f"{PROJECT}:pki": {"caCommonName": "aggregator-ca-renamed"}})
+    try:
+        p = subprocess.run([str(s.stack.pulumi_bin), "preview", "--json", "--non-interactive", "--stack", s.stack.name],
+                           cwd=s.stack.project.dir, env=s.stack.env, capture_output=True, text=True, timeout=150)
+    finally:
+        s.stack.config_file.write_text(saved)
+    s.stack.outputs += ["==== preview --json (caCommonName changed)", p.stdout, p.stderr]  # leak-checked below
+    assert p.returncode != 0, "a preview replacing the protected CA succeeded:\n" + p.stdout[-3000:]
+    summary = pd.summarize(pd.load_digest(p.stdout))
+    assert ("replace", "aggregator-ca") in summary.ca_ending, summary.ca_ending
+    assert summary.ca_refused == ["aggregator-ca"], summary.diagnostics
+    md = pd.render_markdown(summary)
+    top = md.split("**Preview failed**")[0]
+    assert "**This change replaces the aggregator CA**" in top and "The engine refused it" in top, md
+    assert {h.name: h.config_bytes() for h in s.hosts} == before
+
+
 def test_no_private_key_in_state_or_output(scenario):
     s = scenario
     s.require("up")
@@ -282,10 +319,24 @@ def test_consumer_project_reads_our_real_outputs(scenario, toolchain):
     assert scenario.cp.get("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/php-apache") is None
 
 
+@pytest.mark.timeout(360)  # + the refused destroy preview and the `up` that unprotects the CA
 def test_destroy_restores_every_host(scenario):
     s = scenario
     s.require("up")
     t0 = time.time()
+    before = {h.name: h.config_bytes() for h in s.hosts}
+    # the default protects the CA: the destroy's preview stops at it, naming it, and changes nothing
+    with pytest.raises(auto.CommandError) as refused:
+        s.stack.stack.preview_destroy(color="never", on_output=s.stack.outputs.append)
+    assert "cannot be deleted" in str(refused.value) and "because it is protected" in str(refused.value)
+    assert "::aggregator-ca" in str(refused.value), str(refused.value)[-3000:]
+    assert {h.name: h.config_bytes() for h in s.hosts} == before
+    # docs/operations.md's way out: pki.protectCa false and `up` (no resource changes), then destroy
+    s.stack.write_config({f"{PROJECT}:pki": {"protectCa": False}})
+    unprotect, _ = s.stack.up()
+    assert set(unprotect.summary.resource_changes or {}) == {"same"}, unprotect.summary.resource_changes
+    assert {h.name: h.config_bytes() for h in s.hosts} == before
+    assert not [r for r in s.stack.stack.export_stack().deployment["resources"] if r.get("protect")]
     result, took = s.stack.destroy()
     s.times["destroy"] = took
     assert result.summary.result == "succeeded", result.stdout[-3000:]
