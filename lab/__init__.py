@@ -9,5 +9,6 @@ policy/), as Kubernetes keeps its own in hack/. The host tier (tests/hosts), the
     standin.py     the stand-in kube-apiserver of the host tier (it checks flags and serves /readyz)
     apiserver.py   real etcd / kube-apiserver / kube-controller-manager processes and their kubeconfig
     hosts.py       the host tier's SSH test hosts (Lab, Host)
+    sampler.py     availability sampling (a probe per target every N ms: failures, longest gap)
 Its own tests are in lab/tests (`make lab`); none of it is shipped.
 """

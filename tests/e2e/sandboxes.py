@@ -3,7 +3,7 @@ directory, never make demo's (sandbox/cluster.py), always torn down."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from sandbox.cluster import Sandbox, SandboxError, free_block_and_prefix
+from lab.sampler import ProbeFailed
+from sandbox.cluster import MASTERS, NODES, Sandbox, SandboxError, free_block_and_prefix
 from tests.e2e.engine import PROJECT
+
+METRICS_NODES = "/apis/metrics.k8s.io/v1beta1/nodes"
 
 
 @contextmanager
@@ -40,3 +43,22 @@ def sandbox_config(sb: Sandbox) -> dict[str, Any]:
     for m in config[f"{PROJECT}:masters"]:
         m["hostKey"] = keys[m["name"]]
     return config
+
+
+def metrics_api_probes(sb: Sandbox, timeout: float = 2.0) -> dict[str, Callable[[], object]]:
+    """One probe per master for lab.sampler.Sampler: GET the NodeMetricsList through that master's
+    aggregation layer (no fail-over to another master) and fail unless every node is in it."""
+    def probe(name: str) -> Callable[[], object]:
+        api = sb.master_api(name)
+        api.timeout = timeout
+
+        def call() -> object:
+            body = api.get(METRICS_NODES)
+            if not body or body.get("kind") != "NodeMetricsList":
+                raise ProbeFailed(f"not a NodeMetricsList: {str(body)[:120]}")
+            names = {i["metadata"]["name"] for i in body.get("items") or []}
+            if names != set(NODES):
+                raise ProbeFailed(f"nodes {sorted(names)}, wanted {sorted(NODES)}")
+            return body
+        return call
+    return {m: probe(m) for m in MASTERS}

@@ -1,0 +1,61 @@
+"""lab.sampler: failures and gaps are counted as they happen, at the asked rate, and it stops."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from lab.sampler import ProbeFailed, Sampler
+
+
+def test_a_healthy_target_is_sampled_at_the_rate_with_no_failure():
+    with Sampler({"a": lambda: None, "b": lambda: None}, interval=0.05) as s:
+        time.sleep(0.5)
+    r = s.report()
+    assert r.failures == []
+    assert 8 <= r.per_target["a"] <= 13 and 8 <= r.per_target["b"] <= 13, r.per_target
+    assert r.longest_gap_s < 0.2, r.summary()
+
+
+def test_failures_are_recorded_with_their_reason_and_the_gap_spans_them():
+    calls = itertools.count()
+
+    def flaky():
+        n = next(calls)
+        if 3 <= n < 8:
+            raise ProbeFailed(f"bad answer {n}")
+
+    with Sampler({"m": flaky}, interval=0.05) as s:
+        time.sleep(0.7)
+    r = s.report()
+    assert [f.reason for f in r.failures] == [f"ProbeFailed: bad answer {n}" for n in range(3, 8)]
+    assert all(f.target == "m" for f in r.failures)
+    assert 0.25 <= r.longest_gap_s < 0.6, r.summary()
+    assert "5 failures" in r.summary()
+
+
+def test_a_target_that_fails_to_the_end_counts_its_gap_to_the_end():
+    def down():
+        raise OSError("connection refused")
+
+    with Sampler({"m": down}, interval=0.05) as s:
+        time.sleep(0.3)
+    r = s.report()
+    assert r.failures and r.longest_gap_s >= 0.3
+
+
+def test_it_stops_by_itself_after_max_duration():
+    s = Sampler({"m": lambda: None}, interval=0.02, max_duration=0.2)
+    s.start()
+    time.sleep(0.5)
+    n = s.report().samples
+    time.sleep(0.2)
+    assert s.report().samples == n
+    s.stop()
+
+
+def test_no_probe_is_an_error():
+    with pytest.raises(ValueError):
+        Sampler({})
