@@ -29,12 +29,11 @@ Usage (root):  venv/bin/python bench/takeover.py [--rounds 1] [--interval 0.2] [
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -42,62 +41,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sandbox_rounds import BenchError, run_rounds  # noqa: E402
+from lab.sampler import Sample, Sampler, longest_gap, most_unready  # noqa: E402
 from sandbox.cluster import MASTERS, Sandbox, SandboxError, free_block_and_prefix  # noqa: E402
 from tests.e2e import handmade as hm_mod  # noqa: E402
 
 HARD_LIMIT = 900.0  # no sampler runs longer than this, whatever happens to `up`
-
-
-@dataclass
-class Sample:
-    sent: float
-    answered: float
-    ok: bool
-    target: str
-
-
-class Sampler(threading.Thread):
-    """Calls probe(target) at a fixed rate (every `interval` s; at once when a call overran), the targets
-    in turn, until stop() or HARD_LIMIT."""
-
-    def __init__(self, probe: Callable[[str], bool], targets: tuple[str, ...], interval: float):
-        super().__init__(daemon=True)
-        self.probe, self.targets, self.interval = probe, targets, interval
-        self.samples: list[Sample] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        start, k = time.time(), 0
-        while not self.halt.is_set() and time.time() - start < HARD_LIMIT:
-            target = self.targets[k % len(self.targets)]
-            sent = time.time()
-            ok = self.probe(target)
-            self.samples.append(Sample(sent, time.time(), ok, target))
-            k += 1
-            self.halt.wait(max(0.0, start + k * self.interval - time.time()))
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(10)
-
-
-def longest_gap(samples: list[Sample], start: float, end: float) -> float:
-    """The longest stretch of [start, end] without an ok answer."""
-    marks = [start, *sorted(s.answered for s in samples if s.ok and start <= s.answered <= end), end]
-    return max(b - a for a, b in zip(marks, marks[1:], strict=False))
-
-
-def most_unready(readyz: dict[str, list[Sample]]) -> tuple[int, float]:
-    """(most masters whose latest /readyz answer was not ok at one moment, when)."""
-    events = sorted((s.answered, m, s.ok) for m, ss in readyz.items() for s in ss)
-    state = dict.fromkeys(readyz, True)
-    worst, when = 0, 0.0
-    for t, m, ok in events:
-        state[m] = ok
-        down = sum(not v for v in state.values())
-        if down > worst:
-            worst, when = down, t
-    return worst, when
 
 
 class Probes:
@@ -120,9 +68,11 @@ def sample_while(fn: Callable[[], object], probes: Probes, through: tuple[str, .
                  ) -> tuple[list[Sample], dict[str, list[Sample]], float, float, object]:
     """Sample from 1 s before fn() until done(metrics samples) after it (at most `after` s), then `settle` s
     more; -> (metrics samples, readyz samples per master, start, end, what fn returned or raised)."""
-    metrics = Sampler(probes.metrics, through, interval)
-    readyz = {m: Sampler(probes.readyz, (m,), interval) for m in MASTERS}
-    samplers = [metrics, *readyz.values()]
+    metrics = Sampler({m: functools.partial(probes.metrics, m) for m in through}, interval=interval, in_turn=True,
+                      max_duration=HARD_LIMIT)
+    readyz = Sampler({m: functools.partial(probes.readyz, m) for m in MASTERS}, interval=interval,
+                     max_duration=HARD_LIMIT)
+    samplers = [metrics, readyz]
     for s in samplers:
         s.start()
     start = time.time()
@@ -133,12 +83,12 @@ def sample_while(fn: Callable[[], object], probes: Probes, through: tuple[str, .
         outcome = e
     fn_end = time.time()
     deadline = fn_end + after
-    while time.time() < deadline and not done([s for s in metrics.samples if s.sent >= fn_end]):
+    while time.time() < deadline and not done([s for s in metrics.taken() if s.sent >= fn_end]):
         time.sleep(interval)
     time.sleep(settle)
     for s in samplers:
         s.stop()
-    return metrics.samples, {m: r.samples for m, r in readyz.items()}, start, time.time(), outcome
+    return metrics.taken(), {m: readyz.taken(m) for m in MASTERS}, start, time.time(), outcome
 
 
 def all_masters_answered(through: tuple[str, ...]) -> Callable[[list[Sample]], bool]:

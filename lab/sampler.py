@@ -1,12 +1,17 @@
-"""Availability sampling: call a probe per target every `interval` seconds, in a thread per target, and
-record every failure and the longest gap between two successful answers.
+"""Availability sampling: call a probe per target at a fixed rate in a background thread, keep every sample,
+and report the failures and the longest time without a successful answer.
 
-The e2e tier and bench/lifecycle.py use it to show that the metrics API never fails while certificates
-are renewed or a CA is rotated (issue 13: sampled every 200 ms through every master):
+The e2e tier and the benchmarks (bench/takeover.py, bench/lifecycle.py) use it to show that the metrics
+API keeps answering while `up` takes over a cluster, renews a certificate or rotates a CA (issue 13: every
+200 ms through every master):
 
     with Sampler({"master1": probe1, ...}, interval=0.2) as s:
         ...                      # the change under test
     report = s.report()          # report.failures == [] ; report.longest_gap_s
+
+A probe returns normally (anything but False) on success; False or an exception is a failed sample. By
+default each target has its own thread and is probed every `interval` seconds; `in_turn=True` probes the
+targets one after the other, one sample every `interval` seconds in all.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from dataclasses import dataclass, field
 
 
 class ProbeFailed(Exception):
-    """Raised by a probe whose answer is wrong (an answer that arrives but is not what it should be)."""
+    """Raised by a probe whose answer arrived but is wrong."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    sent: float  # time.time()
+    answered: float
+    ok: bool
+    target: str
+    reason: str = ""  # why it failed
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,7 @@ class Failure:
 class Report:
     samples: int = 0
     failures: list[Failure] = field(default_factory=list)
-    longest_gap_s: float = 0.0  # the longest time between two successes of one target (from the start)
+    longest_gap_s: float = 0.0  # the longest stretch of the sampled window without an ok answer
     duration_s: float = 0.0
     per_target: dict[str, int] = field(default_factory=dict)  # samples per target
 
@@ -45,22 +59,44 @@ class Report:
         return "\n".join([head, *(f"  {f}" for f in self.failures[:20])])
 
 
+def longest_gap(samples: list[Sample], start: float, end: float) -> float:
+    """The longest stretch of [start, end] without an ok answer (from one ok answer to the next)."""
+    marks = [start, *sorted(s.answered for s in samples if s.ok and start <= s.answered <= end), end]
+    return max(b - a for a, b in zip(marks, marks[1:], strict=False))
+
+
+def most_unready(by_target: dict[str, list[Sample]]) -> tuple[int, float]:
+    """(most targets whose latest answer was not ok at one moment, when): e.g. apiservers down at once."""
+    events = sorted((s.answered, t, s.ok) for t, ss in by_target.items() for s in ss)
+    state = dict.fromkeys(by_target, True)
+    worst, when = 0, 0.0
+    for at, t, ok in events:
+        state[t] = ok
+        down = sum(not v for v in state.values())
+        if down > worst:
+            worst, when = down, at
+    return worst, when
+
+
 class Sampler:
-    """Probes each target every `interval` seconds until stopped (and at most `max_duration` seconds, so a
-    forgotten sampler ends). A probe returns normally on success; any exception is a failure."""
+    """Probes the targets at a fixed rate until stopped, and at most `max_duration` seconds (a forgotten
+    sampler ends)."""
 
     def __init__(self, probes: Mapping[str, Callable[[], object]], *, interval: float = 0.2,
-                 max_duration: float = 1800.0):
+                 in_turn: bool = False, max_duration: float = 1800.0):
         if not probes:
             raise ValueError("Sampler needs at least one probe")
         self._probes = dict(probes)
         self._interval = interval
         self._max = max_duration
+        self._in_turn = in_turn
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._report = Report(per_target={t: 0 for t in self._probes})
-        self._t0 = 0.0
+        groups = [tuple(self._probes)] if in_turn else [(t,) for t in self._probes]
+        self._threads = [threading.Thread(target=self._run, args=(g,), name=f"sampler-{'+'.join(g)}", daemon=True)
+                         for g in groups]
+        self.samples: list[Sample] = []
+        self.started = self.stopped = 0.0  # time.time()
 
     def __enter__(self) -> Sampler:
         self.start()
@@ -70,48 +106,51 @@ class Sampler:
         self.stop()
 
     def start(self) -> None:
-        self._t0 = time.monotonic()
-        for target, probe in self._probes.items():
-            t = threading.Thread(target=self._run, args=(target, probe), name=f"sampler-{target}", daemon=True)
-            self._threads.append(t)
+        self.started = time.time()
+        for t in self._threads:
             t.start()
 
     def stop(self) -> Report:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=30)
-        with self._lock:
-            self._report.duration_s = time.monotonic() - self._t0
+        self.stopped = time.time()
         return self.report()
 
-    def report(self) -> Report:
+    def taken(self, target: str | None = None) -> list[Sample]:
+        """The samples so far (of one target)."""
         with self._lock:
-            r = self._report
-            return Report(r.samples, list(r.failures), r.longest_gap_s, r.duration_s, dict(r.per_target))
+            return [s for s in self.samples if target is None or s.target == target]
 
-    def _run(self, target: str, probe: Callable[[], object]) -> None:
-        last_ok = self._t0
-        next_at = self._t0
-        while not self._stop.is_set() and time.monotonic() - self._t0 < self._max:
-            started = time.monotonic()
-            try:
-                probe()
-                ok, reason = True, ""
-            except Exception as e:  # noqa: BLE001 - any failure of the probe is a failed sample
-                ok, reason = False, f"{type(e).__name__}: {e}"[:300]
-            now = time.monotonic()
+    def report(self) -> Report:
+        samples = self.taken()
+        end = self.stopped or time.time()
+        # in turn, any target's ok answer closes a gap (one service behind several doors); else each its own
+        groups = [samples] if self._in_turn else [[s for s in samples if s.target == t] for t in self._probes]
+        return Report(
+            samples=len(samples),
+            failures=[Failure(s.target, s.sent - self.started, s.reason) for s in samples if not s.ok],
+            longest_gap_s=max(longest_gap(g, self.started, end) for g in groups),
+            duration_s=end - self.started,
+            per_target={t: sum(s.target == t for s in samples) for t in self._probes},
+        )
+
+    def _probe(self, target: str) -> Sample:
+        sent = time.time()
+        try:
+            ok, reason = self._probes[target]() is not False, ""
+            if not ok:
+                reason = "probe returned False"
+        except Exception as e:  # noqa: BLE001 - any failure of the probe is a failed sample
+            ok, reason = False, f"{type(e).__name__}: {e}"[:300]
+        return Sample(sent, time.time(), ok, target, reason)
+
+    def _run(self, targets: tuple[str, ...]) -> None:
+        k = 0
+        while not self._stop.is_set() and time.time() - self.started < self._max:
+            sample = self._probe(targets[k % len(targets)])
             with self._lock:
-                self._report.samples += 1
-                self._report.per_target[target] += 1
-                if ok:
-                    self._report.longest_gap_s = max(self._report.longest_gap_s, now - last_ok)
-                    last_ok = now
-                else:
-                    self._report.failures.append(Failure(target, started - self._t0, reason))
-            # a fixed rate, not a fixed pause: a slow answer does not stretch the interval
-            next_at += self._interval
-            if next_at < now:
-                next_at = now
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-        with self._lock:  # a target failing up to the end counts its gap up to the end
-            self._report.longest_gap_s = max(self._report.longest_gap_s, time.monotonic() - last_ok)
+                self.samples.append(sample)
+            k += 1
+            # a fixed rate, not a fixed pause: a slow answer does not stretch the schedule
+            self._stop.wait(max(0.0, self.started + k * self._interval - time.time()))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lab.sampler import ProbeFailed, Sampler
+from lab.sampler import ProbeFailed, Sample, Sampler, longest_gap, most_unready
 
 
 def test_a_healthy_target_is_sampled_at_the_rate_with_no_failure():
@@ -59,3 +59,27 @@ def test_it_stops_by_itself_after_max_duration():
 def test_no_probe_is_an_error():
     with pytest.raises(ValueError):
         Sampler({})
+
+
+def test_in_turn_probes_the_targets_one_after_the_other_and_any_ok_answer_closes_a_gap():
+    seen: list[str] = []
+
+    def probe(t: str):
+        seen.append(t)
+        return t != "down"  # False: a failed sample
+
+    with Sampler({t: (lambda t=t: probe(t)) for t in ("a", "down", "c")}, interval=0.05, in_turn=True) as s:
+        time.sleep(0.45)
+    r = s.report()
+    assert seen[:6] == ["a", "down", "c", "a", "down", "c"]
+    assert {f.target for f in r.failures} == {"down"} and r.failures[0].reason == "probe returned False"
+    assert r.longest_gap_s < 0.2, r.summary()
+
+
+def test_longest_gap_and_most_unready_from_samples():
+    ok = [Sample(t, t + 0.01, True, "m") for t in (1.0, 2.0, 5.0)]
+    assert longest_gap(ok, 0.0, 6.0) == pytest.approx(3.0)  # 2.01 -> 5.01
+    down = {"m1": [Sample(1, 1, False, "m1"), Sample(3, 3, True, "m1")],
+            "m2": [Sample(2, 2, False, "m2"), Sample(4, 4, True, "m2")],
+            "m3": [Sample(1, 1, True, "m3")]}
+    assert most_unready(down) == (2, 2)
