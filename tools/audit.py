@@ -362,13 +362,16 @@ def known_hosts(settings: Any) -> str:
 def ssh_config(settings: Any, *, key_file: str | None, bastion_key_file: str | None, known_hosts_file: str,
                connect_timeout: int | None = None) -> str:
     """An ssh_config (used with -F, nothing else read) reaching every master as `audit-<name>`, as the
-    stack's pulumi-command connections do: user, port, key or agent, pinned host key, bastion."""
+    stack's pulumi-command connections do: user, port, key or agent, pinned host key, bastion. Never a
+    prompt: BatchMode, except that a key with ssh.privateKeyPassword needs ssh's askpass (BatchMode would
+    refuse it), which `Ssh` points at the passphrase; password logins stay off either way."""
     ssh = settings.ssh
     timeout = connect_timeout or ssh.per_dial_timeout
 
     def block(alias: str, host: str, port: int, user: str, key: str | None, pinned: bool) -> list[str]:
         lines = [f"Host {alias}", f"  HostName {host}", f"  Port {port}", f"  User {user}", f"  HostKeyAlias {alias}",
-                 "  BatchMode yes", f"  ConnectTimeout {timeout}", "  ServerAliveInterval 5", "  ServerAliveCountMax 3",
+                 f"  BatchMode {'no' if ssh.private_key_password else 'yes'}", "  PasswordAuthentication no",
+                 "  KbdInteractiveAuthentication no", f"  ConnectTimeout {timeout}", "  ServerAliveInterval 5", "  ServerAliveCountMax 3",
                  f"  UserKnownHostsFile {known_hosts_file}", "  GlobalKnownHostsFile /dev/null",
                  "  UpdateHostKeys no", "  ForwardAgent no", "  ClearAllForwardings yes", "  LogLevel ERROR",
                  f"  StrictHostKeyChecking {'yes' if pinned else 'no'}"]
@@ -388,20 +391,12 @@ def ssh_config(settings: Any, *, key_file: str | None, bastion_key_file: str | N
     return "\n".join(out) + "\n"
 
 
-def _unencrypted_key(pem: str, password: str | None, key: str) -> str:
-    """The SSH key as ssh reads it without a prompt: decrypted in memory when it has a passphrase."""
-    if not password:
-        return pem if pem.endswith("\n") else pem + "\n"
-    from cryptography.hazmat.primitives import serialization
+def _pem_line_end(pem: str) -> str:
+    return pem if pem.endswith("\n") else pem + "\n"  # ssh refuses a key file without its final newline
 
-    data, pw = pem.encode(), password.encode()
-    try:
-        k = (serialization.load_ssh_private_key(data, pw) if b"OPENSSH PRIVATE KEY" in data
-             else serialization.load_pem_private_key(data, pw))
-    except (ValueError, TypeError):
-        raise AuditError(f"{contract.NAMESPACE}:{key}: cannot be decrypted with ssh.privateKeyPassword") from None
-    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                           serialization.NoEncryption()).decode()
+
+def askpass_script(passphrase_file: str) -> str:
+    return f"#!/bin/sh\nexec cat {shlex.quote(passphrase_file)}\n"
 
 
 class Ssh:
@@ -412,11 +407,15 @@ class Ssh:
         self._dir = tempfile.mkdtemp(prefix="metrics-aggregation-audit-")  # 0700
         try:
             ssh = settings.ssh
-            key = self._write("key", _unencrypted_key(ssh.private_key, ssh.private_key_password, "ssh.privateKey")) \
-                if ssh.private_key else None
+            key = self._write("key", _pem_line_end(ssh.private_key)) if ssh.private_key else None
             b = ssh.bastion
-            bkey = self._write("bastion-key", _unencrypted_key(b.private_key, None, "ssh.bastion.privateKey")) \
-                if b and b.private_key else None
+            bkey = self._write("bastion-key", _pem_line_end(b.private_key)) if b and b.private_key else None
+            self.env = dict(os.environ)
+            if ssh.private_key_password:
+                # ssh asks askpass for the key's passphrase; it reads a 0600 file beside the key (never argv/env)
+                pw = self._write("passphrase", ssh.private_key_password)
+                self.env.update(SSH_ASKPASS=self._write("askpass", askpass_script(pw), 0o700),
+                                SSH_ASKPASS_REQUIRE="force")
             kh = self._write("known_hosts", known_hosts(settings))
             self.config = self._write("config", ssh_config(settings, key_file=key, bastion_key_file=bkey,
                                                            known_hosts_file=kh))
@@ -431,9 +430,9 @@ class Ssh:
             self.close()
             raise AuditError("ssh (the OpenSSH client) is not installed here")
 
-    def _write(self, name: str, text: str) -> str:
+    def _write(self, name: str, text: str, mode: int = 0o600) -> str:
         path = os.path.join(self._dir, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return path
@@ -451,7 +450,7 @@ class Ssh:
         """`command` on `master` (its login shell runs it, as pulumi-command's do), stdin piped, bounded."""
         argv = ["ssh", "-F", self.config, "-T", _alias(master), command]
         try:
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=self.env)
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout:.0f}s")
 
