@@ -281,8 +281,9 @@ class Pulumi:
             capture: bool = True) -> str:
         argv = [self.binary, *args, "--stack", self.stack, "--non-interactive"]
         try:
+            # not captured (a repair's `up`): its progress goes to stderr, stdout stays the audit's own
             p = subprocess.run(argv, cwd=self.cwd, input=stdin, text=True, timeout=timeout,
-                               capture_output=capture)
+                               stdout=subprocess.PIPE if capture else sys.stderr, stderr=subprocess.PIPE if capture else None)
         except FileNotFoundError:
             raise AuditError(f"{self.binary}: not found; run through `make audit` (it sources "
                              "`bash toolchain/build.sh env`, which puts the built pulumi on PATH)") from None

@@ -180,3 +180,22 @@ def test_certificate_file_drift_is_named_and_repaired_from_the_state_without_a_r
     assert "PRIVATE KEY" not in out + err
     assert ca.read_bytes() == ca_bytes and (key.stat().st_mode & 0o777) == 0o600
     assert hm.generations(s.sb) == generations  # files only: the apiserver reloads them, nothing restarted
+
+
+def test_a_drifted_metrics_server_image_is_named_and_repaired_by_a_targeted_refresh_up(scenario):
+    """Someone sets another image on the Deployment (kubectl set image): the audit names it; the repair's
+    `pulumi up --refresh --target <the Deployment>` puts the program's image back, touching no master."""
+    s = scenario
+    s.require("repaired")
+    hm.kubectl(s.sb, "-n", "kube-system", "set", "image", "deployment/metrics-server",
+               "metrics-server=registry.k8s.io/metrics-server/metrics-server:v0.0.1")
+    rc, out, err, _ = s.audit("--json")
+    assert rc == 1, out + err
+    drifted = {(f["target"], f["object"], f["check"]) for f in _findings(out) if f["status"] == "DRIFT"}
+    assert drifted == {("cluster", "Deployment kube-system/metrics-server", "image")}, drifted
+    generations = hm.generations(s.sb)
+    rc, out, err, _ = s.audit("--repair", "--json")
+    assert rc == 0, out + err
+    assert "pulumi up --refresh --target" in err and "Deployment::" in err, err[-3000:]
+    assert json.loads(out)["clean"] is True  # stdout is the audit's JSON alone, the up's output on stderr
+    assert hm.generations(s.sb) == generations

@@ -419,3 +419,10 @@ def test_no_project_dir_is_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no Pulumi.yaml" in p.stderr
+
+
+def test_the_probe_is_shellcheck_clean(tmp_path):
+    script = tmp_path / "probe.sh"
+    script.write_text("#!/usr/bin/env bash\n" + audit.probe_script("{ print }"))
+    p = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
