@@ -551,6 +551,20 @@ def parse_probe(text: str) -> ProbeResult:
     return r
 
 
+def ssh_hint(message: str, index: int, sudo: bool) -> str:
+    """Which config key to look at for an SSH failure (ssh's own message says what happened)."""
+    m = message.lower()
+    if "host key verification failed" in m or "remote host identification has changed" in m:
+        return f" (check masters[{index}].hostKey, or ssh.bastion.hostKey)"
+    if "permission denied" in m:
+        return f" (check ssh.user / masters[{index}].user and ssh.privateKey or ssh.agentSocketPath)"
+    if sudo and "sudo" in m:
+        return " (ssh.sudo is true: the user needs passwordless sudo, sudo -n)"
+    if any(w in m for w in ("timed out", "refused", "no route", "could not resolve", "no answer")):
+        return f" (check masters[{index}].address and port, ssh.port, ssh.bastion)"
+    return ""
+
+
 def audit_master(stack: Stack, ssh: Ssh, master: Any, timeout: float) -> list[Finding]:
     from components import apiserver
 
@@ -558,9 +572,8 @@ def audit_master(stack: Stack, ssh: Ssh, master: Any, timeout: float) -> list[Fi
     p = ssh.run(master.name, probe_command(s, master), probe_script(apiserver.editor_text()), timeout)
     if p.returncode != 0 or "@readyz" not in p.stdout:
         why = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1][:200]
-        if s.ssh.sudo and "sudo" in why:
-            why += " (ssh.sudo is true: the user needs passwordless sudo)"
-        return [Finding(master.name, "ssh", "read-only probe", "answers", why, ERROR)]
+        index = next(i for i, m in enumerate(s.masters) if m.name == master.name)
+        return [Finding(master.name, "ssh", "read-only probe", "answers", why + ssh_hint(why, index, s.ssh.sudo), ERROR)]
     r = parse_probe(p.stdout)
     out: list[Finding] = []
     if s.apiserver.manage:
@@ -758,6 +771,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds = time.monotonic() - t
     except AuditError as e:
         log(f"audit: error: {e}")
+        if args.json:  # CI reads stdout: say why there are no findings
+            sys.stdout.write(json.dumps({"stack": args.stack, "exitCode": EXIT_ERROR, "clean": False,
+                                         "error": str(e), "findings": []}, indent=2) + "\n")
         return EXIT_ERROR
     sys.stdout.write(to_json(args.stack, findings, seconds) if args.json else render_table(findings))
     if not args.json:

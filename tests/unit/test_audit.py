@@ -384,7 +384,7 @@ else:
 """
 
 
-def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict) -> subprocess.CompletedProcess:
+def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict, *args: str) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pulumi"
@@ -392,7 +392,7 @@ def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict) -> subproces
     fake.chmod(0o755)
     (tmp_path / "Pulumi.yaml").write_text("name: metrics-aggregation\nruntime: python\n")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path)],
+    return subprocess.run([sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -413,6 +413,21 @@ def test_a_stack_never_up_is_exit_2_saying_what_to_run(tmp_path, stack_config):
     p = _run_with_fake_pulumi(tmp_path, _pulumi_config(stack_config()), {})
     assert p.returncode == 2, p.stdout + p.stderr
     assert "aggregatorCaCertPem" in p.stderr and "make up STACK=dev" in p.stderr
+
+
+def test_json_says_why_there_are_no_findings(tmp_path, stack_config):
+    p = _run_with_fake_pulumi(tmp_path, _pulumi_config(stack_config()), {}, "--json")
+    assert p.returncode == 2
+    doc = json.loads(p.stdout)
+    assert doc["exitCode"] == 2 and doc["findings"] == [] and "aggregatorCaCertPem" in doc["error"]
+
+
+def test_ssh_failures_name_the_config_key_to_check():
+    assert "masters[1].hostKey" in audit.ssh_hint("Host key verification failed.", 1, False)
+    assert "ssh.privateKey" in audit.ssh_hint("root@x: Permission denied (publickey).", 0, False)
+    assert "passwordless sudo" in audit.ssh_hint("sudo: a password is required", 0, True)
+    assert "masters[2].address" in audit.ssh_hint("ssh: connect to host x port 22: Connection timed out", 2, False)
+    assert audit.ssh_hint("something else", 0, False) == ""
 
 
 def test_no_project_dir_is_exit_2(tmp_path):
