@@ -360,14 +360,13 @@ def known_hosts(settings: Any) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def ssh_config(settings: Any, *, key_file: str | None, bastion_key_file: str | None, known_hosts_file: str,
-               connect_timeout: int | None = None) -> str:
+def ssh_config(settings: Any, *, key_file: str | None, bastion_key_file: str | None, known_hosts_file: str) -> str:
     """An ssh_config (used with -F, nothing else read) reaching every master as `audit-<name>`, as the
     stack's pulumi-command connections do: user, port, key or agent, pinned host key, bastion. Never a
     prompt: BatchMode, except that a key with ssh.privateKeyPassword needs ssh's askpass (BatchMode would
     refuse it), which `Ssh` points at the passphrase; password logins stay off either way."""
     ssh = settings.ssh
-    timeout = connect_timeout or ssh.per_dial_timeout
+    timeout = ssh.per_dial_timeout
 
     def block(alias: str, host: str, port: int, user: str, key: str | None, pinned: bool) -> list[str]:
         lines = [f"Host {alias}", f"  HostName {host}", f"  Port {port}", f"  User {user}", f"  HostKeyAlias {alias}",
@@ -401,7 +400,7 @@ def askpass_script(passphrase_file: str) -> str:
 
 
 class Ssh:
-    """ssh to the masters with a private 0600 directory (key, known_hosts, config) removed on close."""
+    """ssh to the masters with a private 0700 directory (key, known_hosts, config: 0600) removed on close."""
 
     def __init__(self, settings: Any, warn: Callable[[str], None]):
         self.settings = settings
