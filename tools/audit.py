@@ -696,6 +696,28 @@ def cluster_targets(export: Mapping[str, Any], findings: Sequence[Finding]) -> l
     return [r["urn"] for r in (export.get("deployment") or {}).get("resources") or [] if r.get("type") in want]
 
 
+AVAILABLE_WAIT = 120  # seconds: kube-aggregator re-checks an APIService's availability about every 30 s
+
+
+def wait_available(get: Callable[[str], dict[str, Any] | None], name: str, log: Callable[[str], None],
+                   timeout: float = AVAILABLE_WAIT, interval: float = 2.0) -> bool:
+    """After a repair, until the APIService is Available again (bounded): an apiserver that ran without
+    the proxy-client cert marks it unavailable (every apiserver's availability controller writes that
+    status), and the others' next check, or the repaired one's, makes it True again. The audit after the
+    repair should see the repaired state, not that stale condition."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if _condition(get(f"/apis/apiregistration.k8s.io/v1/apiservices/{name}") or {}, "Available") == "True":
+                return True
+        except Exception:  # unreachable for a moment: keep trying until the deadline
+            pass
+        if time.monotonic() >= deadline:
+            log(f"repair: APIService {name} is still not Available after {timeout:.0f}s")
+            return False
+        time.sleep(interval)
+
+
 def repair(stack: Stack, pulumi: Pulumi, ssh: Ssh, findings: Sequence[Finding], log: Callable[[str], None]) -> None:
     s = stack.settings
     names = [m.name for m in s.masters]
@@ -764,6 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.repair and exit_code(findings) == EXIT_DRIFT:
                 sys.stderr.write(render_table([f for f in findings if f.status != OK]))
                 repair(stack, pulumi, ssh, findings, log)
+                if stack.settings.metrics_server.manage:
+                    wait_available(get, stack.outputs.get(contract.OUTPUT_METRICS_API_SERVICE) or contract.METRICS_API_SERVICE,
+                                   log)
                 log("repair: auditing again")
                 t = time.monotonic()
                 findings = audit(stack, ssh, get, args.timeout)

@@ -136,10 +136,14 @@ def test_master2_reverted_by_hand_is_named_with_every_managed_flag(scenario):
     rc, out, err, _ = s.audit("--json")
     assert rc == 1, out + err
     doc = json.loads(out)
-    assert doc["clean"] is False and doc["drift"] == [REVERTED]
-    drifted = [f for f in doc["findings"] if f["status"] == "DRIFT"]
+    assert doc["clean"] is False and REVERTED in doc["drift"]
+    drifted = [f for f in doc["findings"] if f["status"] == "DRIFT" and f["target"] != "cluster"]
     assert {f["object"] for f in drifted} == set(contract.MANAGED_FLAGS), drifted
     assert all(f["target"] == REVERTED and f["found"] == "(not set)" for f in drifted)
+    # master2's apiserver, now without the proxy-client cert, may already have marked the APIService
+    # unavailable (every apiserver's availability controller writes its status): the only other drift allowed
+    cluster = {f["check"] for f in doc["findings"] if f["status"] == "DRIFT" and f["target"] == "cluster"}
+    assert cluster <= {"Available"}, cluster
     s.results["reverted"] = True
 
 

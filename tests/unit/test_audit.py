@@ -327,6 +327,18 @@ def test_the_plan_reruns_certs_then_flags_of_drifted_masters_in_rollout_order():
     assert audit.repair_plan([], ["master1"]) == []
 
 
+def test_after_a_repair_the_apiservice_is_awaited_bounded():
+    answers = iter([None, _api_service("x", "False"), _api_service("x", "True")])
+    seen: list[str] = []
+    assert audit.wait_available(lambda path: seen.append(path) or next(answers), "v1beta1.metrics.k8s.io", print,
+                                timeout=5, interval=0.01)
+    assert seen == ["/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io"] * 3
+    logs: list[str] = []
+    assert not audit.wait_available(lambda path: _api_service("x", "False"), "v", logs.append, timeout=0.05,
+                                    interval=0.01)
+    assert logs == ["repair: APIService v is still not Available after 0s"]
+
+
 # --- the probe, run here: what it reports and that it writes nothing ------------------------------------
 
 
