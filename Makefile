@@ -79,6 +79,16 @@ up: venv toolchain ## pulumi up for STACK, offline settings as for preview
 preview-diff: venv toolchain ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
 	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
 	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
+.PHONY: audit
+audit: venv toolchain-pulumi ## read-only drift audit of STACK: masters' flags, cert files, readiness; APIService, metrics-server (AUDIT_ARGS=--json)
+	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
+	  $(BIN)/python -m tools.audit --stack "$(STACK)" $(AUDIT_ARGS)
+
+.PHONY: repair
+repair: venv toolchain-pulumi ## audit STACK, re-run the stored steps of each drifted master (rollout order), audit again (docs/audit.md)
+	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
+	  $(BIN)/python -m tools.audit --stack "$(STACK)" --repair $(AUDIT_ARGS)
+
 .PHONY: toolchain-pulumi
 toolchain-pulumi: ## only what preview/up, the sandbox and the engine tests need
 	bash toolchain/build.sh build $(ENGINE_COMPONENTS)

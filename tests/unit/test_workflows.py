@@ -134,3 +134,25 @@ def test_up_runs_on_main_dev_before_prod_behind_an_approval():
         assert str(step["with"]["pulumi-version"]) == pulumi_pin()
         assert step["with"]["policyPackConfigs"] == f"policy/config/{stack}.json"
         assert (ROOT / step["with"]["policyPackConfigs"]).is_file()
+
+
+# --- audit.yml -------------------------------------------------------------------------------------
+
+
+def test_audit_runs_nightly_and_on_demand_read_only_per_stack():
+    """The scheduled drift audit: per stack, with environment secrets, only the read-only audit (never
+    --repair), failing the job on drift (the tool's exit status is kept), never alongside an up of the stack."""
+    wf = load("audit.yml")
+    assert wf["on"]["schedule"][0]["cron"] and "workflow_dispatch" in wf["on"]
+    assert wf["permissions"] == {"contents": "read"}
+    [job] = wf["jobs"].values()
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    assert job["environment"] == "audit-${{ matrix.stack }}"
+    assert job["concurrency"] == {"group": "pulumi-up-${{ matrix.stack }}", "cancel-in-progress": False}
+    assert job["env"]["PULUMI_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
+    assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+    [cli] = steps_using(job, "pulumi/actions")
+    assert "command" not in cli["with"] and str(cli["with"]["pulumi-version"]) == pulumi_pin()
+    runs = "\n".join(s.get("run", "") for s in job["steps"])
+    assert 'python -m tools.audit --stack "$STACK" --json' in runs and "--repair" not in runs
+    assert runs.rstrip().endswith('exit "$rc"')
