@@ -58,6 +58,7 @@ PROBE_PORT = 18443
 PROXY_CERT_TYPE = "tls:index/locallySignedCert:LocallySignedCert"
 DEPLOYMENT = "/apis/apps/v1/namespaces/kube-system/deployments/metrics-server"
 SERVING_SECRET = "/api/v1/namespaces/kube-system/secrets/metrics-server-serving-cert"
+SLICE = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/metrics-server-sandbox"  # the podrunner's
 
 
 def _serial(pem: str | bytes) -> int:
@@ -308,13 +309,18 @@ def test_the_early_renewal_window_renews_the_proxy_cert_without_a_restart(renewa
     s.results["window"] = _check_no_restart_and_new_cert(s, "earlyRenewalHours", r, old)
 
 
-def _serving_cert_served(s: RenewalScenario) -> int | None:
-    """The serial of the certificate metrics-server (the process the podrunner runs) serves now."""
+def _serving(s: RenewalScenario) -> tuple[str, int] | None:
+    """(address, serial of the certificate served there) of the metrics-server process the Service's
+    EndpointSlice says is ready (the podrunner's; a rolling update moves it to the other pod address)."""
+    slice_ = s.sb.api().get(SLICE)
+    ready = [e["addresses"][0] for e in (slice_ or {}).get("endpoints") or [] if e["conditions"].get("ready")]
+    if len(ready) != 1:
+        return None
     try:
-        pem = ssl.get_server_certificate((s.sb.pods_ip, 10250), timeout=3)
+        pem = ssl.get_server_certificate((ready[0], 10250), timeout=3)
     except OSError:
         return None
-    return _serial(pem)
+    return ready[0], _serial(pem)
 
 
 def test_a_renewed_serving_cert_rolls_metrics_server_and_the_api_keeps_answering(renewal):
@@ -326,10 +332,12 @@ def test_a_renewed_serving_cert_rolls_metrics_server_and_the_api_keeps_answering
     assert before["spec"]["template"]["metadata"]["annotations"]["checksum/serving-cert"] == \
         hashlib.sha256(old_pem.encode()).hexdigest()
     old_apiservers = apiservers(s.sb)
+    served_before = _serving(s)
+    assert served_before is not None and served_before[1] == _serial(old_pem)
 
     def settle() -> None:
-        wait_for(lambda: _serving_cert_served(s) == _serial(_secret_cert(api)), "metrics-server serving the new cert",
-                 120, 0.5)
+        wait_for(lambda: (_serving(s) or ("", 0))[1] == _serial(_secret_cert(api)), "metrics-server serving the new cert",
+                 240, 0.5)
         hm.wait_for_metrics(s.sb, timeout=60)
 
     r = s.up_sampled(lambda: s.move_end_into_renewal_window("metrics-server-serving-cert"), settle=settle)
@@ -345,7 +353,10 @@ def test_a_renewed_serving_cert_rolls_metrics_server_and_the_api_keeps_answering
         hashlib.sha256(new_pem.encode()).hexdigest()
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     assert {"update"} == r.ops.get("metrics-server-deployment"), r.ops.get("metrics-server-deployment")
-    assert _serving_cert_served(s) == _serial(new_pem)
+    served_after = _serving(s)
+    # a new process at the other pod address: started beside the old one, which stopped once it was ready
+    assert served_after is not None and served_after[1] == _serial(new_pem)
+    assert served_after[0] != served_before[0], (served_before, served_after)
     assert apiservers(s.sb) == old_apiservers
     assert r.report.failures == [], r.report.summary()
 
