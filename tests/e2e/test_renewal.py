@@ -56,9 +56,17 @@ PROBE_VERSION = "v1alpha1"
 PROBE_NAME = "renewal-probe"
 PROBE_PORT = 18443
 PROXY_CERT_TYPE = "tls:index/locallySignedCert:LocallySignedCert"
+KEY_TYPE = "tls:index/privateKey:PrivateKey"
+COMMAND_TYPE = "command:remote:Command"
 DEPLOYMENT = "/apis/apps/v1/namespaces/kube-system/deployments/metrics-server"
 SERVING_SECRET = "/api/v1/namespaces/kube-system/secrets/metrics-server-serving-cert"
 SLICE = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/metrics-server-sandbox"  # the podrunner's
+
+
+def _type_and_name(urn: str) -> str:
+    """urn:pulumi:<stack>::<project>::<parent types>$<type>::<name> -> "<type>::<name>"."""
+    qualified, _, name = urn.rpartition("::")
+    return f"{qualified.rpartition('::')[2].rpartition('$')[2]}::{name}"
 
 
 def _serial(pem: str | bytes) -> int:
@@ -155,7 +163,7 @@ def apiservers(sb: Sandbox) -> dict[str, Apiserver]:
 @dataclass
 class Renewal:
     report: Report
-    ops: dict[str, set[str]]  # logical name -> the ops the up's engine events reported
+    ops: dict[str, set[str]]  # "<type>::<name>" -> the ops the up's engine events reported
     summary: dict[str, int]
 
 
@@ -190,7 +198,7 @@ class RenewalScenario:
             pre = e.resource_pre_event
             if pre is not None:
                 op = pre.metadata.op.value if hasattr(pre.metadata.op, "value") else str(pre.metadata.op)
-                ops.setdefault(pre.metadata.urn.rsplit("::", 1)[1], set()).add(op)
+                ops.setdefault(_type_and_name(pre.metadata.urn), set()).add(op)
         return Renewal(report, ops, dict(result.summary.resource_changes or {}))
 
     def move_end_into_renewal_window(self, name: str) -> None:
@@ -277,13 +285,15 @@ def _check_no_restart_and_new_cert(s: RenewalScenario, case: str, r: Renewal, ol
     assert new_serial != old_serial, f"{case}: the proxy-client certificate was not renewed"
     assert r.report.failures == [], r.report.summary()
     # only the certificate and the certs steps: the key stays, the flags steps (restarts) do not run
-    assert r.ops.get("proxy-client-key") == {"same"}, r.ops.get("proxy-client-key")
-    assert {"create-replacement", "replace"} <= r.ops.get("proxy-client", set()), r.ops.get("proxy-client")
+    assert r.ops.get(f"{KEY_TYPE}::proxy-client-key") == {"same"}
+    assert r.ops.get(f"{PROXY_CERT_TYPE}::proxy-client") == {"create-replacement", "replace", "delete-replaced"}
     for m in MASTERS:
-        assert r.ops.get(f"{m}-certs") == {"update"}, (m, r.ops.get(f"{m}-certs"))
-        assert r.ops.get(f"{m}-flags") == {"same"}, (m, r.ops.get(f"{m}-flags"))
+        assert r.ops.get(f"{COMMAND_TYPE}::{m}-certs") == {"update"}, m
+        assert r.ops.get(f"{COMMAND_TYPE}::{m}-flags") == {"same"}, m
         assert _serial(s.cert_file(m, "aggregator.pem")) == new_serial, m
         assert s.cert_file(m, "aggregator-key.pem") == base["key"][m], f"{m}: the key file changed"
+    changed = {k for k, v in r.ops.items() if v != {"same"}}
+    assert changed == {f"{PROXY_CERT_TYPE}::proxy-client", *(f"{COMMAND_TYPE}::{m}-certs" for m in MASTERS)}, changed
     assert apiservers(s.sb) == base["apiservers"], "an apiserver was restarted"
     seen = wait_probe(s, new_serial)
     assert seen == {m: new_serial for m in MASTERS}, f"{case}: serials presented: {seen}, new {new_serial:x}"
@@ -352,7 +362,7 @@ def test_a_renewed_serving_cert_rolls_metrics_server_and_the_api_keeps_answering
     assert after["spec"]["template"]["metadata"]["annotations"]["checksum/serving-cert"] == \
         hashlib.sha256(new_pem.encode()).hexdigest()
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
-    assert {"update"} == r.ops.get("metrics-server-deployment"), r.ops.get("metrics-server-deployment")
+    assert r.ops.get("kubernetes:apps/v1:Deployment::metrics-server-deployment") == {"update"}
     served_after = _serving(s)
     # a new process at the other pod address: started beside the old one, which stopped once it was ready
     assert served_after is not None and served_after[1] == _serial(new_pem)
