@@ -21,6 +21,8 @@ The aggregator CA is a CA of its own, never the cluster CA: kube-apiserver check
 certificate whose CN is not in --requestheader-allowed-names (kubelets, controllers, users).
 The CA private keys stay in Pulumi state (encrypted); masters only receive the CA certificate.
 The aggregator CA's key and certificate are `protect`ed unless pki.protectCa is false (the row's `protect`).
+A change of pki.renewNow replaces the proxy-client certificate alone (the row's `renew_trigger`); so does
+its end entering earlyRenewalHours (the provider's own renewal). The masters get it by the certs steps only.
 """
 
 from __future__ import annotations

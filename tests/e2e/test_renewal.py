@@ -47,7 +47,7 @@ from lab.sampler import Report, Sampler
 from sandbox.cluster import MASTERS, Sandbox, wait_for
 from tests.e2e import handmade as hm
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
-from tests.e2e.sandboxes import metrics_api_probes, running_sandbox, sandbox_config
+from tests.e2e.sandboxes import earlier, metrics_api_probes, running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -213,9 +213,7 @@ class RenewalScenario:
         self.stack.cli("stack", "import", "--file", str(path))
 
     def require(self, key: str) -> Any:
-        if key not in self.results:
-            pytest.fail(f"an earlier case did not leave {key!r}; run the module in order", pytrace=False)
-        return self.results[key]
+        return earlier(self.results, key)
 
 
 @pytest.fixture(scope="module")
