@@ -464,7 +464,8 @@ class Pki(_Model):
     # preview and `up`, and `destroy` cannot delete them; false lifts that (docs/operations.md).
     protect_ca: bool = True
     # A date, a counter: each change of it replaces the proxy-client certificate on the next `up` (Pulumi's
-    # replacement trigger, components/pki.py; the key is kept). Text, so that 7 and "7" are one value.
+    # replacement trigger, components/pki.py; the key is kept). The engine compares it with the value in
+    # state, so the first value is only recorded. Text, so that 7 and "7" are one value.
     renew_now: str | None = None
 
     @field_validator("renew_now", mode="before")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from pulumi import automation as auto
 
@@ -309,12 +310,43 @@ def test_a_renew_now_bump_renews_the_proxy_cert_without_a_restart(renewal):
 def test_the_early_renewal_window_renews_the_proxy_cert_without_a_restart(renewal):
     s = renewal
     old = s.require("renew-now")
-    preview_ops = s.stack.preview()[1]  # the state still says the certificate is far from its end
-    assert not any(e.resource_pre_event and e.resource_pre_event.metadata.urn.endswith("::proxy-client")
-                   and e.resource_pre_event.metadata.op.value != "same" for e in preview_ops)
+    assert _previewed_proxy_cert_ops(s) == {"same"}  # the state still says the certificate is far from its end
     r = s.up_sampled(lambda: s.move_end_into_renewal_window("proxy-client"),
                      settle=lambda: wait_probe(s, s.proxy_serial()))
     s.results["window"] = _check_no_restart_and_new_cert(s, "earlyRenewalHours", r, old)
+
+
+def _set_renew_now(s: RenewalScenario, value: str | None) -> None:
+    """pki.renewNow in the stack's config file: `value`, or no such key (write_config only merges)."""
+    doc = yaml.safe_load(s.stack.config_file.read_text())
+    pki = doc["config"][f"{PROJECT}:pki"]
+    if value is None:
+        pki.pop("renewNow", None)
+    else:
+        pki["renewNow"] = value
+    s.stack.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _previewed_proxy_cert_ops(s: RenewalScenario) -> set[str]:
+    _, events, _ = s.stack.preview()
+    return {e.resource_pre_event.metadata.op.value for e in events if e.resource_pre_event is not None
+            and _type_and_name(e.resource_pre_event.metadata.urn) == f"{PROXY_CERT_TYPE}::proxy-client"}
+
+
+def test_removing_renew_now_or_setting_it_first_renews_nothing(renewal):
+    """The engine compares a replacement trigger with the one in state, and a missing one with nothing."""
+    s = renewal
+    serial = s.require("window")
+    _set_renew_now(s, None)
+    assert _previewed_proxy_cert_ops(s) == {"same"}
+    s.stack.up()
+    _set_renew_now(s, "3")  # the first value again: recorded, nothing renewed
+    assert _previewed_proxy_cert_ops(s) == {"same"}
+    s.stack.up()
+    assert s.proxy_serial() == serial
+    _set_renew_now(s, "4")  # and from now on each change renews
+    assert _previewed_proxy_cert_ops(s) == {"create-replacement", "replace", "delete-replaced"}
+    _set_renew_now(s, "3")  # (not applied: the stack stays as it is for the next case)
 
 
 def _serving(s: RenewalScenario) -> tuple[str, int] | None:
