@@ -3,6 +3,7 @@
   up (pki.renewNow "1": the first value is only recorded)   -> the metrics API answers through every master
   (a) pki.renewNow "2"                                       -> a new proxy-client cert, same key
   (b) the proxy cert's end moved into earlyRenewalHours      -> the same, as time would do it
+  pki.renewNow removed, then set again                       -> nothing renewed (the trigger's null rule)
   (c) the serving cert's end moved into its earlyRenewalHours -> a new serving cert, the Deployment rolls
 
 While each renewal's `up` runs, the metrics API is sampled every 200 ms through every master
