@@ -463,6 +463,17 @@ class Pki(_Model):
     # (every master's requestheader CA, a re-signed proxy cert, extension apiservers to re-trust) fails its
     # preview and `up`, and `destroy` cannot delete them; false lifts that (docs/operations.md).
     protect_ca: bool = True
+    # A date, a counter: each change of it replaces the proxy-client certificate on the next `up` (Pulumi's
+    # replacement trigger, components/pki.py; the key is kept). The engine compares it with the value in
+    # state, so the first value is only recorded. Text, so that 7 and "7" are one value.
+    renew_now: str | None = None
+
+    @field_validator("renew_now", mode="before")
+    @classmethod
+    def _renew_now(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip()) or (isinstance(v, int) and not isinstance(v, bool)):
+            return None if v is None else str(v)
+        raise ValueError(errors.RENEW_NOW_NOT_TEXT)
 
     @field_validator("ca_common_name")
     @classmethod

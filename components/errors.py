@@ -215,6 +215,11 @@ def renewal_not_below_validity(cert_validity_hours: int) -> str:
 def unknown_usage(known: Iterable[str]) -> str:
     return f"is not a usage the tls provider knows (it would be dropped silently); use one of: {', '.join(sorted(known))}"
 
+RENEW_NOW_NOT_TEXT = (
+    "must be a non-empty string or a whole number, e.g. the date of the renewal (2026-12-02) or a counter; "
+    "change it to renew the proxy-client certificate"
+)
+
 NO_CLIENT_AUTH = (
     "lacks client_auth; kube-apiserver presents this certificate as a client "
     "(metrics-server rejects it with 'incompatible key usage'): add client_auth"

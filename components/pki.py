@@ -21,6 +21,8 @@ The aggregator CA is a CA of its own, never the cluster CA: kube-apiserver check
 certificate whose CN is not in --requestheader-allowed-names (kubelets, controllers, users).
 The CA private keys stay in Pulumi state (encrypted); masters only receive the CA certificate.
 The aggregator CA's key and certificate are `protect`ed unless pki.protectCa is false (the row's `protect`).
+A change of pki.renewNow replaces the proxy-client certificate alone (the row's `renew_trigger`); so does
+its end entering earlyRenewalHours (the provider's own renewal). The masters get it by the certs steps only.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class Cert(Generic[C]):
     subject_key_id: bool = True
     # Pulumi's `protect` on the row's key and certificate (a resource option: no input, no URN changes).
     protect: Read[C, bool] = False
+    # Pulumi's `replacement_trigger` on the certificate only (its key and CSR stay, so the files on a master
+    # never pair a new key with an old certificate): a new value replaces the certificate. None: no trigger
+    # is registered at all, so a stack that never sets one keeps its state as it was.
+    renew_trigger: Read[C, str | None] = None
 
 
 def _read(value: Any, source: Any) -> Any:
@@ -169,6 +175,7 @@ TABLE: dict[str, Cert[Any]] = {
         key=_key,
         subject=_subject,
         names=Names(key="-key", csr="", cert=""),
+        renew_trigger=lambda s: s.pki.renew_now,
     ),
     # metrics-server's serving CA. Cluster: the caBundle of the APIService v1beta1.metrics.k8s.io (with it
     # kube-apiserver verifies metrics-server) and ca.crt of the Secret metrics-server-serving-cert.
@@ -232,8 +239,9 @@ def issue(
 
     protect = bool(_read(cert.protect, source))
 
-    def opts(*, protected: bool = False) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on) or None, protect=protected or None)
+    def opts(*, protected: bool = False, trigger: str | None = None) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on) or None, protect=protected or None,
+                                      replacement_trigger=trigger)
 
     spec: KeySpec = _read(cert.key, source)
     key = tls.PrivateKey(name + cert.names.key, algorithm=spec.algorithm, rsa_bits=spec.rsa_bits,
@@ -244,7 +252,8 @@ def issue(
         validity_period_hours=_read(cert.validity_hours, source),
         early_renewal_hours=_read(cert.early_renewal_hours, source),
         set_subject_key_id=cert.subject_key_id or None,
-        opts=opts(protected=protect),  # the certificate; a leaf's CSR below is never protected
+        # the certificate; a leaf's CSR below is never protected
+        opts=opts(protected=protect, trigger=_read(cert.renew_trigger, source)),
     )
     if issuer is None:
         signed: tls.SelfSignedCert | tls.LocallySignedCert = tls.SelfSignedCert(

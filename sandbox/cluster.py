@@ -13,7 +13,8 @@ Topology (B = the block, 200 for `make demo`; the tests pick a free one):
                   install (env-file layout, /etc/kubernetes/kube-apiserver.conf), in a private mount
                   namespace, run by lab/supervisor.py and restarted by `/usr/local/sbin/apiserverctl restart`
   <prefix>-pods   198.18.B.20  podrunner.py: runs the metrics-server Deployment's container as a process
-                  and registers the Service's EndpointSlice (there is no kubelet or endpoints controller)
+                  and registers the Service's EndpointSlice (there is no kubelet or endpoints controller);
+                  .21 too: a rolling update starts the new process there before the old one stops
   <prefix>-nodes  198.18.B.30  kubelets.py: emulated nodes (Node objects + /metrics/resource on :10250+i)
 Namespaces, sshd, the supervisor, certificates and the etcd / kube-apiserver / kube-controller-manager
 command lines are the lab's (lab/). Files: <dir>/pki (lab/pki.py), <dir>/admin.kubeconfig (the
@@ -119,6 +120,12 @@ class Sandbox:
     @property
     def pods_ip(self) -> str:
         return self.ip(20)
+
+    @property
+    def pods_surge_ip(self) -> str:
+        """The pods namespace's second address: a new metrics-server process starts there before the old
+        one stops (podrunner.py's rolling update)."""
+        return self.ip(21)
 
     @property
     def nodes_ip(self) -> str:
@@ -283,6 +290,8 @@ class Sandbox:
             netns.add(ns, SandboxError)
             self._track("netns", ns)
             netns.veth(netns.End(br, f"v{i}", bridge="br0"), netns.End(ns, "eth0", f"{addr}/24"), SandboxError)
+        sh(*netns.End(self.ns("pods"), "eth0").ip("addr", "add", f"{self.pods_surge_ip}/24", "dev", "eth0"),
+           error=SandboxError)
         # the runner: one veth from the root namespace
         root_if = f"{self.prefix}{self.block}"[:15]
         self._track("links", root_if)
@@ -409,6 +418,7 @@ class Sandbox:
                     self.dir / "logs" / "kubelets.log")
         self._spawn("podrunner", ["ip", "netns", "exec", self.ns("pods"), "env", f"PYTHONPATH={REPO}", *env_py,
                                   "sandbox.podrunner", *common, "--address", self.pods_ip,
+                                  "--surge-address", self.pods_surge_ip,
                                   "--metrics-server", self.bin("metrics-server")],
                     self.dir / "logs" / "podrunner.log")
 

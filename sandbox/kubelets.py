@@ -9,7 +9,9 @@ For node i (0-based) it
   * serves GET /metrics/resource there over TLS with the node's serving cert (pki/kubelet-<node>.crt,
     signed by pki/kubelet-ca.crt: the CA the sandbox stack gives metrics-server as kubeletCaCertFile),
     in the kubelet's Prometheus text format: node_cpu_usage_seconds_total grows at (i + 1) * 250m and
-    node_memory_working_set_bytes is (i + 1) * 512 MiB, so `kubectl top node` shows known figures;
+    node_memory_working_set_bytes is (i + 1) * 512 MiB, so `kubectl top node` shows known figures; and one
+    container (kube-system/kube-proxy-<i>, as every node runs pods): metrics-server's readiness
+    (/readyz, "metric-storage-ready") needs two scrapes of pod metrics as well as of node metrics;
   * refuses requests without a bearer token (401), as a kubelet with webhook authentication would.
 Standard library only. Runs until SIGTERM; the Node objects stay (`make sandbox-down` removes etcd).
 """
@@ -41,9 +43,16 @@ def node_usage(index: int, now: float) -> tuple[float, float]:
     return cores * (now - STARTED + 1000.0), float(MEMORY_BYTES_PER_INDEX * (index + 1))
 
 
+# the node's one pod (no Pod object: metrics-server serves pod metrics only for pods it knows, so it shows
+# nowhere; it only lets metrics-server's storage become ready, as a real node's pods do)
+POD_CPU_CORES = 0.01
+POD_MEMORY_BYTES = 32 * 1024 * 1024
+
+
 def metrics_text(index: int, now: float) -> str:
     cpu, mem = node_usage(index, now)
     ts = int(now * 1000)
+    labels = f'{{container="kube-proxy",namespace="kube-system",pod="kube-proxy-{index}"}}'
     return (
         "# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds\n"
         "# TYPE node_cpu_usage_seconds_total counter\n"
@@ -51,6 +60,15 @@ def metrics_text(index: int, now: float) -> str:
         "# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n"
         "# TYPE node_memory_working_set_bytes gauge\n"
         f"node_memory_working_set_bytes {mem:.0f} {ts}\n"
+        "# HELP container_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the container in core-seconds\n"
+        "# TYPE container_cpu_usage_seconds_total counter\n"
+        f"container_cpu_usage_seconds_total{labels} {POD_CPU_CORES * (now - STARTED + 1000.0):.6f} {ts}\n"
+        "# HELP container_memory_working_set_bytes [STABLE] Current working set of the container in bytes\n"
+        "# TYPE container_memory_working_set_bytes gauge\n"
+        f"container_memory_working_set_bytes{labels} {POD_MEMORY_BYTES} {ts}\n"
+        "# HELP container_start_time_seconds [STABLE] Start time of the container since unix epoch in seconds\n"
+        "# TYPE container_start_time_seconds gauge\n"
+        f"container_start_time_seconds{labels} {STARTED - 1000.0:.3f} {ts}\n"
         "# HELP resource_scrape_error [STABLE] 1 if there was an error while getting container metrics, 0 otherwise\n"
         "# TYPE resource_scrape_error gauge\n"
         "resource_scrape_error 0\n"

@@ -1,6 +1,7 @@
 """The sandbox's stand-in for a kubelet and the endpoints controller, for one Deployment: metrics-server.
 
-    python -m sandbox.podrunner --dir D --servers https://a:6443,... --address 198.18.B.20 --metrics-server BIN
+    python -m sandbox.podrunner --dir D --servers https://a:6443,... --address 198.18.B.20 \
+        [--surge-address 198.18.B.21] --metrics-server BIN
 
 Every second it reads the Deployment `metrics-server` (in --namespace), its ServiceAccount, the Secret
 and ConfigMap volumes its pod template mounts, and the Service of the same name, and then
@@ -9,7 +10,10 @@ and ConfigMap volumes its pod template mounts, and the Service of the same name,
     plus what a pod gets from its environment: `--bind-address=<address>` (the pod IP) and a kubeconfig
     holding a token the TokenRequest API issued for the pod's ServiceAccount (so metrics-server acts with
     exactly the RBAC the program created). Any change of the args, the mounted data or the ServiceAccount
-    restarts it; a deleted Deployment stops it;
+    replaces it, the way the Deployment's strategy says: with a rolling update whose maxUnavailable comes
+    to 0 (the program's one-replica Deployment) the new process starts first, on --surge-address, and the
+    old one leaves the endpoints and stops only once the new one passes the container's readinessProbe
+    (as a ReplicaSet rollout does); otherwise the old one stops first. A deleted Deployment stops it;
   * registers the Service's endpoints as the EndpointSlice controller would (an EndpointSlice labelled
     kubernetes.io/service-name, owned by the Service, the port resolved from the Service's targetPort), ready
     only while the process runs; the Service gone, the slice goes.
@@ -24,10 +28,13 @@ import hashlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from lab.kube import Api, ApiError, admin_api, daemon_parser
@@ -42,9 +49,12 @@ class Pod:
     """What the stand-in kubelet runs for the Deployment now (None fields: nothing to run)."""
 
     def __init__(self, args: list[str], files: dict[str, bytes], dirs: list[str], service_account: str, port: int,
-                 port_name: str):
+                 port_name: str, *, surge: bool = False, ready_path: str | None = None):
         self.args, self.files, self.dirs, self.service_account = args, files, dirs, service_account
         self.port, self.port_name = port, port_name
+        # how a replacement rolls out (the Deployment's strategy, not the pod's: not in the fingerprint)
+        self.surge = surge  # start the new process before the old one stops
+        self.ready_path = ready_path  # the readinessProbe's HTTPS GET path; None: ready once running
         h = hashlib.sha256(json.dumps([args, dirs, service_account, port]).encode())
         for k in sorted(files):
             h.update(k.encode() + b"\0" + files[k] + b"\0")
@@ -60,6 +70,20 @@ def volume_files(api: Api, ns: str, volume: dict) -> dict[str, bytes] | None:
         c = api.get(f"/api/v1/namespaces/{ns}/configmaps/{volume['configMap']['name']}")
         return None if c is None else {k: v.encode() for k, v in (c.get("data") or {}).items()}
     return {}
+
+
+def max_unavailable(deployment: dict) -> int:
+    """The Deployment's rolling update maxUnavailable as a number of pods (a percentage rounds down, as
+    the Deployment controller rounds it); Recreate: every replica."""
+    spec = deployment["spec"]
+    replicas = int(spec.get("replicas", 1))
+    strategy = spec.get("strategy") or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        return replicas
+    value = (strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%")
+    if isinstance(value, str) and value.endswith("%"):
+        return replicas * int(value[:-1]) // 100
+    return int(value)
 
 
 def desired(api: Api, ns: str, workdir: Path) -> Pod | None:
@@ -92,36 +116,73 @@ def desired(api: Api, ns: str, workdir: Path) -> Pod | None:
                 value = local + value[len(mount):]
         args.append(f"{flag}{eq}{value}")
     port = container.get("ports", [{}])[0]
-    return Pod(args, files, dirs, sa, int(port.get("containerPort", 10250)), port.get("name", "https"))
+    probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
+    return Pod(args, files, dirs, sa, int(port.get("containerPort", 10250)), port.get("name", "https"),
+               surge=max_unavailable(dep) == 0, ready_path=probe.get("path"))
+
+
+READY_TIMEOUT = 180.0  # a new process that is not ready by then is dropped; the old one keeps serving
+# After the old process leaves the EndpointSlice and before it is stopped: the apiservers' EndpointSlice
+# watches see it go (a pod's termination grace does the same for in-flight requests)
+DRAIN_SECONDS = 2.0
+
+
+class Running:
+    """One metrics-server process: the pod it runs, at which address, from which directory."""
+
+    def __init__(self, pod: Pod, address: str, proc: subprocess.Popen, ready: bool):
+        self.pod, self.address, self.proc, self.ready = pod, address, proc, ready
+        self.fingerprint = pod.fingerprint  # of the pod as desired() made it, before start() moved its files
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
 
 class Runner:
-    def __init__(self, api: Api, ns: str, workdir: Path, address: str, binary: str, servers: list[str]):
+    def __init__(self, api: Api, ns: str, workdir: Path, address: str, binary: str, servers: list[str],
+                 surge_address: str | None = None):
         self.api, self.ns, self.workdir, self.address, self.binary = api, ns, workdir, address, binary
+        self.surge_address = surge_address
         self.servers = servers
-        self.proc: subprocess.Popen | None = None
-        self.running: str | None = None
+        self.current: Running | None = None
+        self.starting: Running | None = None  # a surge process not ready yet: in the slice, not ready
         self.log = open(workdir / "metrics-server.log", "ab", buffering=0)  # noqa: SIM115
 
     def note(self, msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} podrunner: {msg}", flush=True)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.note("metrics-server stopped")
-        self.proc, self.running = None, None
+    def _dir(self, address: str) -> Path:
+        # each address has its files: a surge process must not change the old one's (its volumes)
+        return self.workdir if address == self.address else self.workdir / "surge"
 
-    def start(self, pod: Pod) -> None:
-        self.stop()
-        vols = self.workdir / "volumes"
-        for d in pod.dirs:
-            (vols / d).mkdir(parents=True, exist_ok=True, mode=0o700)
+    def _stop(self, r: Running | None) -> None:
+        if r is not None and r.alive():
+            r.proc.terminate()
+            try:
+                r.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait(5)
+            self.note(f"metrics-server stopped (pid {r.proc.pid}, {r.address})")
+
+    def stop(self) -> None:
+        self._stop(self.starting)
+        self._stop(self.current)
+        self.current = self.starting = None
+
+    def start(self, pod: Pod, address: str | None = None, *, ready: bool = True) -> Running:
+        """Run `pod` at `address` (default: the main one); `ready`: whether it counts as ready at once."""
+        address = address or self.address
+        fingerprint = pod.fingerprint
+        d = self._dir(address)
+        if d != self.workdir:
+            # desired() rewrote the mount paths under workdir/volumes: this process reads its own copy
+            old, new = str(self.workdir / "volumes"), str(d / "volumes")
+            pod = Pod([a.replace(old, new, 1) for a in pod.args], pod.files, pod.dirs, pod.service_account, pod.port,
+                      pod.port_name, surge=pod.surge, ready_path=pod.ready_path)
+        vols = d / "volumes"
+        for sub in pod.dirs:
+            (vols / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         for rel, data in pod.files.items():
             f = vols / rel
             f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -130,7 +191,7 @@ class Runner:
         tr = self.api.request("POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{pod.service_account}/token",
                               {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                                "spec": {"expirationSeconds": TOKEN_SECONDS}})
-        kc = self.workdir / "kubeconfig"
+        kc = d / "kubeconfig"
         kc.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "pod",
             "clusters": [{"name": "c", "cluster": {"server": self.servers[0], "certificate-authority": str(self.api.ca)}}],
@@ -139,12 +200,58 @@ class Runner:
                                                      "namespace": self.ns}}],
         }))
         os.chmod(kc, 0o600)
-        argv = [self.binary, *pod.args, f"--bind-address={self.address}", f"--kubeconfig={kc}",
+        argv = [self.binary, *pod.args, f"--bind-address={address}", f"--kubeconfig={kc}",
                 f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"]
         self.log.write(f"--- podrunner: {' '.join(argv)}\n".encode())
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        self.running = pod.fingerprint
-        self.note(f"metrics-server started (pid {self.proc.pid}) as {self.ns}/{pod.service_account}: {' '.join(pod.args)}")
+        proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        self.note(f"metrics-server started (pid {proc.pid}) at {address} as {self.ns}/{pod.service_account}: "
+                  f"{' '.join(pod.args)}")
+        running = Running(pod, address, proc, ready)
+        running.fingerprint = fingerprint
+        return running
+
+    def passes_readiness(self, r: Running) -> bool:
+        """The readinessProbe (an HTTPS GET, as the kubelet makes it: no certificate checked) passes."""
+        if not r.alive():
+            return False
+        if r.pod.ready_path is None:
+            return True
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(f"https://{r.address}:{r.pod.port}{r.pod.ready_path}", context=ctx,
+                                        timeout=2) as resp:
+                return 200 <= resp.status < 400
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def roll(self, pod: Pod) -> None:
+        """Replace the running process with one for `pod`, as the Deployment's strategy says."""
+        old = self.current
+        assert old is not None
+        if not (pod.surge and self.surge_address):
+            self._stop(old)
+            self.current = self.start(pod, old.address)
+            return
+        spare = self.surge_address if old.address != self.surge_address else self.address
+        self.starting = self.start(pod, spare, ready=False)
+        self.sync_slice(pod)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.passes_readiness(self.starting):
+            if not self.starting.alive() or time.monotonic() > deadline:
+                self.note(f"the new metrics-server at {spare} did not become ready; the old one keeps serving")
+                self._stop(self.starting)
+                self.starting = None
+                self.sync_slice(pod)
+                return
+            time.sleep(0.5)
+        new, self.starting = self.starting, None
+        new.ready = True
+        self.current = new
+        self.sync_slice(pod)  # the old process leaves the endpoints...
+        time.sleep(DRAIN_SECONDS)
+        self._stop(old)  # ...then stops
+        self.note(f"rolled: {old.address} -> {new.address}")
 
     def sync_slice(self, pod: Pod | None) -> None:
         path = f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices"
@@ -159,14 +266,15 @@ class Runner:
             target = sp.get("targetPort", sp["port"])
             if pod is not None and (target == pod.port_name or target == pod.port):
                 ports.append({"name": sp.get("name", ""), "port": pod.port, "protocol": sp.get("protocol", "TCP")})
-        ready = self.proc is not None and self.proc.poll() is None
+        running = [r for r in (self.current, self.starting) if r is not None]
+        endpoints = [{"addresses": [r.address], "conditions": {"ready": r.ready and r.alive()}} for r in running]
         body = {
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
             "metadata": {"name": SLICE_NAME, "namespace": self.ns,
                          "labels": {"kubernetes.io/service-name": NAME, "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
                          "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": NAME,
                                               "uid": svc["metadata"]["uid"]}]},
-            "endpoints": [{"addresses": [self.address], "conditions": {"ready": ready}}] if ports else [],
+            "endpoints": (endpoints or [{"addresses": [self.address], "conditions": {"ready": False}}]) if ports else [],
             "ports": ports,
         }
         current = self.api.get(f"{path}/{SLICE_NAME}")
@@ -174,19 +282,21 @@ class Runner:
                 current["metadata"].get("ownerReferences", [{}])[0].get("uid") == svc["metadata"]["uid"]:
             return
         self.api.apply(path, SLICE_NAME, body)
-        self.note(f"EndpointSlice {SLICE_NAME}: {self.address} ready={ready} ports={ports}")
+        self.note(f"EndpointSlice {SLICE_NAME}: {body['endpoints']} ports={ports}")
 
     def tick(self) -> None:
         pod = desired(self.api, self.ns, self.workdir)
         if pod is None:
-            if self.proc is not None:
+            if self.current is not None:
                 self.stop()
-        elif pod.fingerprint != self.running:
-            self.start(pod)
-        elif self.proc is not None and self.proc.poll() is not None:
-            self.note(f"metrics-server exited with {self.proc.returncode}; restarting (CrashLoopBackOff)")
+        elif self.current is None:
+            self.current = self.start(pod)
+        elif pod.fingerprint != self.current.fingerprint:
+            self.roll(pod)
+        elif not self.current.alive():
+            self.note(f"metrics-server exited with {self.current.proc.returncode}; restarting (CrashLoopBackOff)")
             time.sleep(2)
-            self.start(pod)
+            self.current = self.start(pod, self.current.address)
         self.sync_slice(pod)
 
 
@@ -194,12 +304,14 @@ def main(argv: list[str]) -> int:
     ap = daemon_parser()
     ap.add_argument("--metrics-server", required=True)
     ap.add_argument("--namespace", default="kube-system")
+    ap.add_argument("--surge-address", help="a second address of this namespace, for a new process started "
+                    "before the old one stops (a rolling update with maxUnavailable 0)")
     a = ap.parse_args(argv)
     servers = a.servers.split(",")
     api = admin_api(a.dir, a.servers)
     workdir = a.dir / "pods" / NAME
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    runner = Runner(api, a.namespace, workdir, a.address, a.metrics_server, servers)
+    runner = Runner(api, a.namespace, workdir, a.address, a.metrics_server, servers, a.surge_address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.monotonic() + a.max_hours * 3600

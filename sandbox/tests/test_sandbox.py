@@ -380,6 +380,121 @@ def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
     assert body["endpoints"] == [{"addresses": ["198.18.200.20"], "conditions": {"ready": False}}]
 
 
+@pytest.mark.parametrize(("strategy", "replicas", "expected"), [
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}}, 1, 0),  # the program's one replica
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}, 2, 1),  # the program's HA
+    ({}, 1, 0),  # the default 25% rounds down
+    ({}, 4, 1),
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "50%"}}, 3, 1),
+    ({"type": "Recreate"}, 2, 2),
+])
+def test_max_unavailable_as_the_deployment_controller_counts_it(strategy, replicas, expected):
+    assert podrunner.max_unavailable({"spec": {"replicas": replicas, "strategy": strategy}}) == expected
+
+
+class FakeProc:
+    pids = iter(range(1000, 2000))
+
+    def __init__(self, log: list[str], address: str):
+        self.pid, self.log, self.address, self.returncode = next(self.pids), log, address, None
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self) -> None:
+        self.log.append(f"stop {self.address}")
+        self.returncode = -15
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode
+
+
+def _rolling_runner(objects, tmp_path, monkeypatch, readiness: list[bool]):
+    """A Runner whose processes are FakeProcs: `log` records starts, stops and each EndpointSlice written."""
+    api = FakeApi(objects)
+    log: list[str] = []
+    runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/nonexistent/metrics-server", ["https://x:6443"],
+                              surge_address="198.18.200.21")
+
+    def start(pod, address=None, *, ready=True):
+        address = address or runner.address
+        log.append(f"start {address}")
+        r = podrunner.Running(pod, address, FakeProc(log, address), ready)
+        return r
+
+    answers = iter(readiness)
+    monkeypatch.setattr(runner, "start", start)
+    monkeypatch.setattr(runner, "passes_readiness", lambda r: next(answers))
+    monkeypatch.setattr(podrunner, "DRAIN_SECONDS", 0.0)
+    monkeypatch.setattr(podrunner.time, "sleep", lambda s: None)
+    real_apply, real_get, written = api.apply, api.get, {}
+
+    def apply(path, name, body):
+        log.append("slice " + ",".join(f"{e['addresses'][0]}={e['conditions']['ready']}" for e in body["endpoints"]))
+        written[f"{path}/{name}"] = copy.deepcopy(body)
+        return real_apply(path, name, body)
+
+    monkeypatch.setattr(api, "apply", apply)
+    monkeypatch.setattr(api, "get", lambda path, **kw: copy.deepcopy(written[path]) if path in written else real_get(path, **kw))
+    return api, runner, log
+
+
+def _with_new_cert(objects):
+    changed = copy.deepcopy(objects)
+    data = bytearray(base64.b64decode(changed[SECRET]["data"]["tls.crt"]))
+    data[40] ^= 0x01
+    changed[SECRET]["data"]["tls.crt"] = base64.b64encode(bytes(data)).decode()
+    return changed
+
+
+def test_a_new_pod_is_ready_before_the_old_one_leaves(objects, tmp_path, monkeypatch):
+    """maxUnavailable 0 (one replica): the new process starts at the surge address, the old one leaves the
+    endpoints once the new one passes its readinessProbe, and only then stops: always one ready endpoint."""
+    api, runner, log = _rolling_runner(objects, tmp_path, monkeypatch, readiness=[False, False, True])
+    try:
+        pod = podrunner.desired(api, NS, tmp_path)
+        assert pod is not None and pod.surge and pod.ready_path == "/readyz"
+        runner.tick()
+        api.objects = _with_new_cert(objects)
+        runner.tick()
+    finally:
+        runner.log.close()
+    assert log == [
+        "start 198.18.200.20", "slice 198.18.200.20=True",
+        "start 198.18.200.21", "slice 198.18.200.20=True,198.18.200.21=False",
+        "slice 198.18.200.21=True", "stop 198.18.200.20",
+    ]
+    assert runner.current.address == "198.18.200.21" and runner.starting is None
+
+
+def test_a_new_pod_that_never_gets_ready_leaves_the_old_one_serving(objects, tmp_path, monkeypatch):
+    api, runner, log = _rolling_runner(objects, tmp_path, monkeypatch, readiness=[])
+    monkeypatch.setattr(podrunner, "READY_TIMEOUT", -1.0)
+    monkeypatch.setattr(runner, "passes_readiness", lambda r: False)
+    try:
+        runner.tick()
+        api.objects = _with_new_cert(objects)
+        runner.roll(podrunner.desired(api, NS, tmp_path))
+    finally:
+        runner.log.close()
+    assert log[-3:] == ["slice 198.18.200.20=True,198.18.200.21=False", "stop 198.18.200.21", "slice 198.18.200.20=True"]
+    assert runner.current.address == "198.18.200.20"
+
+
+def test_without_a_surge_the_old_pod_stops_first(objects, tmp_path, monkeypatch):
+    # maxUnavailable 1 (the program's HA Deployment, where a PodDisruptionBudget and a second replica serve)
+    table = copy.deepcopy(objects)
+    table[DEPLOYMENT]["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    api, runner, log = _rolling_runner(table, tmp_path, monkeypatch, readiness=[])
+    try:
+        runner.tick()
+        api.objects = _with_new_cert(table)
+        runner.tick()
+    finally:
+        runner.log.close()
+    assert log == ["start 198.18.200.20", "slice 198.18.200.20=True", "stop 198.18.200.20", "start 198.18.200.20"]
+
+
 # ---------------------------------------------------------------- 4. kubelets
 
 
@@ -405,7 +520,15 @@ def test_metrics_text(index):
     m1, types = parse_prometheus(kubelets.metrics_text(index, t1))
     m2, _ = parse_prometheus(kubelets.metrics_text(index, t1 + dt_s))
     assert types == {"node_cpu_usage_seconds_total": "counter", "node_memory_working_set_bytes": "gauge",
-                     "resource_scrape_error": "gauge"}
+                     "container_cpu_usage_seconds_total": "counter", "container_memory_working_set_bytes": "gauge",
+                     "container_start_time_seconds": "gauge", "resource_scrape_error": "gauge"}
+    # one container, so that metrics-server's storage (and its /readyz) gets pod metrics too
+    pod = f'{{container="kube-proxy",namespace="kube-system",pod="kube-proxy-{index}"}}'
+    c1, c2 = m1[f"container_cpu_usage_seconds_total{pod}"], m2[f"container_cpu_usage_seconds_total{pod}"]
+    assert c2[0] - c1[0] == pytest.approx(0.01 * dt_s, abs=1e-5)
+    assert (c1[1], c2[1]) == (int(t1 * 1000), int((t1 + dt_s) * 1000))
+    assert m1[f"container_memory_working_set_bytes{pod}"] == (32 * 1024 * 1024, c1[1])
+    assert m1[f"container_start_time_seconds{pod}"][0] < t1
     cpu1, ts1 = m1["node_cpu_usage_seconds_total"]
     cpu2, ts2 = m2["node_cpu_usage_seconds_total"]
     assert cpu1 > 0

@@ -62,3 +62,10 @@ def metrics_api_probes(sb: Sandbox, timeout: float = 2.0) -> dict[str, Callable[
             return body
         return call
     return {m: probe(m) for m in MASTERS}
+
+
+def earlier(results: dict[str, Any], key: str) -> Any:
+    """What an earlier case of an ordered module left under `key`; the case fails, saying why, without it."""
+    if key not in results:
+        pytest.fail(f"an earlier case did not leave {key!r}; run the module in order", pytrace=False)
+    return results[key]

@@ -3,7 +3,8 @@
 Each fake follows the pulumi-tls resource's inputs the way the provider does (subject, SANs, key
 usages, validity), so the unit tests check real certificates: chains verify, EKUs are present,
 CNs and SANs are what the program asked for. The monitor also records what the mock runtime alone
-does not expose: parent, dependencies, ignoreChanges, protect and which inputs were secret.
+does not expose: parent, dependencies, ignoreChanges, protect, replacement_trigger and which inputs were
+secret.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
@@ -201,6 +203,7 @@ class Registration:
     secret_inputs: set[str] = field(default_factory=set)
     custom: bool = True
     protect: bool = False  # the `protect` resource option as the engine receives it
+    replacement_trigger: Any = None  # the `replacement_trigger` resource option as sent (None: not sent)
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -276,6 +279,10 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     secret_inputs=_secret_paths(raw),
                     custom=request.custom,
                     protect=bool(request.protect),
+                    replacement_trigger=(
+                        json_format.MessageToDict(request.replacement_trigger)
+                        if request.HasField("replacement_trigger") else None
+                    ),
                 )
             )
         return response
