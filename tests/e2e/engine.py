@@ -12,6 +12,8 @@ toolchain's PULUMI_HOME plugin cache (installed there by `build.sh env`, idempot
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import re
 import shlex
@@ -32,6 +34,7 @@ ENGINE_COMPONENTS = ("pulumi", "python", "tls", "command", "kubernetes")
 CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "metrics-server", "kubectl")
 PROJECT = "metrics-aggregation"
 PASSPHRASE = "e2e-test-passphrase"
+LOCALLY_SIGNED_CERT_TYPE = "tls:index/locallySignedCert:LocallySignedCert"
 PRIVATE_KEY_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 
 
@@ -209,6 +212,28 @@ class E2EStack:
         if p.returncode != 0:
             raise RuntimeError(f"pulumi {' '.join(args)} -> {p.returncode}: {p.stderr[-3000:]}")
         return p.stdout
+
+
+    def audit(self, *args: str, timeout: float = 900) -> tuple[int, str, str, float]:
+        """`python -m tools.audit --stack <stack> ARGS` as `make audit` runs it (the toolchain's env, this
+        stack's backend, its project as --cwd) -> (exit status, stdout, stderr, seconds)."""
+        t = time.monotonic()
+        p = subprocess.run([str(REPO / "venv" / "bin" / "python"), "-m", "tools.audit", "--stack", self.name,
+                            "--cwd", str(self.project.dir), *args],
+                           cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr, time.monotonic() - t
+
+    def move_cert_end(self, name: str, hours_from_now: float, work: Path) -> None:
+        """Set the validityEndTime of the LocallySignedCert `name` in the state to `hours_from_now`: what the
+        passage of time does to the tls provider's readyForRenewal at Diff (the certificate is untouched)."""
+        state = json.loads(self.cli("stack", "export"))
+        (res,) = [r for r in state["deployment"]["resources"] if r["type"] == LOCALLY_SIGNED_CERT_TYPE
+                  and r["urn"].endswith(f"::{name}")]
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours_from_now)
+        res["outputs"]["validityEndTime"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        path = work / f"state-{name}.json"
+        path.write_text(json.dumps(state))
+        self.cli("stack", "import", "--file", str(path))
 
 
 def step_ops(events: list[auto.EngineEvent]) -> dict[str, str]:

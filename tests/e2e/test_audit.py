@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,8 @@ import pytest
 from components import contract
 from sandbox.cluster import ENV_FILE, MASTERS
 from tests.e2e import handmade as hm
-from tests.e2e.engine import REPO, E2EStack, Project, Toolchain
-from tests.e2e.sandboxes import running_sandbox, sandbox_config
+from tests.e2e.engine import E2EStack, Project, Toolchain
+from tests.e2e.sandboxes import earlier, running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -50,17 +48,10 @@ class AuditScenario:
     results: dict[str, Any] = field(default_factory=dict)
 
     def require(self, key: str) -> Any:
-        if key not in self.results:
-            pytest.fail(f"an earlier case did not leave {key!r}; run the module in order", pytrace=False)
-        return self.results[key]
+        return earlier(self.results, key)
 
     def audit(self, *args: str, timeout: float = 900) -> tuple[int, str, str, float]:
-        """`python -m tools.audit --stack <stack> ARGS` as `make audit` runs it: toolchain env, the stack's backend."""
-        t = time.monotonic()
-        p = subprocess.run([str(REPO / "venv" / "bin" / "python"), "-m", "tools.audit", "--stack", self.stack.name,
-                            "--cwd", str(self.stack.project.dir), *args],
-                           cwd=REPO, env=self.stack.env, capture_output=True, text=True, timeout=timeout)
-        return p.returncode, p.stdout, p.stderr, time.monotonic() - t
+        return self.stack.audit(*args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ comparison the tls provider makes at Diff (its readyForRenewal; the certificate 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
 import ssl
@@ -48,7 +47,7 @@ from lab.pki import Cert, Pki
 from lab.sampler import Report, Sampler
 from sandbox.cluster import MASTERS, Sandbox, wait_for
 from tests.e2e import handmade as hm
-from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
+from tests.e2e.engine import LOCALLY_SIGNED_CERT_TYPE, PROJECT, E2EStack, Project, Toolchain
 from tests.e2e.sandboxes import earlier, metrics_api_probes, running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -57,7 +56,7 @@ PROBE_GROUP = "renewal-probe.e2e.test"
 PROBE_VERSION = "v1alpha1"
 PROBE_NAME = "renewal-probe"
 PROBE_PORT = 18443
-PROXY_CERT_TYPE = "tls:index/locallySignedCert:LocallySignedCert"
+PROXY_CERT_TYPE = LOCALLY_SIGNED_CERT_TYPE
 KEY_TYPE = "tls:index/privateKey:PrivateKey"
 COMMAND_TYPE = "command:remote:Command"
 DEPLOYMENT = "/apis/apps/v1/namespaces/kube-system/deployments/metrics-server"
@@ -204,15 +203,8 @@ class RenewalScenario:
         return Renewal(report, ops, dict(result.summary.resource_changes or {}))
 
     def move_end_into_renewal_window(self, name: str) -> None:
-        """Set the certificate's validityEndTime in state to one hour from now (earlyRenewalHours is 720)."""
-        state = json.loads(self.stack.cli("stack", "export"))
-        (res,) = [r for r in state["deployment"]["resources"] if r["type"] == PROXY_CERT_TYPE
-                  and r["urn"].endswith(f"::{name}")]
-        soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-        res["outputs"]["validityEndTime"] = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
-        path = self.tmp / f"state-{name}.json"
-        path.write_text(json.dumps(state))
-        self.stack.cli("stack", "import", "--file", str(path))
+        """The certificate's validityEndTime in state one hour from now (earlyRenewalHours is 720)."""
+        self.stack.move_cert_end(name, 1, self.tmp)
 
     def require(self, key: str) -> Any:
         return earlier(self.results, key)
