@@ -36,7 +36,7 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components import contract, pki
+from components import ca_rotation, contract, pki
 from components.config import Layout, Master, Settings
 
 SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
@@ -206,6 +206,11 @@ def certs_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     as one comma-separated word, in the order of the PEM blocks on stdin."""
     options = [("--master", master.name), ("--cert-dir", cert_dir(settings, master)),
                ("--pem-files", ",".join(contract.PEM_FILES))]
+    # during a CA rotation the masters trust two CAs (components/ca_rotation.py); one: left out, so the
+    # command lines of stacks that never rotate stay as they were
+    trusted = len(ca_rotation.Stage.of(settings).generations)
+    if trusted > 1:
+        options.append(("--ca-certs", str(trusted)))
     # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
     # left out, so stacks without it keep their command lines
     if settings.apiserver.key_owner:

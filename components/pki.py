@@ -310,9 +310,11 @@ class ProxyClientCert(pulumi.ComponentResource):
     private_key_pem: pulumi.Output[str]  # secret
     not_after: pulumi.Output[str]  # RFC 3339
 
-    def __init__(self, name: str, settings: Settings, ca: AggregatorCA, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, settings: Settings, ca: AggregatorCA, opts: pulumi.ResourceOptions | None = None,
+                 *, after: Sequence[pulumi.Resource] = ()):
         super().__init__("metrics-aggregation:pki:ProxyClientCert", name, None, opts)
-        issued = issue(PROXY_CLIENT, settings, name, self, issuer=ca.issued)
+        # after: a CA rotation's gate (components/ca_rotation.py) before the cert is re-signed by the new CA
+        issued = issue(PROXY_CLIENT, settings, name, self, issuer=ca.issued, depends_on=after)
         self.cert_pem = issued.cert_pem
         self.private_key_pem = issued.key_pem
         self.not_after = issued.not_after
