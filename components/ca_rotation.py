@@ -14,7 +14,7 @@ ConfigMap show of a CA: distinct per generation).
 
 Who checks what (docs/ca-rotation.md): metrics-server trusts the proxy cert through the ConfigMap
 kube-system/extension-apiserver-authentication, which every kube-apiserver fills with the union of what it
-and the ConfigMap hold. So before the proxy cert is re-signed the `gate` (tools/ca_rotation.py) checks that
+and the ConfigMap hold. So before the proxy cert is re-signed the `gate` (components/ca_retirement.py) checks that
 the ConfigMap holds the new CA and that metrics-server had time to reload it; and after the masters trust
 only the new CA, the `prune` removes exactly the old CA from the ConfigMap (the union would keep it until it
 expired) and checks after more than a minute that no apiserver put it back.
@@ -116,7 +116,7 @@ def trust_bundle(pems: list[str]) -> str:
 def tool_command(action: str) -> str:
     """The retirement step's command line: the tool, run with this program's interpreter (it needs the
     program's packages) from the project directory."""
-    return f"{sys.executable} -m tools.ca_rotation {action}"
+    return f"{sys.executable} -m components.ca_retirement {action}"
 
 
 class CaRetirement(pulumi.ComponentResource):

@@ -1,6 +1,6 @@
 """pki.caGeneration / pki.caRotation (issue 13 part 3): the config rules, and the graph of every stage —
 which CAs exist and are protected, which signs the proxy cert, what the masters trust, which steps re-run
-(only the certs steps), and the gate/prune step (components/ca_rotation.py; its tool: test_ca_rotation_tool)."""
+(only the certs steps), and the gate/prune step (components/ca_rotation.py; its tool: test_ca_retirement)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_stage_sign_re_signs_the_proxy_cert_after_the_gate_and_unprotects_the_ol
     assert issuer_cn(result) == "aggregator-ca-gen2"
     [gate] = result.of_type(LOCAL)
     assert gate.name == "aggregator-ca-retirement-step"
-    assert gate.inputs["create"].endswith("-m tools.ca_rotation gate")
+    assert gate.inputs["create"].endswith("-m components.ca_retirement gate")
     assert "stdin" in gate.secret_inputs  # the kubeconfig travels there
     # the re-signed cert (and so every master) waits for the gate
     [signed] = [r for r in result.of_type("tls:index/locallySignedCert:LocallySignedCert")
@@ -155,7 +155,7 @@ def test_stage_done_drops_the_old_ca_and_prunes_after_every_master(stack_config)
     assert issuer_cn(result) == "aggregator-ca-gen2"
     [prune] = result.of_type(LOCAL)
     assert prune.name == "aggregator-ca-retirement-step"  # the gate's step, updated: it keeps the old CA's PEM
-    assert prune.inputs["update"].endswith("-m tools.ca_rotation prune")
+    assert prune.inputs["update"].endswith("-m components.ca_retirement prune")
     waits = result.waits_for(prune)
     assert all(result.named(c["name"]).urn in waits for c in result.commands)
     assert all("--ca-certs" not in c["create"] for c in result.commands)

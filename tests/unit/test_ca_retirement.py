@@ -1,4 +1,4 @@
-"""tools/ca_rotation.py against a fake kube-system/extension-apiserver-authentication: the gate refuses
+"""components/ca_retirement.py against a fake kube-system/extension-apiserver-authentication: the gate refuses
 until the ConfigMap holds the new CA and it is old enough; the prune removes exactly the old CA (by DER),
 keeps every other key and CA, patches at the read resourceVersion (retrying a conflict), and fails when
 an apiserver puts the old CA back."""
@@ -11,9 +11,9 @@ import json
 
 import pytest
 
+from components import ca_retirement as tool
 from components import kube_access
 from tests.unit.test_existing_ca import make_ca
-from tools import ca_rotation as tool
 
 NOW = dt.datetime.now(dt.UTC)
 OLD = make_ca(cn="aggregator-ca", not_before=NOW - dt.timedelta(days=300))

@@ -2,8 +2,8 @@
 the prune of the old CA from kube-system/extension-apiserver-authentication. The program runs it as the
 local command `<old CA>-retirement` during `up` (components/ca_rotation.py); by hand:
 
-    venv/bin/python -m tools.ca_rotation gate  < input.json
-    venv/bin/python -m tools.ca_rotation prune < input.json      # the old CA in $PULUMI_COMMAND_STDOUT
+    venv/bin/python -m components.ca_retirement gate  < input.json
+    venv/bin/python -m components.ca_retirement prune < input.json      # the old CA in $PULUMI_COMMAND_STDOUT
 
 stdin: {"kube": {"kubeconfig": …, "context": …, "cluster": …}, "newCaPem": "…", "oldCaPem": "…" | null}
 (the stack's kubernetes:* settings: the kubeconfig path or contents; never printed).
@@ -169,7 +169,7 @@ def _cluster(kube: dict[str, Any]) -> Cluster:
 
 
 def main(argv: list[str] | None = None, stdin: Any = None, env: Any = None) -> int:
-    parser = argparse.ArgumentParser(prog="tools.ca_rotation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="components.ca_retirement", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("gate", "prune"))
     args = parser.parse_args(argv)
     env = os.environ if env is None else env
