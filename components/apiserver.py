@@ -422,9 +422,11 @@ class ApiserverAggregation(pulumi.ComponentResource):
         sudo = settings.ssh.sudo
         previous: pulumi.Resource | None = None
         self.final_steps = []
+        self.certs_steps: list[command.remote.Command] = []
         for master in settings.masters:
             step = functools.partial(self._step, master, _connection(settings, master))
             certs = step("certs", *certs_commands(certs_options(settings, master), sudo=sudo), [], stdin=stdin)
+            self.certs_steps.append(certs)
             options = flags_options(settings, master)
             flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
                          [certs] + ([previous] if previous else []))

@@ -1,36 +1,33 @@
-"""The cluster side of a CA rotation (docs/ca-rotation.md): the gate before the proxy cert is re-signed, and
-the prune of the old CA from kube-system/extension-apiserver-authentication. The program runs it as the
-local command `<old CA>-retirement` during `up` (components/ca_rotation.py); by hand:
+"""The cluster side of a CA rotation (docs/ca-rotation.md), on kube-system/extension-apiserver-authentication:
+the gate before a proxy cert signed by the new CA goes out, and the prune of the CAs the masters stopped
+trusting. The program runs both during `up` (components/ca_rotation.py); by hand (pki.existingCa, a CA left
+behind by a backed-out rotation), with the kubeconfig of the cluster:
 
-    venv/bin/python -m components.ca_retirement gate  < input.json
-    venv/bin/python -m components.ca_retirement prune < input.json      # the old CA in $PULUMI_COMMAND_STDOUT
-
-stdin: {"kube": {"kubeconfig": …, "context": …, "cluster": …}, "newCaPem": "…", "oldCaPem": "…" | null}
-(the stack's kubernetes:* settings: the kubeconfig path or contents; never printed).
+    venv/bin/python -m components.ca_retirement gate  --new-ca new-ca.pem [--kubeconfig F] [--context C]
+    venv/bin/python -m components.ca_retirement prune --new-ca new-ca.pem --old-ca old-ca.pem [...]
 
 gate   the ConfigMap's requestheader-client-ca-file holds the new CA (every kube-apiserver unions its
-       --requestheader-client-ca-file into it, so stage trust reached at least one apiserver) and the new
-       CA is at least 65 s old (metrics-server re-reads the ConfigMap on every change and once a minute).
-       Prints the old CA's certificate on stdout: the prune reads it back.
-prune  after every master trusts only the new CA: waits 65 s (every apiserver reloads its file), removes
-       exactly the old CA (by DER) from requestheader-client-ca-file — kube-apiserver keeps a union and
-       would keep it until 5 minutes after it expires — with a merge patch of that one key at the read
-       resourceVersion, then reads again after 62 s (each apiserver re-syncs every minute) to prove that
-       none put it back. Prints the old CA again (a re-run prunes the same CA).
+       --requestheader-client-ca-file into it, so the masters' bundle reached the ConfigMap) and the new CA
+       is at least 65 s old (metrics-server re-reads the ConfigMap on every change and once a minute).
+prune  after every master trusts only the new CA: waits 65 s (every apiserver reloads its file, or a slow
+       one puts the old CA back at its next sync), removes exactly the old CA(s) — by the sha256 of their
+       DER — from requestheader-client-ca-file with a merge patch of that one key at the resourceVersion
+       it read (kube-apiserver keeps a union and would keep the old CA until 5 minutes after it expires),
+       then reads again after 62 s (each apiserver re-syncs every minute) to prove none put it back.
 
-Exit status 0 done, 1 refused or failed (one message on stderr saying what to do).
+A refusal is a RotationError whose message names pki.caRotation and what to do; nothing quotes the kubeconfig.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
+import hashlib
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -70,6 +67,11 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def sha256(cert: x509.Certificate) -> str:
+    """The sha256 of the DER, as install-certs prints it for a CA a master stopped trusting."""
+    return hashlib.sha256(der(cert)).hexdigest()
+
+
 def pem(certs: list[x509.Certificate]) -> str:
     """As Go's pem.Encode writes them (what kube-apiserver's controller writes): no cosmetic rewrite."""
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
@@ -95,71 +97,67 @@ def _trusted(cluster: Cluster) -> tuple[list[x509.Certificate], str]:
     return certs, (cm.get("metadata") or {}).get("resourceVersion", "")
 
 
-def gate(cluster: Cluster, new: x509.Certificate, old: x509.Certificate) -> str:
-    """Refuse (RotationError) unless metrics-server can trust a proxy cert signed by `new`; else the old
-    CA's PEM, which the prune reads back."""
+def gate(cluster: Cluster, new: x509.Certificate) -> None:
+    """Refuse (RotationError) unless metrics-server can trust a proxy cert signed by `new`."""
     certs, _ = _trusted(cluster)
     if der(new) not in {der(c) for c in certs}:
         raise RotationError(
-            f"{STAGE_KEY}: sign refused, nothing changed: the new CA {describe(new)} is not in "
-            f"kube-system/extension-apiserver-authentication ({KEY}) yet, so metrics-server would refuse a proxy "
-            f"cert it signed. Stage trust must have run first: set {STAGE_KEY} to trust and run `pulumi up`; "
-            "if it did, check that the masters' aggregator-ca.pem holds both CAs, wait a minute and re-run `pulumi up`")
+            f"{STAGE_KEY}: refused before the proxy cert is signed by the new CA, nothing changed: the new CA "
+            f"{describe(new)} is not in kube-system/extension-apiserver-authentication ({KEY}), so metrics-server "
+            f"would refuse that proxy cert. Stage trust must run first: set {STAGE_KEY} to trust and run `pulumi up`; "
+            "if it did, check that every master's aggregator-ca.pem holds both CAs, wait a minute and re-run `pulumi up`")
     age = (cluster.now() - new.not_valid_before_utc).total_seconds()
     if age < RELOAD_SECONDS:
         raise RotationError(
-            f"{STAGE_KEY}: sign refused, nothing changed: the new CA is only {int(age)} s old; metrics-server "
-            f"re-reads the ConfigMap once a minute: wait {int(RELOAD_SECONDS - age) + 1} s and re-run `pulumi up`")
-    print(f"gate passed: {describe(new)} is in {KEY} and {int(age)} s old", file=sys.stderr)
-    return pem([old])
+            f"{STAGE_KEY}: refused before the proxy cert is signed by the new CA, nothing changed: the new CA is only "
+            f"{int(age)} s old, and metrics-server re-reads the ConfigMap once a minute: wait "
+            f"{int(RELOAD_SECONDS - age) + 1} s and re-run `pulumi up`")
 
 
-def prune(cluster: Cluster, new: x509.Certificate, old: list[x509.Certificate], *,
-          settle: float = RELOAD_SECONDS, recheck: float = RECHECK_SECONDS) -> str:
-    """Remove exactly the `old` CA(s) from the ConfigMap, then prove no apiserver puts one back."""
-    if not old:
-        print("nothing to prune: no retired CA was recorded (the stack never ran stage sign)", file=sys.stderr)
-        return ""
-    gone = {der(c) for c in old} - {der(new)}
+def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *,
+          settle: float = RELOAD_SECONDS, recheck: float = RECHECK_SECONDS) -> list[str]:
+    """Remove exactly the CAs whose DER has a sha256 in `gone` from the ConfigMap (never `new`), then prove no
+    apiserver puts one back. Returns the sha256 of the CAs removed."""
+    gone = [g for g in gone if g != sha256(new)]
     certs, _ = _trusted(cluster)
-    if not gone & {der(c) for c in certs}:
-        print(f"{KEY} holds no retired CA: nothing to prune", file=sys.stderr)
-        return pem(old)
+    if not any(sha256(c) in gone for c in certs):
+        return []
     # every master has just been given the new CA only: let each apiserver reload it first, or it puts the
     # old CA back at its next sync
     cluster.sleep(settle)
+    removed: list[str] = []
     for _ in range(CONFLICT_RETRIES):
         certs, version = _trusted(cluster)
-        kept = [c for c in certs if der(c) not in gone]
+        kept = [c for c in certs if sha256(c) not in gone]
         if len(kept) == len(certs):
             break
         if der(new) not in {der(c) for c in kept}:
             raise RotationError(
-                f"{STAGE_KEY}: the prune refused to remove the old CA: {KEY} would not hold the new CA "
-                f"{describe(new)}; run stage trust again ({STAGE_KEY}: trust) and re-run `pulumi up`")
+                f"{STAGE_KEY}: the old CA was not removed from {KEY}: the ConfigMap does not hold the new CA "
+                f"{describe(new)}; set {STAGE_KEY} to trust, run `pulumi up`, then finish the rotation again")
         try:
             cluster.patch(CONFIGMAP_PATH, {"metadata": {"resourceVersion": version}, "data": {KEY: pem(kept)}})
         except kube_access.HttpError as exc:
             if exc.status == 409:  # an apiserver wrote it in between: read again
                 continue
             raise
-        print(f"removed {len(certs) - len(kept)} retired CA(s) from {KEY}", file=sys.stderr)
+        removed = [sha256(c) for c in certs if sha256(c) in gone]
         break
     else:
         raise RotationError(f"{KEY} kept changing while it was pruned ({CONFLICT_RETRIES} conflicts): re-run `pulumi up`")
     cluster.sleep(recheck)
     certs, _ = _trusted(cluster)
-    back = [c for c in certs if der(c) in gone]
+    back = [c for c in certs if sha256(c) in gone]
     if back:
         raise RotationError(
             f"{STAGE_KEY}: a kube-apiserver put the old CA {describe(back[0])} back into {KEY}: a master still "
             "trusts it (its aggregator-ca.pem was not rewritten, or its file watch missed the write). Check every "
-            "master's aggregator-ca.pem (`make audit`), fix it, then re-run `pulumi up` (the prune runs again)")
-    print(f"{KEY} still without the retired CA after {int(recheck)} s", file=sys.stderr)
-    return pem(old)
+            "master's aggregator-ca.pem, fix it, then re-run `pulumi up` (the prune runs again)")
+    return removed
 
 
-def _cluster(kube: dict[str, Any]) -> Cluster:
+def cluster_of(kube: dict[str, Any]) -> Cluster:
+    """The ConfigMap through the kubeconfig the stack's kubernetes provider uses (kube_access)."""
     ep = kube_access.endpoint(kube.get("kubeconfig"), kube.get("context"), kube.get("cluster"))
     return Cluster(
         get=lambda path: kube_access.get_json(ep, path),
@@ -168,29 +166,31 @@ def _cluster(kube: dict[str, Any]) -> Cluster:
     )
 
 
-def main(argv: list[str] | None = None, stdin: Any = None, env: Any = None) -> int:
-    parser = argparse.ArgumentParser(prog="components.ca_retirement", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="components.ca_retirement", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("action", choices=("gate", "prune"))
+    parser.add_argument("--new-ca", required=True, type=Path, help="the CA certificate that stays (PEM)")
+    parser.add_argument("--old-ca", type=Path, help="prune: the CA certificate(s) to remove (PEM)")
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, then ~/.kube/config")
+    parser.add_argument("--context")
     args = parser.parse_args(argv)
-    env = os.environ if env is None else env
     try:
-        given = json.load(stdin or sys.stdin)
-        new = certificates(given.get("newCaPem"))
-        if len(new) != 1:
-            raise RotationError("stdin must give newCaPem: one certificate")
-        cluster = _cluster(given.get("kube") or {})
+        [new] = certificates(args.new_ca.read_text()) or [None]
+        if new is None:
+            raise RotationError(f"{args.new_ca} holds no certificate")
+        cluster = cluster_of({"kubeconfig": args.kubeconfig, "context": args.context})
         if args.action == "gate":
-            old = certificates(given.get("oldCaPem"))
-            if len(old) != 1:
-                raise RotationError("stdin must give oldCaPem: one certificate")
-            out = gate(cluster, new[0], old[0])
+            gate(cluster, new)
+            print(f"gate passed: {describe(new)} is in {KEY} and old enough")
         else:
-            # the gate's stdout, which pulumi-command passes to the next run of the step
-            out = prune(cluster, new[0], certificates(env.get("PULUMI_COMMAND_STDOUT")))
+            old = certificates(args.old_ca.read_text()) if args.old_ca else []
+            if not old:
+                raise RotationError("prune needs --old-ca: the CA certificate(s) to remove")
+            removed = prune(cluster, new, [sha256(c) for c in old])
+            print(f"removed {len(removed)} CA(s) from {KEY}; still absent after {RECHECK_SECONDS} s")
     except (RotationError, kube_access.KubeAccessError, OSError, ValueError) as exc:
         print(f"CA rotation: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(out)
     return 0
 
 

@@ -14,39 +14,37 @@ ConfigMap show of a CA: distinct per generation).
 
 Who checks what (docs/ca-rotation.md): metrics-server trusts the proxy cert through the ConfigMap
 kube-system/extension-apiserver-authentication, which every kube-apiserver fills with the union of what it
-and the ConfigMap hold. So before the proxy cert is re-signed the `gate` (components/ca_retirement.py) checks that
-the ConfigMap holds the new CA and that metrics-server had time to reload it; and after the masters trust
-only the new CA, the `prune` removes exactly the old CA from the ConfigMap (the union would keep it until it
-expired) and checks after more than a minute that no apiserver put it back.
+and the ConfigMap hold. So before a proxy cert signed by the new CA can go out (stage sign, and the rotation
+done) the gate (components/ca_retirement.py) checks that the ConfigMap holds the new CA and that
+metrics-server had time to reload it; and once the masters trust only the new CA, the prune removes from the
+ConfigMap exactly the CAs the masters just stopped trusting (the certs steps name them, by the sha256 of
+their DER), since kube-apiserver's union would keep them until they expire, and checks after more than a
+minute that no apiserver put one back.
 
-Both run as one local command, `<old CA name>-retirement`, during `up` only (a preview runs no command): its
-create (stage sign) is the gate, which prints the old CA's certificate; its update (the rotation done) is
-the prune, which reads that certificate back from its previous stdout (pulumi-command passes it as
-$PULUMI_COMMAND_STDOUT) — the old CA has left the program by then, and the ConfigMap must lose exactly it.
+Both run in this process during `up` only (a preview changes nothing and reads nothing), with the stack's
+kubeconfig: the gate before the proxy cert is (re-)signed, so a refusal touches nothing; the prune after
+every master. `CaRetirement` holds their results as its outputs, so the program waits for them.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import asyncio
+import dataclasses
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pulumi
-import pulumi_command as command
 
-from components import kube_access
+from components import ca_retirement, kube_access
 from components.config import CaRotation, Settings
 from components.kube_access import KubeSettings
-from components.pki import AggregatorCA
+from components.pki import AggregatorCA, Issued
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 RETIREMENT_TYPE = "metrics-aggregation:pki:CaRetirement"
-# metrics-server re-reads the ConfigMap on every change and every minute; 5 s for a master whose watch
-# was being re-established (docs/ca-rotation.md).
-RELOAD_SECONDS = 65
-# after the prune: longer than the minute in which every apiserver re-syncs the ConfigMap
-RECHECK_SECONDS = 62
+# what install-certs prints for each CA the master's aggregator-ca.pem no longer holds
+UNTRUSTED = re.compile(r"no longer trusts the CA sha256:([0-9a-f]{64})")
 
 
 def ca_name(generation: int) -> str:
@@ -85,13 +83,15 @@ class Stage:
         return not (self.rotation is CaRotation.SIGN and generation == self.generation - 1)
 
     @property
-    def retirement(self) -> str | None:
-        """'gate' (stage sign), 'prune' (generation ≥ 2, done), or None: the retirement step's action."""
-        if self.rotation is CaRotation.SIGN:
-            return "gate"
-        if self.rotation is None and self.generation >= 2:
-            return "prune"
-        return None
+    def gated(self) -> bool:
+        """Whether the proxy cert may be signed only after the gate: whenever the newest CA signs it and
+        there was an older one (stage sign, and every `up` after it: a skipped stage sign is caught too)."""
+        return self.generation >= 2 and self.rotation is not CaRotation.TRUST
+
+    @property
+    def prunes(self) -> bool:
+        """Whether the CAs the masters stopped trusting are pruned from the ConfigMap (the rotation done)."""
+        return self.generation >= 2 and self.rotation is None
 
     @property
     def retiring(self) -> int:
@@ -113,72 +113,93 @@ def trust_bundle(pems: list[str]) -> str:
     return "".join(p if p.endswith("\n") else p + "\n" for p in pems)
 
 
-def tool_command(action: str) -> str:
-    """The retirement step's command line: the tool, run with this program's interpreter (it needs the
-    program's packages) from the project directory."""
-    return f"{sys.executable} -m components.ca_retirement {action}"
-
-
-class CaRetirement(pulumi.ComponentResource):
-    """The gate before the proxy cert is re-signed and the prune after the masters dropped the old CA (see
-    the module's docstring): one local command, run during `up` only, with the stack's kubeconfig on stdin."""
-
-    step: command.local.Command
-
-    def __init__(self, name: str, action: str, kube: KubeSettings, *, new_ca_pem: pulumi.Input[str],
-                 old_ca_pem: pulumi.Input[str] | None, depends_on: list[pulumi.Resource],
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__(RETIREMENT_TYPE, name, None, opts)
-        access = {k: kube.get(k) for k in ("kubeconfig", "context", "cluster")}
-        # the kubeconfig may be a secret (its contents): stdin is secret as a whole, and never on a command line
-        stdin = pulumi.Output.secret(pulumi.Output.all(new_ca_pem, old_ca_pem).apply(
-            lambda p: json.dumps({"kube": access, "newCaPem": p[0], "oldCaPem": p[1]})))
-        self.step = command.local.Command(
-            f"{name}-step",
-            create=tool_command(action),
-            update=tool_command(action),
-            # a retirement that leaves the program (a new rotation, or going back to stage trust) changes nothing
-            delete="echo 'nothing to undo: the CA retirement only checks and prunes the ConfigMap'",
-            stdin=stdin,
-            dir=str(PROJECT_DIR),
-            add_previous_output_in_env=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
-        )
-        self.register_outputs({})
+def untrusted(outputs: Sequence[str]) -> list[str]:
+    """The sha256 (of the DER) of every CA the certs steps' outputs say a master stopped trusting."""
+    found: list[str] = []
+    for text in outputs:
+        found += [m for m in UNTRUSTED.findall(text or "") if m not in found]
+    return found
 
 
 class Cas:
     """The stage's aggregator CAs (AggregatorCA components, one per generation), which of them signs, what
-    the masters trust, and the retirement step. Not a resource itself: each CA stays a top-level
+    the masters trust, and the retirement checks. Not a resource itself: each CA stays a top-level
     component, so generation 1 keeps its URNs."""
 
     def __init__(self, settings: Settings, kube: KubeSettings | None):
         self.stage = stage = Stage.of(settings)
-        # the retirement step reads the cluster with the stack's kubernetes:* config, like metrics-server
-        self._kube = kube if kube is not None or stage.retirement is None else kube_access.read_settings()
+        # the checks read the cluster with the stack's kubernetes:* config, like metrics-server
+        self._kube = kube if kube is not None or not stage.gated else kube_access.read_settings()
         self.by_generation = {
             g: AggregatorCA(ca_name(g), settings_for(settings, g, protect=stage.protected(g)))
             for g in stage.generations
         }
-        self.signer = self.by_generation[stage.signer]
         cas = [self.by_generation[g] for g in stage.generations]
         # aggregatorCaCertPem: what the masters trust (both CAs during a rotation); the newest CA's notAfter
         self.cert_pem: pulumi.Output[str] = (
             cas[0].cert_pem if len(cas) == 1 else pulumi.Output.all(*[c.cert_pem for c in cas]).apply(trust_bundle))
         self.not_after = cas[-1].not_after
         self.count = len(cas)
-        # stage sign: the proxy cert waits for the gate
-        self.gate: list[pulumi.Resource] = []
-        if stage.retirement == "gate":
-            self.gate = [self._retirement("gate", [], old=self.by_generation[stage.retiring].cert_pem)]
+        self.retirement: CaRetirement | None = None
+        signer = self.by_generation[stage.signer].issued
+        if stage.gated:
+            self.retirement = CaRetirement(f"{ca_name(stage.generation)}-retirement", self._kube or KubeSettings(),
+                                           new=signer.cert_pem)
+            # the proxy cert is signed with the CA certificate the gate let through: it waits for the gate
+            signer = dataclasses.replace(signer, cert_pem=self.retirement.gate)
+        self.signer: Issued = signer
 
-    def prune_after(self, done: list[pulumi.Resource]) -> None:
-        """The rotation done (generation ≥ 2, no pki.caRotation): prune the ConfigMap after every master."""
-        if self.stage.retirement == "prune":
-            self._retirement("prune", done, old=None)
+    def finish(self, certs_steps: Sequence[Any], done: Sequence[Any]) -> None:
+        """After every master (the certs steps, then `done`, the last flags step): the rotation done, prune
+        the ConfigMap of what the masters stopped trusting."""
+        if self.retirement is None:
+            return
+        if self.stage.prunes:
+            self.retirement.prune_after([s.stdout for s in certs_steps], [s.stdout for s in done])
+        self.retirement.finish()
 
-    def _retirement(self, action: str, after: list[pulumi.Resource], *, old: pulumi.Output[str] | None) -> CaRetirement:
-        assert self._kube is not None
-        return CaRetirement(f"{ca_name(self.stage.retiring)}-retirement", action, self._kube,
-                            new_ca_pem=self.by_generation[self.stage.generation].cert_pem, old_ca_pem=old,
-                            depends_on=after)
+
+class CaRetirement(pulumi.ComponentResource):
+    """The gate before a proxy cert signed by the new CA goes out, and the prune of the CAs the masters
+    stopped trusting (see the module's docstring): checks of the cluster run in this process during `up`."""
+
+    gate: pulumi.Output[str]  # the new CA's certificate, once the gate passed
+    pruned: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, kube: KubeSettings, *, new: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RETIREMENT_TYPE, name, None, opts)
+        self._kube = kube
+        self.gate = pulumi.Output.from_input(new).apply(self._gate)
+        self.pruned = pulumi.Output.from_input([])
+
+    def prune_after(self, certs_stdout: list[pulumi.Output[str]], after: list[pulumi.Output[str]]) -> None:
+        self.pruned = pulumi.Output.all(self.gate, *after, *certs_stdout).apply(
+            lambda v: self._prune(v[0], untrusted(v[1 + len(after):])))
+
+    def finish(self) -> None:
+        # as outputs, the checks are waited for: the program ends only after them
+        self.register_outputs({"gate": self.gate.apply(lambda _: "passed"), "pruned": self.pruned})
+
+    def _cluster(self) -> ca_retirement.Cluster:
+        return ca_retirement.cluster_of({k: self._kube.get(k) for k in ("kubeconfig", "context", "cluster")})
+
+    async def _gate(self, new_pem: str) -> str:
+        if pulumi.runtime.is_dry_run():
+            return new_pem  # a preview reads nothing; `up` checks before anything is signed
+        await _checked(ca_retirement.gate, self._cluster(), ca_retirement.certificates(new_pem)[0])
+        return new_pem
+
+    async def _prune(self, new_pem: str, gone: list[str]) -> list[str]:
+        if pulumi.runtime.is_dry_run() or not gone:
+            return []
+        return await _checked(ca_retirement.prune, self._cluster(), ca_retirement.certificates(new_pem)[0], gone)
+
+
+async def _checked(check: Any, *args: Any) -> Any:
+    """Run a blocking check (HTTP, waits of a minute) off the event loop; its refusal stops `up` with its
+    own message."""
+    try:
+        return await asyncio.to_thread(check, *args)
+    except (ca_retirement.RotationError, kube_access.KubeAccessError, OSError, ValueError) as exc:
+        raise pulumi.RunError(f"CA rotation: {exc}") from None

@@ -27,7 +27,7 @@ def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, obj
     if not settings.apiserver.manage:
         return _verify_only(settings, kube)
     cas = Cas(settings, kube)  # pki.caGeneration's CA (two during a rotation; components/ca_rotation.py)
-    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings, cas.signer, after=cas.gate)
+    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings, cas.signer)
     apiserver = ApiserverAggregation(
         "apiserver",
         settings,
@@ -35,7 +35,7 @@ def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, obj
         proxy_cert_pem=proxy.cert_pem,
         proxy_key_pem=proxy.private_key_pem,
     )
-    cas.prune_after(apiserver.done)
+    cas.finish(apiserver.certs_steps, apiserver.done)
     metrics = _metrics_server(settings, apiserver, kube)
     return _outputs(settings, apiserver, metrics, ca=cas, proxy=proxy)
 

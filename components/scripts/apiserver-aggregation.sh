@@ -589,10 +589,25 @@ same_mode_owner() { # FILE MODE UID GID
 	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
 
+# der_sums FILE: the sha256 of each CERTIFICATE block's DER (its base64 body decoded), one a line; nothing
+# for a missing file. The CA rotation's prune (components/ca_retirement.py) removes exactly the CAs a master
+# stopped trusting, by these sums, from the cluster's extension-apiserver-authentication ConfigMap.
+der_sums() {
+	local body
+	[ -f "$1" ] || return 0
+	while IFS= read -r body; do
+		printf '%s' "$body" | base64 -d 2>/dev/null | sha256sum | cut -d' ' -f1
+	done < <(awk '
+		{ sub(/\r$/, "") }
+		/^-----BEGIN [A-Z0-9 ]+-----$/ { label = substr($0, 12, length($0) - 16); body = ""; cert = (label == "CERTIFICATE"); next }
+		/^-----END / { if (cert) print body; cert = 0; next }
+		cert { body = body $0 }' "$1")
+}
+
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
 	need_pem_files
-	local pem tmp kinds want i name mode target t2 uid gid fuid fgid sum first=0 sums=()
+	local pem tmp kinds want i name mode target t2 uid gid fuid fgid sum first=0 sums=() trusted was
 	uid=$(id -u)
 	gid=$(id -g)
 	[ "$uid" = 0 ] && gid=0
@@ -642,6 +657,9 @@ install_certs() {
 	(umask 077 && for i in $(seq "$CA_CERTS"); do cat -- "$tmp/$i"; done >"$tmp/f1") || die "cannot write $tmp/f1"
 	mv -- "$tmp/$((CA_CERTS + 1))" "$tmp/f2" || die "cannot rename in $tmp"
 	mv -- "$tmp/$((CA_CERTS + 2))" "$tmp/f3" || die "cannot rename in $tmp"
+	# the CAs this master trusted before (a regular file: check_targets refused anything else), and after
+	was=$(der_sums "$CERT_DIR/${PEM_FILES[0]}") || die "cannot read $CERT_DIR/${PEM_FILES[0]}"
+	trusted=$(der_sums "$tmp/f1") || die "cannot read $tmp/f1"
 	i=0
 	while IFS= read -r name; do
 		i=$((i + 1))
@@ -673,6 +691,12 @@ install_certs() {
 	narrow_sums "${sums[@]}"
 	claim certs "$CERT_DIR"
 	txn_commit
+	while IFS= read -r sum; do
+		if [ -n "$sum" ] && ! grep -qxF -- "$sum" <<<"$trusted"; then
+			say "$CERT_DIR/${PEM_FILES[0]} no longer trusts the CA sha256:$sum"
+		fi
+	done <<<"$was"
+	return 0
 }
 
 remove_certs() {

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from components import ca_retirement, ca_rotation
 from components.apiserver import host_files_text
 from tests.hosts.test_rollout import assert_certs
 
@@ -22,6 +23,10 @@ def cns(pem: bytes) -> list[str]:
     return [c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value for c in x509.load_pem_x509_certificates(pem)]
 
 
+def sums(h) -> set[str]:
+    return {ca_retirement.sha256(c) for c in x509.load_pem_x509_certificates(h.path(CA).read_bytes())}
+
+
 def issuer(h) -> str:
     cert = x509.load_pem_x509_certificate(h.path("/etc/kubernetes/ssl/aggregator.pem").read_bytes())
     return cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
@@ -30,8 +35,11 @@ def issuer(h) -> str:
 def test_every_stage_writes_what_the_master_trusts_without_a_restart(lab, make_stack, monkeypatch):
     from components import kube_access
 
-    # stages sign and done add the local retirement step (the cluster side, not run in this tier)
+    # stages sign and done check the cluster (the e2e tier does); here the certs steps' output is kept
     monkeypatch.setattr(kube_access, "read_settings", lambda *a, **k: kube_access.KubeSettings({}))
+    monkeypatch.setattr(ca_retirement, "cluster_of", lambda kube: None)
+    monkeypatch.setattr(ca_retirement, "gate", lambda cluster, new: None)
+    monkeypatch.setattr(ca_retirement, "prune", lambda cluster, new, gone: gone)
     h = lab.add_host("m1", "env-file")
     original = h.config_bytes()
     first = make_stack([h])
@@ -45,6 +53,7 @@ def test_every_stage_writes_what_the_master_trusts_without_a_restart(lab, make_s
         ({"caGeneration": 2}, ["aggregator-ca-gen2"], "aggregator-ca-gen2"),
     ]:
         st = make_stack([h], pki={"hosts": ["127.0.0.1", "kubernetes", "kubernetes.default"], **keys})
+        before = sums(h)
         out = st.up(update=True)
         assert out.ok, out.explain()
         assert cns(h.path(CA).read_bytes()) == trusted, keys
@@ -53,6 +62,11 @@ def test_every_stage_writes_what_the_master_trusts_without_a_restart(lab, make_s
         assert "no restart" in out["m1-flags"].stdout
         assert h.restarts() == restarts, f"{keys} restarted the apiserver"
         assert h.path("/etc/kubernetes/ssl/aggregator-key.pem").read_bytes() == key  # re-signed, same key
+        # install-certs names every CA the file lost, by the sha256 of its DER: what the prune removes
+        assert set(ca_rotation.untrusted([out["m1-certs"].stdout])) == before - sums(h), keys
+        if "caRotation" in keys:
+            old_ca = x509.load_pem_x509_certificates(h.path(CA).read_bytes())[0]
+    assert f"aggregator-ca.pem no longer trusts the CA sha256:{ca_retirement.sha256(old_ca)}" in out["m1-certs"].stdout
 
     out = st.destroy()
     assert out.ok, out.explain()

@@ -1,13 +1,11 @@
 """components/ca_retirement.py against a fake kube-system/extension-apiserver-authentication: the gate refuses
-until the ConfigMap holds the new CA and it is old enough; the prune removes exactly the old CA (by DER),
-keeps every other key and CA, patches at the read resourceVersion (retrying a conflict), and fails when
-an apiserver puts the old CA back."""
+until the ConfigMap holds the new CA and it is old enough; the prune removes exactly the old CA (the sha256 of
+its DER, as install-certs names it), keeps every other key and CA, patches at the read resourceVersion
+(retrying a conflict), and fails when an apiserver puts the old CA back."""
 
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 
 import pytest
 
@@ -60,32 +58,33 @@ class FakeCluster:
         return [c.subject.rfc4514_string() for c in tool.certificates(self.data[tool.KEY])]
 
 
-def test_gate_passes_when_the_new_ca_is_trusted_and_old_enough_and_returns_the_old_ca():
+GONE = [tool.sha256(OLD.cert)]
+
+
+def test_gate_passes_when_the_new_ca_is_trusted_and_old_enough():
     fake = FakeCluster([OLD, NEW])
-    out = tool.gate(fake.cluster, NEW.cert, OLD.cert)
-    assert tool.certificates(out) == [OLD.cert]
+    tool.gate(fake.cluster, NEW.cert)
     assert fake.patches == []
 
 
 def test_gate_refuses_before_the_new_ca_is_in_the_configmap():
     fake = FakeCluster([OLD])
     with pytest.raises(tool.RotationError) as err:
-        tool.gate(fake.cluster, NEW.cert, OLD.cert)
+        tool.gate(fake.cluster, NEW.cert)
     assert "pki.caRotation" in str(err.value) and "trust" in str(err.value) and "re-run" in str(err.value)
 
 
 def test_gate_refuses_a_new_ca_younger_than_metrics_server_s_reload():
     fake = FakeCluster([OLD, NEW], now=NEW.cert.not_valid_before_utc + dt.timedelta(seconds=20))
     with pytest.raises(tool.RotationError) as err:
-        tool.gate(fake.cluster, NEW.cert, OLD.cert)
+        tool.gate(fake.cluster, NEW.cert)
     assert "wait 46 s" in str(err.value) and "pki.caRotation" in str(err.value)
 
 
 def test_prune_removes_exactly_the_old_ca_and_keeps_other_keys_and_cas():
     fake = FakeCluster([KUBEADM, OLD, NEW])
     before = dict(fake.data)
-    out = tool.prune(fake.cluster, NEW.cert, [OLD.cert], settle=65, recheck=62)
-    assert tool.certificates(out) == [OLD.cert]  # kept for a re-run
+    assert tool.prune(fake.cluster, NEW.cert, GONE, settle=65, recheck=62) == GONE
     assert fake.cas() == [KUBEADM.cert.subject.rfc4514_string(), NEW.cert.subject.rfc4514_string()]
     assert fake.slept == [65, 62]
     [patch] = fake.patches
@@ -95,49 +94,47 @@ def test_prune_removes_exactly_the_old_ca_and_keeps_other_keys_and_cas():
 
 def test_prune_retries_a_conflict_at_the_new_resource_version():
     fake = FakeCluster([OLD, NEW], conflicts=2)
-    tool.prune(fake.cluster, NEW.cert, [OLD.cert], settle=0, recheck=0)
+    tool.prune(fake.cluster, NEW.cert, GONE, settle=0, recheck=0)
     assert len(fake.patches) == 3 and fake.cas() == [NEW.cert.subject.rfc4514_string()]
 
 
 def test_prune_fails_when_an_apiserver_puts_the_old_ca_back():
     fake = FakeCluster([OLD, NEW], readd=True)
     with pytest.raises(tool.RotationError) as err:
-        tool.prune(fake.cluster, NEW.cert, [OLD.cert], settle=0, recheck=0)
+        tool.prune(fake.cluster, NEW.cert, GONE, settle=0, recheck=0)
     assert "put the old CA" in str(err.value) and "aggregator-ca.pem" in str(err.value)
 
 
-def test_prune_is_a_no_op_once_the_old_ca_is_gone_or_was_never_recorded():
+def test_prune_is_a_no_op_once_the_old_ca_is_gone_and_never_removes_the_new_one():
     fake = FakeCluster([NEW])
-    assert tool.certificates(tool.prune(fake.cluster, NEW.cert, [OLD.cert])) == [OLD.cert]
-    assert tool.prune(fake.cluster, NEW.cert, []) == ""
+    assert tool.prune(fake.cluster, NEW.cert, GONE) == []
+    assert tool.prune(fake.cluster, NEW.cert, [tool.sha256(NEW.cert)]) == []
     assert fake.patches == [] and fake.slept == []
+
+
+def test_the_sha256_is_the_one_of_the_der_as_the_host_script_prints_it():
+    import base64
+    import hashlib
+
+    body = "".join(OLD.cert_pem.strip().splitlines()[1:-1])
+    assert tool.sha256(OLD.cert) == hashlib.sha256(base64.b64decode(body)).hexdigest()
 
 
 def test_prune_never_leaves_the_configmap_without_the_new_ca():
     fake = FakeCluster([OLD])
     with pytest.raises(tool.RotationError) as err:
-        tool.prune(fake.cluster, NEW.cert, [OLD.cert], settle=0, recheck=0)
+        tool.prune(fake.cluster, NEW.cert, GONE, settle=0, recheck=0)
     assert "trust" in str(err.value)
     assert fake.patches == []
 
 
-def test_main_reads_the_old_ca_from_the_previous_stdout_and_never_prints_the_kubeconfig(monkeypatch, capsys):
+def test_the_command_line_prunes_a_given_old_ca(monkeypatch, tmp_path, capsys):
+    """By hand (pki.existingCa, a backed-out rotation): the same prune, the CAs from files."""
     fake = FakeCluster([OLD, NEW])
-    seen = {}
-
-    def cluster(kube):
-        seen.update(kube)
-        return fake.cluster
-
-    monkeypatch.setattr(tool, "_cluster", cluster)
-    monkeypatch.setattr(tool, "RELOAD_SECONDS", 65)
-    secret_kubeconfig = "apiVersion: v1\nusers: [{name: u, user: {token: s3cr3t-token}}]\n"
-    stdin = json.dumps({"kube": {"kubeconfig": secret_kubeconfig}, "newCaPem": NEW.cert_pem, "oldCaPem": None})
-    rc = tool.main(["prune"], stdin=io.StringIO(stdin), env={"PULUMI_COMMAND_STDOUT": OLD.cert_pem})
-    out, err = capsys.readouterr()
-    assert rc == 0 and tool.certificates(out) == [OLD.cert]
-    assert seen["kubeconfig"] == secret_kubeconfig and "s3cr3t" not in out + err
+    monkeypatch.setattr(tool, "cluster_of", lambda kube: fake.cluster)
+    (tmp_path / "new.pem").write_text(NEW.cert_pem)
+    (tmp_path / "old.pem").write_text(OLD.cert_pem)
+    assert tool.main(["prune", "--new-ca", str(tmp_path / "new.pem"), "--old-ca", str(tmp_path / "old.pem")]) == 0
     assert fake.cas() == [NEW.cert.subject.rfc4514_string()]
-    # the gate without an old CA is refused with the reason
-    rc = tool.main(["gate"], stdin=io.StringIO(stdin), env={})
-    assert rc == 1 and "oldCaPem" in capsys.readouterr().err
+    assert tool.main(["prune", "--new-ca", str(tmp_path / "new.pem")]) == 1
+    assert "--old-ca" in capsys.readouterr().err
