@@ -1,10 +1,10 @@
 """pki.caGeneration / pki.caRotation: a rotation of the aggregator CA with an overlap, one stage per `up`.
 
-    stage (config)                 CAs in the program         signs the proxy cert   masters trust   extra step
-    generation N (no caRotation)   N                          N                      N               N ≥ 2: prune
+    stage (config)                 CAs in the program         signs the proxy cert   masters trust   checks
+    generation N (no caRotation)   N                          N                      N               N ≥ 2: gate, prune
     N+1, caRotation: trust         N, N+1                     N                      N, N+1          -
     N+1, caRotation: sign          N (unprotected), N+1       N+1                    N, N+1          gate
-    N+1 (caRotation removed)       N+1 (N is deleted)         N+1                    N+1             prune
+    N+1 (caRotation removed)       N+1 (N is deleted)         N+1                    N+1             gate, prune
 
 Only the certs steps see a change (their stdin; `--ca-certs 2` while the masters trust two CAs): kube-apiserver
 reloads --requestheader-client-ca-file and the proxy-client pair from disk, so no flags step re-runs and
