@@ -93,10 +93,6 @@ class Stage:
         """Whether the CAs the masters stopped trusting are pruned from the ConfigMap (the rotation done)."""
         return self.generation >= 2 and self.rotation is None
 
-    @property
-    def retiring(self) -> int:
-        return self.generation - 1
-
 
 def settings_for(settings: Settings, generation: int, *, protect: bool) -> Settings:
     """`settings` as the aggregator-ca row reads them for `generation`: its CN, and `protect` only when
@@ -139,7 +135,6 @@ class Cas:
         self.cert_pem: pulumi.Output[str] = (
             cas[0].cert_pem if len(cas) == 1 else pulumi.Output.all(*[c.cert_pem for c in cas]).apply(trust_bundle))
         self.not_after = cas[-1].not_after
-        self.count = len(cas)
         self.retirement: CaRetirement | None = None
         signer = self.by_generation[stage.signer].issued
         if stage.gated:
