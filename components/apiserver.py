@@ -36,7 +36,7 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components import contract, pki
+from components import ca_rotation, contract, pki
 from components.config import Layout, Master, Settings
 
 SCRIPT_PATH = Path(__file__).parent / "scripts" / "apiserver-aggregation.sh"
@@ -206,6 +206,11 @@ def certs_options(settings: Settings, master: Master) -> list[tuple[str, str]]:
     as one comma-separated word, in the order of the PEM blocks on stdin."""
     options = [("--master", master.name), ("--cert-dir", cert_dir(settings, master)),
                ("--pem-files", ",".join(contract.PEM_FILES))]
+    # during a CA rotation the masters trust two CAs (components/ca_rotation.py); one: left out, so the
+    # command lines of stacks that never rotate stay as they were
+    trusted = len(ca_rotation.Stage.of(settings).generations)
+    if trusted > 1:
+        options.append(("--ca-certs", str(trusted)))
     # apiserver.keyOwner goes to the certs step only (the step that writes the key); unset, the option is
     # left out, so stacks without it keep their command lines
     if settings.apiserver.key_owner:
@@ -417,9 +422,11 @@ class ApiserverAggregation(pulumi.ComponentResource):
         sudo = settings.ssh.sudo
         previous: pulumi.Resource | None = None
         self.final_steps = []
+        self.certs_steps: list[command.remote.Command] = []
         for master in settings.masters:
             step = functools.partial(self._step, master, _connection(settings, master))
             certs = step("certs", *certs_commands(certs_options(settings, master), sudo=sudo), [], stdin=stdin)
+            self.certs_steps.append(certs)
             options = flags_options(settings, master)
             flags = step("flags", host_command("apply", options, sudo=sudo), host_command("revert", options, sudo=sudo),
                          [certs] + ([previous] if previous else []))

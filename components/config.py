@@ -439,6 +439,14 @@ class ExistingCa(_Model):
         return self.certificate().not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class CaRotation(str, Enum):
+    """pki.caRotation: the stage of a rotation to pki.caGeneration that an `up` carries out (absent: done,
+    the previous generation's CA gone). docs/ca-rotation.md."""
+
+    TRUST = "trust"  # the new CA is made; every master trusts both CAs
+    SIGN = "sign"  # the proxy-client certificate is re-signed by the new CA; both still trusted
+
+
 class Pki(_Model):
     ca_common_name: str = "aggregator-ca"
     proxy_client_common_name: str = "aggregator"
@@ -463,6 +471,11 @@ class Pki(_Model):
     # (every master's requestheader CA, a re-signed proxy cert, extension apiservers to re-trust) fails its
     # preview and `up`, and `destroy` cannot delete them; false lifts that (docs/operations.md).
     protect_ca: bool = True
+    # The generation of the CA this program creates (1: the first); a rotation to N+1 runs in stages, one
+    # `up` each, named by ca_rotation (docs/ca-rotation.md).
+    ca_generation: Annotated[int, Field(ge=1)] = 1
+    ca_rotation: CaRotation | None = None
+
     # A date, a counter: each change of it replaces the proxy-client certificate on the next `up` (Pulumi's
     # replacement trigger, components/pki.py; the key is kept). The engine compares it with the value in
     # state, so the first value is only recorded. Text, so that 7 and "7" are one value.
@@ -573,11 +586,23 @@ class Pki(_Model):
                                     "clusterCaCertFile", info.context or {}, CLUSTER_CA_FILE, problems)
         if self.existing_ca is not None:
             problems.extend(_existing_ca_in_pki(self, from_file or self.cluster_ca_cert_pem, dt.datetime.now(dt.UTC)))
+        problems.extend(self._rotation_problems())
         if problems:
             raise Problems(problems)
         if from_file is not None:
             return self.model_copy(update={"cluster_ca_cert_pem": from_file})
         return self
+
+
+    def _rotation_problems(self) -> list[ProblemItem]:
+        problems: list[ProblemItem] = []
+        if self.ca_rotation is not None and self.ca_generation < 2:
+            problems.append((("caRotation",), self.ca_rotation.value, errors.ROTATION_WITHOUT_GENERATION))
+        if self.existing_ca is not None and (self.ca_generation != 1 or self.ca_rotation is not None):
+            key = "caRotation" if self.ca_rotation is not None else "caGeneration"
+            value = self.ca_rotation.value if self.ca_rotation is not None else self.ca_generation
+            problems.append(((key,), value, errors.ROTATION_WITH_EXISTING_CA))
+        return problems
 
 
 class Apiserver(_Model):
@@ -904,6 +929,8 @@ class Settings(_Model):
             )
         if not self.apiserver.manage:
             problems.extend(self._unmanaged_problems())
+            if self.pki.ca_generation != 1 or self.pki.ca_rotation is not None:
+                problems.append((("pki", "caGeneration"), self.pki.ca_generation, errors.ROTATION_UNMANAGED))
         else:
             problems.extend(self._readyz_problems())
         if not self.ssh.insecure_skip_host_key_check:

@@ -195,6 +195,23 @@ def existing_ca_key_mismatch(cert_source: str, subject: str) -> str:
         "own private key"
     )
 
+# pki.caGeneration / pki.caRotation (docs/ca-rotation.md)
+ROTATION_WITHOUT_GENERATION = (
+    "is a stage of a rotation to a new CA generation, but pki.caGeneration is 1 (the first CA): to rotate, "
+    "set pki.caGeneration to the current generation + 1 together with pki.caRotation: trust (docs/ca-rotation.md)"
+)
+ROTATION_WITH_EXISTING_CA = (
+    "rotates the CA this program creates, but pki.existingCa gives a CA of your own, which the program cannot "
+    "rotate: rotate that CA where it was made and point pki.existingCa at the new one, with the overlap done by "
+    "hand (docs/ca-rotation.md, \"With pki.existingCa\"); or remove pki.existingCa first (the program then creates "
+    "its own CA, generation 1). Remove pki.caGeneration and pki.caRotation"
+)
+ROTATION_UNMANAGED = (
+    "rotates the CA on the masters, but apiserver.manage is false: the program writes nothing there. Remove "
+    "pki.caGeneration and pki.caRotation, or set apiserver.manage: true"
+)
+
+
 CA_CN_EQUALS_PROXY_CN = (
     "equals proxyClientCommonName; the CA and the proxy-client certificate need "
     "different subjects (e.g. caCommonName: aggregator-ca, proxyClientCommonName: aggregator)"

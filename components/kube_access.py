@@ -401,6 +401,14 @@ class _Https(http.client.HTTPSConnection):
 def get_json(ep: Endpoint, path: str, timeout: float = HTTP_TIMEOUT_SECONDS) -> dict[str, Any] | None:
     """GET `path` (JSON); None for 404. A direct connection: proxies from the environment are not used.
     Raises HttpError for other statuses and OSError / ssl.SSLError when the server cannot be reached."""
+    return request_json(ep, "GET", path, timeout=timeout)
+
+
+def request_json(ep: Endpoint, method: str, path: str, body: dict[str, Any] | None = None, *,
+                 content_type: str = "application/json",
+                 timeout: float = HTTP_TIMEOUT_SECONDS) -> dict[str, Any] | None:
+    """`method` on `path` with a JSON `body` (a PATCH names its patch type in `content_type`); the JSON
+    answer, None for 404. HttpError for other statuses than 200/201 (409: a stale resourceVersion)."""
     url = urlsplit(ep.server)
     if url.scheme not in ("https", "http") or not url.hostname:
         raise KubeAccessError(f"{ep.where}: server {ep.server!r} is not an http(s) URL")
@@ -411,18 +419,23 @@ def get_json(ep: Endpoint, path: str, timeout: float = HTTP_TIMEOUT_SECONDS) -> 
         conn = _Https(url.hostname, port, context=_ssl_context(ep), server_name=server_name, timeout=timeout)
     else:
         conn = http.client.HTTPConnection(url.hostname, port, timeout=timeout)
+    headers = _headers(ep)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = content_type
     try:
-        conn.request("GET", url.path.rstrip("/") + path, headers=_headers(ep))
+        conn.request(method, url.path.rstrip("/") + path, body=data, headers=headers)
         response = conn.getresponse()
-        status, body = response.status, response.read().decode(errors="replace")
+        status, text = response.status, response.read().decode(errors="replace")
     finally:
         conn.close()
     if status == 404:
         return None
-    if status != 200:
+    if status not in (200, 201):
         try:
-            message = json.loads(body).get("message") or body[:200]
+            message = json.loads(text).get("message") or text[:200]
         except (ValueError, AttributeError):
-            message = body[:200]
+            message = text[:200]
         raise HttpError(status, str(message))
-    return json.loads(body)
+    return json.loads(text)

@@ -319,9 +319,11 @@ class ProxyClientCert(pulumi.ComponentResource):
     private_key_pem: pulumi.Output[str]  # secret
     not_after: pulumi.Output[str]  # RFC 3339
 
-    def __init__(self, name: str, settings: Settings, ca: AggregatorCA, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, settings: Settings, ca: AggregatorCA | Issued,
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("metrics-aggregation:pki:ProxyClientCert", name, None, opts)
-        issued = issue(PROXY_CLIENT, settings, name, self, issuer=ca.issued)
+        # an Issued: the signing CA as a CA rotation lets it through (components/ca_rotation.py)
+        issued = issue(PROXY_CLIENT, settings, name, self, issuer=ca if isinstance(ca, Issued) else ca.issued)
         self.cert_pem = issued.cert_pem
         self.private_key_pem = issued.key_pem
         self.not_after = issued.not_after

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from components import contract as c
 from components.apiserver import ApiserverAggregation
+from components.ca_rotation import Cas
 from components.config import Settings
 from components.kube_access import KubeSettings
 from components.metrics_server import MetricsServer
@@ -25,17 +26,18 @@ def build(settings: Settings, kube: KubeSettings | None = None) -> dict[str, obj
     stack's `kubernetes:*` settings, when the caller has read them already (else metrics-server reads them)."""
     if not settings.apiserver.manage:
         return _verify_only(settings, kube)
-    ca = AggregatorCA(AGGREGATOR_CA, settings)
-    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings, ca)
+    cas = Cas(settings, kube)  # pki.caGeneration's CA (two during a rotation; components/ca_rotation.py)
+    proxy = ProxyClientCert(c.PROXY_CLIENT_CERT_NAME, settings, cas.signer)
     apiserver = ApiserverAggregation(
         "apiserver",
         settings,
-        ca_cert_pem=ca.cert_pem,
+        ca_cert_pem=cas.cert_pem,
         proxy_cert_pem=proxy.cert_pem,
         proxy_key_pem=proxy.private_key_pem,
     )
+    cas.finish(apiserver.certs_steps, apiserver.done)
     metrics = _metrics_server(settings, apiserver, kube)
-    return _outputs(settings, apiserver, metrics, ca=ca, proxy=proxy)
+    return _outputs(settings, apiserver, metrics, ca=cas, proxy=proxy)
 
 
 def _verify_only(settings: Settings, kube: KubeSettings | None) -> dict[str, object]:
@@ -60,11 +62,12 @@ def _metrics_server(settings: Settings, apiserver: ApiserverAggregation,
 
 
 def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: MetricsServer | None, *,
-             ca: AggregatorCA | None, proxy: ProxyClientCert | None) -> dict[str, object]:
+             ca: AggregatorCA | Cas | None, proxy: ProxyClientCert | None) -> dict[str, object]:
     return {
         c.OUTPUT_CONTRACT_VERSION: c.CONTRACT_VERSION,
+        # what the masters trust: both CAs' certificates during a rotation
         c.OUTPUT_AGGREGATOR_CA_CERT_PEM: ca.cert_pem if ca else None,
-        # with pki.existingCa: the given certificate's notAfter
+        # the newest CA's; with pki.existingCa: the given certificate's notAfter
         c.OUTPUT_AGGREGATOR_CA_NOT_AFTER: ca.not_after if ca else None,
         c.OUTPUT_PROXY_CLIENT_CERT_PEM: proxy.cert_pem if proxy else None,
         c.OUTPUT_PROXY_CLIENT_CERT_NOT_AFTER: proxy.not_after if proxy else None,

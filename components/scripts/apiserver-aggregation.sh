@@ -36,6 +36,10 @@ CONTAINER=kube-apiserver # static-pod: the name of the kube-apiserver container 
 PREV_OWNER=- # apply: the config file's owner before this run claimed it ('' none; - not claimed)
 KEY_OWNER="" # install-certs: USER:GROUP of the private key file (empty: the user running the script)
 PEM_FILES=() # install-certs/remove-certs (--pem-files CA,CERT,KEY): the file names in --cert-dir
+# install-certs (--ca-certs N): how many CERTIFICATE blocks lead stdin and together become the CA file.
+# More than one during a CA rotation (old and new CA, a bundle); remove-certs accepts and ignores it.
+CA_CERTS=1
+MAX_CA_CERTS=4
 FLAGS_EDITOR="" # apply/revert/check/verify (--editor): apiserver-flags-editor.awk
 LOCK=""
 LEGACY_LOCK=""
@@ -57,7 +61,7 @@ usage() {
 	cat >&2 <<'EOF' || true
 usage: apiserver-aggregation <action> [options]
   install-certs --master NAME --cert-dir DIR --pem-files CA,CERT,KEY [--key-owner USER:GROUP]
-                (stdin: the CA cert, the proxy cert, its key)
+                [--ca-certs N]  (stdin: N CA certs (default 1), the proxy cert, its key)
   remove-certs  --master NAME --cert-dir DIR --pem-files CA,CERT,KEY
   apply|revert  --master NAME --layout env-file|systemd-unit|static-pod --config-path PATH
                 --cert-dir DIR --restart-command CMD --readyz-url URL --ready-timeout SECONDS
@@ -132,6 +136,7 @@ parse_args() {
 		--log-command) LOG_CMD=$val ;;
 		--key-owner) KEY_OWNER=$val ;;
 		--pem-files) IFS=, read -r -a PEM_FILES <<<"$val" ;;
+		--ca-certs) CA_CERTS=$val ;;
 		--editor) FLAGS_EDITOR=$val ;;
 		--container) CONTAINER=$val ;;
 		--flag) FLAGS+=("$val") ;;
@@ -153,6 +158,9 @@ parse_args() {
 	done
 	[ -n "$MASTER" ] || die "--master is required"
 	check_option_values
+	if ! [[ $CA_CERTS =~ ^[1-9]$ ]] || [ "$CA_CERTS" -gt "$MAX_CA_CERTS" ]; then
+		die "--ca-certs takes a number of CA certificates from 1 to $MAX_CA_CERTS, got $(shown_value "$CA_CERTS")"
+	fi
 }
 
 # The value grammar of components/config.py (VALUE_PATTERN), checked again here as a second line of
@@ -448,12 +456,13 @@ txn_rollback() {
 
 cert_files() { printf '%s\n' "${PEM_FILES[@]}"; } # in the order of the PEM blocks: CA, cert, key
 
-# split_pem DIR: split the PEM blocks on stdin into DIR/1, DIR/2, ... (DIR empty: only check them);
+# split_pem DIR: split the PEM blocks on stdin into DIR/1, DIR/2, ... (DIR empty: only check them), at
+# most --ca-certs + 2 of them;
 # prints the block kinds (C = certificate, K = private key) or "!reason". Key material only ever flows
 # stdin -> awk -> a file in a 0700 directory; it is never printed.
 split_pem() {
 	# shellcheck disable=SC2016
-	awk -v d="$1" '
+	awk -v d="$1" -v max="$((CA_CERTS + 2))" '
 		{ sub(/\r$/, "") }
 		state == 0 {
 			if ($0 ~ /^[ \t]*$/) next
@@ -463,7 +472,7 @@ split_pem() {
 				else if (label == "PRIVATE KEY" || label == "RSA PRIVATE KEY" || label == "EC PRIVATE KEY") k = "K"
 				else { bad = "a PEM block of an unexpected type (" label ")"; exit }
 				nb++; kinds = kinds k; state = 1; lines = 0
-				if (nb > 3) { bad = "more than three PEM blocks"; exit }
+				if (nb > max) { bad = "more than " max " PEM blocks"; exit }
 				out = (d == "") ? "/dev/null" : d "/" nb
 				print > out
 				next
@@ -580,10 +589,25 @@ same_mode_owner() { # FILE MODE UID GID
 	[ "$(stat -c '%a %u %g' -- "$1" 2>/dev/null)" = "$(printf '%o %s %s' "$2" "$3" "$4")" ]
 }
 
+# der_sums FILE: the sha256 of each CERTIFICATE block's DER (its base64 body decoded), one a line; nothing
+# for a missing file. The CA rotation's prune (components/ca_retirement.py) removes exactly the CAs a master
+# stopped trusting, by these sums, from the cluster's extension-apiserver-authentication ConfigMap.
+der_sums() {
+	local body
+	[ -f "$1" ] || return 0
+	while IFS= read -r body; do
+		printf '%s' "$body" | base64 -d 2>/dev/null | sha256sum | cut -d' ' -f1
+	done < <(awk '
+		{ sub(/\r$/, "") }
+		/^-----BEGIN [A-Z0-9 ]+-----$/ { label = substr($0, 12, length($0) - 16); body = ""; cert = (label == "CERTIFICATE"); next }
+		/^-----END / { if (cert) print body; cert = 0; next }
+		cert { body = body $0 }' "$1")
+}
+
 install_certs() {
 	need_abs --cert-dir "$CERT_DIR"
 	need_pem_files
-	local pem tmp kinds i name mode target t2 uid gid fuid fgid sum first=0 sums=()
+	local pem tmp kinds want i name mode target t2 uid gid fuid fgid sum first=0 sums=() trusted was
 	uid=$(id -u)
 	gid=$(id -g)
 	[ "$uid" = 0 ] && gid=0
@@ -591,10 +615,11 @@ install_certs() {
 	# before anything is created or written.
 	pem=$(timeout 60 cat) || die "could not read the certificates from stdin"
 	kinds=$(printf '%s\n' "$pem" | split_pem "") || die "could not parse the certificates on stdin"
+	want=$(printf 'C%.0s' $(seq "$CA_CERTS"))CK # --ca-certs CA certificates, the proxy cert, its key
 	case $kinds in
-	'!'*) die "refusing to install certificates: stdin has ${kinds#!}; expected the aggregator CA certificate, the proxy-client certificate and its private key (nothing written)" ;;
-	CCK) ;;
-	*) die "refusing to install certificates: stdin must hold exactly 2 CERTIFICATE blocks then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
+	'!'*) die "refusing to install certificates: stdin has ${kinds#!}; expected $CA_CERTS aggregator CA certificate(s) (--ca-certs), the proxy-client certificate and its private key (nothing written)" ;;
+	"$want") ;;
+	*) die "refusing to install certificates: stdin must hold exactly $((CA_CERTS + 1)) CERTIFICATE blocks ($CA_CERTS of the CA, --ca-certs, then the proxy-client's) then 1 PRIVATE KEY block, got '${kinds:-nothing}' (nothing written)" ;;
 	esac
 	check_trusted "the cert dir" "$CERT_DIR"
 	key_owner_ids
@@ -625,8 +650,16 @@ install_certs() {
 	TXN_UNDO=$tmp/undo
 	mkdir -m 0700 "$TXN_UNDO" || die "cannot create $TXN_UNDO"
 	kinds=$(umask 077 && printf '%s\n' "$pem" | split_pem "$tmp") || die "could not split the certificates"
-	[ "$kinds" = CCK ] || die "the certificates on stdin changed while reading them"
+	[ "$kinds" = "$want" ] || die "the certificates on stdin changed while reading them"
 	pem=""
+	# the files in the order of --pem-files: f1 the CA bundle (blocks 1..N, in stdin's order), f2 the
+	# proxy-client certificate, f3 its key
+	(umask 077 && for i in $(seq "$CA_CERTS"); do cat -- "$tmp/$i"; done >"$tmp/f1") || die "cannot write $tmp/f1"
+	mv -- "$tmp/$((CA_CERTS + 1))" "$tmp/f2" || die "cannot rename in $tmp"
+	mv -- "$tmp/$((CA_CERTS + 2))" "$tmp/f3" || die "cannot rename in $tmp"
+	# the CAs this master trusted before (a regular file: check_targets refused anything else), and after
+	was=$(der_sums "$CERT_DIR/${PEM_FILES[0]}") || die "cannot read $CERT_DIR/${PEM_FILES[0]}"
+	trusted=$(der_sums "$tmp/f1") || die "cannot read $tmp/f1"
 	i=0
 	while IFS= read -r name; do
 		i=$((i + 1))
@@ -635,15 +668,15 @@ install_certs() {
 		[ "$name" = "${PEM_FILES[2]}" ] && mode=0600 fuid=$KEY_UID fgid=$KEY_GID
 		target="$CERT_DIR/$name"
 		[ "$first" = 1 ] && ! has_record "$name" && keep_original "$name"
-		sum=$(sha "$tmp/$i") || die "cannot checksum $tmp/$i"
+		sum=$(sha "$tmp/f$i") || die "cannot checksum $tmp/f$i"
 		record_sum "$name" "$sum"
 		sums+=("$name=$sum")
-		if same_file "$tmp/$i" "$target" && same_mode_owner "$target" "$mode" "$fuid" "$fgid"; then
+		if same_file "$tmp/f$i" "$target" && same_mode_owner "$target" "$mode" "$fuid" "$fgid"; then
 			say "$target unchanged"
 			continue
 		fi
 		t2="$tmp/$name.new"
-		install -m "$mode" -o "$fuid" -g "$fgid" "$tmp/$i" "$t2" || die "cannot write $t2"
+		install -m "$mode" -o "$fuid" -g "$fgid" "$tmp/f$i" "$t2" || die "cannot write $t2"
 		fsync_paths "$t2"
 		# what this run replaces, for txn_rollback: the old inode itself (a copy where links fail)
 		if [ -f "$target" ]; then
@@ -658,6 +691,12 @@ install_certs() {
 	narrow_sums "${sums[@]}"
 	claim certs "$CERT_DIR"
 	txn_commit
+	while IFS= read -r sum; do
+		if [ -n "$sum" ] && ! grep -qxF -- "$sum" <<<"$trusted"; then
+			say "$CERT_DIR/${PEM_FILES[0]} no longer trusts the CA sha256:$sum"
+		fi
+	done <<<"$was"
+	return 0
 }
 
 remove_certs() {
