@@ -9,11 +9,15 @@ and ConfigMap volumes its pod template mounts, and the Service of the same name,
     volumeMount's mountPath rewritten to the volume's files here (written from the Secret/ConfigMap, 0600),
     plus what a pod gets from its environment: `--bind-address=<address>` (the pod IP) and a kubeconfig
     holding a token the TokenRequest API issued for the pod's ServiceAccount (so metrics-server acts with
-    exactly the RBAC the program created). Any change of the args, the mounted data or the ServiceAccount
-    replaces it, the way the Deployment's strategy says: with a rolling update whose maxUnavailable comes
-    to 0 (the program's one-replica Deployment) the new process starts first, on --surge-address, and the
-    old one leaves the endpoints and stops only once the new one passes the container's readinessProbe
-    (as a ReplicaSet rollout does); otherwise the old one stops first. A deleted Deployment stops it;
+    exactly the RBAC the program created). A change of the pod template (args, ServiceAccount, volumes,
+    its annotations: what makes a Deployment roll out a new ReplicaSet) replaces it, the way the
+    Deployment's strategy says: with a rolling update whose maxUnavailable comes to 0 (the program's
+    one-replica Deployment) the new process starts first, on --surge-address, and the old one leaves the
+    endpoints and stops only once the new one passes the container's readinessProbe (as a ReplicaSet
+    rollout does); otherwise the old one stops first. New bytes in a mounted Secret or ConfigMap alone are
+    written into the running process's files (each by rename), as the kubelet refreshes a volume, and a
+    Secret or ConfigMap that is missing for a while (replaced: deleted, then created) leaves a running
+    process alone; only a pod that has not started waits for it. A deleted Deployment stops it;
   * registers the Service's endpoints as the EndpointSlice controller would (an EndpointSlice labelled
     kubernetes.io/service-name, owned by the Service, the port resolved from the Service's targetPort), ready
     only while the process runs; the Service gone, the slice goes.
@@ -49,16 +53,27 @@ class Pod:
     """What the stand-in kubelet runs for the Deployment now (None fields: nothing to run)."""
 
     def __init__(self, args: list[str], files: dict[str, bytes], dirs: list[str], service_account: str, port: int,
-                 port_name: str, *, surge: bool = False, ready_path: str | None = None):
+                 port_name: str, *, surge: bool = False, ready_path: str | None = None,
+                 template_metadata: dict | None = None):
         self.args, self.files, self.dirs, self.service_account = args, files, dirs, service_account
         self.port, self.port_name = port, port_name
         # how a replacement rolls out (the Deployment's strategy, not the pod's: not in the fingerprint)
         self.surge = surge  # start the new process before the old one stops
         self.ready_path = ready_path  # the readinessProbe's HTTPS GET path; None: ready once running
-        h = hashlib.sha256(json.dumps([args, dirs, service_account, port]).encode())
+        self.template_metadata = template_metadata or {}
+        # the pod template (a new one is a rollout) and, apart, the mounted bytes (refreshed in place)
+        meta = {k: self.template_metadata.get(k) or {} for k in ("annotations", "labels")}
+        self.fingerprint = hashlib.sha256(json.dumps([args, dirs, service_account, port, meta],
+                                                     sort_keys=True).encode()).hexdigest()
+        h = hashlib.sha256()
         for k in sorted(files):
             h.update(k.encode() + b"\0" + files[k] + b"\0")
-        self.fingerprint = h.hexdigest()
+        self.files_digest = h.hexdigest()
+
+
+# desired(): the Deployment is there, but its pod cannot start yet (ContainerCreating: a ServiceAccount,
+# Secret or ConfigMap it needs is missing)
+PENDING = "pending"
 
 
 def volume_files(api: Api, ns: str, volume: dict) -> dict[str, bytes] | None:
@@ -86,7 +101,9 @@ def max_unavailable(deployment: dict) -> int:
     return int(value)
 
 
-def desired(api: Api, ns: str, workdir: Path) -> Pod | None:
+def desired(api: Api, ns: str, workdir: Path) -> Pod | str | None:
+    """The pod the Deployment asks for; PENDING while something it mounts or runs as is missing; None
+    without a Deployment (or one being deleted)."""
     dep = api.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}")
     if dep is None or dep["metadata"].get("deletionTimestamp"):
         return None
@@ -94,7 +111,7 @@ def desired(api: Api, ns: str, workdir: Path) -> Pod | None:
     container = spec["containers"][0]
     sa = spec.get("serviceAccountName") or "default"
     if api.get(f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}") is None:
-        return None
+        return PENDING
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     files: dict[str, bytes] = {}
     rewrite: list[tuple[str, str]] = []
@@ -102,7 +119,7 @@ def desired(api: Api, ns: str, workdir: Path) -> Pod | None:
     for m in container.get("volumeMounts", []):
         data = volume_files(api, ns, volumes[m["name"]])
         if data is None:
-            return None  # ContainerCreating: the Secret/ConfigMap is not there yet
+            return PENDING  # ContainerCreating: the Secret/ConfigMap is not there yet
         local = workdir / "volumes" / m["name"]
         rewrite.append((m["mountPath"].rstrip("/"), str(local)))
         dirs.append(m["name"])
@@ -118,7 +135,8 @@ def desired(api: Api, ns: str, workdir: Path) -> Pod | None:
     port = container.get("ports", [{}])[0]
     probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
     return Pod(args, files, dirs, sa, int(port.get("containerPort", 10250)), port.get("name", "https"),
-               surge=max_unavailable(dep) == 0, ready_path=probe.get("path"))
+               surge=max_unavailable(dep) == 0, ready_path=probe.get("path"),
+               template_metadata=dep["spec"]["template"].get("metadata"))
 
 
 READY_TIMEOUT = 180.0  # a new process that is not ready by then is dropped; the old one keeps serving
@@ -133,6 +151,7 @@ class Running:
     def __init__(self, pod: Pod, address: str, proc: subprocess.Popen, ready: bool):
         self.pod, self.address, self.proc, self.ready = pod, address, proc, ready
         self.fingerprint = pod.fingerprint  # of the pod as desired() made it, before start() moved its files
+        self.files_digest = pod.files_digest
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -179,15 +198,9 @@ class Runner:
             # desired() rewrote the mount paths under workdir/volumes: this process reads its own copy
             old, new = str(self.workdir / "volumes"), str(d / "volumes")
             pod = Pod([a.replace(old, new, 1) for a in pod.args], pod.files, pod.dirs, pod.service_account, pod.port,
-                      pod.port_name, surge=pod.surge, ready_path=pod.ready_path)
-        vols = d / "volumes"
-        for sub in pod.dirs:
-            (vols / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-        for rel, data in pod.files.items():
-            f = vols / rel
-            f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            f.write_bytes(data)
-            os.chmod(f, 0o600)
+                      pod.port_name, surge=pod.surge, ready_path=pod.ready_path,
+                      template_metadata=pod.template_metadata)
+        self.write_volumes(pod, d)
         tr = self.api.request("POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{pod.service_account}/token",
                               {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                                "spec": {"expirationSeconds": TOKEN_SECONDS}})
@@ -209,6 +222,30 @@ class Runner:
         running = Running(pod, address, proc, ready)
         running.fingerprint = fingerprint
         return running
+
+    @staticmethod
+    def write_volumes(pod: Pod, d: Path) -> None:
+        """The pod's volume files under d/volumes, each written to a temp file and renamed over the old one
+        (a process watching them never reads half a file; the kubelet swaps a symlink to the same end)."""
+        vols = d / "volumes"
+        for sub in pod.dirs:
+            (vols / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for rel, data in pod.files.items():
+            f = vols / rel
+            f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = f.with_name(f".{f.name}.new")
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, f)
+
+    def refresh_volumes(self, pod: Pod) -> None:
+        """New bytes in a mounted Secret/ConfigMap, same pod template: the running process's files change
+        under it, as the kubelet refreshes a volume; nothing restarts."""
+        r = self.current
+        assert r is not None
+        self.write_volumes(pod, self._dir(r.address))
+        r.files_digest = pod.files_digest
+        self.note(f"volume data refreshed for the running metrics-server at {r.address} (no restart)")
 
     def passes_readiness(self, r: Running) -> bool:
         """The readinessProbe (an HTTPS GET, as the kubelet makes it: no certificate checked) passes."""
@@ -289,6 +326,8 @@ class Runner:
         if pod is None:
             if self.current is not None:
                 self.stop()
+        elif pod == PENDING:
+            return  # a running pod keeps running on what it has; a new one waits
         elif self.current is None:
             self.current = self.start(pod)
         elif pod.fingerprint != self.current.fingerprint:
@@ -297,6 +336,8 @@ class Runner:
             self.note(f"metrics-server exited with {self.current.proc.returncode}; restarting (CrashLoopBackOff)")
             time.sleep(2)
             self.current = self.start(pod, self.current.address)
+        elif pod.files_digest != self.current.files_digest:
+            self.refresh_volumes(pod)
         self.sync_slice(pod)
 
 

@@ -316,10 +316,15 @@ def test_desired_runs_the_programs_deployment(objects, pki_dir, tmp_path):
     assert (pod.service_account, pod.port, pod.port_name) == ("metrics-server", 10250, "https")
 
 
-@pytest.mark.parametrize("gone", [SECRET, SERVICE_ACCOUNT, CONFIGMAP, DEPLOYMENT])
-def test_desired_waits_for_what_the_pod_needs(objects, tmp_path, gone):
-    assert podrunner.desired(FakeApi(objects), NS, tmp_path) is not None
+@pytest.mark.parametrize("gone", [SECRET, SERVICE_ACCOUNT, CONFIGMAP])
+def test_desired_is_pending_while_what_the_pod_needs_is_missing(objects, tmp_path, gone):
+    assert isinstance(podrunner.desired(FakeApi(objects), NS, tmp_path), podrunner.Pod)
     table = {p: o for p, o in objects.items() if p != gone}
+    assert podrunner.desired(FakeApi(table), NS, tmp_path) == podrunner.PENDING
+
+
+def test_desired_is_none_without_a_deployment(objects, tmp_path):
+    table = {p: o for p, o in objects.items() if p != DEPLOYMENT}
     assert podrunner.desired(FakeApi(table), NS, tmp_path) is None
 
 
@@ -329,36 +334,36 @@ def test_desired_is_none_for_a_deployment_being_deleted(objects, tmp_path):
     assert podrunner.desired(FakeApi(table), NS, tmp_path) is None
 
 
-def test_fingerprint_follows_args_and_mounted_bytes_only(objects, tmp_path):
-    def fingerprint(table) -> str:
-        pod = podrunner.desired(FakeApi(table), NS, tmp_path)
-        assert pod is not None
-        return pod.fingerprint
+def test_the_fingerprint_is_the_pod_template_and_mounted_bytes_are_apart(objects, tmp_path):
+    """A rollout follows the pod template (args, its annotations such as the program's checksum); new bytes
+    in a mounted Secret or ConfigMap alone change only files_digest (refreshed in place, as the kubelet does)."""
+    def pod(table) -> podrunner.Pod:
+        p = podrunner.desired(FakeApi(table), NS, tmp_path)
+        assert isinstance(p, podrunner.Pod)
+        return p
 
-    base = fingerprint(objects)
-    assert fingerprint(objects) == base
+    base = pod(objects)
+    assert (pod(objects).fingerprint, pod(objects).files_digest) == (base.fingerprint, base.files_digest)
 
     same = copy.deepcopy(objects)
     same[DEPLOYMENT]["metadata"].update(resourceVersion="7", generation=3, labels={"x": "y"})
     same[SECRET]["metadata"]["resourceVersion"] = "8"
     same[DEPLOYMENT]["status"] = {"observedGeneration": 3}
-    assert fingerprint(same) == base
-
-    secret_byte = copy.deepcopy(objects)
-    data = bytearray(base64.b64decode(secret_byte[SECRET]["data"]["tls.crt"]))
-    data[40] ^= 0x01
-    secret_byte[SECRET]["data"]["tls.crt"] = base64.b64encode(bytes(data)).decode()
-    assert fingerprint(secret_byte) != base
+    assert (pod(same).fingerprint, pod(same).files_digest) == (base.fingerprint, base.files_digest)
 
     configmap = copy.deepcopy(objects)
     configmap[CONFIGMAP]["data"][ms.KUBELET_CA_KEY] += "\n"
-    assert fingerprint(configmap) != base
+    for changed in (_with_new_cert(objects), configmap):
+        assert pod(changed).fingerprint == base.fingerprint
+        assert pod(changed).files_digest != base.files_digest
 
     arg = copy.deepcopy(objects)
     args = arg[DEPLOYMENT]["spec"]["template"]["spec"]["containers"][0]["args"]
     i = args.index("--metric-resolution=15s")
     args[i] = "--metric-resolution=20s"
-    assert fingerprint(arg) != base
+    assert pod(arg).fingerprint != base.fingerprint
+
+    assert pod(_with_new_template_checksum(objects)).fingerprint != base.fingerprint
 
 
 def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
@@ -439,6 +444,14 @@ def _rolling_runner(objects, tmp_path, monkeypatch, readiness: list[bool]):
     return api, runner, log
 
 
+def _with_new_template_checksum(objects):
+    """What the program changes with a new serving cert: the pod template's checksum annotation."""
+    changed = copy.deepcopy(objects)
+    meta = changed[DEPLOYMENT]["spec"]["template"].setdefault("metadata", {})
+    meta.setdefault("annotations", {})["checksum/serving-cert"] = "0" * 64
+    return changed
+
+
 def _with_new_cert(objects):
     changed = copy.deepcopy(objects)
     data = bytearray(base64.b64decode(changed[SECRET]["data"]["tls.crt"]))
@@ -455,7 +468,7 @@ def test_a_new_pod_is_ready_before_the_old_one_leaves(objects, tmp_path, monkeyp
         pod = podrunner.desired(api, NS, tmp_path)
         assert pod is not None and pod.surge and pod.ready_path == "/readyz"
         runner.tick()
-        api.objects = _with_new_cert(objects)
+        api.objects = _with_new_template_checksum(_with_new_cert(objects))
         runner.tick()
     finally:
         runner.log.close()
@@ -467,13 +480,44 @@ def test_a_new_pod_is_ready_before_the_old_one_leaves(objects, tmp_path, monkeyp
     assert runner.current.address == "198.18.200.21" and runner.starting is None
 
 
+def test_new_secret_bytes_alone_are_written_under_the_running_process(objects, tmp_path, monkeypatch):
+    """Same pod template, new serving cert in the Secret: the running process's file changes (by rename),
+    nothing stops or starts, the endpoints stay (a kubelet refreshing a Secret volume)."""
+    api, runner, log = _rolling_runner(objects, tmp_path, monkeypatch, readiness=[])
+    try:
+        runner.tick()
+        changed = _with_new_cert(objects)
+        api.objects = changed
+        runner.tick()
+    finally:
+        runner.log.close()
+    assert log == ["start 198.18.200.20", "slice 198.18.200.20=True"]
+    crt = tmp_path / "volumes" / "serving-cert" / "tls.crt"
+    assert crt.read_bytes() == base64.b64decode(changed[SECRET]["data"]["tls.crt"])
+    assert runner.current.files_digest == podrunner.desired(api, NS, tmp_path).files_digest
+
+
+def test_a_secret_replaced_under_a_running_pod_leaves_it_running(objects, tmp_path, monkeypatch):
+    """pulumi-kubernetes replaces a Secret whose data changed by delete, then create: meanwhile the running
+    process keeps serving (a kubelet does not kill a pod whose Secret went away)."""
+    api, runner, log = _rolling_runner(objects, tmp_path, monkeypatch, readiness=[])
+    try:
+        runner.tick()
+        api.objects = {p: o for p, o in objects.items() if p != SECRET}
+        runner.tick()
+        assert runner.current is not None and runner.current.alive()
+    finally:
+        runner.log.close()
+    assert log == ["start 198.18.200.20", "slice 198.18.200.20=True"]
+
+
 def test_a_new_pod_that_never_gets_ready_leaves_the_old_one_serving(objects, tmp_path, monkeypatch):
     api, runner, log = _rolling_runner(objects, tmp_path, monkeypatch, readiness=[])
     monkeypatch.setattr(podrunner, "READY_TIMEOUT", -1.0)
     monkeypatch.setattr(runner, "passes_readiness", lambda r: False)
     try:
         runner.tick()
-        api.objects = _with_new_cert(objects)
+        api.objects = _with_new_template_checksum(_with_new_cert(objects))
         runner.roll(podrunner.desired(api, NS, tmp_path))
     finally:
         runner.log.close()
@@ -488,7 +532,7 @@ def test_without_a_surge_the_old_pod_stops_first(objects, tmp_path, monkeypatch)
     api, runner, log = _rolling_runner(table, tmp_path, monkeypatch, readiness=[])
     try:
         runner.tick()
-        api.objects = _with_new_cert(table)
+        api.objects = _with_new_template_checksum(_with_new_cert(table))
         runner.tick()
     finally:
         runner.log.close()
