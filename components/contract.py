@@ -69,8 +69,9 @@ OUTPUTS = (
 # The value of `contractVersion`, semver over the outputs (docs/contracts.md "Outputs"): major when an
 # output is removed or renamed or its meaning or type changes, minor when one is added, patch when only
 # the docs change. 1.0.0 was the first eight outputs; 1.1.0 added the expiry times, the serving CA and
-# this version. A consumer checks the major and that the minor is at least the one it was written for.
-CONTRACT_VERSION = "1.1.0"
+# this version; 1.2.0: aggregatorCaCertPem holds two CA certificates during a CA rotation (pki.caRotation),
+# so readers take every PEM block. A consumer checks the major and that the minor is at least its own.
+CONTRACT_VERSION = "1.2.0"
 
 # The component of the aggregator CA (components/pki.py AggregatorCA): its tls PrivateKey and SelfSignedCert
 # are the CA that every master trusts as --requestheader-client-ca-file; tools/preview_diff.py finds them by

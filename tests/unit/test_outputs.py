@@ -16,7 +16,7 @@ from tests.unit.test_existing_ca import make_ca
 CONTRACT = {
     "aggregatorCaCertPem", "proxyClientCertPem", "proxyClientCertNotAfter", "requestheaderAllowedNames",
     "apiserverFlags", "masters", "metricsApiService", "metricsServerNamespace",
-    # contract 1.1.0
+    # contract 1.1.0 (1.2.0 added no name)
     "aggregatorCaNotAfter", "metricsServerServingCaCertPem", "metricsServerServingCaNotAfter",
     "metricsServerServingCertNotAfter", "contractVersion",
 }
