@@ -368,9 +368,14 @@ def test_a_renewed_serving_cert_rolls_metrics_server_and_the_api_keeps_answering
     served_before = _serving(s)
     assert served_before is not None and served_before[1] == _serial(old_pem)
 
+    def rolled() -> bool:
+        # the podrunner writes new Secret bytes under the running process (metrics-server reloads them), as a
+        # kubelet does: only the pod template's checksum makes a new process, at the other pod address
+        now = _serving(s)
+        return now is not None and now[0] != served_before[0] and now[1] == _serial(_secret_cert(api))
+
     def settle() -> None:
-        wait_for(lambda: (_serving(s) or ("", 0))[1] == _serial(_secret_cert(api)), "metrics-server serving the new cert",
-                 240, 0.5)
+        wait_for(rolled, "a new metrics-server process serving the new cert (the Deployment rolled)", 240, 0.5)
         hm.wait_for_metrics(s.sb, timeout=60)
 
     r = s.up_sampled(lambda: s.move_end_into_renewal_window("metrics-server-serving-cert"), settle=settle)
