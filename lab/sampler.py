@@ -80,7 +80,8 @@ def most_unready(by_target: dict[str, list[Sample]]) -> tuple[int, float]:
 
 class Sampler:
     """Probes the targets at a fixed rate until stopped, and at most `max_duration` seconds (a forgotten
-    sampler ends)."""
+    sampler ends): a sampler that reaches it records one failed sample per target, so a change that outlived
+    the sampling window never passes as "no failures"."""
 
     def __init__(self, probes: Mapping[str, Callable[[], object]], *, interval: float = 0.2,
                  in_turn: bool = False, max_duration: float = 1800.0):
@@ -146,11 +147,18 @@ class Sampler:
         return Sample(sent, time.time(), ok, target, reason)
 
     def _run(self, targets: tuple[str, ...]) -> None:
-        k = 0
-        while not self._stop.is_set() and time.time() - self.started < self._max:
+        t0, k = time.monotonic(), 0  # the schedule: monotonic (a clock step does not bunch or skip samples)
+        while not self._stop.is_set():
+            if time.monotonic() - t0 >= self._max:
+                # the change under test outlived the sampler: what was not sampled cannot count as answered
+                now = time.time()
+                with self._lock:
+                    self.samples += [Sample(now, now, False, t, f"not sampled after max_duration={self._max:g}s")
+                                     for t in targets]
+                return
             sample = self._probe(targets[k % len(targets)])
             with self._lock:
                 self.samples.append(sample)
             k += 1
             # a fixed rate, not a fixed pause: a slow answer does not stretch the schedule
-            self._stop.wait(max(0.0, self.started + k * self._interval - time.time()))
+            self._stop.wait(max(0.0, t0 + k * self._interval - time.monotonic()))

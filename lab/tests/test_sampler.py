@@ -15,8 +15,8 @@ def test_a_healthy_target_is_sampled_at_the_rate_with_no_failure():
         time.sleep(0.5)
     r = s.report()
     assert r.failures == []
-    assert 8 <= r.per_target["a"] <= 13 and 8 <= r.per_target["b"] <= 13, r.per_target
-    assert r.longest_gap_s < 0.2, r.summary()
+    assert 5 <= r.per_target["a"] <= 13 and 5 <= r.per_target["b"] <= 13, r.per_target
+    assert r.longest_gap_s < 0.45, r.summary()
 
 
 def test_failures_are_recorded_with_their_reason_and_the_gap_spans_them():
@@ -32,7 +32,7 @@ def test_failures_are_recorded_with_their_reason_and_the_gap_spans_them():
     r = s.report()
     assert [f.reason for f in r.failures] == [f"ProbeFailed: bad answer {n}" for n in range(3, 8)]
     assert all(f.target == "m" for f in r.failures)
-    assert 0.25 <= r.longest_gap_s < 0.6, r.summary()
+    assert 0.25 <= r.longest_gap_s < 1.5, r.summary()
     assert "5 failures" in r.summary()
 
 
@@ -46,14 +46,15 @@ def test_a_target_that_fails_to_the_end_counts_its_gap_to_the_end():
     assert r.failures and r.longest_gap_s >= 0.3
 
 
-def test_it_stops_by_itself_after_max_duration():
+def test_it_stops_by_itself_after_max_duration_and_says_so_as_a_failure():
     s = Sampler({"m": lambda: None}, interval=0.02, max_duration=0.2)
     s.start()
     time.sleep(0.5)
     n = s.report().samples
     time.sleep(0.2)
     assert s.report().samples == n
-    s.stop()
+    r = s.stop()
+    assert [f.reason for f in r.failures] == ["not sampled after max_duration=0.2s"]
 
 
 def test_no_probe_is_an_error():
@@ -73,7 +74,7 @@ def test_in_turn_probes_the_targets_one_after_the_other_and_any_ok_answer_closes
     r = s.report()
     assert seen[:6] == ["a", "down", "c", "a", "down", "c"]
     assert {f.target for f in r.failures} == {"down"} and r.failures[0].reason == "probe returned False"
-    assert r.longest_gap_s < 0.2, r.summary()
+    assert r.longest_gap_s < 0.45, r.summary()
 
 
 def test_longest_gap_and_most_unready_from_samples():

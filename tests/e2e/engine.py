@@ -173,6 +173,18 @@ class E2EStack:
                 cfg[k] = v
         self.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
+    def set_keys(self, key: str, **changes: Any) -> None:
+        """Set (a value) or remove (None) fields of the object config `key` (full name, e.g.
+        `metrics-aggregation:pki`); write_config only merges, so it cannot remove one."""
+        doc = yaml.safe_load(self.config_file.read_text())
+        obj = doc["config"].setdefault(key, {})
+        for k, v in changes.items():
+            if v is None:
+                obj.pop(k, None)
+            else:
+                obj[k] = v
+        self.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
     def read_config(self) -> dict[str, Any]:
         return yaml.safe_load(self.config_file.read_text())["config"]
 

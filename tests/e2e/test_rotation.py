@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from pulumi import automation as auto
@@ -52,15 +51,7 @@ def cn(cert: x509.Certificate) -> str:
 
 
 def set_pki(stack: E2EStack, **changes: object) -> None:
-    """Set (value) or remove (None) keys of metrics-aggregation:pki in the stack's config file."""
-    doc = yaml.safe_load(stack.config_file.read_text())
-    pki = doc["config"][PKI]
-    for k, v in changes.items():
-        if v is None:
-            pki.pop(k, None)
-        else:
-            pki[k] = v
-    stack.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    stack.set_keys(PKI, **changes)
 
 
 def up(stack: E2EStack) -> tuple[dict, float]:
