@@ -317,7 +317,9 @@ def _in_days(days: float) -> str:
 def test_warns_of_certificates_expiring_within_the_window(program, monkeypatch):
     warnings: list[str] = []
     monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
-    outputs = {**OUTPUTS, "proxyClientCertNotAfter": _in_days(10), "aggregatorCaNotAfter": _in_days(-1),
+    # 9.5 days, not 10: _in_days writes whole seconds + .123456789, which can land a fraction of a second
+    # *after* now + 10 days (then "expires in 10 days"): a flake seen in full runs
+    outputs = {**OUTPUTS, "proxyClientCertNotAfter": _in_days(9.5), "aggregatorCaNotAfter": _in_days(-1),
                "metricsServerServingCaNotAfter": _in_days(3650), "metricsServerServingCertNotAfter": _in_days(45)}
     _, run = program(outputs, expiryWarningDays=30)
     seen = _exports(run, "expiringSoon", "metricsContractVersion")
