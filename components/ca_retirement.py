@@ -127,10 +127,13 @@ def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *, names: Co
     Only a CA of the caller's own is removed: self-signed with a CN in `names`. A master's file can have held
     a CA made by hand (taken over when the master joined): removing it while another apiserver trusts it
     would fail the prune and refuse front-proxy clients meanwhile, so such a CA stays."""
+    retired = {g for g in gone if g != sha256(new)}
+
+    def retires(cert: x509.Certificate) -> bool:
+        return sha256(cert) in retired and cert.issuer == cert.subject and common_name(cert) in names
+
     certs, _ = _trusted(cluster)
-    gone = [g for g in gone if g != sha256(new)
-            and not any(sha256(c) == g and not _ours(c, names) for c in certs)]
-    if not any(sha256(c) in gone for c in certs):
+    if not any(map(retires, certs)):
         return []
     # every master has just been given the new CA only: let each apiserver reload it first, or it puts the
     # old CA back at its next sync
@@ -138,7 +141,7 @@ def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *, names: Co
     removed: list[str] = []
     for _ in range(CONFLICT_RETRIES):
         certs, version = _trusted(cluster)
-        kept = [c for c in certs if sha256(c) not in gone or not _ours(c, names)]
+        kept = [c for c in certs if not retires(c)]
         if len(kept) == len(certs):
             break
         if der(new) not in {der(c) for c in kept}:
@@ -157,17 +160,13 @@ def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *, names: Co
         raise RotationError(f"{KEY} kept changing while it was pruned ({CONFLICT_RETRIES} conflicts): re-run `pulumi up`")
     cluster.sleep(recheck)
     certs, _ = _trusted(cluster)
-    back = [c for c in certs if sha256(c) in gone and _ours(c, names)]
+    back = [c for c in certs if retires(c)]
     if back:
         raise RotationError(
             f"{STAGE_KEY}: a kube-apiserver put the old CA {describe(back[0])} back into {KEY}: a master still "
             "trusts it (its aggregator-ca.pem was not rewritten, or its file watch missed the write). Check every "
             "master's aggregator-ca.pem, fix it, then re-run `pulumi up` (the prune runs again)")
     return removed
-
-
-def _ours(cert: x509.Certificate, names: Collection[str]) -> bool:
-    return cert.issuer == cert.subject and common_name(cert) in names
 
 
 def cluster_of(kube: dict[str, Any]) -> Cluster:
