@@ -11,7 +11,8 @@ gate   the ConfigMap's requestheader-client-ca-file holds the new CA (every kube
        is at least 65 s old (metrics-server re-reads the ConfigMap on every change and once a minute).
 prune  after every master trusts only the new CA: waits 65 s (every apiserver reloads its file, or a slow
        one puts the old CA back at its next sync), removes exactly the old CA(s) — by the sha256 of their
-       DER — from requestheader-client-ca-file with a merge patch of that one key at the resourceVersion
+       DER, and only a self-signed CA whose CN is one the caller names as its own (a master's file may have
+       held a hand-made CA another apiserver still trusts: never ours to remove) — from requestheader-client-ca-file with a merge patch of that one key at the resourceVersion
        it read (kube-apiserver keeps a union and would keep the old CA until 5 minutes after it expires),
        then reads again after 62 s (each apiserver re-syncs every minute) to prove none put it back.
 
@@ -25,7 +26,7 @@ import datetime as dt
 import hashlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,13 @@ def pem(certs: list[x509.Certificate]) -> str:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
 
 
-def describe(cert: x509.Certificate) -> str:
+def common_name(cert: x509.Certificate) -> str | None:
     cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-    return f"CN={cn[0].value if cn else '?'} (notBefore {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC)"
+    return str(cn[0].value) if cn else None
+
+
+def describe(cert: x509.Certificate) -> str:
+    return f"CN={common_name(cert) or '?'} (notBefore {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 def _trusted(cluster: Cluster) -> tuple[list[x509.Certificate], str]:
@@ -114,13 +119,21 @@ def gate(cluster: Cluster, new: x509.Certificate) -> None:
             f"{int(RELOAD_SECONDS - age) + 1} s and re-run `pulumi up`")
 
 
-def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *,
+def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *, names: Collection[str],
           settle: float = RELOAD_SECONDS, recheck: float = RECHECK_SECONDS) -> list[str]:
     """Remove exactly the CAs whose DER has a sha256 in `gone` from the ConfigMap (never `new`), then prove no
-    apiserver puts one back. Returns the sha256 of the CAs removed."""
-    gone = [g for g in gone if g != sha256(new)]
+    apiserver puts one back. Returns the sha256 of the CAs removed.
+
+    Only a CA of the caller's own is removed: self-signed with a CN in `names`. A master's file can have held
+    a CA made by hand (taken over when the master joined): removing it while another apiserver trusts it
+    would fail the prune and refuse front-proxy clients meanwhile, so such a CA stays."""
+    retired = {g for g in gone if g != sha256(new)}
+
+    def retires(cert: x509.Certificate) -> bool:
+        return sha256(cert) in retired and cert.issuer == cert.subject and common_name(cert) in names
+
     certs, _ = _trusted(cluster)
-    if not any(sha256(c) in gone for c in certs):
+    if not any(map(retires, certs)):
         return []
     # every master has just been given the new CA only: let each apiserver reload it first, or it puts the
     # old CA back at its next sync
@@ -128,7 +141,7 @@ def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *,
     removed: list[str] = []
     for _ in range(CONFLICT_RETRIES):
         certs, version = _trusted(cluster)
-        kept = [c for c in certs if sha256(c) not in gone]
+        kept = [c for c in certs if not retires(c)]
         if len(kept) == len(certs):
             break
         if der(new) not in {der(c) for c in kept}:
@@ -141,13 +154,13 @@ def prune(cluster: Cluster, new: x509.Certificate, gone: list[str], *,
             if exc.status == 409:  # an apiserver wrote it in between: read again
                 continue
             raise
-        removed = [sha256(c) for c in certs if sha256(c) in gone]
+        removed = [sha256(c) for c in certs if c not in kept]
         break
     else:
         raise RotationError(f"{KEY} kept changing while it was pruned ({CONFLICT_RETRIES} conflicts): re-run `pulumi up`")
     cluster.sleep(recheck)
     certs, _ = _trusted(cluster)
-    back = [c for c in certs if sha256(c) in gone]
+    back = [c for c in certs if retires(c)]
     if back:
         raise RotationError(
             f"{STAGE_KEY}: a kube-apiserver put the old CA {describe(back[0])} back into {KEY}: a master still "
@@ -175,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context")
     args = parser.parse_args(argv)
     try:
-        [new] = certificates(args.new_ca.read_text()) or [None]
-        if new is None:
-            raise RotationError(f"{args.new_ca} holds no certificate")
+        given = certificates(args.new_ca.read_text())
+        if len(given) != 1:
+            raise RotationError(f"--new-ca {args.new_ca}: exactly one certificate expected (the CA that stays), "
+                                f"it holds {len(given)}; write that CA's PEM alone to a file")
+        [new] = given
         cluster = cluster_of({"kubeconfig": args.kubeconfig, "context": args.context})
         if args.action == "gate":
             gate(cluster, new)
@@ -186,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             old = certificates(args.old_ca.read_text()) if args.old_ca else []
             if not old:
                 raise RotationError("prune needs --old-ca: the CA certificate(s) to remove")
-            removed = prune(cluster, new, [sha256(c) for c in old])
+            # the CAs named on the command line are the ones to remove: their CNs are the caller's own
+            removed = prune(cluster, new, [sha256(c) for c in old],
+                            names={n for n in map(common_name, old) if n is not None})
             print(f"removed {len(removed)} CA(s) from {KEY}; still absent after {RECHECK_SECONDS} s")
     except (RotationError, kube_access.KubeAccessError, OSError, ValueError) as exc:
         print(f"CA rotation: {exc}", file=sys.stderr)

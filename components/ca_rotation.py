@@ -18,7 +18,7 @@ and the ConfigMap hold. So before a proxy cert signed by the new CA can go out (
 done) the gate (components/ca_retirement.py) checks that the ConfigMap holds the new CA and that
 metrics-server had time to reload it; and once the masters trust only the new CA, the prune removes from the
 ConfigMap exactly the CAs the masters just stopped trusting (the certs steps name them, by the sha256 of
-their DER), since kube-apiserver's union would keep them until they expire, and checks after more than a
+their DER) that are the program's own generations (never a hand-made CA a master's file held), since kube-apiserver's union would keep them until they expire, and checks after more than a
 minute that no apiserver put one back.
 
 Both run in this process during `up` only (a preview changes nothing and reads nothing), with the stack's
@@ -117,6 +117,12 @@ def untrusted(outputs: Sequence[str]) -> list[str]:
     return found
 
 
+def generation_names(settings: Settings, generation: int) -> frozenset[str]:
+    """The CNs this program gives its CAs up to generation+1 (a backed-out rotation's new CA is one): the only
+    CAs the prune may remove, never a hand-made CA a master's file held before the program took it over."""
+    return frozenset(ca_common_name(settings, g) for g in range(1, generation + 2))
+
+
 class Cas:
     """The stage's aggregator CAs (AggregatorCA components, one per generation), which of them signs, what
     the masters trust, and the retirement checks. Not a resource itself: each CA stays a top-level
@@ -139,7 +145,7 @@ class Cas:
         signer = self.by_generation[stage.signer].issued
         if stage.gated:
             self.retirement = CaRetirement(f"{ca_name(stage.generation)}-retirement", self._kube or KubeSettings(),
-                                           new=signer.cert_pem)
+                                           new=signer.cert_pem, names=generation_names(settings, stage.generation))
             # the proxy cert is signed with the CA certificate the gate let through: it waits for the gate
             signer = dataclasses.replace(signer, cert_pem=self.retirement.gate)
         self.signer: Issued = signer
@@ -161,10 +167,11 @@ class CaRetirement(pulumi.ComponentResource):
     gate: pulumi.Output[str]  # the new CA's certificate, once the gate passed
     pruned: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, kube: KubeSettings, *, new: pulumi.Input[str],
+    def __init__(self, name: str, kube: KubeSettings, *, new: pulumi.Input[str], names: frozenset[str],
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__(RETIREMENT_TYPE, name, None, opts)
         self._kube = kube
+        self._names = names
         self.gate = pulumi.Output.from_input(new).apply(self._gate)
         self.pruned = pulumi.Output.from_input([])
 
@@ -176,25 +183,30 @@ class CaRetirement(pulumi.ComponentResource):
         # as outputs, the checks are waited for: the program ends only after them
         self.register_outputs({"gate": self.gate.apply(lambda _: "passed"), "pruned": self.pruned})
 
-    def _cluster(self) -> ca_retirement.Cluster:
-        return ca_retirement.cluster_of({k: self._kube.get(k) for k in ("kubeconfig", "context", "cluster")})
-
     async def _gate(self, new_pem: str) -> str:
         if pulumi.runtime.is_dry_run():
             return new_pem  # a preview reads nothing; `up` checks before anything is signed
-        await _checked(ca_retirement.gate, self._cluster(), ca_retirement.certificates(new_pem)[0])
+        await self._checked(ca_retirement.gate, new_pem)
         return new_pem
 
     async def _prune(self, new_pem: str, gone: list[str]) -> list[str]:
         if pulumi.runtime.is_dry_run() or not gone:
             return []
-        return await _checked(ca_retirement.prune, self._cluster(), ca_retirement.certificates(new_pem)[0], gone)
+        return await self._checked(ca_retirement.prune, new_pem, gone, names=self._names)
 
-
-async def _checked(check: Any, *args: Any) -> Any:
-    """Run a blocking check (HTTP, waits of a minute) off the event loop; its refusal stops `up` with its
-    own message."""
-    try:
-        return await asyncio.to_thread(check, *args)
-    except (ca_retirement.RotationError, kube_access.KubeAccessError, OSError, ValueError) as exc:
-        raise pulumi.RunError(f"CA rotation: {exc}") from None
+    async def _checked(self, check: Any, new_pem: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking check (HTTP, waits of a minute) off the event loop; its refusal stops `up` with its
+        own message."""
+        try:
+            cluster = ca_retirement.cluster_of({k: self._kube.get(k) for k in ("kubeconfig", "context", "cluster")})
+        except kube_access.KubeAccessError as exc:
+            # metricsServer.manage: false needs no kubeconfig otherwise: say why this `up` does
+            raise pulumi.RunError(
+                f"CA rotation: {exc}. With pki.caGeneration 2 or more every `up` reads "
+                "kube-system/extension-apiserver-authentication (the rotation's gate and prune), even with "
+                "metricsServer.manage: false: set kubernetes:kubeconfig (and kubernetes:context) to the "
+                "cluster's kubeconfig") from None
+        try:
+            return await asyncio.to_thread(check, cluster, ca_retirement.certificates(new_pem)[0], *args, **kwargs)
+        except (ca_retirement.RotationError, kube_access.KubeAccessError, OSError, ValueError) as exc:
+            raise pulumi.RunError(f"CA rotation: {exc}") from None

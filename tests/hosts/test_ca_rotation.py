@@ -39,7 +39,7 @@ def test_every_stage_writes_what_the_master_trusts_without_a_restart(lab, make_s
     monkeypatch.setattr(kube_access, "read_settings", lambda *a, **k: kube_access.KubeSettings({}))
     monkeypatch.setattr(ca_retirement, "cluster_of", lambda kube: None)
     monkeypatch.setattr(ca_retirement, "gate", lambda cluster, new: None)
-    monkeypatch.setattr(ca_retirement, "prune", lambda cluster, new, gone: gone)
+    monkeypatch.setattr(ca_retirement, "prune", lambda cluster, new, gone, names: gone)
     h = lab.add_host("m1", "env-file")
     original = h.config_bytes()
     first = make_stack([h])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from components import ca_retirement as tool
 from components import kube_access
@@ -59,6 +61,7 @@ class FakeCluster:
 
 
 GONE = [tool.sha256(OLD.cert)]
+OURS = {"aggregator-ca", "aggregator-ca-gen2"}  # the CNs of the program's CA generations
 
 
 def test_gate_passes_when_the_new_ca_is_trusted_and_old_enough():
@@ -84,7 +87,7 @@ def test_gate_refuses_a_new_ca_younger_than_metrics_server_s_reload():
 def test_prune_removes_exactly_the_old_ca_and_keeps_other_keys_and_cas():
     fake = FakeCluster([KUBEADM, OLD, NEW])
     before = dict(fake.data)
-    assert tool.prune(fake.cluster, NEW.cert, GONE, settle=65, recheck=62) == GONE
+    assert tool.prune(fake.cluster, NEW.cert, GONE, names=OURS, settle=65, recheck=62) == GONE
     assert fake.cas() == [KUBEADM.cert.subject.rfc4514_string(), NEW.cert.subject.rfc4514_string()]
     assert fake.slept == [65, 62]
     [patch] = fake.patches
@@ -94,22 +97,49 @@ def test_prune_removes_exactly_the_old_ca_and_keeps_other_keys_and_cas():
 
 def test_prune_retries_a_conflict_at_the_new_resource_version():
     fake = FakeCluster([OLD, NEW], conflicts=2)
-    tool.prune(fake.cluster, NEW.cert, GONE, settle=0, recheck=0)
+    tool.prune(fake.cluster, NEW.cert, GONE, names=OURS, settle=0, recheck=0)
     assert len(fake.patches) == 3 and fake.cas() == [NEW.cert.subject.rfc4514_string()]
 
 
 def test_prune_fails_when_an_apiserver_puts_the_old_ca_back():
     fake = FakeCluster([OLD, NEW], readd=True)
     with pytest.raises(tool.RotationError) as err:
-        tool.prune(fake.cluster, NEW.cert, GONE, settle=0, recheck=0)
+        tool.prune(fake.cluster, NEW.cert, GONE, names=OURS, settle=0, recheck=0)
     assert "put the old CA" in str(err.value) and "aggregator-ca.pem" in str(err.value)
 
 
 def test_prune_is_a_no_op_once_the_old_ca_is_gone_and_never_removes_the_new_one():
     fake = FakeCluster([NEW])
-    assert tool.prune(fake.cluster, NEW.cert, GONE) == []
-    assert tool.prune(fake.cluster, NEW.cert, [tool.sha256(NEW.cert)]) == []
+    assert tool.prune(fake.cluster, NEW.cert, GONE, names=OURS) == []
+    assert tool.prune(fake.cluster, NEW.cert, [tool.sha256(NEW.cert)], names=OURS) == []
     assert fake.patches == [] and fake.slept == []
+
+
+def test_prune_keeps_a_ca_the_program_never_made_even_when_a_master_stopped_trusting_it():
+    """A master added later held a hand-made CA in its aggregator-ca.pem: install-certs names it too, but
+    another apiserver may still trust it, so it stays; the program's own old CA goes."""
+    hand_made = make_ca(cn="front-proxy-ca-by-hand")
+    fake = FakeCluster([hand_made, OLD, NEW])
+    gone = [tool.sha256(hand_made.cert), *GONE]
+    assert tool.prune(fake.cluster, NEW.cert, gone, names=OURS, settle=0, recheck=0) == GONE
+    assert fake.cas() == [hand_made.cert.subject.rfc4514_string(), NEW.cert.subject.rfc4514_string()]
+    # only the foreign CA named: nothing to do, no wait, no patch
+    fake = FakeCluster([hand_made, NEW])
+    assert tool.prune(fake.cluster, NEW.cert, [tool.sha256(hand_made.cert)], names=OURS) == []
+    assert fake.patches == [] and fake.slept == []
+
+
+def test_prune_keeps_a_ca_with_one_of_the_program_s_cns_that_is_not_self_signed():
+    leaf = make_ca(cn="aggregator-ca")  # the program's CN, but issued by another CA: not one the program made
+    issuer = make_ca(cn="someone-else")
+    forged = x509.CertificateBuilder().subject_name(leaf.cert.subject).issuer_name(issuer.cert.subject) \
+        .public_key(leaf.cert.public_key()).serial_number(x509.random_serial_number()) \
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30)) \
+        .sign(serialization.load_pem_private_key(issuer.key_pem.encode(), None), hashes.SHA256())
+    fake = FakeCluster([NEW])
+    fake.data[tool.KEY] = forged.public_bytes(serialization.Encoding.PEM).decode() + NEW.cert_pem
+    assert tool.prune(fake.cluster, NEW.cert, [tool.sha256(forged)], names=OURS) == []
+    assert fake.patches == []
 
 
 def test_the_sha256_is_the_one_of_the_der_as_the_host_script_prints_it():
@@ -123,7 +153,7 @@ def test_the_sha256_is_the_one_of_the_der_as_the_host_script_prints_it():
 def test_prune_never_leaves_the_configmap_without_the_new_ca():
     fake = FakeCluster([OLD])
     with pytest.raises(tool.RotationError) as err:
-        tool.prune(fake.cluster, NEW.cert, GONE, settle=0, recheck=0)
+        tool.prune(fake.cluster, NEW.cert, GONE, names=OURS, settle=0, recheck=0)
     assert "trust" in str(err.value)
     assert fake.patches == []
 
@@ -138,3 +168,15 @@ def test_the_command_line_prunes_a_given_old_ca(monkeypatch, tmp_path, capsys):
     assert fake.cas() == [NEW.cert.subject.rfc4514_string()]
     assert tool.main(["prune", "--new-ca", str(tmp_path / "new.pem")]) == 1
     assert "--old-ca" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["gate", "prune"])
+def test_the_command_line_wants_exactly_one_new_ca(monkeypatch, tmp_path, capsys, action):
+    fake = FakeCluster([OLD, NEW])
+    monkeypatch.setattr(tool, "cluster_of", lambda kube: fake.cluster)
+    (tmp_path / "both.pem").write_text(OLD.cert_pem + NEW.cert_pem)
+    (tmp_path / "old.pem").write_text(OLD.cert_pem)
+    assert tool.main([action, "--new-ca", str(tmp_path / "both.pem"), "--old-ca", str(tmp_path / "old.pem")]) == 1
+    err = capsys.readouterr().err
+    assert "exactly one certificate expected" in err and "holds 2" in err
+    assert fake.patches == []

@@ -37,7 +37,7 @@ def checks(monkeypatch):
     monkeypatch.setattr(ca_retirement, "cluster_of", lambda kube: ("cluster", kube["kubeconfig"]))
     monkeypatch.setattr(ca_retirement, "gate", lambda cluster, new: calls.append(("gate", cluster, new)))
     monkeypatch.setattr(ca_retirement, "prune",
-                        lambda cluster, new, gone: calls.append(("prune", cluster, new, gone)) or gone)
+                        lambda cluster, new, gone, names: calls.append(("prune", cluster, new, gone, names)) or gone)
     return calls
 
 
@@ -209,6 +209,30 @@ def test_the_proxy_cert_waits_for_the_gate(stack_config):
     assert "tls:index/selfSignedCert:SelfSignedCert" in out["types"]  # the CAs were registered (no change)
 
 
+NO_KUBECONFIG_RUN = """
+import json, sys
+from components import kube_access
+from tests.support.program import run
+
+kube_access.read_settings = lambda *a, **k: kube_access.KubeSettings({})
+try:
+    run(json.loads(sys.stdin.read()))
+except Exception as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def test_without_a_kubeconfig_the_gate_names_the_key_and_why(stack_config, tmp_path):
+    """At generation 2 or more every `up` reads the cluster, even a stack that manages no metrics-server:
+    the error says so and names kubernetes:kubeconfig."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "absent")}
+    p = subprocess.run([sys.executable, "-c", NO_KUBECONFIG_RUN], input=json.dumps(stage(stack_config, 2)),
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2], env=env)
+    error = json.loads(p.stdout.strip().splitlines()[-1])["error"]
+    assert "CA rotation: no kubeconfig: set kubernetes:kubeconfig" in error
+    assert "pki.caGeneration 2 or more" in error and "metricsServer.manage: false" in error
+
+
 @pytest.mark.parametrize("rotation", ["sign", None])
 def test_a_preview_reads_no_cluster(stack_config, checks, certs_say_gone, rotation):
     run(stage(stack_config, 2, rotation), preview=True)
@@ -226,6 +250,8 @@ def test_stage_done_drops_the_old_ca_and_prunes_what_the_masters_stopped_trustin
     # the gate (a skipped stage sign re-signs here), then the prune of exactly what the certs steps named
     assert [c[0] for c in checks] == ["gate", "prune"]
     assert checks[1][3] == [GONE]
+    # only a CA of the program's own generations may go (the backed-out next one too), never a hand-made one
+    assert checks[1][4] == {"aggregator-ca", "aggregator-ca-gen2", "aggregator-ca-gen3"}
     assert all("--ca-certs" not in c["create"] for c in result.commands)
     assert all(pems(c).count("BEGIN CERTIFICATE") == 2 for c in result.commands if c["name"].endswith("-certs"))
 
