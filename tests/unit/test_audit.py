@@ -152,6 +152,49 @@ def test_the_key_owner_is_apiserver_key_owner_by_name_or_id(pems):
         assert (f.status == OK) is ok, (owner, f)
 
 
+def test_files_are_expected_owned_by_the_user_install_certs_runs_as(pems):
+    """ssh.user alice without sudo: install-certs runs as alice and writes every file as alice:<her group>;
+    the key is apiserver.keyOwner's when that is set; as root (or through sudo): root:root."""
+    alice = audit.Writer("1000", "1001", "alice", "staff")
+    pub = audit.public_key_sha256(pems["cert"])
+    mine = {n: FileFacts("file", f.mode, "1000", "1001", "alice", "staff", f.sha256)
+            for n, f in _files(pems["ca"], pems["cert"]).items()}
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=alice)
+    assert all(f.status == OK for f in found), found
+    assert {f.expected for f in found if f.check == "owner"} == {"alice:staff"}
+    found = audit.compare_files("m", _files(pems["ca"], pems["cert"]), ca_pem=pems["ca"], cert_pem=pems["cert"],
+                                key_public_sha256=pub, key_owner="root:root", writer=alice)
+    assert _drift(found) == {("m", contract.CA_CERT_FILE, "owner"), ("m", contract.PROXY_CERT_FILE, "owner")}
+    # ids without names (a uid with no passwd entry): compared by number
+    nameless = audit.Writer("1000", "1001", "1000", "1001")
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=nameless)
+    assert all(f.status == OK for f in found), found
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=audit.ROOT_WRITER)
+    assert {f.object for f in found if f.status == DRIFT} == set(contract.PEM_FILES)
+    # the probe could not tell who it runs as: the owners cannot be checked
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=None)
+    assert [f.object for f in found if f.status == ERROR] == list(contract.PEM_FILES)
+
+
+def test_probe_error_lines_are_errors_never_drift(pems):
+    text = (f"@file {contract.CA_CERT_FILE} error stat cannot read its mode and owner\n"
+            f"@file {contract.PROXY_CERT_FILE} file 644 0 0\n"  # cut short
+            f"@file {contract.PROXY_KEY_FILE} file 600 0 0 root root -\n"
+            "@pub error openssl pkey cannot read the key\n@id 0 0 root root\n@readyz 200\n")
+    r = audit.parse_probe(text)
+    assert r.files[contract.CA_CERT_FILE] == FileFacts("error", error="stat cannot read its mode and owner")
+    assert r.files[contract.PROXY_CERT_FILE].state == "error" and r.key_public_error and r.key_public_sha256 is None
+    assert r.writer == audit.ROOT_WRITER
+    found = audit.compare_files("m", r.files, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=None,
+                                key_owner=None, writer=r.writer, key_public_error=r.key_public_error)
+    assert not _drift(found) and audit.exit_code(found) == audit.EXIT_ERROR
+    assert {f.object for f in found if f.status == ERROR} == set(contract.PEM_FILES)
+
+
 def test_missing_or_linked_files_drift(pems):
     files = _files(pems["ca"], pems["cert"], **{contract.CA_CERT_FILE: FileFacts("symlink")})
     del files[contract.PROXY_CERT_FILE]
@@ -370,6 +413,54 @@ def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
     assert after.keys() == before.keys() and not any(scratch.iterdir())
     assert all(stat.S_IMODE(after[k].st_mode) == stat.S_IMODE(v.st_mode) and after[k].st_mtime_ns == v.st_mtime_ns
                for k, v in before.items())
+
+
+def _cert_dir(tmp_path: Path, pems: dict) -> Path:
+    cert_dir = tmp_path / "ssl"
+    cert_dir.mkdir()
+    (cert_dir / contract.CA_CERT_FILE).write_text(pems["ca"])
+    (cert_dir / contract.PROXY_CERT_FILE).write_text(pems["cert"])
+    (cert_dir / contract.PROXY_KEY_FILE).write_bytes(_key_pem(pems["key"]))
+    os.chmod(cert_dir / contract.PROXY_KEY_FILE, 0o600)
+    return cert_dir
+
+
+def _probe(cert_dir: Path, path: str | None = None) -> audit.ProbeResult:
+    args = [str(cert_dir / "none.conf"), "env-file", "kube-apiserver", str(cert_dir), "http://127.0.0.1:9/readyz",
+            contract.PROXY_KEY_FILE, *contract.PEM_FILES]
+    p = subprocess.run(["bash", "-s", "--", *args], input=audit.probe_script(apiserver.editor_text()),
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": path or os.environ["PATH"]})
+    assert p.returncode == 0, p.stderr
+    return audit.parse_probe(p.stdout)
+
+
+def test_the_probe_says_who_it_runs_as(tmp_path, pems):
+    r = _probe(_cert_dir(tmp_path, pems))
+    assert r.writer is not None and (r.writer.uid, r.writer.gid) == (str(os.getuid()), str(os.getgid()))
+
+
+@pytest.mark.parametrize("failing", ["openssl", "stat", "sha256sum"])
+def test_a_failing_command_in_the_probe_is_an_error_never_drift(tmp_path, pems, failing):
+    """openssl failing on the key must not give the sha256 of empty input (a DRIFT no repair clears), nor a
+    failing stat or sha256sum a short line read as "missing": each is an ERROR (exit 2)."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / failing).write_text("#!/bin/sh\necho broken >&2\nexit 1\n")
+    (shims / failing).chmod(0o755)
+    r = _probe(_cert_dir(tmp_path, pems), f"{shims}{os.pathsep}{os.environ['PATH']}")
+    found = audit.compare_files("m", r.files, ca_pem=pems["ca"], cert_pem=pems["cert"],
+                                key_public_sha256=r.key_public_sha256, key_owner=None, writer=r.writer,
+                                key_public_error=r.key_public_error)
+    errors = {(f.object, f.check) for f in found if f.status == ERROR}
+    assert errors and audit.exit_code(found) == audit.EXIT_ERROR
+    assert not [f for f in found if f.status == DRIFT], found
+    if failing == "openssl":
+        assert errors == {(contract.PROXY_KEY_FILE, "public key = the cert's")}
+    elif failing == "stat":
+        assert errors == {(n, "readable") for n in contract.PEM_FILES}
+    else:  # the key's public half goes through sha256sum too
+        assert errors == {(n, "readable") for n in (contract.CA_CERT_FILE, contract.PROXY_CERT_FILE)} | {
+            (contract.PROXY_KEY_FILE, "public key = the cert's")}
 
 
 def test_the_probe_reports_an_unreadable_config(tmp_path):
