@@ -36,6 +36,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -436,12 +437,26 @@ def askpass_script(passphrase_file: str) -> str:
     return f"#!/bin/sh\nexec cat {shlex.quote(passphrase_file)}\n"
 
 
+def secret_dir_base(env: Mapping[str, str] = os.environ, shm: str = "/dev/shm") -> str | None:
+    """Where the key's private directory goes: $RUNNER_TEMP in GitHub Actions (the runner empties it after
+    every job, even a cancelled one), else /dev/shm when writable (memory: never on a disk, gone at
+    reboot), else the system default (None)."""
+    runner_temp = env.get("RUNNER_TEMP")
+    if runner_temp and os.path.isdir(runner_temp):
+        return runner_temp
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return None
+
+
 class Ssh:
-    """ssh to the masters with a private 0700 directory (key, known_hosts, config: 0600) removed on close."""
+    """ssh to the masters with a private 0700 directory (key, known_hosts, config: 0600) removed on close;
+    close also ends the ssh processes still running (a signal: main turns SIGTERM/SIGHUP into SystemExit)."""
 
     def __init__(self, settings: Any, warn: Callable[[str], None]):
         self.settings = settings
-        self._dir = tempfile.mkdtemp(prefix="metrics-aggregation-audit-")  # 0700
+        self._procs: set[subprocess.Popen] = set()
+        self._dir = tempfile.mkdtemp(prefix="metrics-aggregation-audit-", dir=secret_dir_base())  # 0700
         try:
             ssh = settings.ssh
             key = self._write("key", _pem_line_end(ssh.private_key)) if ssh.private_key else None
@@ -475,6 +490,11 @@ class Ssh:
         return path
 
     def close(self) -> None:
+        for proc in list(self._procs):  # only when interrupted: a normal run has none left
+            try:
+                proc.kill()
+            except OSError:
+                pass
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Ssh:
@@ -486,10 +506,18 @@ class Ssh:
     def run(self, master: str, command: str, stdin: str, timeout: float) -> subprocess.CompletedProcess:
         """`command` on `master` (its login shell runs it, as pulumi-command's do), stdin piped, bounded."""
         argv = ["ssh", "-F", self.config, "-T", _alias(master), command]
-        try:
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=self.env)
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout:.0f}s")
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=self.env) as proc:
+            self._procs.add(proc)
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout:.0f}s")
+            finally:
+                self._procs.discard(proc)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 # --- the probe: one read-only shell program per master -------------------------------------------------
@@ -673,21 +701,41 @@ def audit_cluster(stack: Stack, get: Callable[[str], dict[str, Any] | None]) -> 
     ):
         try:
             out += compare(get(path))
+        except AuditError as e:  # no usable kubeconfig: the message names kubernetes:kubeconfig
+            out.append(Finding(CLUSTER, what, "readable", "yes", str(e)[:200], ERROR))
         except Exception as e:  # unreachable, refused, TLS: the check could not run
             out.append(Finding(CLUSTER, what, "readable", "yes", f"{type(e).__name__}: {str(e)[:160]}", ERROR))
     return out
 
 
-def cluster_getter(stack: Stack) -> Callable[[str], dict[str, Any] | None]:
+def kubeconfig_value(kubeconfig: str | None, project_dir: Path) -> str | None:
+    """kubernetes:kubeconfig as the provider (running in the project dir) reads it: kube_access's rule, an
+    existing file is a path and anything else the contents. A relative path is the project dir's; the
+    contents (YAML, or one line of JSON) stay as they are."""
+    if not kubeconfig or "\n" in kubeconfig:
+        return kubeconfig
+    path = Path(kubeconfig).expanduser()
+    if not path.is_absolute() and (project_dir / path).is_file():
+        return str(project_dir / path)
+    return kubeconfig
+
+
+def cluster_getter(stack: Stack, warn: Callable[[str], None] = lambda msg: None) -> Callable[[str], dict[str, Any] | None]:
+    """A GET on the cluster. A kubeconfig that cannot be used does not stop the audit: the masters are
+    still checked, and every cluster check becomes an ERROR naming kubernetes:kubeconfig (exit 2)."""
     from components import kube_access
 
-    kubeconfig = stack.kube.get("kubeconfig")
-    if kubeconfig and "\n" not in kubeconfig and not Path(kubeconfig).expanduser().is_absolute():
-        kubeconfig = str(stack.project_dir / kubeconfig)  # the provider runs in the project dir
+    kubeconfig = kubeconfig_value(stack.kube.get("kubeconfig"), stack.project_dir)
     try:
         ep = kube_access.endpoint(kubeconfig, stack.kube.get("context"), stack.kube.get("cluster"))
     except kube_access.KubeAccessError as e:
-        raise AuditError(f"kubernetes:kubeconfig: {e}") from None
+        problem = AuditError(f"kubernetes:kubeconfig: {e} (the cluster is not checked)")
+        warn(f"audit: {problem}")
+
+        def unusable(path: str) -> dict[str, Any] | None:
+            raise problem
+
+        return unusable
     return lambda path: kube_access.get_json(ep, path)
 
 
@@ -696,11 +744,16 @@ def cluster_getter(stack: Stack) -> Callable[[str], dict[str, Any] | None]:
 
 def audit(stack: Stack, ssh: Ssh, get: Callable[[str], dict[str, Any] | None], timeout: float) -> list[Finding]:
     masters = stack.settings.masters
-    with ThreadPoolExecutor(max_workers=min(8, len(masters)) + 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, len(masters)) + 1)
+    try:
         cluster = pool.submit(audit_cluster, stack, get)
         per_master = [pool.submit(audit_master, stack, ssh, m, timeout) for m in masters]
         found = [f for job in per_master for f in job.result()]
         return found + cluster.result()
+    finally:
+        # not waiting: interrupted (SystemExit on a signal), the caller's Ssh.close must run now, and it
+        # ends the probes still running; otherwise every job is done already
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- repair --------------------------------------------------------------------------------------------
@@ -822,6 +875,17 @@ def repair(stack: Stack, pulumi: Pulumi, ssh: Ssh, findings: Sequence[Finding], 
 # --- main ----------------------------------------------------------------------------------------------
 
 
+def exit_on_signals() -> None:
+    """SIGTERM (a CI cancel, a timeout) and SIGHUP (a closed terminal) as SystemExit(128+n), as Ctrl-C is
+    KeyboardInterrupt: the `with Ssh` cleanup then runs and removes the private key and passphrase (the
+    default action would end the process with them left on disk)."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.audit",
@@ -834,6 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="re-run the stored steps of every drifted master (then audit again); see docs/audit.md")
     parser.add_argument("--timeout", type=float, default=PROBE_TIMEOUT, help="seconds per master probe (default 60)")
     args = parser.parse_args(argv)
+    exit_on_signals()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -843,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AuditError(f"--cwd {args.cwd}: no Pulumi.yaml there (the project directory)")
         pulumi = Pulumi(args.stack, args.cwd)
         stack = load_stack(pulumi)
-        get = cluster_getter(stack) if stack.settings.metrics_server.manage else (lambda path: None)
+        get = cluster_getter(stack, log) if stack.settings.metrics_server.manage else (lambda path: None)
         with Ssh(stack.settings, log) as ssh:
             t = time.monotonic()
             findings = audit(stack, ssh, get, args.timeout)

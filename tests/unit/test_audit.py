@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -487,16 +489,37 @@ else:
 """
 
 
-def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict, *args: str) -> subprocess.CompletedProcess:
+def _fake_pulumi_argv(tmp_path: Path, cfg: dict, outputs: dict, *args: str, ssh: str | None = None,
+                      env: dict | None = None) -> tuple[list[str], dict]:
+    """The audit's argv and env with a fake pulumi (and, given `ssh`, a fake ssh running that sh script)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pulumi"
     fake.write_text(FAKE_PULUMI.format(python=sys.executable, config=repr(cfg), outputs=repr(outputs)))
     fake.chmod(0o755)
+    if ssh is not None:
+        (bin_dir / "ssh").write_text(f"#!/bin/sh\n{ssh}\n")
+        (bin_dir / "ssh").chmod(0o755)
     (tmp_path / "Pulumi.yaml").write_text("name: metrics-aggregation\nruntime: python\n")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return [sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path), *args], env
+
+
+def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict, *args: str, **kw: object) -> subprocess.CompletedProcess:
+    argv, env = _fake_pulumi_argv(tmp_path, cfg, outputs, *args, **kw)  # type: ignore[arg-type]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _outputs(pems: dict) -> dict:
+    return {contract.OUTPUT_AGGREGATOR_CA_CERT_PEM: pems["ca"], contract.OUTPUT_PROXY_CLIENT_CERT_PEM: pems["cert"],
+            contract.OUTPUT_METRICS_API_SERVICE: contract.METRICS_API_SERVICE,
+            contract.OUTPUT_METRICS_SERVER_NAMESPACE: "kube-system"}
+
+
+def _no_kubeconfig(tmp_path: Path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"HOME": str(home), "KUBECONFIG": ""}
 
 
 def _pulumi_config(cfg: dict) -> dict:
@@ -544,3 +567,69 @@ def test_the_probe_is_shellcheck_clean(tmp_path):
     script.write_text("#!/usr/bin/env bash\n" + audit.probe_script("{ print }"))
     p = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# --- the cluster's kubeconfig ----------------------------------------------------------------------------
+
+
+def test_an_unusable_kubeconfig_still_audits_the_masters(tmp_path, stack_config, pems):
+    """No kubeconfig (none configured, no KUBECONFIG, no ~/.kube/config): master rows as always, the
+    cluster checks ERROR naming kubernetes:kubeconfig, exit 2 (incomplete)."""
+    p = _run_with_fake_pulumi(tmp_path, _pulumi_config(stack_config(n_masters=2)), _outputs(pems), "--json",
+                              ssh="echo '@readyz 200'", env=_no_kubeconfig(tmp_path))
+    assert p.returncode == 2, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    masters = {f["target"] for f in doc["findings"]} - {audit.CLUSTER}
+    assert len(masters) == 2 and any(f["check"].startswith("ready") and f["status"] == OK for f in doc["findings"])
+    cluster = [f for f in doc["findings"] if f["target"] == audit.CLUSTER]
+    assert len(cluster) == 2 and all(f["status"] == ERROR and "kubernetes:kubeconfig" in f["found"] for f in cluster)
+    assert "kubernetes:kubeconfig" in p.stderr and "PRIVATE KEY" not in p.stdout + p.stderr
+
+
+def test_inline_kubeconfig_is_never_joined_with_the_project_dir(tmp_path):
+    inline = json.dumps({"apiVersion": "v1", "clusters": [], "contexts": [], "current-context": "x"})
+    assert audit.kubeconfig_value(inline, tmp_path) == inline
+    yaml_text = "apiVersion: v1\nclusters: []\n"
+    assert audit.kubeconfig_value(yaml_text, tmp_path) == yaml_text
+    (tmp_path / "kube").mkdir()
+    (tmp_path / "kube" / "config").write_text(yaml_text)
+    assert audit.kubeconfig_value("kube/config", tmp_path) == str(tmp_path / "kube" / "config")
+    assert audit.kubeconfig_value(str(tmp_path / "kube" / "config"), Path("/nonexistent")) == str(
+        tmp_path / "kube" / "config")
+    assert audit.kubeconfig_value(None, tmp_path) is None
+
+
+# --- the private key on disk: where, and gone on a signal ------------------------------------------------
+
+
+def test_the_key_dir_goes_to_runner_temp_else_dev_shm(tmp_path):
+    (tmp_path / "rt").mkdir()
+    (tmp_path / "shm").mkdir()
+    assert audit.secret_dir_base({"RUNNER_TEMP": str(tmp_path / "rt")}, str(tmp_path / "shm")) == str(tmp_path / "rt")
+    assert audit.secret_dir_base({}, str(tmp_path / "shm")) == str(tmp_path / "shm")
+    assert audit.secret_dir_base({}, str(tmp_path / "no-shm")) is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # a CI cancel or a timeout; a closed terminal
+def test_a_signal_removes_the_key_dir(tmp_path, stack_config, pems, sig):
+
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    started = tmp_path / "ssh-started"
+    argv, env = _fake_pulumi_argv(tmp_path, _pulumi_config(stack_config(n_masters=2)), _outputs(pems), "--json",
+                                  ssh=f"touch {started}; exec sleep 60",
+                                  env={**_no_kubeconfig(tmp_path), "RUNNER_TEMP": str(runner_temp)})
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [key_dir] = list(runner_temp.iterdir())  # blocked in the probes, the key on disk
+        assert (key_dir / "key").is_file()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)  # the probes are ended too, not waited for (60 s)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert not key_dir.exists() and not any(runner_temp.iterdir())
+    assert "PRIVATE KEY" not in out + err
