@@ -633,3 +633,39 @@ def test_a_signal_removes_the_key_dir(tmp_path, stack_config, pems, sig):
     assert proc.returncode == 128 + sig, err
     assert not key_dir.exists() and not any(runner_temp.iterdir())
     assert "PRIVATE KEY" not in out + err
+
+
+# --- make audit / make repair ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "components"), [("audit", "pulumi"),
+                                                     ("repair", "pulumi python tls command kubernetes")])
+def test_make_audit_prints_only_the_audits_output_and_builds_only_what_it_runs(tmp_path, target, components):
+    """`make audit AUDIT_ARGS=--json > f.json` is the tool's JSON alone (no echoed recipe, the build's
+    output on stderr), and the toolchain build asks only for the components the audit or repair runs.
+    Run for real, with the toolchain script and the venv's python replaced by stand-ins."""
+    shims, fake_bin, calls = tmp_path / "shims", tmp_path / "venv-bin", tmp_path / "calls"
+    shims.mkdir()
+    fake_bin.mkdir()
+    # `bash toolchain/build.sh ...` reaches this bash first on PATH; every other bash is the real one
+    (shims / "bash").write_text(f"""#!/bin/sh
+if [ "$1" = toolchain/build.sh ]; then
+    shift; echo "$*" >>{calls}
+    [ "$1" = env ] || echo "toolchain noise on stdout"  # env's stdout is sourced
+    exit 0
+fi
+exec /bin/bash "$@"
+""")
+    doc = '{"stack": "nosuch", "exitCode": 2, "findings": []}'
+    (fake_bin / "python").write_text(f"#!/bin/sh\necho '{doc}'\necho \"$*\" >>{calls}\nexit 2\n")
+    for f in (shims / "bash", fake_bin / "python"):
+        f.chmod(0o755)
+    p = subprocess.run(["make", "--no-print-directory", "-o", "venv/.installed", target, "STACK=nosuch",
+                        "AUDIT_ARGS=--json", f"BIN={fake_bin}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}"})
+    assert p.returncode == 2, p.stderr
+    assert json.loads(p.stdout) == json.loads(doc) and p.stdout.strip() == doc
+    assert "toolchain noise" in p.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"build {components}" and lines[1] == "env"
+    assert lines[2].startswith("-m tools.audit --stack nosuch") and ("--repair" in lines[2]) == (target == "repair")
