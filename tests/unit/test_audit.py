@@ -387,13 +387,18 @@ def test_after_a_repair_the_apiservice_is_awaited_bounded():
 # --- the probe, run here: what it reports and that it writes nothing ------------------------------------
 
 
-def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
+def _cert_dir(tmp_path: Path, pems: dict) -> Path:
     cert_dir = tmp_path / "ssl"
     cert_dir.mkdir()
     (cert_dir / contract.CA_CERT_FILE).write_text(pems["ca"])
     (cert_dir / contract.PROXY_CERT_FILE).write_text(pems["cert"])
     (cert_dir / contract.PROXY_KEY_FILE).write_bytes(_key_pem(pems["key"]))
     os.chmod(cert_dir / contract.PROXY_KEY_FILE, 0o600)
+    return cert_dir
+
+
+def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
+    cert_dir = _cert_dir(tmp_path, pems)
     conf = tmp_path / "kube-apiserver.conf"
     conf.write_text('KUBE_APISERVER_OPTS="--a=b \\\n--enable-aggregator-routing \\\n--a=c"\n')
     scratch = tmp_path / "tmp"
@@ -415,16 +420,6 @@ def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
     assert after.keys() == before.keys() and not any(scratch.iterdir())
     assert all(stat.S_IMODE(after[k].st_mode) == stat.S_IMODE(v.st_mode) and after[k].st_mtime_ns == v.st_mtime_ns
                for k, v in before.items())
-
-
-def _cert_dir(tmp_path: Path, pems: dict) -> Path:
-    cert_dir = tmp_path / "ssl"
-    cert_dir.mkdir()
-    (cert_dir / contract.CA_CERT_FILE).write_text(pems["ca"])
-    (cert_dir / contract.PROXY_CERT_FILE).write_text(pems["cert"])
-    (cert_dir / contract.PROXY_KEY_FILE).write_bytes(_key_pem(pems["key"]))
-    os.chmod(cert_dir / contract.PROXY_KEY_FILE, 0o600)
-    return cert_dir
 
 
 def _probe(cert_dir: Path, path: str | None = None) -> audit.ProbeResult:
