@@ -26,7 +26,8 @@ help: ## list the targets
 # ---- set-up ---------------------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@echo "$(BIN)/pip install -r requirements-dev.txt" >&2
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt >&2
 	@touch $@
 
 .PHONY: venv
@@ -79,14 +80,23 @@ up: venv toolchain ## pulumi up for STACK, offline settings as for preview
 preview-diff: venv toolchain ## markdown summary of `pulumi preview --json` per master (STACK=dev|prod)
 	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
 	  pulumi preview --stack "$(STACK)" --json --non-interactive | $(BIN)/python -m tools.preview_diff --stack "$(STACK)" -
+
+# The audit runs only the pulumi CLI (`pulumi config`, `stack output`, `stack export`); a repair's targeted
+# `up` also the language host and the providers of what it may update (toolchain/build.sh list). Recipes
+# are silent (@) and the build's progress goes to stderr: `make audit AUDIT_ARGS=--json > f.json` is JSON.
+AUDIT_COMPONENTS := pulumi
+REPAIR_COMPONENTS := pulumi python tls command kubernetes
+
 .PHONY: audit
-audit: venv toolchain-pulumi ## read-only drift audit of STACK: masters' flags, cert files, readiness; APIService, metrics-server (AUDIT_ARGS=--json)
-	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
+audit: venv ## read-only drift audit of STACK: masters' flags, cert files, readiness; APIService, metrics-server (AUDIT_ARGS=--json)
+	@bash toolchain/build.sh build $(AUDIT_COMPONENTS) >&2
+	@source <(bash toolchain/build.sh env) && $(STACK_ENV) \
 	  $(BIN)/python -m tools.audit --stack "$(STACK)" $(AUDIT_ARGS)
 
 .PHONY: repair
-repair: venv toolchain-pulumi ## audit STACK, re-run the stored steps of each drifted master (rollout order), audit again (docs/audit.md)
-	source <(bash toolchain/build.sh env) && $(STACK_ENV) \
+repair: venv ## audit STACK, re-run the stored steps of each drifted master (rollout order), audit again (docs/audit.md)
+	@bash toolchain/build.sh build $(REPAIR_COMPONENTS) >&2
+	@source <(bash toolchain/build.sh env) && $(STACK_ENV) \
 	  $(BIN)/python -m tools.audit --stack "$(STACK)" --repair $(AUDIT_ARGS)
 
 .PHONY: toolchain-pulumi

@@ -36,6 +36,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,13 +144,14 @@ def public_key_sha256(cert_pem: str) -> str:
 class FileFacts:
     """One PEM file on a master, as the probe saw it."""
 
-    state: str  # "file", "missing", "symlink", "not a regular file"
+    state: str  # "file", "missing", "symlink", "not a regular file", "error" (the probe could not read it)
     mode: str = ""  # octal, e.g. "644"
     uid: str = ""
     gid: str = ""
     user: str = ""
     group: str = ""
     sha256: str = ""  # certificates only (never the key's)
+    error: str = ""  # state "error": what failed
 
 
 def _owner_matches(expected: str, facts: FileFacts) -> bool:
@@ -158,22 +160,54 @@ def _owner_matches(expected: str, facts: FileFacts) -> bool:
     return user in (facts.user, facts.uid) and group in (facts.group, facts.gid)
 
 
+@dataclass(frozen=True)
+class Writer:
+    """Who install-certs runs as on a master (the probe's `@id`: the same login and sudo as the steps)."""
+
+    uid: str
+    gid: str
+    user: str
+    group: str
+
+
+ROOT_WRITER = Writer("0", "0", "root", "root")
+
+
+def expected_owner(writer: Writer | None, key_owner: str | None, is_key: bool) -> str | None:
+    """install-certs' rule: every file is owned by the user running it and its group (root: root:root), the
+    key by apiserver.keyOwner when that is set. None: the writer is unknown (the probe could not tell)."""
+    if is_key and key_owner:
+        return key_owner
+    if writer is None:
+        return None
+    return "root:root" if writer.uid == "0" else f"{writer.user}:{writer.group}"
+
+
 def compare_files(master: str, files: Mapping[str, FileFacts], *, ca_pem: str, cert_pem: str,
-                  key_public_sha256: str | None, key_owner: str | None) -> list[Finding]:
+                  key_public_sha256: str | None, key_owner: str | None, writer: Writer | None = ROOT_WRITER,
+                  key_public_error: str = "") -> list[Finding]:
     """The three PEM files (contract.PEM_FILES) against the outputs: content, mode, owner; the key's public
-    half against the certificate's (key_public_sha256 None: no openssl on the master, an ERROR)."""
+    half against the certificate's (key_public_sha256 None: no openssl on the master, an ERROR; so is
+    key_public_error, openssl failing on the key). A file the probe could not read is an ERROR, never DRIFT
+    (a repair would not clear it)."""
     want_sha = {contract.CA_CERT_FILE: sha256_hex(written_pem(ca_pem)),
                 contract.PROXY_CERT_FILE: sha256_hex(written_pem(cert_pem))}
     out: list[Finding] = []
     for name in contract.PEM_FILES:
         facts = files.get(name, FileFacts("missing"))
         is_key = name == contract.PROXY_KEY_FILE
+        if facts.state == "error":
+            out.append(Finding(master, name, "readable", "yes", facts.error or "(the probe could not read it)", ERROR))
+            continue
         if facts.state != "file":
             out.append(Finding(master, name, "regular file", "present", facts.state, DRIFT, CERTS_STEP))
             continue
         if is_key:
             want_pub = public_key_sha256(cert_pem)
-            if key_public_sha256 is None:
+            if key_public_error:
+                out.append(Finding(master, name, "public key = the cert's", f"sha256:{want_pub}",
+                                   f"(cannot tell: {key_public_error})", ERROR))
+            elif key_public_sha256 is None:
                 out.append(Finding(master, name, "public key = the cert's", f"sha256:{want_pub}",
                                    "(cannot tell: no openssl on the master)", ERROR))
             else:
@@ -183,11 +217,15 @@ def compare_files(master: str, files: Mapping[str, FileFacts], *, ca_pem: str, c
             out.append(_finding(master, name, "sha256 = state", f"sha256:{want_sha[name]}", f"sha256:{facts.sha256}",
                                 CERTS_STEP))
         out.append(_finding(master, name, "mode", "600" if is_key else "644", facts.mode, CERTS_STEP))
-        owner = (key_owner if is_key else None) or "root:root"
-        found_owner = f"{facts.user}:{facts.group}"
-        ok = _owner_matches(owner, facts) or (owner == "root:root" and (facts.uid, facts.gid) == ("0", "0"))
-        out.append(Finding(master, name, "owner", owner, found_owner if facts.user else f"{facts.uid}:{facts.gid}",
-                           OK if ok else DRIFT, CERTS_STEP))
+        owner = expected_owner(writer, key_owner, is_key)
+        found_owner = f"{facts.user}:{facts.group}" if facts.user else f"{facts.uid}:{facts.gid}"
+        if owner is None:
+            out.append(Finding(master, name, "owner", "(the user install-certs runs as)", found_owner, ERROR))
+            continue
+        ok = _owner_matches(owner, facts) or (owner == "root:root" and (facts.uid, facts.gid) == ("0", "0")) or (
+            writer is not None and owner == expected_owner(writer, None, False)
+            and (facts.uid, facts.gid) == (writer.uid, writer.gid))
+        out.append(Finding(master, name, "owner", owner, found_owner, OK if ok else DRIFT, CERTS_STEP))
     return out
 
 
@@ -399,12 +437,26 @@ def askpass_script(passphrase_file: str) -> str:
     return f"#!/bin/sh\nexec cat {shlex.quote(passphrase_file)}\n"
 
 
+def secret_dir_base(env: Mapping[str, str] = os.environ, shm: str = "/dev/shm") -> str | None:
+    """Where the key's private directory goes: $RUNNER_TEMP in GitHub Actions (the runner empties it after
+    every job, even a cancelled one), else /dev/shm when writable (memory: never on a disk, gone at
+    reboot), else the system default (None)."""
+    runner_temp = env.get("RUNNER_TEMP")
+    if runner_temp and os.path.isdir(runner_temp):
+        return runner_temp
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return None
+
+
 class Ssh:
-    """ssh to the masters with a private 0700 directory (key, known_hosts, config: 0600) removed on close."""
+    """ssh to the masters with a private 0700 directory (key, known_hosts, config: 0600) removed on close;
+    close also ends the ssh processes still running (a signal: main turns SIGTERM/SIGHUP into SystemExit)."""
 
     def __init__(self, settings: Any, warn: Callable[[str], None]):
         self.settings = settings
-        self._dir = tempfile.mkdtemp(prefix="metrics-aggregation-audit-")  # 0700
+        self._procs: set[subprocess.Popen] = set()
+        self._dir = tempfile.mkdtemp(prefix="metrics-aggregation-audit-", dir=secret_dir_base())  # 0700
         try:
             ssh = settings.ssh
             key = self._write("key", _pem_line_end(ssh.private_key)) if ssh.private_key else None
@@ -438,6 +490,11 @@ class Ssh:
         return path
 
     def close(self) -> None:
+        for proc in list(self._procs):  # only when interrupted: a normal run has none left
+            try:
+                proc.kill()
+            except OSError:
+                pass
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Ssh:
@@ -449,18 +506,33 @@ class Ssh:
     def run(self, master: str, command: str, stdin: str, timeout: float) -> subprocess.CompletedProcess:
         """`command` on `master` (its login shell runs it, as pulumi-command's do), stdin piped, bounded."""
         argv = ["ssh", "-F", self.config, "-T", _alias(master), command]
-        try:
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=self.env)
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout:.0f}s")
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=self.env) as proc:
+            self._procs.add(proc)
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout:.0f}s")
+            finally:
+                self._procs.discard(proc)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 # --- the probe: one read-only shell program per master -------------------------------------------------
 
 # Runs under `bash -s` (sudo -n with ssh.sudo). Writes nothing: no file, no lock, no temp file (the editor
 # comes in a variable through a pipe, <(...)); every command bounded by `timeout`. Prints @-tagged lines.
+# `set -uo pipefail` but not -e (the host scripts' rule is -euo): a probe must report every check, and one
+# that fails (a stat, openssl on the key) is reported as an `error` line for that check, which the audit
+# shows as ERROR; -e would end the probe at the first failure and leave the rest unchecked. pipefail makes
+# `openssl pkey | sha256sum` fail when openssl does, instead of printing the sha256 of nothing.
+# `@id` is who the probe runs as: the same login and sudo as the stack's steps, so the user install-certs
+# runs as (it writes the files as itself).
 _PROBE = r"""
 {
+set -uo pipefail
 exec </dev/null
 export LC_ALL=C
 cfg=$1 layout=$2 container=$3 cert_dir=$4 readyz=$5 key=$6
@@ -479,15 +551,24 @@ for name in "$@"; do
 	if [ -L "$p" ]; then echo "@file $name symlink"
 	elif [ -f "$p" ]; then
 		sum=-
-		[ "$name" = "$key" ] || sum=$(timeout 10 sha256sum <"$p" | cut -d' ' -f1)
-		echo "@file $name file $(timeout 10 stat -c '%a %u %g %U %G' -- "$p") $sum"
+		if [ "$name" != "$key" ] && ! sum=$(timeout 10 sha256sum <"$p" | cut -d' ' -f1); then
+			echo "@file $name error sha256sum cannot read it"
+		elif ! st=$(timeout 10 stat -c '%a %u %g %U %G' -- "$p"); then
+			echo "@file $name error stat cannot read its mode and owner"
+		else echo "@file $name file $st $sum"; fi
 	elif [ -e "$p" ]; then echo "@file $name not-regular"
 	else echo "@file $name missing"; fi
 done
 p=$cert_dir/$key
 if ! command -v openssl >/dev/null 2>&1; then echo "@pub none"
-elif [ -f "$p" ]; then echo "@pub $(timeout 10 openssl pkey -in "$p" -pubout -outform DER 2>/dev/null | sha256sum | cut -d' ' -f1)"
+elif [ -f "$p" ]; then
+	if pub=$(timeout 10 openssl pkey -in "$p" -pubout -outform DER 2>/dev/null | sha256sum | cut -d' ' -f1); then
+		echo "@pub $pub"
+	else echo "@pub error openssl pkey cannot read the key"; fi
 fi
+if uid=$(id -u) && gid=$(id -g); then
+	echo "@id $uid $gid $(id -un 2>/dev/null || echo "$uid") $(id -gn 2>/dev/null || echo "$gid")"
+else echo "@id error"; fi
 if command -v curl >/dev/null 2>&1; then
 	code=$(timeout 10 curl --noproxy '*' -sk -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time 5 "$readyz" 2>/dev/null) || true
 elif env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY timeout 10 wget -q --no-check-certificate -T 5 -t 1 -O /dev/null "$readyz" 2>/dev/null; then
@@ -519,6 +600,8 @@ class ProbeResult:
     flags_error: str = ""
     files: dict[str, FileFacts] = field(default_factory=dict)
     key_public_sha256: str | None = None
+    key_public_error: str = ""
+    writer: Writer | None = None  # None: no `@id` (the probe could not tell who it runs as)
     readyz: str = "000"
 
 
@@ -541,10 +624,19 @@ def parse_probe(text: str) -> ProbeResult:
             w = rest.split()
             if len(w) >= 2 and w[1] == "file" and len(w) == 8:
                 r.files[w[0]] = FileFacts("file", w[2], w[3], w[4], w[5], w[6], "" if w[7] == "-" else w[7])
-            elif len(w) == 2:
+            elif len(w) == 2 and w[1] in ("missing", "symlink", "not-regular"):
                 r.files[w[0]] = FileFacts({"not-regular": "not a regular file"}.get(w[1], w[1]))
+            elif w:  # an `error` line, or one cut short: could not be checked, never "missing"
+                msg = rest.partition(" ")[2].removeprefix("error").strip() if len(w) > 1 and w[1] == "error" else ""
+                r.files[w[0]] = FileFacts("error", error=msg or f"unreadable probe line: {rest[:80]}")
         elif tag == "@pub":
-            r.key_public_sha256 = None if rest == "none" else rest
+            if rest.startswith("error"):
+                r.key_public_error = rest.removeprefix("error").strip() or "openssl failed"
+            else:
+                r.key_public_sha256 = None if rest == "none" else rest
+        elif tag == "@id":
+            w = rest.split()
+            r.writer = Writer(*w) if len(w) == 4 and w[0].isdigit() and w[1].isdigit() else None
         elif tag == "@readyz":
             r.readyz = rest.strip()
     return r
@@ -582,7 +674,8 @@ def audit_master(stack: Stack, ssh: Ssh, master: Any, timeout: float) -> list[Fi
             out += compare_flags(master.name, apiserver.apiserver_flags(s, master), r.flags)
         out += compare_files(master.name, r.files, ca_pem=stack.outputs[contract.OUTPUT_AGGREGATOR_CA_CERT_PEM],
                              cert_pem=stack.outputs[contract.OUTPUT_PROXY_CLIENT_CERT_PEM],
-                             key_public_sha256=r.key_public_sha256, key_owner=s.apiserver.key_owner)
+                             key_public_sha256=r.key_public_sha256, key_owner=s.apiserver.key_owner,
+                             writer=r.writer, key_public_error=r.key_public_error)
     out.append(compare_readyz(master.name, s.apiserver.readyz_url, r.readyz))
     return out
 
@@ -608,21 +701,41 @@ def audit_cluster(stack: Stack, get: Callable[[str], dict[str, Any] | None]) -> 
     ):
         try:
             out += compare(get(path))
+        except AuditError as e:  # no usable kubeconfig: the message names kubernetes:kubeconfig
+            out.append(Finding(CLUSTER, what, "readable", "yes", str(e)[:200], ERROR))
         except Exception as e:  # unreachable, refused, TLS: the check could not run
             out.append(Finding(CLUSTER, what, "readable", "yes", f"{type(e).__name__}: {str(e)[:160]}", ERROR))
     return out
 
 
-def cluster_getter(stack: Stack) -> Callable[[str], dict[str, Any] | None]:
+def kubeconfig_value(kubeconfig: str | None, project_dir: Path) -> str | None:
+    """kubernetes:kubeconfig as the provider (running in the project dir) reads it: kube_access's rule, an
+    existing file is a path and anything else the contents. A relative path is the project dir's; the
+    contents (YAML, or one line of JSON) stay as they are."""
+    if not kubeconfig or "\n" in kubeconfig:
+        return kubeconfig
+    path = Path(kubeconfig).expanduser()
+    if not path.is_absolute() and (project_dir / path).is_file():
+        return str(project_dir / path)
+    return kubeconfig
+
+
+def cluster_getter(stack: Stack, warn: Callable[[str], None] = lambda msg: None) -> Callable[[str], dict[str, Any] | None]:
+    """A GET on the cluster. A kubeconfig that cannot be used does not stop the audit: the masters are
+    still checked, and every cluster check becomes an ERROR naming kubernetes:kubeconfig (exit 2)."""
     from components import kube_access
 
-    kubeconfig = stack.kube.get("kubeconfig")
-    if kubeconfig and "\n" not in kubeconfig and not Path(kubeconfig).expanduser().is_absolute():
-        kubeconfig = str(stack.project_dir / kubeconfig)  # the provider runs in the project dir
+    kubeconfig = kubeconfig_value(stack.kube.get("kubeconfig"), stack.project_dir)
     try:
         ep = kube_access.endpoint(kubeconfig, stack.kube.get("context"), stack.kube.get("cluster"))
     except kube_access.KubeAccessError as e:
-        raise AuditError(f"kubernetes:kubeconfig: {e}") from None
+        problem = AuditError(f"kubernetes:kubeconfig: {e} (the cluster is not checked)")
+        warn(f"audit: {problem}")
+
+        def unusable(path: str) -> dict[str, Any] | None:
+            raise problem
+
+        return unusable
     return lambda path: kube_access.get_json(ep, path)
 
 
@@ -631,11 +744,16 @@ def cluster_getter(stack: Stack) -> Callable[[str], dict[str, Any] | None]:
 
 def audit(stack: Stack, ssh: Ssh, get: Callable[[str], dict[str, Any] | None], timeout: float) -> list[Finding]:
     masters = stack.settings.masters
-    with ThreadPoolExecutor(max_workers=min(8, len(masters)) + 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, len(masters)) + 1)
+    try:
         cluster = pool.submit(audit_cluster, stack, get)
         per_master = [pool.submit(audit_master, stack, ssh, m, timeout) for m in masters]
         found = [f for job in per_master for f in job.result()]
         return found + cluster.result()
+    finally:
+        # not waiting: interrupted (SystemExit on a signal), the caller's Ssh.close must run now, and it
+        # ends the probes still running; otherwise every job is done already
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- repair --------------------------------------------------------------------------------------------
@@ -757,6 +875,17 @@ def repair(stack: Stack, pulumi: Pulumi, ssh: Ssh, findings: Sequence[Finding], 
 # --- main ----------------------------------------------------------------------------------------------
 
 
+def exit_on_signals() -> None:
+    """SIGTERM (a CI cancel, a timeout) and SIGHUP (a closed terminal) as SystemExit(128+n), as Ctrl-C is
+    KeyboardInterrupt: the `with Ssh` cleanup then runs and removes the private key and passphrase (the
+    default action would end the process with them left on disk)."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.audit",
@@ -769,6 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="re-run the stored steps of every drifted master (then audit again); see docs/audit.md")
     parser.add_argument("--timeout", type=float, default=PROBE_TIMEOUT, help="seconds per master probe (default 60)")
     args = parser.parse_args(argv)
+    exit_on_signals()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -778,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AuditError(f"--cwd {args.cwd}: no Pulumi.yaml there (the project directory)")
         pulumi = Pulumi(args.stack, args.cwd)
         stack = load_stack(pulumi)
-        get = cluster_getter(stack) if stack.settings.metrics_server.manage else (lambda path: None)
+        get = cluster_getter(stack, log) if stack.settings.metrics_server.manage else (lambda path: None)
         with Ssh(stack.settings, log) as ssh:
             t = time.monotonic()
             findings = audit(stack, ssh, get, args.timeout)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,49 @@ def test_the_key_owner_is_apiserver_key_owner_by_name_or_id(pems):
                                     key_owner=owner)
         [f] = [f for f in found if f.object == contract.PROXY_KEY_FILE and f.check == "owner"]
         assert (f.status == OK) is ok, (owner, f)
+
+
+def test_files_are_expected_owned_by_the_user_install_certs_runs_as(pems):
+    """ssh.user alice without sudo: install-certs runs as alice and writes every file as alice:<her group>;
+    the key is apiserver.keyOwner's when that is set; as root (or through sudo): root:root."""
+    alice = audit.Writer("1000", "1001", "alice", "staff")
+    pub = audit.public_key_sha256(pems["cert"])
+    mine = {n: FileFacts("file", f.mode, "1000", "1001", "alice", "staff", f.sha256)
+            for n, f in _files(pems["ca"], pems["cert"]).items()}
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=alice)
+    assert all(f.status == OK for f in found), found
+    assert {f.expected for f in found if f.check == "owner"} == {"alice:staff"}
+    found = audit.compare_files("m", _files(pems["ca"], pems["cert"]), ca_pem=pems["ca"], cert_pem=pems["cert"],
+                                key_public_sha256=pub, key_owner="root:root", writer=alice)
+    assert _drift(found) == {("m", contract.CA_CERT_FILE, "owner"), ("m", contract.PROXY_CERT_FILE, "owner")}
+    # ids without names (a uid with no passwd entry): compared by number
+    nameless = audit.Writer("1000", "1001", "1000", "1001")
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=nameless)
+    assert all(f.status == OK for f in found), found
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=audit.ROOT_WRITER)
+    assert {f.object for f in found if f.status == DRIFT} == set(contract.PEM_FILES)
+    # the probe could not tell who it runs as: the owners cannot be checked
+    found = audit.compare_files("m", mine, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=pub,
+                                key_owner=None, writer=None)
+    assert [f.object for f in found if f.status == ERROR] == list(contract.PEM_FILES)
+
+
+def test_probe_error_lines_are_errors_never_drift(pems):
+    text = (f"@file {contract.CA_CERT_FILE} error stat cannot read its mode and owner\n"
+            f"@file {contract.PROXY_CERT_FILE} file 644 0 0\n"  # cut short
+            f"@file {contract.PROXY_KEY_FILE} file 600 0 0 root root -\n"
+            "@pub error openssl pkey cannot read the key\n@id 0 0 root root\n@readyz 200\n")
+    r = audit.parse_probe(text)
+    assert r.files[contract.CA_CERT_FILE] == FileFacts("error", error="stat cannot read its mode and owner")
+    assert r.files[contract.PROXY_CERT_FILE].state == "error" and r.key_public_error and r.key_public_sha256 is None
+    assert r.writer == audit.ROOT_WRITER
+    found = audit.compare_files("m", r.files, ca_pem=pems["ca"], cert_pem=pems["cert"], key_public_sha256=None,
+                                key_owner=None, writer=r.writer, key_public_error=r.key_public_error)
+    assert not _drift(found) and audit.exit_code(found) == audit.EXIT_ERROR
+    assert {f.object for f in found if f.status == ERROR} == set(contract.PEM_FILES)
 
 
 def test_missing_or_linked_files_drift(pems):
@@ -342,13 +387,18 @@ def test_after_a_repair_the_apiservice_is_awaited_bounded():
 # --- the probe, run here: what it reports and that it writes nothing ------------------------------------
 
 
-def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
+def _cert_dir(tmp_path: Path, pems: dict) -> Path:
     cert_dir = tmp_path / "ssl"
     cert_dir.mkdir()
     (cert_dir / contract.CA_CERT_FILE).write_text(pems["ca"])
     (cert_dir / contract.PROXY_CERT_FILE).write_text(pems["cert"])
     (cert_dir / contract.PROXY_KEY_FILE).write_bytes(_key_pem(pems["key"]))
     os.chmod(cert_dir / contract.PROXY_KEY_FILE, 0o600)
+    return cert_dir
+
+
+def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
+    cert_dir = _cert_dir(tmp_path, pems)
     conf = tmp_path / "kube-apiserver.conf"
     conf.write_text('KUBE_APISERVER_OPTS="--a=b \\\n--enable-aggregator-routing \\\n--a=c"\n')
     scratch = tmp_path / "tmp"
@@ -370,6 +420,44 @@ def test_the_probe_reports_and_writes_nothing(tmp_path, pems):
     assert after.keys() == before.keys() and not any(scratch.iterdir())
     assert all(stat.S_IMODE(after[k].st_mode) == stat.S_IMODE(v.st_mode) and after[k].st_mtime_ns == v.st_mtime_ns
                for k, v in before.items())
+
+
+def _probe(cert_dir: Path, path: str | None = None) -> audit.ProbeResult:
+    args = [str(cert_dir / "none.conf"), "env-file", "kube-apiserver", str(cert_dir), "http://127.0.0.1:9/readyz",
+            contract.PROXY_KEY_FILE, *contract.PEM_FILES]
+    p = subprocess.run(["bash", "-s", "--", *args], input=audit.probe_script(apiserver.editor_text()),
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": path or os.environ["PATH"]})
+    assert p.returncode == 0, p.stderr
+    return audit.parse_probe(p.stdout)
+
+
+def test_the_probe_says_who_it_runs_as(tmp_path, pems):
+    r = _probe(_cert_dir(tmp_path, pems))
+    assert r.writer is not None and (r.writer.uid, r.writer.gid) == (str(os.getuid()), str(os.getgid()))
+
+
+@pytest.mark.parametrize("failing", ["openssl", "stat", "sha256sum"])
+def test_a_failing_command_in_the_probe_is_an_error_never_drift(tmp_path, pems, failing):
+    """openssl failing on the key must not give the sha256 of empty input (a DRIFT no repair clears), nor a
+    failing stat or sha256sum a short line read as "missing": each is an ERROR (exit 2)."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / failing).write_text("#!/bin/sh\necho broken >&2\nexit 1\n")
+    (shims / failing).chmod(0o755)
+    r = _probe(_cert_dir(tmp_path, pems), f"{shims}{os.pathsep}{os.environ['PATH']}")
+    found = audit.compare_files("m", r.files, ca_pem=pems["ca"], cert_pem=pems["cert"],
+                                key_public_sha256=r.key_public_sha256, key_owner=None, writer=r.writer,
+                                key_public_error=r.key_public_error)
+    errors = {(f.object, f.check) for f in found if f.status == ERROR}
+    assert errors and audit.exit_code(found) == audit.EXIT_ERROR
+    assert not [f for f in found if f.status == DRIFT], found
+    if failing == "openssl":
+        assert errors == {(contract.PROXY_KEY_FILE, "public key = the cert's")}
+    elif failing == "stat":
+        assert errors == {(n, "readable") for n in contract.PEM_FILES}
+    else:  # the key's public half goes through sha256sum too
+        assert errors == {(n, "readable") for n in (contract.CA_CERT_FILE, contract.PROXY_CERT_FILE)} | {
+            (contract.PROXY_KEY_FILE, "public key = the cert's")}
 
 
 def test_the_probe_reports_an_unreadable_config(tmp_path):
@@ -396,16 +484,37 @@ else:
 """
 
 
-def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict, *args: str) -> subprocess.CompletedProcess:
+def _fake_pulumi_argv(tmp_path: Path, cfg: dict, outputs: dict, *args: str, ssh: str | None = None,
+                      env: dict | None = None) -> tuple[list[str], dict]:
+    """The audit's argv and env with a fake pulumi (and, given `ssh`, a fake ssh running that sh script)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pulumi"
     fake.write_text(FAKE_PULUMI.format(python=sys.executable, config=repr(cfg), outputs=repr(outputs)))
     fake.chmod(0o755)
+    if ssh is not None:
+        (bin_dir / "ssh").write_text(f"#!/bin/sh\n{ssh}\n")
+        (bin_dir / "ssh").chmod(0o755)
     (tmp_path / "Pulumi.yaml").write_text("name: metrics-aggregation\nruntime: python\n")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return [sys.executable, "-m", "tools.audit", "--stack", "dev", "--cwd", str(tmp_path), *args], env
+
+
+def _run_with_fake_pulumi(tmp_path: Path, cfg: dict, outputs: dict, *args: str, **kw: object) -> subprocess.CompletedProcess:
+    argv, env = _fake_pulumi_argv(tmp_path, cfg, outputs, *args, **kw)  # type: ignore[arg-type]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _outputs(pems: dict) -> dict:
+    return {contract.OUTPUT_AGGREGATOR_CA_CERT_PEM: pems["ca"], contract.OUTPUT_PROXY_CLIENT_CERT_PEM: pems["cert"],
+            contract.OUTPUT_METRICS_API_SERVICE: contract.METRICS_API_SERVICE,
+            contract.OUTPUT_METRICS_SERVER_NAMESPACE: "kube-system"}
+
+
+def _no_kubeconfig(tmp_path: Path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"HOME": str(home), "KUBECONFIG": ""}
 
 
 def _pulumi_config(cfg: dict) -> dict:
@@ -453,3 +562,105 @@ def test_the_probe_is_shellcheck_clean(tmp_path):
     script.write_text("#!/usr/bin/env bash\n" + audit.probe_script("{ print }"))
     p = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# --- the cluster's kubeconfig ----------------------------------------------------------------------------
+
+
+def test_an_unusable_kubeconfig_still_audits_the_masters(tmp_path, stack_config, pems):
+    """No kubeconfig (none configured, no KUBECONFIG, no ~/.kube/config): master rows as always, the
+    cluster checks ERROR naming kubernetes:kubeconfig, exit 2 (incomplete)."""
+    p = _run_with_fake_pulumi(tmp_path, _pulumi_config(stack_config(n_masters=2)), _outputs(pems), "--json",
+                              ssh="echo '@readyz 200'", env=_no_kubeconfig(tmp_path))
+    assert p.returncode == 2, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    masters = {f["target"] for f in doc["findings"]} - {audit.CLUSTER}
+    assert len(masters) == 2 and any(f["check"].startswith("ready") and f["status"] == OK for f in doc["findings"])
+    cluster = [f for f in doc["findings"] if f["target"] == audit.CLUSTER]
+    assert len(cluster) == 2 and all(f["status"] == ERROR and "kubernetes:kubeconfig" in f["found"] for f in cluster)
+    assert "kubernetes:kubeconfig" in p.stderr and "PRIVATE KEY" not in p.stdout + p.stderr
+
+
+def test_inline_kubeconfig_is_never_joined_with_the_project_dir(tmp_path):
+    inline = json.dumps({"apiVersion": "v1", "clusters": [], "contexts": [], "current-context": "x"})
+    assert audit.kubeconfig_value(inline, tmp_path) == inline
+    yaml_text = "apiVersion: v1\nclusters: []\n"
+    assert audit.kubeconfig_value(yaml_text, tmp_path) == yaml_text
+    (tmp_path / "kube").mkdir()
+    (tmp_path / "kube" / "config").write_text(yaml_text)
+    assert audit.kubeconfig_value("kube/config", tmp_path) == str(tmp_path / "kube" / "config")
+    assert audit.kubeconfig_value(str(tmp_path / "kube" / "config"), Path("/nonexistent")) == str(
+        tmp_path / "kube" / "config")
+    assert audit.kubeconfig_value(None, tmp_path) is None
+
+
+# --- the private key on disk: where, and gone on a signal ------------------------------------------------
+
+
+def test_the_key_dir_goes_to_runner_temp_else_dev_shm(tmp_path):
+    (tmp_path / "rt").mkdir()
+    (tmp_path / "shm").mkdir()
+    assert audit.secret_dir_base({"RUNNER_TEMP": str(tmp_path / "rt")}, str(tmp_path / "shm")) == str(tmp_path / "rt")
+    assert audit.secret_dir_base({}, str(tmp_path / "shm")) == str(tmp_path / "shm")
+    assert audit.secret_dir_base({}, str(tmp_path / "no-shm")) is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # a CI cancel or a timeout; a closed terminal
+def test_a_signal_removes_the_key_dir(tmp_path, stack_config, pems, sig):
+
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    started = tmp_path / "ssh-started"
+    argv, env = _fake_pulumi_argv(tmp_path, _pulumi_config(stack_config(n_masters=2)), _outputs(pems), "--json",
+                                  ssh=f"touch {started}; exec sleep 60",
+                                  env={**_no_kubeconfig(tmp_path), "RUNNER_TEMP": str(runner_temp)})
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [key_dir] = list(runner_temp.iterdir())  # blocked in the probes, the key on disk
+        assert (key_dir / "key").is_file()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)  # the probes are ended too, not waited for (60 s)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert not key_dir.exists() and not any(runner_temp.iterdir())
+    assert "PRIVATE KEY" not in out + err
+
+
+# --- make audit / make repair ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "components"), [("audit", "pulumi"),
+                                                     ("repair", "pulumi python tls command kubernetes")])
+def test_make_audit_prints_only_the_audits_output_and_builds_only_what_it_runs(tmp_path, target, components):
+    """`make audit AUDIT_ARGS=--json > f.json` is the tool's JSON alone (no echoed recipe, the build's
+    output on stderr), and the toolchain build asks only for the components the audit or repair runs.
+    Run for real, with the toolchain script and the venv's python replaced by stand-ins."""
+    shims, fake_bin, calls = tmp_path / "shims", tmp_path / "venv-bin", tmp_path / "calls"
+    shims.mkdir()
+    fake_bin.mkdir()
+    # `bash toolchain/build.sh ...` reaches this bash first on PATH; every other bash is the real one
+    (shims / "bash").write_text(f"""#!/bin/sh
+if [ "$1" = toolchain/build.sh ]; then
+    shift; echo "$*" >>{calls}
+    [ "$1" = env ] || echo "toolchain noise on stdout"  # env's stdout is sourced
+    exit 0
+fi
+exec /bin/bash "$@"
+""")
+    doc = '{"stack": "nosuch", "exitCode": 2, "findings": []}'
+    (fake_bin / "python").write_text(f"#!/bin/sh\necho '{doc}'\necho \"$*\" >>{calls}\nexit 2\n")
+    for f in (shims / "bash", fake_bin / "python"):
+        f.chmod(0o755)
+    p = subprocess.run(["make", "--no-print-directory", "-o", "venv/.installed", target, "STACK=nosuch",
+                        "AUDIT_ARGS=--json", f"BIN={fake_bin}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}"})
+    assert p.returncode == 2, p.stderr
+    assert json.loads(p.stdout) == json.loads(doc) and p.stdout.strip() == doc
+    assert "toolchain noise" in p.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"build {components}" and lines[1] == "env"
+    assert lines[2].startswith("-m tools.audit --stack nosuch") and ("--repair" in lines[2]) == (target == "repair")

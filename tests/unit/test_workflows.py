@@ -7,6 +7,7 @@ skip, when either is missing: a lint that silently does not run is worse than no
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -148,7 +149,11 @@ def test_audit_runs_nightly_and_on_demand_read_only_per_stack():
     [job] = wf["jobs"].values()
     assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
     assert job["environment"] == "audit-${{ matrix.stack }}"
-    assert job["concurrency"] == {"group": "pulumi-up-${{ matrix.stack }}", "cancel-in-progress": False}
+    # its own group: sharing up.yml's would let a queued audit replace a pending `up` of the stack
+    assert job["concurrency"] == {"group": "audit-${{ matrix.stack }}", "cancel-in-progress": False}
+    up_groups = {j["concurrency"]["group"] for j in load("up.yml")["jobs"].values() if "concurrency" in j}
+    assert up_groups and all(not g.startswith("pulumi-up-") and g not in up_groups
+                             for g in (job["concurrency"]["group"].replace("${{ matrix.stack }}", s) for s in ("dev", "prod")))
     assert job["env"]["PULUMI_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
     [cli] = steps_using(job, "pulumi/actions")
@@ -156,3 +161,29 @@ def test_audit_runs_nightly_and_on_demand_read_only_per_stack():
     runs = "\n".join(s.get("run", "") for s in job["steps"])
     assert 'python -m tools.audit --stack "$STACK" --json' in runs and "--repair" not in runs
     assert runs.rstrip().endswith('exit "$rc"')
+
+
+def _audit_summary(tmp_path: Path, stdout: str, rc: int) -> tuple[int, str]:
+    """Runs the audit step's script with a stand-in for the tool (prints `stdout`, exits `rc`)."""
+    [step] = [s for s in load("audit.yml")["jobs"]["audit"]["steps"] if "tools.audit" in s.get("run", "")]
+    fake = tmp_path / "venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f"#!/bin/sh\ncat <<'EOF'\n{stdout}\nEOF\nexit {rc}\n")
+    fake.chmod(0o755)
+    summary = tmp_path / "summary.md"
+    p = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "STACK": "dev", "GITHUB_STEP_SUMMARY": str(summary)})
+    return p.returncode, summary.read_text()
+
+
+def test_the_audit_summary_shows_why_an_audit_had_no_findings(tmp_path):
+    error = {"stack": "dev", "exitCode": 2, "clean": False, "error": "ssh.port: must be 1-65535", "findings": []}
+    rc, text = _audit_summary(tmp_path, json.dumps(error), 2)
+    assert rc == 2 and "(exit 2)" in text and "ssh.port: must be 1-65535" in text
+
+
+def test_the_audit_summary_lists_what_is_not_ok(tmp_path):
+    row = {"target": "m1", "object": "--a", "check": "flag value", "expected": "b", "found": "c", "status": "DRIFT"}
+    ok = {**row, "object": "--x", "status": "OK"}
+    rc, text = _audit_summary(tmp_path, json.dumps({"stack": "dev", "exitCode": 1, "findings": [row, ok]}), 1)
+    assert rc == 1 and "| m1 --a | flag value | b | c | DRIFT |" in text and "--x" not in text and "error" not in text
