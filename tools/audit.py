@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -856,14 +857,16 @@ def repair(stack: Stack, pulumi: Pulumi, ssh: Ssh, findings: Sequence[Finding], 
             args = ["up", "--yes", "--skip-preview", "--refresh", "--diff"]
             for t in targets:
                 args += ["--target", t]
-            pulumi.run(*args, timeout=1800, capture=False)
+            with _Signals.deferred():
+                pulumi.run(*args, timeout=1800, capture=False)
             continue
         stored = steps.get((master, step))
         if stored is None:
             raise AuditError(f"the state of stack {pulumi.stack} has no {master}-{step} step: run `make up STACK={pulumi.stack}`")
         log(f"repair: {master}: re-running the stored create of {master}-{step}")
         t = time.monotonic()
-        p = ssh.run(master, stored.create, stored.stdin or "", bound[step])
+        with _Signals.deferred():
+            p = ssh.run(master, stored.create, stored.stdin or "", bound[step])
         for line in p.stdout.splitlines():
             log(f"    {line}")
         if p.returncode != 0:
@@ -875,12 +878,41 @@ def repair(stack: Stack, pulumi: Pulumi, ssh: Ssh, findings: Sequence[Finding], 
 # --- main ----------------------------------------------------------------------------------------------
 
 
+class _Signals:
+    """What exit_on_signals' handler does: raise at once, or, while a repair step runs, remember the signal
+    until the step ends (a step cut short is what the repair must never leave: an `up` killed mid-way keeps
+    pending operations in the state, an apply killed mid-way is rolled back only by its own trap)."""
+
+    deferring = False
+    pending: int | None = None
+
+    @classmethod
+    def handle(cls, signum: int, frame: object = None) -> None:
+        if cls.deferring:
+            cls.pending = signum
+            return
+        raise SystemExit(128 + signum)
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls) -> Iterator[None]:
+        """Run a bounded step to its end; a SIGTERM/SIGHUP that came meanwhile ends the audit after it."""
+        cls.deferring = True
+        try:
+            yield
+        finally:
+            cls.deferring = False
+        if cls.pending is not None:
+            signum, cls.pending = cls.pending, None
+            raise SystemExit(128 + signum)
+
+
 def exit_on_signals() -> None:
     """SIGTERM (a CI cancel, a timeout) and SIGHUP (a closed terminal) as SystemExit(128+n), as Ctrl-C is
     KeyboardInterrupt: the `with Ssh` cleanup then runs and removes the private key and passphrase (the
-    default action would end the process with them left on disk)."""
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+    default action would end the process with them left on disk). During a repair step the exit waits for
+    the step's end (_Signals.deferred)."""
+    handler = _Signals.handle
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)

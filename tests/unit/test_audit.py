@@ -664,3 +664,18 @@ exec /bin/bash "$@"
     lines = calls.read_text().splitlines()
     assert lines[0] == f"build {components}" and lines[1] == "env"
     assert lines[2].startswith("-m tools.audit --stack nosuch") and ("--repair" in lines[2]) == (target == "repair")
+
+
+def test_a_signal_during_a_repair_step_waits_for_the_step_to_end():
+    """SIGTERM while a stored step or the targeted up runs: the step runs to its end (a killed `up` leaves
+    pending operations, a killed apply half a change), then the audit exits 128+15."""
+    sig = signal
+    ran = []
+    with pytest.raises(SystemExit) as e:
+        with audit._Signals.deferred():
+            audit._Signals.handle(sig.SIGTERM)
+            ran.append("the rest of the step")
+    assert ran == ["the rest of the step"] and e.value.code == 128 + sig.SIGTERM
+    with pytest.raises(SystemExit):  # outside a step: at once
+        audit._Signals.handle(sig.SIGHUP)
+    assert audit._Signals.pending is None and audit._Signals.deferring is False
