@@ -7,8 +7,8 @@ sandbox_config, with pki.renewNow "1" recorded), then, while GET /apis/metrics.k
 sampled every --interval seconds (0.2) through EVERY master (a thread per master, lab/sampler.py; a sample
 is ok when it is a NodeMetricsList with every node):
   * renewal (proxy cert): pki.renewNow bumped, one `up`, then --settle seconds;
-  * renewal (serving cert): its end moved into earlyRenewalHours in the state (what time does), one `up`
-    (the Deployment rolls), then --settle seconds;
+  * renewal (serving cert): its end moved into earlyRenewalHours in the state (what time does), one `up`,
+    the Deployment's rollout (until a new process at the other pod address is the ready one), then --settle;
   * rotation: the three stages of docs/ca-rotation.md, one `up` each (trust; sign once the program's gate
     lets it, i.e. the new CA is 65 s old; done after another 65 s), then --settle seconds; sampled from
     the first `up` to the end, waits included;
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sandbox_rounds import BenchError, run_rounds  # noqa: E402
 from lab.sampler import Sampler  # noqa: E402
-from sandbox.cluster import MASTERS, Sandbox, SandboxError, free_block_and_prefix  # noqa: E402
+from sandbox.cluster import MASTERS, Sandbox, SandboxError, free_block_and_prefix, wait_for  # noqa: E402
 from tests.e2e import handmade as hm  # noqa: E402
 
 PKI = "metrics-aggregation:pki"
@@ -70,7 +70,7 @@ def phase(sb: Sandbox, interval: float, settle: float, steps: list[Callable[[], 
 
 def lifecycle_round(n: int, root: Path, tc: Any, args: argparse.Namespace) -> dict:
     from tests.e2e.engine import Project
-    from tests.e2e.sandboxes import sandbox_config
+    from tests.e2e.sandboxes import sandbox_config, serving_metrics_server
 
     d = root / f"r{n}"
     sb = Sandbox(d / "sb", *free_block_and_prefix(), bin_dir=tc.bin_dir)
@@ -99,8 +99,15 @@ def lifecycle_round(n: int, root: Path, tc: Any, args: argparse.Namespace) -> di
 
         row: dict[str, Any] = {"round": n, "first_up": first_up}
         row["proxy renewal"] = phase(sb, args.interval, args.settle, [up_after(lambda: stack.set_keys(PKI, renewNow="2"))])
+        before = (serving_metrics_server(sb) or ("",))[0]
+
+        def rolled() -> None:
+            # the window covers the Deployment's rollout: a new process, at the other pod address, ready
+            wait_for(lambda: (serving_metrics_server(sb) or ("",))[0] not in ("", before),
+                     "the metrics-server rollout", 240, 0.5, error=BenchError)
+
         row["serving renewal"] = phase(sb, args.interval, args.settle, [
-            up_after(lambda: stack.move_cert_end(SERVING_CERT, 1, d))])
+            up_after(lambda: stack.move_cert_end(SERVING_CERT, 1, d)), rolled])
         row["rotation"] = phase(sb, args.interval, args.settle, [
             up_after(lambda: stack.set_keys(PKI, caGeneration=2, caRotation="trust")), wait(GATE_SECONDS + 2),
             up_after(lambda: stack.set_keys(PKI, caRotation="sign")), wait(GATE_SECONDS),

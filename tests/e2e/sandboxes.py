@@ -3,6 +3,7 @@ directory, never make demo's (sandbox/cluster.py), always torn down."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,3 +70,21 @@ def earlier(results: dict[str, Any], key: str) -> Any:
     if key not in results:
         pytest.fail(f"an earlier case did not leave {key!r}; run the module in order", pytrace=False)
     return results[key]
+
+
+# the EndpointSlice the sandbox's podrunner keeps for metrics-server's Service
+METRICS_SERVER_SLICE = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/metrics-server-sandbox"
+
+
+def serving_metrics_server(sb: Sandbox) -> tuple[str, str] | None:
+    """(address, PEM of the certificate served there) of the one metrics-server process the Service's
+    EndpointSlice says is ready; None while there is not exactly one (a rolling update moves it to the
+    other pod address)."""
+    slice_ = sb.api().get(METRICS_SERVER_SLICE)
+    ready = [e["addresses"][0] for e in (slice_ or {}).get("endpoints") or [] if e["conditions"].get("ready")]
+    if len(ready) != 1:
+        return None
+    try:
+        return ready[0], ssl.get_server_certificate((ready[0], 10250), timeout=3)
+    except OSError:
+        return None

@@ -48,7 +48,13 @@ from lab.sampler import Report, Sampler
 from sandbox.cluster import MASTERS, Sandbox, wait_for
 from tests.e2e import handmade as hm
 from tests.e2e.engine import LOCALLY_SIGNED_CERT_TYPE, PROJECT, E2EStack, Project, Toolchain
-from tests.e2e.sandboxes import earlier, metrics_api_probes, running_sandbox, sandbox_config
+from tests.e2e.sandboxes import (
+    earlier,
+    metrics_api_probes,
+    running_sandbox,
+    sandbox_config,
+    serving_metrics_server,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -61,7 +67,6 @@ KEY_TYPE = "tls:index/privateKey:PrivateKey"
 COMMAND_TYPE = "command:remote:Command"
 DEPLOYMENT = "/apis/apps/v1/namespaces/kube-system/deployments/metrics-server"
 SERVING_SECRET = "/api/v1/namespaces/kube-system/secrets/metrics-server-serving-cert"
-SLICE = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/metrics-server-sandbox"  # the podrunner's
 
 
 def _type_and_name(urn: str) -> str:
@@ -343,17 +348,8 @@ def test_removing_renew_now_or_setting_it_first_renews_nothing(renewal):
 
 
 def _serving(s: RenewalScenario) -> tuple[str, int] | None:
-    """(address, serial of the certificate served there) of the metrics-server process the Service's
-    EndpointSlice says is ready (the podrunner's; a rolling update moves it to the other pod address)."""
-    slice_ = s.sb.api().get(SLICE)
-    ready = [e["addresses"][0] for e in (slice_ or {}).get("endpoints") or [] if e["conditions"].get("ready")]
-    if len(ready) != 1:
-        return None
-    try:
-        pem = ssl.get_server_certificate((ready[0], 10250), timeout=3)
-    except OSError:
-        return None
-    return ready[0], _serial(pem)
+    served = serving_metrics_server(s.sb)
+    return None if served is None else (served[0], _serial(served[1]))
 
 
 def test_a_renewed_serving_cert_rolls_metrics_server_and_the_api_keeps_answering(renewal):
