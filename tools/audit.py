@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -457,6 +458,10 @@ class Ssh:
     def __init__(self, settings: Any, warn: Callable[[str], None]):
         self.settings = settings
         self._procs: set[subprocess.Popen] = set()
+        # close() and run() under one lock: a probe thread that starts its ssh after close (a signal while
+        # the probes start) would keep the interpreter alive until its timeout, with the key dir gone
+        self._lock = threading.Lock()
+        self._closed = False
         self._dir = tempfile.mkdtemp(prefix="metrics-aggregation-audit-", dir=secret_dir_base())  # 0700
         try:
             ssh = settings.ssh
@@ -491,7 +496,10 @@ class Ssh:
         return path
 
     def close(self) -> None:
-        for proc in list(self._procs):  # only when interrupted: a normal run has none left
+        with self._lock:
+            self._closed = True
+            procs = list(self._procs)
+        for proc in procs:  # only when interrupted: a normal run has none left
             try:
                 proc.kill()
             except OSError:
@@ -507,9 +515,13 @@ class Ssh:
     def run(self, master: str, command: str, stdin: str, timeout: float) -> subprocess.CompletedProcess:
         """`command` on `master` (its login shell runs it, as pulumi-command's do), stdin piped, bounded."""
         argv = ["ssh", "-F", self.config, "-T", _alias(master), command]
-        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=self.env) as proc:
+        with self._lock:
+            if self._closed:
+                return subprocess.CompletedProcess(argv, 255, "", "not started: the audit was interrupted")
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=self.env)
             self._procs.add(proc)
+        with proc:
             try:
                 out, err = proc.communicate(stdin, timeout=timeout)
             except subprocess.TimeoutExpired:

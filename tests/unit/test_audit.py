@@ -679,3 +679,14 @@ def test_a_signal_during_a_repair_step_waits_for_the_step_to_end():
     with pytest.raises(SystemExit):  # outside a step: at once
         audit._Signals.handle(sig.SIGHUP)
     assert audit._Signals.pending is None and audit._Signals.deferring is False
+
+
+def test_after_close_no_ssh_is_started(stack_config, monkeypatch):
+    """A signal while the probes start: close() runs in the main thread, and a probe thread that reaches
+    run() afterwards must not start an ssh (it would keep the process alive until its timeout)."""
+    s = config.parse(stack_config())
+    ssh = audit.Ssh(s, lambda m: None)
+    ssh.close()
+    monkeypatch.setattr(audit.subprocess, "Popen", lambda *a, **k: pytest.fail("an ssh was started after close"))
+    p = ssh.run(s.masters[0].name, "true", "", 5)
+    assert p.returncode == 255 and "interrupted" in p.stderr
