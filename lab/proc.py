@@ -59,11 +59,17 @@ def kill_pid(pid: int | None, sig: int = signal.SIGTERM) -> None:
         pass
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after "(comm)" (which may hold spaces): [0] is field 3 (state), [1] the
+    ppid, [19] field 22 (the start time in clock ticks since boot). OSError when there is no such process."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def gone(pid: int) -> bool:
     """The process is gone, or exited and not yet reaped by whoever started it."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        return stat_fields(pid)[0] == "Z"
     except (OSError, IndexError):
         return True
 
@@ -73,8 +79,7 @@ def children_of(pid: int) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                stat = (d / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                ppid = int(stat_fields(int(d.name))[1])
             except (OSError, IndexError, ValueError):
                 continue
             if ppid == pid:

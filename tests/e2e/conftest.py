@@ -19,6 +19,7 @@ import pytest
 from lab.apiserver import ControlPlane, ControlPlaneError
 from lab.hosts import Host, Lab, LabError
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain, ToolchainError
+from tests.e2e.sandboxes import earlier
 from tests.hosts.conftest import stack_config
 
 # env-file, systemd-unit and static-pod: the three layouts, one master each (3 hosts max)
@@ -62,10 +63,7 @@ class Scenario:
         return cert_dir(self.settings(), self.master(host))
 
     def require(self, key: str) -> Any:
-        if key not in self.results:
-            pytest.fail(f"an earlier case did not leave {key!r} (it failed or was deselected); run the module in order",
-                        pytrace=False)
-        return self.results[key]
+        return earlier(self.results, key)
 
 
 def stack_values(config: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:

@@ -68,7 +68,8 @@ def metrics_api_probes(sb: Sandbox, timeout: float = 2.0) -> dict[str, Callable[
 def earlier(results: dict[str, Any], key: str) -> Any:
     """What an earlier case of an ordered module left under `key`; the case fails, saying why, without it."""
     if key not in results:
-        pytest.fail(f"an earlier case did not leave {key!r}; run the module in order", pytrace=False)
+        pytest.fail(f"an earlier case did not leave {key!r} (it failed or was deselected); run the module in order",
+                    pytrace=False)
     return results[key]
 
 

@@ -42,6 +42,7 @@ from cryptography import x509
 from pulumi import automation as auto
 
 from components import contract
+from lab import proc
 from lab.kube import ApiError
 from lab.pki import Cert, Pki
 from lab.sampler import Report, Sampler
@@ -160,9 +161,7 @@ def apiservers(sb: Sandbox) -> dict[str, Apiserver]:
     out = {}
     for m in MASTERS:
         pid = int((sb.master_dir(m) / "child.pid").read_text())
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": field 3 is fields[0]
-        out[m] = Apiserver(pid, int(fields[19]), hm.generation(sb, m))
+        out[m] = Apiserver(pid, int(proc.stat_fields(pid)[19]), hm.generation(sb, m))
     return out
 
 

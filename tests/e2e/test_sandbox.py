@@ -26,7 +26,7 @@ from pulumi import automation as auto
 from lab.pki import Cert, Pki
 from sandbox.cluster import MASTERS, NODES, Sandbox, wait_for
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
-from tests.e2e.sandboxes import running_sandbox, sandbox_config
+from tests.e2e.sandboxes import earlier, running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -54,9 +54,7 @@ class SandboxScenario:
         return self.sb.master_dir(master) / "etc-kubernetes" / "ssl" / name
 
     def require(self, key: str) -> Any:
-        if key not in self.results:
-            pytest.fail(f"an earlier case did not leave {key!r}; run the module in order", pytrace=False)
-        return self.results[key]
+        return earlier(self.results, key)
 
 
 @pytest.fixture(scope="module")

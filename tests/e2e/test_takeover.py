@@ -37,7 +37,7 @@ from sandbox.cluster import MASTERS, Sandbox, wait_for
 from tests.e2e import handmade as hm_mod
 from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain
 from tests.e2e.handmade import APISERVICE, DEPLOYMENT, HandMade, HandMadeError
-from tests.e2e.sandboxes import running_sandbox, sandbox_config
+from tests.e2e.sandboxes import earlier, running_sandbox, sandbox_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -75,10 +75,7 @@ class Takeover:
         return hm
 
     def require(self, key: str) -> Any:
-        if key not in self.results:
-            pytest.fail(f"an earlier case did not leave {key!r} (it failed or was deselected); run the module in order",
-                        pytrace=False)
-        return self.results[key]
+        return earlier(self.results, key)
 
 
 @pytest.fixture(scope="module")
