@@ -549,6 +549,10 @@ class MetricsServer(pulumi.ComponentResource):
     serving_ca_cert_pem: pulumi.Output[str]
     serving_ca_not_after: pulumi.Output[str]  # RFC 3339
     serving_cert_not_after: pulumi.Output[str]  # RFC 3339
+    # how the pods run, from the settings (the outputs firewall and NetworkPolicy projects read)
+    image: str  # the reference the Deployment runs, with the digest when pinned
+    host_network: bool
+    port: int  # containerPort: where the pods listen (on the node's network with hostNetwork)
 
     def __init__(
         self,
@@ -595,6 +599,9 @@ class MetricsServer(pulumi.ComponentResource):
         self.serving_ca_cert_pem = serving.ca_cert_pem
         self.serving_ca_not_after = serving.ca_not_after
         self.serving_cert_not_after = serving.cert_not_after
+        self.image = image(settings)
+        self.host_network = settings.host_network
+        self.port = settings.container_port
         self.register_outputs(
             {
                 "apiServiceName": self.api_service_name,
