@@ -359,3 +359,48 @@ def test_expiry_warning_days_must_not_be_negative(program):
     _, run = program(expiryWarningDays=-1)
     with pytest.raises(consumer.ConsumerConfigError, match="hpa-consumer:expiryWarningDays is -1"):
         run(lambda result: None)
+
+
+# The README's NetworkPolicy example for the metrics-server outputs of contract 1.3.0: run as it is written.
+README_SECTION = "## metrics-server's address for firewalls and NetworkPolicies"
+METRICS_SERVER_OUTPUTS = {"metricsServerImage": "registry.k8s.io/metrics-server/metrics-server:v0.9.0",
+                          "metricsServerHostNetwork": False, "metricsServerPort": 10250}
+
+
+def _readme_example() -> str:
+    text = (EXAMPLE / "README.md").read_text()
+    section = text.split(README_SECTION, 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def _run_readme_example(program, **outputs):
+    mocks, _ = program({**OUTPUTS, **METRICS_SERVER_OUTPUTS, **outputs})
+
+    @pulumi.runtime.test
+    def body():
+        exec(compile(_readme_example(), "README.md", "exec"), {"__name__": "readme_example"})
+
+    body()
+    return mocks
+
+
+def test_the_readme_network_policy_example_allows_the_masters_to_the_pods_port(program):
+    for name in METRICS_SERVER_OUTPUTS:
+        assert name in (EXAMPLE / "README.md").read_text().split(README_SECTION, 1)[1].split("```python", 1)[0]
+    mocks = _run_readme_example(program, metricsServerPort=4443)
+    policy = mocks.resources[("kubernetes:networking.k8s.io/v1:NetworkPolicy", "apiservers-to-metrics-server")].inputs
+    assert policy["metadata"]["namespace"] == "kube-system"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"k8s-app": "metrics-server"}}
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [{"ipBlock": {"cidr": "10.0.0.101/32"}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 4443}]
+
+
+@pytest.mark.parametrize("outputs, words", [
+    ({"metricsServerHostNetwork": True}, "on the nodes' network: open TCP 10250 in the node firewall"),
+    ({"metricsServerHostNetwork": None, "metricsServerPort": None, "metricsServerImage": None},
+     "does not run metrics-server"),
+], ids=["hostNetwork", "manage false"])
+def test_the_readme_network_policy_example_stops_where_a_policy_cannot_help(program, outputs, words):
+    with pytest.raises(pulumi.RunError, match=words):
+        _run_readme_example(program, **outputs)
