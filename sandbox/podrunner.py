@@ -40,8 +40,9 @@ alone, each for the reason IGNORED gives, and prints them when a process starts:
     machines the sandbox runs on, so the process runs unlimited and the log shows what a node would enforce;
   * hostNetwork: the pods namespace stands for the node. A pod on the node's network listens on the node's
     address at its containerPort, a pod on its own network at the pod address: both are this namespace's
-    address and the containerPort here, so both values run the same way (a real node also runs its
-    kubelet on 10250, which the sandbox's emulated kubelets do elsewhere: pick another containerPort there);
+    address and the containerPort here, so both values run the same way (on a real node its kubelet holds
+    10250, which is why the program refuses that containerPort with hostNetwork; the emulated kubelets
+    listen in another namespace);
   * securityContext: the process runs as the podrunner's user, which owns the volume files it reads (0600);
   * livenessProbe: a process is restarted when it exits, not when /livez fails.
 """
