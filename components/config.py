@@ -17,7 +17,8 @@ import ipaddress
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -686,6 +687,290 @@ class Apiserver(_Model):
 
 
 METRIC_RESOLUTION_FLOOR_SECONDS = 10  # metrics-server's default --kubelet-request-timeout
+REQUEST_TIMEOUT_ARG = "--kubelet-request-timeout"
+
+# --- metricsServer: scheduling, image, resources, pod metadata and extra args (issue 14) ---------------
+# The syntax Kubernetes checks (apimachinery validation), checked here so that a typo stops the program
+# before anything is applied instead of failing the Deployment's apply halfway through an `up`.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# resource.Quantity without a sign: a decimal number and a binary-SI, decimal-SI or exponent suffix
+_QUANTITY = re.compile(r"(?P<num>\d+(\.\d*)?|\.\d+)(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
+_QUANTITY_SCALE = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal("1e3"),
+    "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"), "P": Decimal("1e15"), "E": Decimal("1e18"),
+    **{f"{p}i": Decimal(1024) ** (i + 1) for i, p in enumerate("KMGTPE")},
+}
+# Go's time.ParseDuration, without a sign (a negative timeout is not one)
+_GO_DURATION = re.compile(r"((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "μs": Decimal("1e-6"),
+                    "ms": Decimal("1e-3"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+# metricsServer.extraArgs keys: metrics-server's long flags, and klog's -v (pflag takes a one-letter Go flag
+# as its shorthand)
+_ARG_NAME = re.compile(r"--[a-z0-9]+(-[a-z0-9]+)*|-v")
+_SAME_ARG = {"-v": "--v", "--v": "-v"}
+
+# What the program puts on the pod template itself (components.metrics_server.labels and its checksum
+# annotations): podLabels / podAnnotations may not replace them (k8s-app is the selector).
+OWN_POD_LABELS = (
+    "k8s-app", "app.kubernetes.io/name", "app.kubernetes.io/version", "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+OWN_POD_ANNOTATION_PREFIX = "checksum/"
+# metricsServer.hostNetwork: true with tolerations unset: such pods usually run on the control-plane nodes
+# (where the apiservers reach the node network directly), which kubeadm taints NoSchedule.
+CONTROL_PLANE_TOLERATION = {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
+                            "effect": "NoSchedule"}
+DEFAULT_NODE_SELECTOR = {"kubernetes.io/os": "linux"}
+DEFAULT_PRIORITY_CLASS = "system-cluster-critical"
+# metricsServer.nodeCount sizes the requests: 100m/200Mi suffice up to 100 nodes, plus 1m CPU and 2MiB per
+# node above that (docs/config.md)
+BASE_NODES = 100
+BASE_CPU_M, BASE_MEMORY_MI = 100, 200
+PER_NODE_CPU_M, PER_NODE_MEMORY_MI = 1, 2
+
+
+def sized_requests(node_count: int) -> dict[str, str]:
+    """The cpu/memory requests metricsServer.nodeCount gives (the default when resources.requests is unset)."""
+    extra = max(0, node_count - BASE_NODES)
+    return {
+        "cpu": f"{BASE_CPU_M + PER_NODE_CPU_M * extra}m",
+        "memory": f"{BASE_MEMORY_MI + PER_NODE_MEMORY_MI * extra}Mi",
+    }
+
+
+def is_dns_subdomain(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 253 and _DNS_SUBDOMAIN.fullmatch(v) is not None
+
+
+def is_qualified_name(v: Any) -> bool:
+    """A label or annotation key: [DNS subdomain/]name."""
+    if not isinstance(v, str):
+        return False
+    prefix, slash, name = v.rpartition("/")
+    if slash and not is_dns_subdomain(prefix):
+        return False
+    return len(name) <= 63 and _NAME_PART.fullmatch(name) is not None
+
+
+def is_label_value(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 63 and (v == "" or _NAME_PART.fullmatch(v) is not None)
+
+
+def quantity_value(text: str) -> Decimal:
+    """The number a (validated) Kubernetes quantity stands for: '100m' -> 0.1, '1Ki' -> 1024."""
+    m = _QUANTITY.fullmatch(text)
+    if m is None:
+        raise ValueError(errors.NOT_A_QUANTITY)
+    suffix = m["suffix"] or ""
+    scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else _QUANTITY_SCALE[suffix]
+    return Decimal(m["num"]) * scale
+
+
+def go_duration_seconds(text: str) -> Decimal | None:
+    """Seconds of a Go duration ('5s', '1m30s', '500ms'); None when `text` is not one."""
+    if text == "0":
+        return Decimal(0)
+    if not _GO_DURATION.fullmatch(text):
+        return None
+    return sum((Decimal(n) * _GO_UNIT_SECONDS[u] for n, u in _GO_DURATION_PART.findall(text)), Decimal(0))
+
+
+def _resolution_seconds(v: str) -> int:
+    m = re.fullmatch(r"(\d+)(s|m)", v)
+    return int(m[1]) * (60 if m[2] == "m" else 1) if m else 0
+
+
+def _string_map(v: Any, example: str, key_ok: Callable[[Any], bool], key_message: str,
+                value_ok: Callable[[Any], bool] | None = None) -> dict[str, str]:
+    """A map of strings (nodeSelector, podLabels, podAnnotations): every key and value checked, one problem each."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise problem((), v, errors.not_a_string_map(example))
+    problems: list[ProblemItem] = []
+    for key, value in v.items():
+        if not key_ok(key):
+            problems.append(((str(key),), key, key_message))
+        elif not isinstance(value, str):
+            problems.append(((key,), value, errors.MAP_VALUE_NOT_TEXT))
+        elif value_ok is not None and not value_ok(value):
+            problems.append(((key,), value, errors.NOT_A_LABEL_VALUE))
+    if problems:
+        raise Problems(problems)
+    return dict(v)
+
+
+def _check_extra_args(v: Any) -> dict[str, str | None]:
+    """metricsServer.extraArgs: {--flag: value} -> {--flag: text, or None for the flag alone}.
+
+    YAML numbers become their text; true and null stand for the flag alone, false for `--flag=false`. The
+    values are container args (no shell, no config file in between): anything on one line goes."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise problem((), v, errors.EXTRA_ARGS_NOT_A_MAPPING)
+    problems: list[ProblemItem] = []
+    out: dict[str, str | None] = {}
+    for name, value in v.items():
+        if not isinstance(name, str) or not _ARG_NAME.fullmatch(name):
+            problems.append(((), name, errors.BAD_ARG_NAME))
+            continue
+        if name in errors.METRICS_SERVER_OWN_ARGS:
+            problems.append(((name,), value, errors.own_arg(name)))
+            continue
+        if _SAME_ARG.get(name) in out:
+            problems.append(((name,), value, errors.same_arg(_SAME_ARG[name])))
+            continue
+        if value is None or value is True:
+            out[name] = None
+        elif value is False:
+            out[name] = "false"
+        elif isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+            out[name] = str(value)
+        elif not isinstance(value, str):
+            problems.append(((name,), value, errors.ARG_VALUE_TYPE))
+        elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+            problems.append(((name,), value, errors.ARG_VALUE_NOT_ONE_LINE))
+        else:
+            out[name] = value
+    if problems:
+        raise Problems(problems)
+    return out
+
+
+class Toleration(_Model):
+    """A Kubernetes Toleration, as in a manifest."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None  # Kubernetes' default: Equal
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Toleration:
+        problems: list[ProblemItem] = []
+        if self.key and not is_qualified_name(self.key):
+            problems.append((("key",), self.key, errors.NOT_A_LABEL_KEY))
+        if not self.key and self.operator != "Exists":
+            problems.append((("operator",), self.operator, errors.TOLERATION_EMPTY_KEY))
+        if self.operator == "Exists" and self.value:
+            problems.append((("value",), self.value, errors.TOLERATION_EXISTS_WITH_VALUE))
+        elif self.value is not None and not is_label_value(self.value):
+            problems.append((("value",), self.value, errors.NOT_A_LABEL_VALUE))
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            problems.append((("tolerationSeconds",), self.toleration_seconds,
+                             errors.TOLERATION_SECONDS_WITHOUT_NO_EXECUTE))
+        if problems:
+            raise Problems(problems)
+        return self
+
+
+class Affinity(_Model):
+    """A Kubernetes Affinity; each part passed to the pod spec as given (camelCase, as in a manifest)."""
+
+    node_affinity: dict[str, Any] | None = None
+    pod_affinity: dict[str, Any] | None = None
+    pod_anti_affinity: dict[str, Any] | None = None
+
+
+class TopologySpreadConstraint(_Model):
+    """A Kubernetes TopologySpreadConstraint; passed to the pod spec as given."""
+
+    max_skew: Annotated[int, Field(ge=1)]
+    topology_key: Annotated[str, Field(min_length=1)]
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
+    label_selector: dict[str, Any] | None = None
+    min_domains: Annotated[int, Field(ge=1)] | None = None
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = None
+    node_taints_policy: Literal["Honor", "Ignore"] | None = None
+    match_label_keys: tuple[str, ...] | None = None
+
+
+class ResourceList(_Model):
+    """Quantities of one side of resources (requests or limits)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    ephemeral_storage: str | None = Field(
+        default=None, validation_alias="ephemeral-storage", serialization_alias="ephemeral-storage"
+    )
+
+    @field_validator("cpu", "memory", "ephemeral_storage", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> Any:
+        # YAML gives `cpu: 1` and `cpu: 0.5` as numbers: they are quantities too
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if isinstance(v, str):
+            quantity_value(v)  # raises the problem of a bad quantity
+        return v
+
+    def given(self) -> dict[str, str]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class Resources(_Model):
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+def _int_or_percent(v: Any) -> Any:
+    """A PodDisruptionBudget field: a whole number >= 0 or 'N%' with N 0..100."""
+    if v is None:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if isinstance(v, str) and (m := re.fullmatch(r"(\d{1,3})%", v)) and int(m[1]) <= 100:
+        return v
+    raise ValueError(errors.NOT_INT_OR_PERCENT)
+
+
+def _scaled(value: int | str, replicas: int) -> int:
+    """Pods a budget value stands for; percentages round up, as the disruption controller does."""
+    if isinstance(value, int):
+        return value
+    return math.ceil(int(value[:-1]) * replicas / 100)
+
+
+class PodDisruptionBudget(_Model):
+    min_available: int | str | None = None
+    max_unavailable: int | str | None = None
+
+    @field_validator("min_available", "max_unavailable", mode="before")
+    @classmethod
+    def _value(cls, v: Any) -> Any:
+        return _int_or_percent(v)
+
+    @model_validator(mode="after")
+    def _one(self) -> PodDisruptionBudget:
+        if self.min_available is None and self.max_unavailable is None:
+            raise problem((), None, errors.PDB_NEEDS_ONE)
+        if self.min_available is not None and self.max_unavailable is not None:
+            raise problem(("maxUnavailable",), self.max_unavailable, errors.PDB_BOTH)
+        return self
+
+    def field(self) -> tuple[str, int | str]:
+        """(its one field as Kubernetes names it, the value)."""
+        if self.min_available is not None:
+            return "minAvailable", self.min_available
+        return "maxUnavailable", self.max_unavailable  # type: ignore[return-value]
+
+    def disruptions_allowed(self, replicas: int) -> tuple[int, int]:
+        """(pods it lets go at once, pods it keeps) with `replicas` pods, all healthy."""
+        if self.min_available is not None:
+            keeps = min(replicas, _scaled(self.min_available, replicas))
+            return replicas - keeps, keeps
+        gone = min(replicas, _scaled(self.max_unavailable, replicas))  # type: ignore[arg-type]
+        return gone, replicas - gone
+
+
+
+def _default_tolerations(data: Mapping[str, Any]) -> tuple[Toleration, ...]:
+    return (Toleration.model_validate(CONTROL_PLANE_TOLERATION),) if data.get("host_network") else ()
 
 
 class MetricsServer(_Model):
@@ -712,6 +997,83 @@ class MetricsServer(_Model):
     # explicitly, and the program then skips the Deployment's and the Service's awaits (never the
     # APIService's).
     expect_no_pods: bool = False
+    # Scheduling, image, resources, pod metadata and extra args (issue 14; docs/config.md). Each default
+    # renders the objects exactly as before these keys existed.
+    # unset (or null): none, or CONTROL_PLANE_TOLERATION with hostNetwork (a field above this one, so its
+    # validated value is known to _tolerations); never None once validated
+    tolerations: tuple[Toleration, ...] | None = Field(default=None, validate_default=True)
+    node_selector: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))
+    affinity: Affinity | None = None  # None: the automatic anti-affinity (replicas > 1)
+    topology_spread_constraints: tuple[TopologySpreadConstraint, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    image_digest: str | None = None
+    resources: Resources | None = None  # requests default to sized_requests(nodeCount); no limits
+    priority_class_name: str = DEFAULT_PRIORITY_CLASS
+    pod_disruption_budget: PodDisruptionBudget | None = None  # None: minAvailable 1 when replicas > 1
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    extra_args: dict[str, str | None] = Field(default_factory=dict)
+
+    @field_validator("tolerations", mode="before")
+    @classmethod
+    def _tolerations(cls, v: Any, info: ValidationInfo) -> Any:
+        return _default_tolerations(info.data) if v is None else v
+
+    @field_validator("node_selector", mode="before")
+    @classmethod
+    def _node_selector(cls, v: Any) -> Any:
+        return _string_map(v, "{kubernetes.io/os: linux}", is_qualified_name, errors.NOT_A_LABEL_KEY, is_label_value)
+
+    @field_validator("pod_labels", mode="before")
+    @classmethod
+    def _pod_labels(cls, v: Any) -> Any:
+        labels = _string_map(v, "{team: platform}", is_qualified_name, errors.NOT_A_LABEL_KEY, is_label_value)
+        owned = [((k,), labels[k], errors.owned_pod_label(OWN_POD_LABELS)) for k in labels if k in OWN_POD_LABELS]
+        if owned:
+            raise Problems(owned)
+        return labels
+
+    @field_validator("pod_annotations", mode="before")
+    @classmethod
+    def _pod_annotations(cls, v: Any) -> Any:
+        annotations = _string_map(v, "{example.com/owner: platform}", is_qualified_name, errors.NOT_AN_ANNOTATION_KEY)
+        owned = [((k,), annotations[k], errors.owned_pod_annotation(OWN_POD_ANNOTATION_PREFIX))
+                 for k in annotations if k.startswith(OWN_POD_ANNOTATION_PREFIX)]
+        if owned:
+            raise Problems(owned)
+        return annotations
+
+    @field_validator("extra_args", mode="before")
+    @classmethod
+    def _extra_args(cls, v: Any) -> Any:
+        return _check_extra_args(v)
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _pull_secrets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[ProblemItem] = []
+        for i, name in enumerate(v):
+            if not is_dns_subdomain(name):
+                problems.append(((i,), name, errors.NOT_A_DNS_SUBDOMAIN))
+            elif name in v[:i]:
+                problems.append(((i,), name, errors.DUPLICATE_PULL_SECRET))
+        if problems:
+            raise Problems(problems)
+        return v
+
+    @field_validator("image_digest")
+    @classmethod
+    def _digest(cls, v: str | None) -> str | None:
+        if v is not None and not _IMAGE_DIGEST.fullmatch(v):
+            raise ValueError(errors.NOT_AN_IMAGE_DIGEST)
+        return v
+
+    @field_validator("priority_class_name")
+    @classmethod
+    def _priority_class(cls, v: str) -> str:
+        if not is_dns_subdomain(v):
+            raise ValueError(errors.NOT_A_DNS_SUBDOMAIN)
+        return v
 
     @field_validator("version")
     @classmethod
@@ -725,8 +1087,8 @@ class MetricsServer(_Model):
     def _resolution(cls, v: str) -> str:
         # metrics-server refuses to start (it panics) unless --metric-resolution is LONGER than
         # --kubelet-request-timeout, whose default is 10s: 10s itself crash-loops the pods.
-        m = re.match(r"^(\d+)(s|m)$", v)
-        if not m or int(m[1]) * (60 if m[2] == "m" else 1) <= METRIC_RESOLUTION_FLOOR_SECONDS:
+        # (how much longer: _request_timeout_problems, which knows extraArgs)
+        if not re.fullmatch(r"\d+(s|m)", v):
             raise ValueError(errors.resolution_too_short(METRIC_RESOLUTION_FLOOR_SECONDS))
         return v
 
@@ -764,11 +1126,59 @@ class MetricsServer(_Model):
                     errors.PORT_COLLIDES_WITH_KUBELET,
                 )
             )
+        problems.extend(self._request_timeout_problems())
+        problems.extend(self._resources_problems())
+        problems.extend(self._budget_problems())
         if problems:
             raise Problems(problems)
         if from_file is not None:
             return self.model_copy(update={"kubelet_ca_cert_pem": from_file})
         return self
+
+    def _request_timeout_problems(self) -> list[ProblemItem]:
+        """metrics-server exits at start unless --metric-resolution is longer than --kubelet-request-timeout
+        (its default: 10s)."""
+        resolution = _resolution_seconds(self.metric_resolution)
+        if REQUEST_TIMEOUT_ARG not in self.extra_args:
+            if resolution <= METRIC_RESOLUTION_FLOOR_SECONDS:
+                return [(("metricResolution",), self.metric_resolution,
+                         errors.resolution_too_short(METRIC_RESOLUTION_FLOOR_SECONDS))]
+            return []
+        where = ("extraArgs", REQUEST_TIMEOUT_ARG)
+        given = self.extra_args[REQUEST_TIMEOUT_ARG]
+        timeout = go_duration_seconds(given) if given is not None else None
+        if timeout is None:
+            return [(where, given, errors.NOT_A_GO_DURATION)]
+        if timeout >= resolution:
+            return [(where, given, errors.request_timeout_too_long(self.metric_resolution))]
+        return []
+
+    def _resources_problems(self) -> list[ProblemItem]:
+        """Requests given and sized at once, and a limit below the request the pod would get (the API refuses it)."""
+        if self.resources is None:
+            return []
+        problems: list[ProblemItem] = []
+        given = self.resources.requests.given() if self.resources.requests else {}
+        if given and self.node_count > 0:
+            problems.append((("resources", "requests"), given, errors.requests_with_node_count(self.node_count)))
+        sized = sized_requests(self.node_count)
+        limits = self.resources.limits.given() if self.resources.limits else {}
+        for name, limit in limits.items():
+            request = given.get(name, sized.get(name))
+            if request is None or quantity_value(limit) >= quantity_value(request):
+                continue
+            source = "resources.requests" if name in given else f"sized from nodeCount {self.node_count}"
+            problems.append((("resources", "limits", name), limit, errors.limit_below_request(name, request, source)))
+        return problems
+
+    def _budget_problems(self) -> list[ProblemItem]:
+        if self.pod_disruption_budget is None:
+            return []
+        field, value = self.pod_disruption_budget.field()
+        allowed, keeps = self.pod_disruption_budget.disruptions_allowed(self.replicas)
+        if allowed > 0:
+            return []
+        return [(("podDisruptionBudget", field), value, errors.pdb_blocks_drains(self.replicas, keeps))]
 
 
 

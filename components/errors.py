@@ -273,6 +273,126 @@ PORT_COLLIDES_WITH_KUBELET = (
     "use, metrics-server#1026); set metricsServer.containerPort to e.g. 4443"
 )
 
+# --- metricsServer: scheduling, image, resources, pod metadata, extra args (issue 14) ---
+
+# The metrics-server flags this program sets itself (components.metrics_server.container_args), each with the
+# setting to use instead of naming it in metricsServer.extraArgs.
+METRICS_SERVER_OWN_ARGS: dict[str, str] = {
+    "--secure-port": "set metricsServer.containerPort instead",
+    "--cert-dir": "the program keeps its own (/tmp, a writable emptyDir); remove it from extraArgs",
+    "--tls-cert-file": "metrics-server serves with the program's serving certificate (the APIService's caBundle "
+    "trusts it); remove it from extraArgs",
+    "--tls-private-key-file": "metrics-server serves with the program's serving certificate (the APIService's "
+    "caBundle trusts it); remove it from extraArgs",
+    "--kubelet-insecure-tls": "set metricsServer.kubeletInsecureTls: true instead",
+    "--kubelet-certificate-authority": "set metricsServer.kubeletCaCertPem or metricsServer.kubeletCaCertFile instead",
+    "--metric-resolution": "set metricsServer.metricResolution instead",
+    "--kubelet-preferred-address-types": "set metricsServer.preferredAddressTypes instead",
+    "--kubelet-use-node-status-port": "the program always sets it; remove it from extraArgs",
+}
+
+
+def own_arg(name: str) -> str:
+    return f"is a flag this program sets itself; {METRICS_SERVER_OWN_ARGS[name]}"
+
+
+EXTRA_ARGS_NOT_A_MAPPING = (
+    "must be a mapping of metrics-server flags to values, e.g. {--kubelet-request-timeout: 5s, -v: 2}"
+)
+BAD_ARG_NAME = "is not a metrics-server flag name; write it as --name (lowercase letters, digits and dashes) or -v"
+ARG_VALUE_NOT_ONE_LINE = "must be one line without control characters (it becomes one argument of metrics-server)"
+ARG_VALUE_TYPE = "must be a string or a number (true or null: the flag alone)"
+
+
+def same_arg(other: str) -> str:
+    return f"is the same flag as {other!r}; keep one of them"
+
+
+def request_timeout_too_long(resolution: str) -> str:
+    return (
+        f"must be a duration shorter than metricResolution ({resolution}): metrics-server exits at start "
+        "otherwise; lower it (e.g. 5s) or raise metricsServer.metricResolution"
+    )
+
+
+NOT_A_GO_DURATION = "must be a duration such as 5s or 1m30s (metrics-server's --kubelet-request-timeout)"
+
+NOT_A_DNS_SUBDOMAIN = (
+    "must be a Kubernetes object name (a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit, at most 253)"
+)
+NOT_A_LABEL_KEY = (
+    "is not a Kubernetes label key: [prefix/]name, the name at most 63 letters, digits, '-', '_' or '.' "
+    "starting and ending with a letter or digit, the prefix a DNS subdomain (e.g. node-role.kubernetes.io/infra)"
+)
+NOT_A_LABEL_VALUE = (
+    "is not a Kubernetes label value: at most 63 letters, digits, '-', '_' or '.', starting and ending "
+    "with a letter or digit (or empty)"
+)
+NOT_AN_ANNOTATION_KEY = NOT_A_LABEL_KEY.replace("label key", "annotation key")
+MAP_VALUE_NOT_TEXT = "must be a string; quote it"
+
+
+def not_a_string_map(example: str) -> str:
+    return f"must be a mapping of strings to strings, e.g. {example}"
+
+
+def owned_pod_label(names: Iterable[str]) -> str:
+    return (
+        f"is a label this program sets on the pods ({', '.join(names)}; k8s-app is the Deployment's and the "
+        "Service's selector); choose another key"
+    )
+
+
+def owned_pod_annotation(prefix: str) -> str:
+    return (
+        f"is an annotation this program sets on the pods (everything under {prefix}: the checksums that roll "
+        "them when their certificates change); choose another key"
+    )
+
+
+DUPLICATE_PULL_SECRET = "is named twice; list each Secret once"
+NOT_AN_IMAGE_DIGEST = (
+    "must be an image digest: sha256: and 64 lowercase hex digits (the registry's digest of image:version)"
+)
+
+TOLERATION_EXISTS_WITH_VALUE = (
+    "must be absent with operator Exists (it tolerates every value of the key); remove value, or set operator: Equal"
+)
+TOLERATION_EMPTY_KEY = (
+    "must be Exists when key is empty (a toleration of every taint); set operator: Exists, or give a key"
+)
+TOLERATION_SECONDS_WITHOUT_NO_EXECUTE = (
+    "applies only to effect NoExecute (how long the pod stays after such a taint); remove it, or set effect: NoExecute"
+)
+
+NOT_A_QUANTITY = "is not a Kubernetes quantity; write e.g. 100m or 0.5 (CPU), 200Mi or 1Gi (memory)"
+
+
+def limit_below_request(name: str, request: str, source: str) -> str:
+    return f"is below the {name} request ({request}, {source}); a limit must be at least its request: raise it"
+
+
+def requests_with_node_count(node_count: int) -> str:
+    return (
+        f"is set together with nodeCount ({node_count}), which sizes the requests; remove one: nodeCount to keep "
+        "these requests, or resources.requests to size them from nodeCount"
+    )
+
+
+PDB_NEEDS_ONE = "needs exactly one of minAvailable or maxUnavailable, e.g. {maxUnavailable: 1}"
+PDB_BOTH = "is set together with minAvailable; a budget has exactly one of them: remove one"
+NOT_INT_OR_PERCENT = "must be a whole number (unquoted) or a percentage such as 50%"
+
+
+def pdb_blocks_drains(replicas: int, keeps: int) -> str:
+    return (
+        f"allows no disruption with replicas {replicas} (it keeps {keeps} of {replicas} pods available), so "
+        "every node drain would block on it; use maxUnavailable: 1, raise metricsServer.replicas, or remove "
+        "podDisruptionBudget"
+    )
+
+
 def pem_and_file(pem_key: str, file_key: str, noun: str) -> str:
     return f"is set together with {pem_key}; choose one: remove {pem_key} to read {noun} from the file, or remove {file_key}"
 
@@ -349,6 +469,7 @@ _PYDANTIC_HINTS = {
     "string_too_short": lambda e: "must not be empty",
     "model_type": lambda e: "must be a mapping of keys (see the config reference in docs/config.md)",
     "tuple_type": lambda e: "must be a list",
+    "dict_type": lambda e: "must be a mapping",
 }
 
 

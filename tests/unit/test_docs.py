@@ -32,7 +32,9 @@ def keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     """Every leaf key path of the config, as users write it (`masters[].hostKey`, `ssh.bastion.host`)."""
     out = set()
     for name, field in model.model_fields.items():
-        path = prefix + model.model_config["alias_generator"].validation_alias(name)
+        # a key Kubernetes spells otherwise (`ephemeral-storage`) has its own alias
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        path = prefix + (alias or model.model_config["alias_generator"].validation_alias(name))
         models = _models(field.annotation)
         if not models:
             out.add(path)
@@ -60,10 +62,17 @@ def test_every_config_key_is_documented():
 
 
 def _covered_by_object_row(key: str) -> bool:
-    """`pki.subject` / `ssh.bastion` rows list their members inline as {a, b, ...}."""
-    parent, _, member = key.rpartition(".")
-    row = re.search(rf"^\| `{re.escape(parent)}` \|.*$", TABLE, flags=re.M)
-    return bool(row and re.search(rf"\b{re.escape(member)}\b", row.group(0)))
+    """`pki.subject` / `ssh.bastion` rows list their members inline as {a, b, ...}; an object nested deeper
+    (`metricsServer.resources.limits.cpu`, `metricsServer.tolerations[].effect`) is covered by the row of its
+    nearest documented ancestor when that row names every part of the key below it."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        ancestor = ".".join(parts[:i]).removesuffix("[]")
+        row = re.search(rf"^\| \*{{0,2}}`{re.escape(ancestor)}`\*{{0,2}} \|.*$", TABLE, flags=re.M)
+        if row:
+            return all(re.search(rf"(?<![\w-]){re.escape(p.removesuffix('[]'))}(?![\w-])", row.group(0))
+                       for p in parts[i:])
+    return False
 
 
 def test_no_key_is_documented_that_the_program_does_not_read():
