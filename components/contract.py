@@ -50,6 +50,11 @@ OUTPUT_METRICS_SERVER_SERVING_CA_CERT_PEM = "metricsServerServingCaCertPem"
 OUTPUT_METRICS_SERVER_SERVING_CA_NOT_AFTER = "metricsServerServingCaNotAfter"
 OUTPUT_METRICS_SERVER_SERVING_CERT_NOT_AFTER = "metricsServerServingCertNotAfter"
 OUTPUT_CONTRACT_VERSION = "contractVersion"
+# contract 1.3.0: how metrics-server runs, for firewall and NetworkPolicy projects (null with
+# metricsServer.manage: false)
+OUTPUT_METRICS_SERVER_IMAGE = "metricsServerImage"
+OUTPUT_METRICS_SERVER_HOST_NETWORK = "metricsServerHostNetwork"
+OUTPUT_METRICS_SERVER_PORT = "metricsServerPort"
 OUTPUTS = (
     OUTPUT_AGGREGATOR_CA_CERT_PEM,
     OUTPUT_PROXY_CLIENT_CERT_PEM,
@@ -64,14 +69,18 @@ OUTPUTS = (
     OUTPUT_METRICS_SERVER_SERVING_CA_NOT_AFTER,
     OUTPUT_METRICS_SERVER_SERVING_CERT_NOT_AFTER,
     OUTPUT_CONTRACT_VERSION,
+    OUTPUT_METRICS_SERVER_IMAGE,
+    OUTPUT_METRICS_SERVER_HOST_NETWORK,
+    OUTPUT_METRICS_SERVER_PORT,
 )
 # The *NotAfter outputs: RFC 3339; readers accept fractional seconds and any offset (components/rfc3339.py).
 # The value of `contractVersion`, semver over the outputs (docs/contracts.md "Outputs"): major when an
 # output is removed or renamed or its meaning or type changes, minor when one is added, patch when only
 # the docs change. 1.0.0 was the first eight outputs; 1.1.0 added the expiry times, the serving CA and
 # this version; 1.2.0: aggregatorCaCertPem holds two CA certificates during a CA rotation (pki.caRotation),
-# so readers take every PEM block. A consumer checks the major and that the minor is at least its own.
-CONTRACT_VERSION = "1.2.0"
+# so readers take every PEM block; 1.3.0 added metricsServerImage, metricsServerHostNetwork and
+# metricsServerPort. A consumer checks the major and that the minor is at least its own.
+CONTRACT_VERSION = "1.3.0"
 
 # The component of the aggregator CA (components/pki.py AggregatorCA): its tls PrivateKey and SelfSignedCert
 # are the CA that every master trusts as --requestheader-client-ca-file; tools/preview_diff.py finds them by

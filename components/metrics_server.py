@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pydantic import BaseModel
 
 from components import config, contract, kube_access, pki
 
@@ -66,16 +67,18 @@ SERVING_SECRET_NAME = "metrics-server-serving-cert"
 KUBELET_CA_CONFIGMAP_NAME = "metrics-server-kubelet-ca"
 
 RUN_AS_USER = 1000
-BASE_NODES = 100  # docs/config.md, metricsServer.nodeCount: 100m/200Mi suffice up to 100 nodes ...
-BASE_CPU_M, BASE_MEMORY_MI = 100, 200
-PER_NODE_CPU_M, PER_NODE_MEMORY_MI = 1, 2  # ... plus 1m CPU and 2MiB per node above that
+SERVING_CERT_CHECKSUM = "checksum/serving-cert"
+KUBELET_CA_CHECKSUM = "checksum/kubelet-ca"
 
 
 # --- pure values (no Pulumi): unit-testable and the single source for the objects below -----------
 
 
 def image(settings: config.MetricsServer) -> str:
-    return f"{settings.image}:{settings.version}"
+    """`<image>:<version>`, pinned `<image>:<version>@<digest>`: the tag stays for readers, the runtime pulls
+    by digest."""
+    tagged = f"{settings.image}:{settings.version}"
+    return f"{tagged}@{settings.image_digest}" if settings.image_digest else tagged
 
 
 def labels(settings: config.MetricsServer) -> dict[str, str]:
@@ -88,15 +91,83 @@ def labels(settings: config.MetricsServer) -> dict[str, str]:
     }
 
 
-def resource_requests(node_count: int) -> dict[str, str]:
-    extra = max(0, node_count - BASE_NODES)
+def pod_labels(settings: config.MetricsServer) -> dict[str, str]:
+    """The pod template's labels: metricsServer.podLabels and the program's (which config keeps it from naming)."""
+    return {**settings.pod_labels, **labels(settings)}
+
+
+def pod_annotations(settings: config.MetricsServer, serving_cert_pem: str) -> dict[str, str]:
+    """Checksums of what the pod reads from files, so a new cert or kubelet CA rolls the pods, and
+    metricsServer.podAnnotations (config keeps them out of checksum/)."""
+    kubelet_ca = settings.kubelet_ca_cert_pem
     return {
-        "cpu": f"{BASE_CPU_M + PER_NODE_CPU_M * extra}m",
-        "memory": f"{BASE_MEMORY_MI + PER_NODE_MEMORY_MI * extra}Mi",
+        SERVING_CERT_CHECKSUM: sha256(serving_cert_pem),
+        **({KUBELET_CA_CHECKSUM: sha256(kubelet_ca)} if kubelet_ca else {}),
+        **settings.pod_annotations,
     }
 
 
+def resources(settings: config.MetricsServer) -> dict[str, dict[str, str]]:
+    """The container's resources: requests sized from nodeCount, each replaced by a given one; limits as given."""
+    given = settings.resources or config.Resources()
+    requests = {**config.sized_requests(settings.node_count), **(given.requests.given() if given.requests else {})}
+    limits = given.limits.given() if given.limits else {}
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def _manifest(model: BaseModel) -> dict[str, object]:
+    """A config model as Kubernetes spells it (camelCase, unset fields left out)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def tolerations(settings: config.MetricsServer) -> list[dict[str, object]] | None:
+    return [_manifest(t) for t in settings.tolerations or ()] or None
+
+
+def node_selector(settings: config.MetricsServer) -> dict[str, str] | None:
+    return dict(settings.node_selector) or None
+
+
+def affinity(settings: config.MetricsServer) -> dict[str, object] | None:
+    """metricsServer.affinity as given ({}: none), else the automatic one: with more than one replica the
+    pods must run on different nodes (a node's loss takes at most one)."""
+    if settings.affinity is not None:
+        return _manifest(settings.affinity) or None
+    if settings.replicas <= 1:
+        return None
+    return {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": SELECTOR},
+                    "namespaces": [settings.namespace],
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+
+
+def topology_spread_constraints(settings: config.MetricsServer) -> list[dict[str, object]] | None:
+    return [_manifest(c) for c in settings.topology_spread_constraints] or None
+
+
+def image_pull_secrets(settings: config.MetricsServer) -> list[dict[str, str]] | None:
+    return [{"name": name} for name in settings.image_pull_secrets] or None
+
+
+def disruption_budget(settings: config.MetricsServer) -> dict[str, int | str] | None:
+    """The PodDisruptionBudget's one field: metricsServer.podDisruptionBudget's, else minAvailable 1 with more
+    than one replica; None: no PDB (one replica, and no budget given)."""
+    if settings.pod_disruption_budget is not None:
+        field, value = settings.pod_disruption_budget.field()
+        return {field: value}
+    return {"minAvailable": 1} if settings.replicas > 1 else None
+
+
 def container_args(settings: config.MetricsServer) -> list[str]:
+    """The program's own flags (components/errors.py METRICS_SERVER_OWN_ARGS: config refuses them in
+    extraArgs), then metricsServer.extraArgs in the order given."""
     args = [
         "--cert-dir=/tmp",
         f"--secure-port={settings.container_port}",
@@ -110,6 +181,7 @@ def container_args(settings: config.MetricsServer) -> list[str]:
         args.append(f"--kubelet-certificate-authority={KUBELET_CA_DIR}/{KUBELET_CA_KEY}")
     if settings.kubelet_insecure_tls:
         args.append("--kubelet-insecure-tls")
+    args += [name if value is None else f"{name}={value}" for name, value in settings.extra_args.items()]
     return args
 
 
@@ -359,7 +431,7 @@ def _container(s: _Scope, mounts: list[k8s.core.v1.VolumeMountArgs]) -> k8s.core
         ports=[k8s.core.v1.ContainerPortArgs(name="https", container_port=port, protocol="TCP")],
         readiness_probe=_probe("/readyz", initial_delay_seconds=20),
         liveness_probe=_probe("/livez"),
-        resources=k8s.core.v1.ResourceRequirementsArgs(requests=resource_requests(s.settings.node_count)),
+        resources=resources(s.settings),
         security_context=k8s.core.v1.SecurityContextArgs(
             allow_privilege_escalation=False,
             capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"], add=capabilities_to_add(port) or None),
@@ -369,33 +441,6 @@ def _container(s: _Scope, mounts: list[k8s.core.v1.VolumeMountArgs]) -> k8s.core
             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
         ),
         volume_mounts=mounts,
-    )
-
-
-def _anti_affinity(s: _Scope) -> k8s.core.v1.AffinityArgs | None:
-    if s.settings.replicas <= 1:
-        return None
-    return k8s.core.v1.AffinityArgs(
-        pod_anti_affinity=k8s.core.v1.PodAntiAffinityArgs(
-            required_during_scheduling_ignored_during_execution=[
-                k8s.core.v1.PodAffinityTermArgs(
-                    label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR),
-                    namespaces=[s.namespace],
-                    topology_key="kubernetes.io/hostname",
-                )
-            ]
-        )
-    )
-
-
-def _pod_annotations(s: _Scope, serving: _ServingPki) -> pulumi.Output[dict[str, str]]:
-    """Checksums of what the pod reads from files, so a new cert or kubelet CA rolls the pods."""
-    kubelet_ca = s.settings.kubelet_ca_cert_pem
-    return serving.cert_pem.apply(
-        lambda pem: {
-            "checksum/serving-cert": sha256(pem),
-            **({"checksum/kubelet-ca": sha256(kubelet_ca)} if kubelet_ca else {}),
-        }
     )
 
 
@@ -422,14 +467,18 @@ def _deployment(s: _Scope, serving: _ServingPki, *after: pulumi.Resource) -> k8s
             ),
             template=k8s.core.v1.PodTemplateSpecArgs(
                 metadata=k8s.meta.v1.ObjectMetaArgs(
-                    labels=labels(s.settings), annotations=_pod_annotations(s, serving)
+                    labels=pod_labels(s.settings),
+                    annotations=serving.cert_pem.apply(lambda pem: pod_annotations(s.settings, pem)),
                 ),
                 spec=k8s.core.v1.PodSpecArgs(
                     service_account_name=APP,
-                    priority_class_name="system-cluster-critical",
-                    node_selector={"kubernetes.io/os": "linux"},
+                    priority_class_name=s.settings.priority_class_name,
+                    node_selector=node_selector(s.settings),
                     host_network=s.settings.host_network or None,
-                    affinity=_anti_affinity(s),
+                    affinity=affinity(s.settings),
+                    tolerations=tolerations(s.settings),
+                    topology_spread_constraints=topology_spread_constraints(s.settings),
+                    image_pull_secrets=image_pull_secrets(s.settings),
                     containers=[_container(s, mounts)],
                     volumes=volumes,
                 ),
@@ -440,13 +489,16 @@ def _deployment(s: _Scope, serving: _ServingPki, *after: pulumi.Resource) -> k8s
 
 
 def _pod_disruption_budget(s: _Scope) -> k8s.policy.v1.PodDisruptionBudget | None:
-    if s.settings.replicas <= 1:
+    budget = disruption_budget(s.settings)
+    if budget is None:
         return None
     return k8s.policy.v1.PodDisruptionBudget(
         s.child("pdb"),
         metadata=s.meta(APP),
         spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-            min_available=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR)
+            min_available=budget.get("minAvailable"),
+            max_unavailable=budget.get("maxUnavailable"),
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=SELECTOR),
         ),
         opts=s.opts(),
     )
@@ -497,6 +549,10 @@ class MetricsServer(pulumi.ComponentResource):
     serving_ca_cert_pem: pulumi.Output[str]
     serving_ca_not_after: pulumi.Output[str]  # RFC 3339
     serving_cert_not_after: pulumi.Output[str]  # RFC 3339
+    # how the pods run, from the settings (the outputs firewall and NetworkPolicy projects read)
+    image: str  # the reference the Deployment runs, with the digest when pinned
+    host_network: bool
+    port: int  # containerPort: where the pods listen (on the node's network with hostNetwork)
 
     def __init__(
         self,
@@ -543,6 +599,9 @@ class MetricsServer(pulumi.ComponentResource):
         self.serving_ca_cert_pem = serving.ca_cert_pem
         self.serving_ca_not_after = serving.ca_not_after
         self.serving_cert_not_after = serving.cert_not_after
+        self.image = image(settings)
+        self.host_network = settings.host_network
+        self.port = settings.container_port
         self.register_outputs(
             {
                 "apiServiceName": self.api_service_name,

@@ -82,4 +82,8 @@ def _outputs(settings: Settings, apiserver: ApiserverAggregation, metrics: Metri
         c.OUTPUT_METRICS_SERVER_SERVING_CA_CERT_PEM: metrics.serving_ca_cert_pem if metrics else None,
         c.OUTPUT_METRICS_SERVER_SERVING_CA_NOT_AFTER: metrics.serving_ca_not_after if metrics else None,
         c.OUTPUT_METRICS_SERVER_SERVING_CERT_NOT_AFTER: metrics.serving_cert_not_after if metrics else None,
+        # how the kept one runs is not this program's to know either
+        c.OUTPUT_METRICS_SERVER_IMAGE: metrics.image if metrics else None,
+        c.OUTPUT_METRICS_SERVER_HOST_NETWORK: metrics.host_network if metrics else None,
+        c.OUTPUT_METRICS_SERVER_PORT: metrics.port if metrics else None,
     }

@@ -65,6 +65,10 @@ BAD = [
     ("extra flags unmanaged", lambda c: c["apiserver"].update(manage=False, extraFlags={"--v": 2}), "apiserver.extraFlags", "{'--v': '2'}", "apiserver.manage is false"),
     ("master extra flags unmanaged", lambda c: (c["apiserver"].update(manage=False), c["masters"][1].update(extraFlags={"--v": 2})), "masters[1].extraFlags", "{'--v': '2'}", "kubeadm: ClusterConfiguration.apiServer.extraArgs"),
     ("manage not a bool", lambda c: c["apiserver"].update(manage="maybe"), "apiserver.manage", "'maybe'", "true or false"),
+    # issue 14's metricsServer keys (every rule: test_metrics_server_config.py); here: nothing is registered
+    ("own metrics-server flag", lambda c: c["metricsServer"].update(extraArgs={"--secure-port": 4443}), 'metricsServer.extraArgs["--secure-port"]', "4443", "set metricsServer.containerPort instead"),
+    ("selector pod label", lambda c: c["metricsServer"].update(podLabels={"k8s-app": "x"}), 'metricsServer.podLabels["k8s-app"]', "'x'", "choose another key"),
+    ("budget blocking drains", lambda c: c["metricsServer"].update(podDisruptionBudget={"minAvailable": 1}), "metricsServer.podDisruptionBudget.minAvailable", "1", "every node drain would block"),
 ]
 
 

@@ -44,6 +44,9 @@ OUTPUTS = {
     "metricsServerServingCaNotAfter": "2036-11-24T14:40:00Z",
     "metricsServerServingCertNotAfter": "2027-11-26T14:40:00.5Z",
     "contractVersion": "1.1.0",
+    "metricsServerImage": "registry.k8s.io/metrics-server/metrics-server:v0.8.1",
+    "metricsServerHostNetwork": False,
+    "metricsServerPort": 10250,
 }
 
 

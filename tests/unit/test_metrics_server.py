@@ -422,7 +422,7 @@ def test_config_values_reach_args():
     [(0, "100m", "200Mi"), (100, "100m", "200Mi"), (101, "101m", "202Mi"), (350, "350m", "700Mi")],
 )
 def test_requests_sized_by_node_count(nodes: int, cpu: str, memory: str):
-    assert ms.resource_requests(nodes) == {"cpu": cpu, "memory": memory}
+    assert config.sized_requests(nodes) == {"cpu": cpu, "memory": memory}
     assert container(evaluate(nodeCount=nodes))["resources"] == {"requests": {"cpu": cpu, "memory": memory}}
 
 

@@ -19,6 +19,8 @@ CONTRACT = {
     # contract 1.1.0 (1.2.0 added no name)
     "aggregatorCaNotAfter", "metricsServerServingCaCertPem", "metricsServerServingCaNotAfter",
     "metricsServerServingCertNotAfter", "contractVersion",
+    # contract 1.3.0
+    "metricsServerImage", "metricsServerHostNetwork", "metricsServerPort",
 }
 UNMANAGED = {"manage": False, "layout": "static-pod", "enableAggregatorRouting": False}
 STACKS = {  # every shape of stack: the outputs are the same names in each
@@ -75,11 +77,13 @@ def test_the_serving_cert_not_after_is_the_secret_s_cert(stack_config):
 def test_unmanaged_outputs_are_null(stack_config):
     out = run(stack_config(**STACKS["both unmanaged"])).outputs
     nulls = ["aggregatorCaCertPem", "aggregatorCaNotAfter", "proxyClientCertPem", "proxyClientCertNotAfter",
-             "metricsServerServingCaCertPem", "metricsServerServingCaNotAfter", "metricsServerServingCertNotAfter"]
+             "metricsServerServingCaCertPem", "metricsServerServingCaNotAfter", "metricsServerServingCertNotAfter",
+             "metricsServerImage", "metricsServerHostNetwork", "metricsServerPort"]
     assert {k: out[k] for k in nulls} == dict.fromkeys(nulls)
     assert out["contractVersion"] == contract.CONTRACT_VERSION
     out = run(stack_config(**STACKS["metricsServer.manage: false"])).outputs
     assert parse_time(out["aggregatorCaNotAfter"]) and out["metricsServerServingCaCertPem"] is None
+    assert [out[k] for k in ("metricsServerImage", "metricsServerHostNetwork", "metricsServerPort")] == [None] * 3
 
 
 def test_the_existing_ca_s_not_after_is_the_output(stack_config):
@@ -108,6 +112,9 @@ def test_output_values(stack_config):
                               {"name": "master2", "address": "198.18.0.11"}]
     assert out["metricsApiService"] == "v1beta1.metrics.k8s.io"
     assert out["metricsServerNamespace"] == "kube-system"
+    assert out["metricsServerImage"] == "registry.k8s.io/metrics-server/metrics-server:v0.8.1"
+    assert out["metricsServerHostNetwork"] is False
+    assert out["metricsServerPort"] == 10250
     assert out["apiserverFlags"] == {
         "--requestheader-client-ca-file": "/etc/kubernetes/pki/agg/aggregator-ca.pem",
         "--requestheader-allowed-names": "front-proxy-client",
@@ -131,3 +138,16 @@ def test_flags_on_the_host_match_the_output(stack_config):
         if c["name"].endswith("-flags"):
             for flag, value in result.outputs["apiserverFlags"].items():
                 assert f"--flag {flag}={value}" in c["create"]
+
+
+def test_metrics_server_outputs_are_how_the_deployment_runs(stack_config):
+    digest = "sha256:" + "5f" * 32
+    result = run(stack_config(metricsServer={"hostNetwork": True, "containerPort": 4443, "imageDigest": digest,
+                                             "image": "mirror.example/metrics-server", "version": "v0.8.0"}))
+    out = result.outputs
+    assert out["metricsServerImage"] == f"mirror.example/metrics-server:v0.8.0@{digest}"
+    assert out["metricsServerHostNetwork"] is True and out["metricsServerPort"] == 4443
+    [dep] = [r for r in result.resources if r.type == "kubernetes:apps/v1:Deployment"]
+    spec = dep.inputs["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == out["metricsServerImage"]
+    assert spec["hostNetwork"] is True and spec["containers"][0]["ports"][0]["containerPort"] == 4443
