@@ -174,6 +174,22 @@ def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
     assert not any(c.get("privateKey") for c in connections)
 
 
+def test_sandbox_deployment_carries_the_stack_s_extra_args_and_resources(sandbox_run):
+    """What `make demo` shows of issue 14: the extraArgs after the program's own flags, in their order,
+    and the resources as given (requests and a memory limit; nodeCount, which computes requests, is out)."""
+    result, _ = sandbox_run
+    cfg = stack_config()["metricsServer"]
+    [dep] = result.of_type("kubernetes:apps/v1:Deployment")
+    container = dep.inputs["spec"]["template"]["spec"]["containers"][0]
+    extra = [f"{flag}={value}" for flag, value in cfg["extraArgs"].items()]
+    assert extra == ["--kubelet-request-timeout=5s", "-v=2"]
+    assert container["args"][-len(extra):] == extra
+    assert not any(a.startswith(("--kubelet-request-timeout", "-v")) for a in container["args"][:-len(extra)])
+    assert container["resources"] == cfg["resources"] == {"requests": {"cpu": "100m", "memory": "200Mi"},
+                                                          "limits": {"memory": "400Mi"}}
+    assert "nodeCount" not in cfg
+
+
 # ---------------------------------------------------------------- 2. lab/supervisor.env_file_args
 
 
