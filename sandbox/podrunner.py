@@ -9,8 +9,8 @@ and ConfigMap volumes its pod template mounts, and the Service of the same name,
     volumeMount's mountPath rewritten to the volume's files here (written from the Secret/ConfigMap, 0600),
     plus what a pod gets from its environment: `--bind-address=<address>` (the pod IP) and a kubeconfig
     holding a token the TokenRequest API issued for the pod's ServiceAccount (so metrics-server acts with
-    exactly the RBAC the program created). A change of the pod template (args, ServiceAccount, volumes,
-    its annotations: what makes a Deployment roll out a new ReplicaSet) replaces it, the way the
+    exactly the RBAC the program created). A change of the pod template (any field: args, ServiceAccount,
+    volumes, resources, its annotations: what makes a Deployment roll out a new ReplicaSet) replaces it, the way the
     Deployment's strategy says: with a rolling update whose maxUnavailable comes to 0 (the program's
     one-replica Deployment) the new process starts first, on --surge-address, and the old one leaves the
     endpoints and stops only once the new one passes the container's readinessProbe (as a ReplicaSet
