@@ -968,7 +968,6 @@ class PodDisruptionBudget(_Model):
         return gone, replicas - gone
 
 
-
 def _default_tolerations(data: Mapping[str, Any]) -> tuple[Toleration, ...]:
     return (Toleration.model_validate(CONTROL_PLANE_TOLERATION),) if data.get("host_network") else ()
 

@@ -36,6 +36,11 @@ UNKNOWN_KEYS = [
     ("pki.existingCa.keypem", lambda c: c["pki"].update(existingCa={"certPem": "x", "keypem": SECRET}),
      "pki.existingCa.keypem"),
     ("metricsServer.token", misspelt(("metricsServer", "token")), "metricsServer.token"),
+    # inside the Kubernetes objects of issue 14's keys
+    ("metricsServer.tolerations[0].tokn", lambda c: c["metricsServer"].update(tolerations=[{"key": "a", "tokn": SECRET}]),
+     "metricsServer.tolerations[0].tokn"),
+    ("metricsServer.resources.limits.token", lambda c: c["metricsServer"].update(resources={"limits": {"token": SECRET}}),
+     "metricsServer.resources.limits.token"),
 ]
 
 
