@@ -61,7 +61,11 @@ def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
     """The program evaluated with Pulumi.sandbox.yaml; the kubelet CA and cluster CA files (which
     `python -m sandbox up` writes under /run) are served from pki_dir through the config's file reader.
     -> (run, paths read)."""
-    cfg = stack_config()
+    return evaluate(stack_config(), pki_dir)
+
+
+def evaluate(cfg: dict, pki_dir: Path) -> tuple[Run, list[Path]]:
+    """The program evaluated with `cfg` (stack_config(), changed or not), the CA files served as above."""
     served = {
         Path(cfg["metricsServer"]["kubeletCaCertFile"]): pki_dir / "kubelet-ca.crt",
         Path(cfg["pki"]["clusterCaCertFile"]): pki_dir / "ca.crt",
@@ -76,7 +80,7 @@ def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ca_files, "read_local_file", reader)  # parse()'s default reader, used by load()
-        result = run(stack_config())
+        result = run(cfg)
     return result, asked
 
 
@@ -279,7 +283,10 @@ class FakeApi:
 @pytest.fixture(scope="module")
 def objects(sandbox_run) -> dict[str, dict]:
     """What the program creates in the cluster, keyed by API path, as the API server would serve it."""
-    result, _ = sandbox_run
+    return served_objects(sandbox_run[0])
+
+
+def served_objects(result: Run) -> dict[str, dict]:
     table = {}
     for type_, pattern in PATHS.items():
         for reg in result.of_type(type_):
@@ -464,6 +471,29 @@ def test_every_field_of_the_programs_pod_template_is_applied_or_ignored(objects)
     fields = set(podrunner.template_fields(_template(objects)))
     assert {"container.args", "container.resources", "spec.nodeSelector", "spec.priorityClassName"} <= fields
     assert fields <= set(podrunner.APPLIED) | set(podrunner.IGNORED), fields - set(podrunner.APPLIED) - set(podrunner.IGNORED)
+
+
+def test_host_network_runs_at_the_pods_address_on_the_container_port(pki_dir, tmp_path):
+    """metricsServer.hostNetwork with containerPort 4443 (10250 is the node's kubelet there): the process
+    gets the program's --secure-port=4443 and the EndpointSlice that port, at the pods namespace's address
+    (the node's, for a pod on the node's network)."""
+    cfg = stack_config()
+    cfg["metricsServer"].update(hostNetwork=True, containerPort=4443)
+    table = served_objects(evaluate(cfg, pki_dir)[0])
+    assert _template(table)["spec"]["hostNetwork"] is True
+    api = FakeApi(table)
+    pod = podrunner.desired(api, NS, tmp_path)
+    assert isinstance(pod, podrunner.Pod)
+    assert (pod.port, pod.port_name) == (4443, "https") and "--secure-port=4443" in pod.args
+    assert podrunner.unapplied(_template(table))["spec.hostNetwork"] is True
+    runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/nonexistent/metrics-server", ["https://x:6443"])
+    try:
+        runner.sync_slice(pod)
+    finally:
+        runner.log.close()
+    [(_, _, body)] = api.applied
+    assert body["ports"] == [{"name": "https", "port": 4443, "protocol": "TCP"}]
+    assert body["endpoints"][0]["addresses"] == ["198.18.200.20"]
 
 
 def test_scheduling_image_and_limits_fields_are_left_alone_by_name(objects):
