@@ -486,12 +486,7 @@ def test_host_network_runs_at_the_pods_address_on_the_container_port(pki_dir, tm
     assert isinstance(pod, podrunner.Pod)
     assert (pod.port, pod.port_name) == (4443, "https") and "--secure-port=4443" in pod.args
     assert podrunner.unapplied(_template(table))["spec.hostNetwork"] is True
-    runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/nonexistent/metrics-server", ["https://x:6443"])
-    try:
-        runner.sync_slice(pod)
-    finally:
-        runner.log.close()
-    [(_, _, body)] = api.applied
+    _, _, body = _slice_written(api, pod, tmp_path)
     assert body["ports"] == [{"name": "https", "port": 4443, "protocol": "TCP"}]
     assert body["endpoints"][0]["addresses"] == ["198.18.200.20"]
 
@@ -518,17 +513,22 @@ def test_scheduling_image_and_limits_fields_are_left_alone_by_name(objects):
     assert isinstance(podrunner.desired(FakeApi(table), NS, Path("/nonexistent")), podrunner.Pod)
 
 
-def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
-    """The Service's targetPort (a port name) resolves to the container's port; not ready while no
-    process runs."""
-    api = FakeApi(objects)
-    pod = podrunner.desired(api, NS, tmp_path)
+def _slice_written(api: FakeApi, pod: podrunner.Pod, tmp_path: Path) -> tuple[str, str, dict]:
+    """(path, name, body) of the one EndpointSlice a runner at 198.18.200.20 writes for `pod` (no process)."""
     runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/nonexistent/metrics-server", ["https://x:6443"])
     try:
         runner.sync_slice(pod)
     finally:
         runner.log.close()
-    [(path, name, body)] = api.applied
+    [written] = api.applied
+    return written
+
+
+def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
+    """The Service's targetPort (a port name) resolves to the container's port; not ready while no
+    process runs."""
+    api = FakeApi(objects)
+    path, name, body = _slice_written(api, podrunner.desired(api, NS, tmp_path), tmp_path)
     assert (path, name) == (f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", podrunner.SLICE_NAME)
     assert body["metadata"]["labels"]["kubernetes.io/service-name"] == podrunner.NAME
     svc = objects[PATHS["kubernetes:core/v1:Service"].format(ns=NS, name=podrunner.NAME)]
