@@ -9,8 +9,8 @@ and ConfigMap volumes its pod template mounts, and the Service of the same name,
     volumeMount's mountPath rewritten to the volume's files here (written from the Secret/ConfigMap, 0600),
     plus what a pod gets from its environment: `--bind-address=<address>` (the pod IP) and a kubeconfig
     holding a token the TokenRequest API issued for the pod's ServiceAccount (so metrics-server acts with
-    exactly the RBAC the program created). A change of the pod template (args, ServiceAccount, volumes,
-    its annotations: what makes a Deployment roll out a new ReplicaSet) replaces it, the way the
+    exactly the RBAC the program created). A change of the pod template (any field: args, ServiceAccount,
+    volumes, resources, its annotations: what makes a Deployment roll out a new ReplicaSet) replaces it, the way the
     Deployment's strategy says: with a rolling update whose maxUnavailable comes to 0 (the program's
     one-replica Deployment) the new process starts first, on --surge-address, and the old one leaves the
     endpoints and stops only once the new one passes the container's readinessProbe (as a ReplicaSet
@@ -23,6 +23,28 @@ and ConfigMap volumes its pod template mounts, and the Service of the same name,
     only while the process runs; the Service gone, the slice goes.
 There is no scheduler or ReplicaSet controller here, so the Deployment never reports pods: the sandbox stack
 says so with metricsServer.expectNoPods. Standard library only; runs until SIGTERM (or --max-hours).
+
+Of the pod template it applies (APPLIED below): the first container's args exactly as given, in their order
+(metricsServer.extraArgs such as --kubelet-request-timeout=5s or -v=2 included; a flag without a value stays
+alone), its containerPort (readinessProbe, EndpointSlice), volumeMounts, readinessProbe path, the pod's
+volumes and ServiceAccount; any change of the template (labels, annotations, spec) is a rollout. The
+podrunner's own flags come after the container's, so for --bind-address and the kubeconfigs theirs win
+(pflag keeps the last value): those are what the pod's network and ServiceAccount make them. It leaves
+alone, each for the reason IGNORED gives, and prints them when a process starts:
+  * tolerations, nodeSelector, affinity, topologySpreadConstraints, priorityClassName: they only mean
+    something to a scheduler, and there is none: the pod has one place to run;
+  * image (a digest too), imagePullPolicy, imagePullSecrets: nothing is pulled; the process is the
+    toolchain's metrics-server binary (the version toolchain/versions.env pins);
+  * resources: no cgroup is made; requests only weigh in scheduling, and limits are enforced by a node's
+    container runtime through cgroups whose layout (v1 or v2, delegated or not) differs between the
+    machines the sandbox runs on, so the process runs unlimited and the log shows what a node would enforce;
+  * hostNetwork: the pods namespace stands for the node. A pod on the node's network listens on the node's
+    address at its containerPort, a pod on its own network at the pod address: both are this namespace's
+    address and the containerPort here, so both values run the same way (on a real node its kubelet holds
+    10250, which is why the program refuses that containerPort with hostNetwork; the emulated kubelets
+    listen in another namespace);
+  * securityContext: the process runs as the podrunner's user, which owns the volume files it reads (0600);
+  * livenessProbe: a process is restarted when it exits, not when /livez fails.
 """
 
 from __future__ import annotations
@@ -48,22 +70,69 @@ SLICE_NAME = "metrics-server-sandbox"
 MANAGED_BY = "podrunner.sandbox.metrics-aggregation"
 TOKEN_SECONDS = 24 * 3600
 
+# The pod template's fields the podrunner applies to the process it runs ("spec.*": the pod's, "container.*":
+# the first container's), and those it leaves alone with the reason (see the module docstring). The program's
+# Deployment sets no field outside the two: sandbox/tests holds that, so a new field is a decision.
+APPLIED = {
+    "metadata.labels": "a change rolls the process out",
+    "metadata.annotations": "a change rolls the process out (the program's checksum/* annotations)",
+    "spec.containers": "the first container runs as the process",
+    "spec.serviceAccountName": "the process's kubeconfig holds a token of that ServiceAccount",
+    "spec.volumes": "Secret, ConfigMap and emptyDir volumes are written under the podrunner's directory",
+    "container.name": "names the process in the log",
+    "container.args": "passed as given, in order; values under a mountPath point at the volume's files here",
+    "container.ports": "the first containerPort: the readinessProbe's and the EndpointSlice's port",
+    "container.volumeMounts": "where the args' paths are rewritten from",
+    "container.readinessProbe": "its HTTPS GET path gates a rolling update",
+}
+NO_SCHEDULER = "no scheduler: the pod has one place to run"
+NO_IMAGE = "nothing is pulled: the process is the toolchain's metrics-server binary"
+IGNORED = {
+    "spec.tolerations": NO_SCHEDULER,
+    "spec.nodeSelector": NO_SCHEDULER,
+    "spec.affinity": NO_SCHEDULER,
+    "spec.topologySpreadConstraints": NO_SCHEDULER,
+    "spec.priorityClassName": NO_SCHEDULER + " (nothing to preempt)",
+    "spec.imagePullSecrets": NO_IMAGE,
+    "spec.hostNetwork": "the pods namespace stands for the node: the same address and containerPort either way",
+    "container.image": NO_IMAGE,
+    "container.imagePullPolicy": NO_IMAGE,
+    "container.resources": "no cgroup: the process runs unlimited (a node's container runtime enforces limits)",
+    "container.securityContext": "the process runs as the podrunner's user, which owns the volume files",
+    "container.livenessProbe": "a process is restarted when it exits, not when /livez fails",
+}
+
+
+def template_fields(template: dict) -> dict[str, object]:
+    """The pod template's fields as APPLIED and IGNORED name them -> their values; unset, false and empty
+    ones left out (hostNetwork false, no tolerations: nothing to apply or to leave alone)."""
+    spec = template.get("spec") or {}
+    parts = {"metadata": template.get("metadata") or {}, "spec": spec,
+             "container": (spec.get("containers") or [{}])[0]}
+    return {f"{part}.{k}": v for part, fields in parts.items() for k, v in fields.items()
+            if v not in (None, False, "", [], {})}
+
+
+def unapplied(template: dict) -> dict[str, object]:
+    """The fields of the pod template that the podrunner leaves alone (IGNORED) -> their values."""
+    return {k: v for k, v in template_fields(template).items() if k in IGNORED}
+
 
 class Pod:
     """What the stand-in kubelet runs for the Deployment now (None fields: nothing to run)."""
 
     def __init__(self, args: list[str], files: dict[str, bytes], dirs: list[str], service_account: str, port: int,
                  port_name: str, *, surge: bool = False, ready_path: str | None = None,
-                 template_metadata: dict | None = None):
+                 template: dict | None = None):
         self.args, self.files, self.dirs, self.service_account = args, files, dirs, service_account
         self.port, self.port_name = port, port_name
         # how a replacement rolls out (the Deployment's strategy, not the pod's: not in the fingerprint)
         self.surge = surge  # start the new process before the old one stops
         self.ready_path = ready_path  # the readinessProbe's HTTPS GET path; None: ready once running
-        self.template_metadata = template_metadata or {}
-        # the pod template (a new one is a rollout) and, apart, the mounted bytes (refreshed in place)
-        meta = {k: self.template_metadata.get(k) or {} for k in ("annotations", "labels")}
-        self.fingerprint = hashlib.sha256(json.dumps([args, dirs, service_account, port, meta],
+        self.template = template or {}
+        # the pod template (any change of it is a rollout, as it makes a new ReplicaSet) and, apart, the
+        # mounted bytes (refreshed in place)
+        self.fingerprint = hashlib.sha256(json.dumps([args, dirs, service_account, port, self.template],
                                                      sort_keys=True).encode()).hexdigest()
         h = hashlib.sha256()
         for k in sorted(files):
@@ -135,8 +204,7 @@ def desired(api: Api, ns: str, workdir: Path) -> Pod | str | None:
     port = container.get("ports", [{}])[0]
     probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
     return Pod(args, files, dirs, sa, int(port.get("containerPort", 10250)), port.get("name", "https"),
-               surge=max_unavailable(dep) == 0, ready_path=probe.get("path"),
-               template_metadata=dep["spec"]["template"].get("metadata"))
+               surge=max_unavailable(dep) == 0, ready_path=probe.get("path"), template=dep["spec"]["template"])
 
 
 READY_TIMEOUT = 180.0  # a new process that is not ready by then is dropped; the old one keeps serving
@@ -198,8 +266,7 @@ class Runner:
             # desired() rewrote the mount paths under workdir/volumes: this process reads its own copy
             old, new = str(self.workdir / "volumes"), str(d / "volumes")
             pod = Pod([a.replace(old, new, 1) for a in pod.args], pod.files, pod.dirs, pod.service_account, pod.port,
-                      pod.port_name, surge=pod.surge, ready_path=pod.ready_path,
-                      template_metadata=pod.template_metadata)
+                      pod.port_name, surge=pod.surge, ready_path=pod.ready_path, template=pod.template)
         self.write_volumes(pod, d)
         tr = self.api.request("POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{pod.service_account}/token",
                               {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -219,6 +286,10 @@ class Runner:
         proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
         self.note(f"metrics-server started (pid {proc.pid}) at {address} as {self.ns}/{pod.service_account}: "
                   f"{' '.join(pod.args)}")
+        left = unapplied(pod.template)
+        if left:
+            self.note("not applied in the sandbox (podrunner.IGNORED says why): " + "; ".join(
+                f"{k}={json.dumps(v, sort_keys=True, separators=(',', ':'))}" for k, v in left.items()))
         running = Running(pod, address, proc, ready)
         running.fingerprint = fingerprint
         return running

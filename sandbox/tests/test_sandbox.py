@@ -61,7 +61,11 @@ def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
     """The program evaluated with Pulumi.sandbox.yaml; the kubelet CA and cluster CA files (which
     `python -m sandbox up` writes under /run) are served from pki_dir through the config's file reader.
     -> (run, paths read)."""
-    cfg = stack_config()
+    return evaluate(stack_config(), pki_dir)
+
+
+def evaluate(cfg: dict, pki_dir: Path) -> tuple[Run, list[Path]]:
+    """The program evaluated with `cfg` (stack_config(), changed or not), the CA files served as above."""
     served = {
         Path(cfg["metricsServer"]["kubeletCaCertFile"]): pki_dir / "kubelet-ca.crt",
         Path(cfg["pki"]["clusterCaCertFile"]): pki_dir / "ca.crt",
@@ -76,7 +80,7 @@ def sandbox_run(pki_dir: Path) -> tuple[Run, list[Path]]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ca_files, "read_local_file", reader)  # parse()'s default reader, used by load()
-        result = run(stack_config())
+        result = run(cfg)
     return result, asked
 
 
@@ -174,6 +178,22 @@ def test_sandbox_stack_evaluates_with_the_kubelet_ca(sandbox_run, pki_dir):
     assert not any(c.get("privateKey") for c in connections)
 
 
+def test_sandbox_deployment_carries_the_stack_s_extra_args_and_resources(sandbox_run):
+    """What `make demo` shows of issue 14: the extraArgs after the program's own flags, in their order,
+    and the resources as given (requests and a memory limit; nodeCount, which computes requests, is out)."""
+    result, _ = sandbox_run
+    cfg = stack_config()["metricsServer"]
+    [dep] = result.of_type("kubernetes:apps/v1:Deployment")
+    container = dep.inputs["spec"]["template"]["spec"]["containers"][0]
+    extra = [f"{flag}={value}" for flag, value in cfg["extraArgs"].items()]
+    assert extra == ["--kubelet-request-timeout=5s", "-v=2"]
+    assert container["args"][-len(extra):] == extra
+    assert not any(a.startswith(("--kubelet-request-timeout", "-v")) for a in container["args"][:-len(extra)])
+    assert container["resources"] == cfg["resources"] == {"requests": {"cpu": "100m", "memory": "200Mi"},
+                                                          "limits": {"memory": "400Mi"}}
+    assert "nodeCount" not in cfg
+
+
 # ---------------------------------------------------------------- 2. lab/supervisor.env_file_args
 
 
@@ -263,7 +283,10 @@ class FakeApi:
 @pytest.fixture(scope="module")
 def objects(sandbox_run) -> dict[str, dict]:
     """What the program creates in the cluster, keyed by API path, as the API server would serve it."""
-    result, _ = sandbox_run
+    return served_objects(sandbox_run[0])
+
+
+def served_objects(result: Run) -> dict[str, dict]:
     table = {}
     for type_, pattern in PATHS.items():
         for reg in result.of_type(type_):
@@ -365,18 +388,147 @@ def test_the_fingerprint_is_the_pod_template_and_mounted_bytes_are_apart(objects
 
     assert pod(_with_new_template_checksum(objects)).fingerprint != base.fingerprint
 
+    # any other change of the pod template is a rollout too, as a new ReplicaSet is (e.g. new limits)
+    limits = copy.deepcopy(objects)
+    limits[DEPLOYMENT]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] = {"memory": "300Mi"}
+    assert pod(limits).fingerprint != base.fingerprint
 
-def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
-    """The Service's targetPort (a port name) resolves to the container's port; not ready while no
-    process runs."""
-    api = FakeApi(objects)
+
+def _template(table: dict) -> dict:
+    return table[DEPLOYMENT]["spec"]["template"]
+
+
+def _container(table: dict) -> dict:
+    return _template(table)["spec"]["containers"][0]
+
+
+# what metricsServer.extraArgs renders after the program's own args (`--flag=value`, or the flag alone), and
+# a value under a mountPath (the pod's /tmp): the podrunner must not reorder, drop or merge any of them
+EXTRA_ARGS = ["--kubelet-request-timeout=5s", "-v=2", "--profiling", "--audit-log-path=/tmp/audit.log"]
+
+
+def test_desired_passes_the_container_args_as_given(objects, tmp_path):
+    table = copy.deepcopy(objects)
+    _container(table)["args"] += EXTRA_ARGS
+    pod = podrunner.desired(FakeApi(table), NS, tmp_path)
+    assert isinstance(pod, podrunner.Pod)
+    program_args = podrunner.desired(FakeApi(objects), NS, tmp_path).args
+    assert pod.args == [*program_args, *EXTRA_ARGS[:3], f"--audit-log-path={tmp_path / 'volumes' / 'tmp-dir'}/audit.log"]
+
+
+class TokenApi(FakeApi):
+    """FakeApi plus the TokenRequest that Runner.start makes for the pod's ServiceAccount."""
+
+    ca = Path("/nonexistent/ca.crt")
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        assert (method, path) == ("POST", f"/api/v1/namespaces/{NS}/serviceaccounts/metrics-server/token")
+        return {"status": {"token": "t0ken"}}
+
+
+def test_start_runs_the_args_then_what_the_pod_gets_from_its_environment(objects, tmp_path, monkeypatch, capsys):
+    """The process's argv: the container's args in their order, then the pod address and the kubeconfigs
+    (last, so they win over the same flags among the args: pflag keeps the last value)."""
+    table = copy.deepcopy(objects)
+    _container(table)["args"] += EXTRA_ARGS
+    _container(table)["resources"]["limits"] = {"memory": "300Mi"}
+    _template(table)["spec"]["tolerations"] = [{"key": "node-role.kubernetes.io/control-plane",
+                                                "operator": "Exists", "effect": "NoSchedule"}]
+    started: list[list[str]] = []
+
+    class Proc:
+        pid = 4242
+
+        def __init__(self, argv, **kw):
+            started.append(argv)
+
+    monkeypatch.setattr(podrunner.subprocess, "Popen", Proc)
+    api = TokenApi(table)
+    runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/opt/bin/metrics-server", ["https://x:6443"])
+    try:
+        pod = podrunner.desired(api, NS, tmp_path)
+        runner.start(pod)
+    finally:
+        runner.log.close()
+    kubeconfig = tmp_path / "kubeconfig"
+    assert started == [["/opt/bin/metrics-server", *pod.args, "--bind-address=198.18.200.20",
+                        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+                        f"--authorization-kubeconfig={kubeconfig}"]]
+    assert pod.args[-4:-1] == EXTRA_ARGS[:3]
+    assert json.loads(kubeconfig.read_text())["users"][0]["user"]["token"] == "t0ken"
+    out = capsys.readouterr().out
+    ignored = out.split("not applied in the sandbox (podrunner.IGNORED says why): ", 1)[1].splitlines()[0]
+    assert 'container.resources={"limits":{"memory":"300Mi"},"requests":' in ignored
+    assert 'spec.tolerations=[{"effect":"NoSchedule","key":"node-role.kubernetes.io/control-plane"' in ignored
+    assert "spec.nodeSelector=" in ignored and "container.image=" in ignored
+    assert "container.args" not in ignored and "spec.hostNetwork" not in ignored  # applied; false
+
+
+def test_every_field_of_the_programs_pod_template_is_applied_or_ignored(objects):
+    """A field the program's Deployment sets that the podrunner neither applies nor knows to leave alone
+    would pass unnoticed: each is in podrunner.APPLIED or podrunner.IGNORED (with the reason)."""
+    assert not set(podrunner.APPLIED) & set(podrunner.IGNORED)
+    fields = set(podrunner.template_fields(_template(objects)))
+    assert {"container.args", "container.resources", "spec.nodeSelector", "spec.priorityClassName"} <= fields
+    assert fields <= set(podrunner.APPLIED) | set(podrunner.IGNORED), fields - set(podrunner.APPLIED) - set(podrunner.IGNORED)
+
+
+def test_host_network_runs_at_the_pods_address_on_the_container_port(pki_dir, tmp_path):
+    """metricsServer.hostNetwork with containerPort 4443 (10250 is the node's kubelet there): the process
+    gets the program's --secure-port=4443 and the EndpointSlice that port, at the pods namespace's address
+    (the node's, for a pod on the node's network)."""
+    cfg = stack_config()
+    cfg["metricsServer"].update(hostNetwork=True, containerPort=4443)
+    table = served_objects(evaluate(cfg, pki_dir)[0])
+    assert _template(table)["spec"]["hostNetwork"] is True
+    api = FakeApi(table)
     pod = podrunner.desired(api, NS, tmp_path)
+    assert isinstance(pod, podrunner.Pod)
+    assert (pod.port, pod.port_name) == (4443, "https") and "--secure-port=4443" in pod.args
+    assert podrunner.unapplied(_template(table))["spec.hostNetwork"] is True
+    _, _, body = _slice_written(api, pod, tmp_path)
+    assert body["ports"] == [{"name": "https", "port": 4443, "protocol": "TCP"}]
+    assert body["endpoints"][0]["addresses"] == ["198.18.200.20"]
+
+
+def test_scheduling_image_and_limits_fields_are_left_alone_by_name(objects):
+    """What issue 14's settings add to the pod template, as a manifest writes it: each is named as left
+    alone (no scheduler, no image pull, no cgroup), and the pod still runs."""
+    table = copy.deepcopy(objects)
+    spec = _template(table)["spec"]
+    added = {
+        "spec.tolerations": [{"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}],
+        "spec.affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "node-role.kubernetes.io/infra", "operator": "Exists"}]}]}}},
+        "spec.topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                            "whenUnsatisfiable": "ScheduleAnyway"}],
+        "spec.imagePullSecrets": [{"name": "regcred"}],
+        "spec.hostNetwork": True,
+    }
+    for path, value in added.items():
+        spec[path.split(".", 1)[1]] = value
+    left = podrunner.unapplied(_template(table))
+    assert {k: left[k] for k in added} == added
+    assert not set(left) & set(podrunner.APPLIED)
+    assert isinstance(podrunner.desired(FakeApi(table), NS, Path("/nonexistent")), podrunner.Pod)
+
+
+def _slice_written(api: FakeApi, pod: podrunner.Pod, tmp_path: Path) -> tuple[str, str, dict]:
+    """(path, name, body) of the one EndpointSlice a runner at 198.18.200.20 writes for `pod` (no process)."""
     runner = podrunner.Runner(api, NS, tmp_path, "198.18.200.20", "/nonexistent/metrics-server", ["https://x:6443"])
     try:
         runner.sync_slice(pod)
     finally:
         runner.log.close()
-    [(path, name, body)] = api.applied
+    [written] = api.applied
+    return written
+
+
+def test_endpoint_slice_for_the_programs_service(objects, tmp_path):
+    """The Service's targetPort (a port name) resolves to the container's port; not ready while no
+    process runs."""
+    api = FakeApi(objects)
+    path, name, body = _slice_written(api, podrunner.desired(api, NS, tmp_path), tmp_path)
     assert (path, name) == (f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", podrunner.SLICE_NAME)
     assert body["metadata"]["labels"]["kubernetes.io/service-name"] == podrunner.NAME
     svc = objects[PATHS["kubernetes:core/v1:Service"].format(ns=NS, name=podrunner.NAME)]

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from lab.proc import children_of
 from lab.sampler import ProbeFailed
-from sandbox.cluster import MASTERS, NODES, Sandbox, SandboxError, free_block_and_prefix
+from sandbox.cluster import MASTERS, NODES, Sandbox, SandboxError, free_block_and_prefix, wait_for
 from tests.e2e.engine import PROJECT
 
 METRICS_NODES = "/apis/metrics.k8s.io/v1beta1/nodes"
@@ -89,3 +90,14 @@ def serving_metrics_server(sb: Sandbox) -> tuple[str, str] | None:
         return ready[0], ssl.get_server_certificate((ready[0], 10250), timeout=3)
     except OSError:
         return None
+
+
+def metrics_server_argv(sb: Sandbox, timeout: float = 30) -> list[str]:
+    """The command line of the metrics-server process the sandbox's podrunner runs (its child; waits while
+    a rolling update has two)."""
+    def one() -> list[int] | None:
+        pids = children_of(sb.state["pids"]["podrunner"])
+        return pids if len(pids) == 1 else None
+
+    [pid] = wait_for(one, "one metrics-server process under the podrunner", timeout, 0.5)
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")

@@ -19,6 +19,7 @@ from typing import Any
 import pulumi
 import pytest
 from pulumi.runtime import config as pulumi_config
+from pulumi.runtime.settings import SETTINGS
 
 from components import contract
 
@@ -362,3 +363,57 @@ def test_expiry_warning_days_must_not_be_negative(program):
     _, run = program(expiryWarningDays=-1)
     with pytest.raises(consumer.ConsumerConfigError, match="hpa-consumer:expiryWarningDays is -1"):
         run(lambda result: None)
+
+
+# The README's NetworkPolicy example for the metrics-server outputs of contract 1.3.0: run as it is written.
+README_SECTION = "## metrics-server's address for firewalls and NetworkPolicies"
+METRICS_SERVER_OUTPUTS = (contract.OUTPUT_METRICS_SERVER_IMAGE, contract.OUTPUT_METRICS_SERVER_HOST_NETWORK,
+                          contract.OUTPUT_METRICS_SERVER_PORT)
+
+
+def _readme_example() -> str:
+    text = (EXAMPLE / "README.md").read_text()
+    section = text.split(README_SECTION, 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def _run_readme_example(program, **outputs):
+    mocks, _ = program({**OUTPUTS, **outputs})
+
+    @pulumi.runtime.test
+    def body():
+        exec(compile(_readme_example(), "README.md", "exec"), {"__name__": "readme_example"})
+
+    try:
+        body()
+    finally:
+        # A stopped example leaves its failed (finished) tasks queued in the runtime, which the next
+        # program run of this process would await again and fail on (pulumi.runtime.test clears them only
+        # when it starts; tests/support/program.run does not).
+        SETTINGS.rpc_manager.clear()
+        SETTINGS.outputs.clear()
+    return mocks
+
+
+def test_the_readme_network_policy_example_allows_the_masters_to_the_pods_port(program):
+    table = (EXAMPLE / "README.md").read_text().split(README_SECTION, 1)[1].split("```python", 1)[0]
+    for name in METRICS_SERVER_OUTPUTS:
+        assert f"| `{name}` |" in table, name
+        assert f'ref.get_output("{name}")' in _readme_example() or name == contract.OUTPUT_METRICS_SERVER_IMAGE
+    mocks = _run_readme_example(program, metricsServerPort=4443)
+    policy = mocks.resources[("kubernetes:networking.k8s.io/v1:NetworkPolicy", "apiservers-to-metrics-server")].inputs
+    assert policy["metadata"]["namespace"] == "kube-system"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"k8s-app": "metrics-server"}}
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [{"ipBlock": {"cidr": "10.0.0.101/32"}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 4443}]
+
+
+@pytest.mark.parametrize("outputs, words", [
+    ({"metricsServerHostNetwork": True}, "on the nodes' network: open TCP 10250 in the node firewall"),
+    ({"metricsServerHostNetwork": None, "metricsServerPort": None, "metricsServerImage": None},
+     "does not run metrics-server"),
+], ids=["hostNetwork", "manage false"])
+def test_the_readme_network_policy_example_stops_where_a_policy_cannot_help(program, outputs, words):
+    with pytest.raises(pulumi.RunError, match=words):
+        _run_readme_example(program, **outputs)
