@@ -150,9 +150,10 @@ demo: sandbox-up ## the whole job on a fresh machine: build, start the sandbox, 
 	  SANDBOX_DIR=$(SANDBOX_DIR) KUBECTL="$$(bash toolchain/build.sh bin-dir)/kubectl" bash sandbox/demo.sh
 
 .PHONY: bench
-bench: venv system-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)
+bench: venv system-deps backend-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)
 	$(BIN)/python bench/program_scale.py
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/rollout.py --sandbox
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/backend.py
