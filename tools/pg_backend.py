@@ -113,12 +113,13 @@ class PgBackend:
                                "(PostgreSQL refuses to run as root): run `make backend-deps`") from None
 
     def _pg(self, tool: str, *args: str, stdin: str | None = None, timeout: float = PG_CTL_TIMEOUT + 30,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+            check: bool = True, bin_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
         """One server binary as the service user (dropped from root; same user otherwise)."""
         u = self._user()
         kw = {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.run_dir)}
-        p = subprocess.run([str(pg_bin_dir() / tool), *args], input=stdin, capture_output=True, text=True,
+        # cwd: a directory the service user can enter (initdb and psql complain about one they cannot)
+        p = subprocess.run([str((bin_dir or pg_bin_dir()) / tool), *args], input=stdin, capture_output=True, text=True,
                            timeout=timeout, env=env, cwd=str(self.dir), **kw)
         if check and p.returncode != 0:
             tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
@@ -144,6 +145,10 @@ class PgBackend:
         for d in (self.data, self.run_dir):
             d.mkdir(mode=0o700, exist_ok=True)
             os.chown(d, u.pw_uid, u.pw_gid)
+        if self._pg("test", "-w", str(self.data), bin_dir=Path("/usr/bin"), check=False).returncode != 0:
+            raise BackendError(f"PG_BACKEND_DIR={self.dir}: the user {u.pw_name} cannot reach {self.data}; every "
+                               f"parent directory must be searchable by it (chmod o+x, or a directory outside "
+                               f"/root, e.g. the default {default_dir()})")
         if (self.data / "PG_VERSION").exists():
             return
         self._pg("initdb", "-D", str(self.data), "-U", u.pw_name, "-E", "UTF8", "--locale=C.UTF-8",
@@ -154,19 +159,19 @@ class PgBackend:
                     f"unix_socket_directories = '{self.run_dir}'\npassword_encryption = 'scram-sha-256'\n")
 
     def _ensure_role(self) -> None:
-        """Role and database on first start; the password is generated here and kept only in `pgpass`."""
-        if self.pgpass.exists():
-            return
-        password = secrets.token_urlsafe(32)
-        verb = "ALTER" if self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'").strip() else "CREATE"
-        self._psql(f"{verb} ROLE {ROLE} LOGIN PASSWORD '{scram_verifier(password)}';")
+        """Role and database on first start; the password is generated here and kept only in `pgpass`
+        (a new one when either is missing, e.g. a data directory deleted beside an old pgpass)."""
+        role = bool(self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'").strip())
+        if not (role and self.pgpass.exists()):
+            password = secrets.token_urlsafe(32)
+            self._psql(f"{'ALTER' if role else 'CREATE'} ROLE {ROLE} LOGIN PASSWORD '{scram_verifier(password)}';")
+            tmp = self.pgpass.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"*:*:{DATABASE}:{ROLE}:{password}\n")
+            tmp.replace(self.pgpass)
         if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip():
             self._psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE};")
-        tmp = self.pgpass.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"*:*:{DATABASE}:{ROLE}:{password}\n")
-        tmp.replace(self.pgpass)
 
     def up(self) -> None:
         """Init on first start, start unless running, ensure the role: idempotent."""
@@ -190,14 +195,22 @@ class PgBackend:
                         str(self.port), "-U", self._user().pw_name, "-d", DATABASE, "-c", sql).stdout
 
 
+def parse_port(value: str) -> int:
+    if not value.isdigit() or not 1024 <= int(value) <= 65535:
+        raise BackendError(f"PG_BACKEND_PORT (--port) is {value!r}: set it to a free TCP port number 1024-65535 "
+                           f"(default {DEFAULT_PORT})")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.pg_backend", description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=("up", "down", "url", "status"))
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("PG_BACKEND_DIR") or default_dir()))
-    ap.add_argument("--port", type=int, default=int(os.environ.get("PG_BACKEND_PORT") or DEFAULT_PORT))
+    ap.add_argument("--port", default=os.environ.get("PG_BACKEND_PORT") or str(DEFAULT_PORT))
     a = ap.parse_args(argv)
-    b = PgBackend(a.dir.resolve(), a.port)
     try:
+        port = parse_port(a.port)
+        b = PgBackend(a.dir.resolve(), port)
         if a.action == "up":
             b.up()
             print(f"PostgreSQL backend up: {b.url()}", file=sys.stderr)
