@@ -13,11 +13,24 @@ ENGINE_COMPONENTS := pulumi python tls command kubernetes etcd kube-apiserver ku
 SANDBOX_DIR := /run/metrics-aggregation-sandbox
 # The sandbox stack's state lives with the sandbox (sandbox-down deletes both); other stacks use
 # toolchain/pulumi.env's backend.
-STACK_ENV = $(if $(filter sandbox,$(STACK)),export PULUMI_BACKEND_URL=file://$(SANDBOX_DIR)/state &&,)
+# BACKEND=postgres: the local PostgreSQL server of `make backend-up` (tools/pg_backend.py) instead.
+BACKEND ?= file
+STACK_ENV = $(if $(filter sandbox,$(STACK)),export PULUMI_BACKEND_URL=file://$(SANDBOX_DIR)/state &&,) \
+  $(if $(filter postgres,$(BACKEND)),PULUMI_BACKEND_URL="$$($(BIN)/python -m tools.pg_backend url)" && export PULUMI_BACKEND_URL &&,)
 # Tools installed into the venv (actionlint, ruff, pytest) come first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # System packages the test hosts and linters need (Debian names); mawk and gawk: the editor is tested with both.
 SYSTEM_PACKAGES := openssh-server openssh-client iproute2 shellcheck curl sudo util-linux procps strace mawk gawk busybox
+# The PostgreSQL server of the postgres state backend (make backend-up, the e2e tier's backend test).
+BACKEND_PACKAGES := postgresql
+# $(call apt_install,TAG,PACKAGES): install the Debian packages that are missing, quietly.
+define apt_install
+	@missing=""; for p in $(2); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "[$(1)] installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
 
 .PHONY: help
 help: ## list the targets
@@ -35,11 +48,11 @@ venv: $(VENV)/.installed ## create the virtualenv with the pinned requirements
 
 .PHONY: system-deps
 system-deps: ## install the Debian packages the host tests need (when missing)
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "[system-deps] installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call apt_install,system-deps,$(SYSTEM_PACKAGES))
+
+.PHONY: backend-deps
+backend-deps: ## install the PostgreSQL server (Debian package) when missing
+	$(call apt_install,backend-deps,$(BACKEND_PACKAGES))
 
 # ---- checks ---------------------------------------------------------------------------------------
 .PHONY: lint
@@ -68,7 +81,7 @@ toolchain: ## build the pinned engine, language host and providers into ~/.cache
 	bash toolchain/build.sh build
 
 .PHONY: preview
-preview: venv toolchain ## pulumi preview --diff for STACK, offline (local file backend, passphrase secrets), with the policy pack
+preview: venv toolchain ## pulumi preview --diff for STACK, offline (BACKEND=file|postgres, passphrase secrets), with the policy pack
 	source <(bash toolchain/build.sh env) && $(STACK_ENV) pulumi stack select --create "$(STACK)" && \
 	  pulumi preview --diff --stack "$(STACK)" --policy-pack policy --policy-pack-config "policy/config/$(STACK).json"
 
@@ -103,8 +116,20 @@ repair: venv ## audit STACK, re-run the stored steps of each drifted master (rol
 toolchain-pulumi: ## only what preview/up, the sandbox and the engine tests need
 	bash toolchain/build.sh build $(ENGINE_COMPONENTS)
 .PHONY: e2e
-e2e: venv system-deps toolchain-pulumi ## engine tier: pulumi up/preview/destroy for real against the SSH test hosts
+e2e: venv system-deps backend-deps toolchain-pulumi ## engine tier: pulumi up/preview/destroy for real against the SSH test hosts
 	$(BIN)/pytest tests/e2e -q -m e2e
+
+# ---- shared state: a local PostgreSQL server for the postgres DIY backend (docs/backends.md) ---------
+# Its own data directory (PG_BACKEND_DIR, default /var/lib/metrics-aggregation/pg-backend as root), 127.0.0.1
+# port PG_BACKEND_PORT (54329), no systemd; the role's password is generated on first start into a 0600
+# pgpass file there, never into git. `make preview|up STACK=… BACKEND=postgres` then uses it.
+.PHONY: backend-up
+backend-up: venv backend-deps ## start the local PostgreSQL state backend (init on first start); idempotent
+	$(BIN)/python -m tools.pg_backend up
+
+.PHONY: backend-down
+backend-down: venv ## stop the local PostgreSQL state backend (its data stays)
+	$(BIN)/python -m tools.pg_backend down
 
 # ---- the sandbox: a real control plane in network namespaces (sandbox/, built on lab/) -------------
 .PHONY: sandbox-up
@@ -125,9 +150,10 @@ demo: sandbox-up ## the whole job on a fresh machine: build, start the sandbox, 
 	  SANDBOX_DIR=$(SANDBOX_DIR) KUBECTL="$$(bash toolchain/build.sh bin-dir)/kubectl" bash sandbox/demo.sh
 
 .PHONY: bench
-bench: venv system-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)
+bench: venv system-deps backend-deps toolchain-pulumi ## run every benchmark (prints figures; nothing is asserted)
 	$(BIN)/python bench/program_scale.py
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/rollout.py --sandbox
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/backend.py

@@ -10,15 +10,17 @@ not start FAIL the tier with the reason: nothing here skips.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components import contract
 from lab.apiserver import ControlPlane, ControlPlaneError
 from lab.hosts import Host, Lab, LabError
-from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain, ToolchainError
+from tests.e2e.engine import PROJECT, E2EStack, Project, Toolchain, ToolchainError, consumer_stack
 from tests.e2e.sandboxes import earlier
 from tests.hosts.conftest import stack_config
 
@@ -76,9 +78,11 @@ def stack_values(config: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
     return plain
 
 
-@pytest.fixture(scope="module")
-def scenario(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    tmp = tmp_path_factory.mktemp("e2e")
+@contextmanager
+def running_scenario(toolchain: Toolchain, tmp: Path, backend: Path | str | None = None,
+                     name: str = "e2e") -> Iterator[Scenario]:
+    """Three SSH test hosts (one per layout), a control plane and the stack `name` on `backend` (a backend
+    URL, or a directory for a file backend; default `tmp/backend`), torn down at the end."""
     (tmp / "lab").mkdir()
     try:
         lab = Lab.create(tmp / "lab")
@@ -97,16 +101,49 @@ def scenario(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> 
         config = stack_config(lab, hosts, metricsServer={"replicas": 1, "waitForAvailable": False, "expectNoPods": True})
         proj = Project.copy(tmp / "project")
         stack = proj.stack(
-            toolchain, tmp / "backend", "e2e", stack_values(config, cp.kubeconfig),
+            toolchain, tmp / "backend" if backend is None else backend, name, stack_values(config, cp.kubeconfig),
             secret_paths={f"{PROJECT}:ssh.privateKey": config["ssh"]["privateKey"]},
         )
         sc = Scenario(lab, hosts, cp, stack, config, original, tmp)
         try:
             yield sc
         finally:
-            # everything the engine printed, for a failing run (never contains key material: case 4)
+            # everything the engine printed, for a failing run (never contains key material: test_engine case 4)
             (tmp / "engine-output.log").write_text("\n".join(stack.outputs))
     finally:
         if cp is not None:
             cp.close()
         lab.close()
+
+
+@pytest.fixture(scope="module")
+def scenario(toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    with running_scenario(toolchain, tmp_path_factory.mktemp("e2e")) as sc:
+        yield sc
+
+
+def consumer_reads_outputs(sc: Scenario, toolchain: Toolchain) -> None:
+    """examples/hpa-consumer on the scenario's backend: its StackReference reads the stack's real outputs, it
+    checks the live APIService, its Deployment + autoscaling/v2 HPA land in the cluster; destroyed after."""
+    consumer = consumer_stack(toolchain, sc.tmp / "consumer", sc.stack.env, sc.stack.name, sc.cp.kubeconfig)
+    hpa_path = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/php-apache"
+    lines: list[str] = []
+    try:
+        result = consumer.up(on_output=lines.append, color="never")
+        out = {k: v.value for k, v in result.outputs.items()}
+        assert out["metricsStack"] == f"organization/{PROJECT}/{sc.stack.name}"
+        assert out["metricsApiService"] == "v1beta1.metrics.k8s.io"
+        assert out["metricsServerNamespace"] == "kube-system"
+        # the consumer read contract 1.1.0's times (fresh certificates: nothing within 30 days)
+        assert out["metricsContractVersion"] == contract.CONTRACT_VERSION
+        assert out["expiringSoon"] == []
+        hpa = sc.cp.get(hpa_path)
+        assert hpa is not None, "the consumer's HPA is not in the cluster"
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        notes = hpa["metadata"]["annotations"]
+        assert notes["hpa-consumer.metrics-aggregation.io/metrics-api-service"] == "v1beta1.metrics.k8s.io"
+        assert sc.cp.get("/apis/apps/v1/namespaces/default/deployments/php-apache") is not None
+    finally:
+        consumer.destroy(on_output=lines.append, color="never")
+        consumer.workspace.remove_stack(consumer.name)
+    assert sc.cp.get(hpa_path) is None

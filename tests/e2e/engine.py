@@ -80,10 +80,11 @@ class Toolchain:
                 raise ToolchainError(f"{bin_dir / b} is missing after the build")
         return cls(env, bin_dir)
 
-    def run_env(self, backend: Path) -> dict[str, str]:
-        """The engine env for one stack: the toolchain's exports, a private backend, the test passphrase."""
+    def run_env(self, backend: Path | str) -> dict[str, str]:
+        """The engine env for one stack: the toolchain's exports, a private backend (a directory for a file
+        backend, or a backend URL such as tools/pg_backend.py's), the test passphrase."""
         env = dict(self.env)
-        env["PULUMI_BACKEND_URL"] = f"file://{backend}"
+        env["PULUMI_BACKEND_URL"] = backend if isinstance(backend, str) else f"file://{backend}"
         env["PULUMI_CONFIG_PASSPHRASE"] = PASSPHRASE
         env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
         env["PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK"] = "false"
@@ -130,9 +131,10 @@ class Project:
             (dest / "__main__.py").write_text(program)
         return cls(dest)
 
-    def stack(self, tc: Toolchain, backend: Path, name: str, config: dict[str, Any] | None = None, *,
+    def stack(self, tc: Toolchain, backend: Path | str, name: str, config: dict[str, Any] | None = None, *,
               secret_paths: dict[str, str] | None = None) -> E2EStack:
-        backend.mkdir(parents=True, exist_ok=True)
+        if isinstance(backend, Path):
+            backend.mkdir(parents=True, exist_ok=True)
         env = tc.run_env(backend)
         ws = auto.LocalWorkspace(work_dir=str(self.dir), env_vars=env, pulumi_command=tc.command(),
                                  secrets_provider="passphrase")
@@ -150,7 +152,7 @@ class E2EStack:
     project: Project
     stack: auto.Stack
     env: dict[str, str]
-    backend: Path
+    backend: Path | str
     name: str
     pulumi_bin: Path
     outputs: list[str] = field(default_factory=list)  # every captured line of preview/up/destroy output
@@ -246,6 +248,28 @@ class E2EStack:
         path = work / f"state-{name}.json"
         path.write_text(json.dumps(state))
         self.cli("stack", "import", "--file", str(path))
+
+
+def consumer_stack(tc: Toolchain, dest: Path, env: dict[str, str], metrics_stack: str, kubeconfig: Path,
+                   name: str = "e2e") -> auto.Stack:
+    """examples/hpa-consumer copied to `dest` (the repo's venv by absolute path) as stack `name` on the backend
+    and passphrase of `env`, reading the metrics-aggregation stack `metrics_stack` through its StackReference;
+    no kubelet in the e2e control planes, so it expects no pods."""
+    src = REPO / "examples" / "hpa-consumer"
+    dest.mkdir()
+    meta = yaml.safe_load((src / "Pulumi.yaml").read_text())
+    meta["runtime"]["options"]["virtualenv"] = str(REPO / "venv")
+    (dest / "Pulumi.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    for f in ("__main__.py", "hpa_consumer.py"):
+        shutil.copy(src / f, dest / f)
+    ws = auto.LocalWorkspace(work_dir=str(dest), env_vars=env, pulumi_command=tc.command(), secrets_provider="passphrase")
+    consumer = auto.Stack.create(name, ws)
+    consumer.set_all_config({
+        "hpa-consumer:metricsStack": auto.ConfigValue(metrics_stack),
+        "hpa-consumer:expectNoPods": auto.ConfigValue("true"),
+        "kubernetes:kubeconfig": auto.ConfigValue(str(kubeconfig)),
+    })
+    return consumer
 
 
 def step_ops(events: list[auto.EngineEvent]) -> dict[str, str]:

@@ -13,13 +13,11 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from pulumi import automation as auto
 
@@ -27,7 +25,8 @@ from components import contract
 from components.apiserver import apiserver_flags
 from components.metrics_server import SERVING_SECRET_NAME
 from components.rfc3339 import parse_time
-from tests.e2e.engine import PRIVATE_KEY_RE, PROJECT, REPO, step_ops
+from tests.e2e.conftest import consumer_reads_outputs
+from tests.e2e.engine import PRIVATE_KEY_RE, PROJECT, step_ops
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -281,42 +280,7 @@ def test_consumer_project_reads_our_real_outputs(scenario, toolchain):
     """examples/hpa-consumer on the same backend: its StackReference reads this stack's real outputs, it
     checks the live APIService, and its Deployment + autoscaling/v2 HPA land in the cluster."""
     scenario.require("up")
-    src = REPO / "examples" / "hpa-consumer"
-    proj = scenario.tmp / "consumer"
-    proj.mkdir()
-    meta = yaml.safe_load((src / "Pulumi.yaml").read_text())
-    meta["runtime"]["options"]["virtualenv"] = str(REPO / "venv")
-    (proj / "Pulumi.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    for name in ("__main__.py", "hpa_consumer.py"):
-        shutil.copy(src / name, proj / name)
-    ws = auto.LocalWorkspace(work_dir=str(proj), env_vars=scenario.stack.env, pulumi_command=toolchain.command(),
-                             secrets_provider="passphrase")
-    consumer = auto.Stack.create("e2e", ws)
-    consumer.set_all_config({
-        "hpa-consumer:metricsStack": auto.ConfigValue(scenario.stack.name),
-        "hpa-consumer:expectNoPods": auto.ConfigValue("true"),  # no kubelet in this control plane
-        "kubernetes:kubeconfig": auto.ConfigValue(str(scenario.cp.kubeconfig)),
-    })
-    lines: list[str] = []
-    try:
-        result = consumer.up(on_output=lines.append, color="never")
-        out = {k: v.value for k, v in result.outputs.items()}
-        assert out["metricsStack"] == f"organization/{PROJECT}/{scenario.stack.name}"
-        assert out["metricsApiService"] == "v1beta1.metrics.k8s.io"
-        assert out["metricsServerNamespace"] == "kube-system"
-        # the consumer read contract 1.1.0's times (fresh certificates: nothing within 30 days)
-        assert out["metricsContractVersion"] == contract.CONTRACT_VERSION
-        assert out["expiringSoon"] == []
-        hpa = scenario.cp.get("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/php-apache")
-        assert hpa is not None, "the consumer's HPA is not in the cluster"
-        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-        notes = hpa["metadata"]["annotations"]
-        assert notes["hpa-consumer.metrics-aggregation.io/metrics-api-service"] == "v1beta1.metrics.k8s.io"
-        assert scenario.cp.get("/apis/apps/v1/namespaces/default/deployments/php-apache") is not None
-    finally:
-        consumer.destroy(on_output=lines.append, color="never")
-        ws.remove_stack("e2e")
-    assert scenario.cp.get("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/php-apache") is None
+    consumer_reads_outputs(scenario, toolchain)
 
 
 @pytest.mark.timeout(360)  # + the refused destroy preview and the `up` that unprotects the CA

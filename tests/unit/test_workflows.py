@@ -83,23 +83,56 @@ def test_shellcheck_really_runs_inside_actionlint(tmp_path):
 # --- preview.yml -----------------------------------------------------------------------------------
 
 
-def test_preview_runs_on_pull_requests_per_stack_and_comments_in_place():
+def test_preview_runs_on_pull_requests_for_dev_only_and_comments_in_place():
+    """A pull_request run executes the PR's own code and workflow file: it gets dev's secrets, never prod's."""
     wf = load("preview.yml")
     assert "pull_request" in wf["on"]
     assert wf["permissions"]["pull-requests"] == "write"
     [job] = wf["jobs"].values()
-    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]  # sandbox is local-only
-    assert "${{ matrix.stack }}" in job["concurrency"]["group"]
+    assert "strategy" not in job and job["env"]["STACK"] == "dev"
+    assert job["environment"] == "dev"
+    assert "${{ github.event.pull_request.number }}" in job["concurrency"]["group"]
     [step] = steps_using(job, "pulumi/actions")
     assert step["uses"] == "pulumi/actions@v7"
     w = step["with"]
-    assert w["command"] == "preview" and w["stack-name"] == "${{ matrix.stack }}"
+    assert w["command"] == "preview" and w["stack-name"] == "dev"
     assert w["comment-on-pr"] is True and w["edit-pr-comment"] is True and w["diff"] is True
     assert w["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert str(w["pulumi-version"]) == pulumi_pin()
-    assert w["policyPacks"] == "policy"
+    assert w["policyPacks"] == "policy" and w["policyPackConfigs"] == "policy/config/dev.json"
     assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
     assert any("tools.preview_diff" in s.get("run", "") for s in job["steps"])
+    assert "prod" not in json.dumps(wf), "a prod stack, config or environment in preview.yml"
+
+
+# Which environment may hold which stack's secrets: dev's and prod's passphrases live in disjoint sets.
+STACK_ENVIRONMENTS = {"dev": {"dev", "audit-dev"}, "prod": {"production", "production-preview", "audit-prod"}}
+
+
+def _job_stacks(job: dict) -> set[str]:
+    if "matrix" in job.get("strategy", {}):
+        return set(job["strategy"]["matrix"]["stack"])
+    names = {s["with"]["stack-name"] for s in steps_using(job, "pulumi/actions") if "stack-name" in s.get("with", {})}
+    return names | ({job["env"]["STACK"]} if "STACK" in job.get("env", {}) else set())
+
+
+def test_secrets_are_per_environment_and_dev_and_prod_never_share_one():
+    """No workflow-level secret; every job that reads a secret names an environment, and a job of one stack
+    only names that stack's environments, so dev and prod never read the same passphrase or backend URL."""
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        wf = load(path.name)
+        assert "secrets." not in json.dumps(wf.get("env", {})), f"{path.name}: a repository-wide secret in env"
+        for name, job in wf["jobs"].items():
+            if "secrets." not in json.dumps(job):
+                continue
+            env = job.get("environment")
+            assert env, f"{path.name}:{name} reads secrets without an environment"
+            stacks = _job_stacks(job)
+            assert stacks, f"{path.name}:{name}: no stack"
+            for stack in stacks:
+                resolved = env.replace("${{ matrix.stack }}", stack)
+                assert resolved in STACK_ENVIRONMENTS[stack], f"{path.name}:{name}: {stack} in environment {resolved}"
+            assert job["env"]["PGPASSWORD"] == "${{ secrets.PGPASSWORD }}", f"{path.name}:{name}"
 
 
 def test_preview_summary_runs_after_a_failed_preview_and_is_commented_on_the_pr():
@@ -121,12 +154,13 @@ def test_preview_summary_runs_after_a_failed_preview_and_is_commented_on_the_pr(
 def test_up_runs_on_main_dev_before_prod_behind_an_approval():
     wf = load("up.yml")
     assert wf["on"]["push"]["branches"] == ["main"]
-    assert wf["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
     jobs = wf["jobs"]
-    assert set(jobs) == {"dev", "prod"}
-    assert jobs["prod"]["needs"] == "dev"
-    assert jobs["prod"]["environment"] == "production"
-    for stack, job in jobs.items():
+    assert set(jobs) == {"dev", "preview-prod", "prod"}
+    assert sorted(jobs["prod"]["needs"]) == ["dev", "preview-prod"]
+    assert jobs["prod"]["environment"] == "production" and jobs["dev"]["environment"] == "dev"
+    for stack in ("dev", "prod"):
+        job = jobs[stack]
+        assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
         assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
         [step] = steps_using(job, "pulumi/actions")
         assert step["uses"] == "pulumi/actions@v7"
@@ -135,6 +169,17 @@ def test_up_runs_on_main_dev_before_prod_behind_an_approval():
         assert str(step["with"]["pulumi-version"]) == pulumi_pin()
         assert step["with"]["policyPackConfigs"] == f"policy/config/{stack}.json"
         assert (ROOT / step["with"]["policyPackConfigs"]).is_file()
+
+
+def test_prods_preview_runs_after_the_merge_with_the_policy_pack_into_the_job_summary():
+    job = load("up.yml")["jobs"]["preview-prod"]
+    assert job["environment"] == "production-preview" and job["env"]["STACK"] == "prod"
+    [cli] = steps_using(job, "pulumi/actions")
+    assert "command" not in cli["with"] and str(cli["with"]["pulumi-version"]) == pulumi_pin()
+    [step] = [s for s in job["steps"] if "tools.preview_diff" in s.get("run", "")]
+    run = step["run"]
+    assert '--policy-pack policy --policy-pack-config "policy/config/${STACK}.json"' in run
+    assert '>> "$GITHUB_STEP_SUMMARY"' in run and run.rstrip().endswith('exit "$rc"')
 
 
 # --- audit.yml -------------------------------------------------------------------------------------
