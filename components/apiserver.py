@@ -49,6 +49,31 @@ HOST_SCRIPT_DIR = "/var/lib/metrics-aggregation/scripts"
 # A rotated SSH key must not re-run (and so restart) anything; `delete` keeps using the stored key.
 _IGNORE_KEY_ROTATION = ["connection.privateKey", "connection.proxy.privateKey"]
 
+# What pulumi-command streams of each step's output while it runs (its `logging` input, which create, update
+# and delete share). Left unset, upstream streams every stdout and stderr line as a status message
+# (pulumi-command provider/pkg/provider/remote/commandOutputs.go, util.go LogOutput), and a line longer than
+# 64 KiB stops that scanner: the pipe fills and the command hangs (pulumi-command issue #201). Streaming
+# changes nothing else: stdout and stderr are kept in state either way, and a failed step's error carries its
+# whole interleaved output whatever this says ("%w: running %q:\n…", commandOutputs.go), so the user always
+# sees why it failed. So each kind of step streams only what is bounded, secret-free and worth watching, and
+# `_step` takes the choice from here: a new kind of step fails until it has one (tests/unit/test_logging.py).
+STEP_LOGGING: dict[str, command.remote.Logging] = {
+    # install the script and the editor, then install-certs / remove-certs: seconds, no restart. Its stdin
+    # carries the proxy-client key (never printed) and its stdout data the program reads (the "no longer
+    # trusts the CA sha256:…" lines, components/ca_rotation.py): nothing to watch, nothing to stream.
+    "certs": command.remote.Logging.NONE,
+    # apply / revert: a restart and the readiness wait, up to apiserver.readyTimeoutSeconds (twice with a
+    # rollback), one master after another. stdout is the script's progress ("restarting: …", "restart seen
+    # after …", "ready after …"): short lines of config values (no key material; the restart command's own
+    # output cut to 20 lines of at most 300 bytes), worth watching. stderr holds the warnings and, on failure,
+    # the tail of the apiserver's own log, lines that are not the script's to bound: not streamed (the
+    # error shows them).
+    "flags": command.remote.Logging.STDOUT,
+    # apiserver.manage: false: the read-only check; a second at most, one result line or the problems that
+    # the error shows anyway.
+    "verify": command.remote.Logging.NONE,
+}
+
 
 # --- what a master gets: paths and flags, derived from the settings ---------------------------------
 
@@ -461,7 +486,8 @@ class ApiserverAggregation(pulumi.ComponentResource):
         after: list[pulumi.Resource],
         stdin: pulumi.Input[str] | None = None,
     ) -> command.remote.Command:
-        """One remote command of a master; `update` is `create` again: re-runs come from inputs."""
+        """One remote command of a master, the only place one is made; `update` is `create` again: re-runs come
+        from inputs. What it streams while it runs: STEP_LOGGING."""
         return command.remote.Command(
             step_name(master, kind),
             connection=connection,
@@ -470,5 +496,6 @@ class ApiserverAggregation(pulumi.ComponentResource):
             delete=undo,
             stdin=stdin,
             add_previous_output_in_env=False,
+            logging=STEP_LOGGING[kind],  # a KeyError for a kind of step without a deliberate choice
             opts=pulumi.ResourceOptions(parent=self, depends_on=after, ignore_changes=_IGNORE_KEY_ROTATION),
         )

@@ -12,9 +12,11 @@ snake_case attributes here (pydantic aliases).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -38,7 +40,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import ca_files, errors
+from components import ca_files, errors, ssh_agent
 from components.ca_files import (
     CLUSTER_CA_FILE,
     EXISTING_CA_CERT_FILE,
@@ -162,9 +164,49 @@ class Layout(str, Enum):
     STATIC_POD = "static-pod"  # kubeadm manifest: the container's command list
 
 
+# The pinned host key types that work with pulumi-command. With a pinned key it offers exactly that key's type
+# as HostKeyAlgorithms (pulumi-command provider/pkg/provider/remote/connection.go, SSHConfig), and
+# golang.org/x/crypto takes the type from the key's base64 blob, ignoring the line's first word (ssh/keys.go
+# ParseAuthorizedKey): an RSA key is always `ssh-rsa`, SHA-1 signatures, which OpenSSH 8.8 and later refuse
+# by default ("no common algorithm for host key"), and a blob typed rsa-sha2-256/512 is no key at all
+# (ssh/keys.go parsePubKey). So no RSA pin can work: it is refused, naming the host (Master, Bastion).
+HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+_RSA_KEY_WORDS = frozenset({"ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"})
+
+
+def host_key_blob_type(v: str) -> str | None:
+    """The key type inside a host key line's base64 blob, the type x/crypto uses; None when there is none."""
+    parts = v.split()
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (IndexError, ValueError):  # binascii.Error is a ValueError
+        return None
+    size = int.from_bytes(blob[:4], "big")
+    name = blob[4:4 + size]
+    return name.decode("ascii", "replace") if len(blob) >= 4 and len(name) == size else None
+
+
+def is_rsa_host_key(v: str) -> bool:
+    """An RSA key, by the line's first word or by its blob (which is what pulumi-command goes by)."""
+    words = v.split()
+    return bool(words) and (words[0] in _RSA_KEY_WORDS or host_key_blob_type(v) == "ssh-rsa")
+
+
 def _check_host_key(v: str) -> str:
-    if not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", v):
+    """One line of `ssh-keyscan` without the host name: a key of HOST_KEY_TYPES whose blob is a key of the type
+    its first word names. An RSA key passes here: Master and Bastion refuse it with the host's name."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if is_rsa_host_key(v):
+        return v
+    words = v.split()
+    if not words or words[0] not in HOST_KEY_TYPES or host_key_blob_type(v) != words[0]:
         raise ValueError(errors.NOT_A_HOST_KEY)
+    try:
+        load_ssh_public_key(" ".join(words[:2]).encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError(errors.NOT_A_HOST_KEY) from None
     return v
 
 
@@ -208,6 +250,17 @@ class Master(_Model):
     @classmethod
     def _extra_flags(cls, v: Any) -> Any:
         return _check_extra_flags(v)
+
+    @model_validator(mode="after")
+    def _host_key_type(self) -> Master:
+        _refuse_rsa_host_key(self.host_key, f"master {self.name}", self.address)
+        return self
+
+
+def _refuse_rsa_host_key(host_key: str | None, host: str, address: str) -> None:
+    """A pinned RSA host key fails every step upstream (HOST_KEY_TYPES): refuse it at its hostKey key."""
+    if host_key and is_rsa_host_key(host_key):
+        raise problem(("hostKey",), host_key, errors.rsa_host_key(host, address))
 
 
 def _check_extra_flags(v: Any) -> dict[str, str]:
@@ -282,6 +335,11 @@ class Bastion(_Model):
     user: str | None = None  # default: ssh.user
     private_key: str | None = None  # default: ssh.privateKey (set with --secret)
     host_key: HostKey | None = None
+
+    @model_validator(mode="after")
+    def _host_key_type(self) -> Bastion:
+        _refuse_rsa_host_key(self.host_key, f"the bastion {self.host}", self.host)
+        return self
 
 
 class Ssh(_Model):
@@ -436,7 +494,8 @@ class ExistingCa(_Model):
         return "ECDSA" if isinstance(public, ec.EllipticCurvePublicKey) else "ED25519"
 
     def not_after(self) -> str:
-        """The CA certificate's notAfter, RFC 3339 in UTC (as the tls provider writes validity_end_time)."""
+        """The CA certificate's notAfter, RFC 3339 in UTC, whole seconds (the tls provider's validity_end_time
+        is RFC 3339 too, in its local zone with nanoseconds: readers take both, components/rfc3339.py)."""
         return self.certificate().not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -1405,6 +1464,10 @@ def load(config: Any = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     settings = parse(raw)
+    # the checks of how SSH will go that only warn: nothing is wrong with the config itself
+    stale_agent = ssh_agent.stale_agent_warning(settings.ssh.agent_socket_path, os.environ)
+    if stale_agent:
+        pulumi.log.warn(stale_agent)
     unpinned = settings.unpinned_hosts()
     if unpinned:  # only with ssh.insecureSkipHostKeyCheck: true (parse refuses them otherwise)
         pulumi.log.warn(

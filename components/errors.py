@@ -153,6 +153,16 @@ NOT_A_HOST_KEY = (
     "without the host name, e.g. 'ssh-ed25519 AAAA...'"
 )
 
+
+def rsa_host_key(host: str, address: str) -> str:
+    return (
+        f"is an RSA key ({host}): pulumi-command offers only the pinned key's type, for RSA ssh-rsa (SHA-1), which "
+        "OpenSSH 8.8 and later refuse, so every step would fail with \"no common algorithm for host key\"; pin the "
+        f"host's ed25519 key instead: one line of `ssh-keyscan -t ed25519 {address}` without the host name, checked "
+        "against the host's own /etc/ssh/ssh_host_ed25519_key.pub (or its ECDSA key, `ssh-keyscan -t ecdsa`)"
+    )
+
+
 NOT_A_CA_FILE_PATH = (
     "must be the path of a PEM file on the machine running pulumi (relative paths are relative to the project "
     "directory)"

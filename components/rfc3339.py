@@ -3,10 +3,15 @@ uses `parse_time` (examples/hpa-consumer, copied and run on its own, has the sam
 the two in step).
 
 Leniency is the contract (docs/contracts.md "Outputs"): a time may carry fractional seconds of any length
-(pulumi-tls and Go write up to nanoseconds) and any offset (`Z`, `z`, `+01:00`). Python 3.11's
-`datetime.fromisoformat` takes offsets but at most six fractional digits, so digits past microseconds are
-dropped here (a truncation: a certificate's validity is whole seconds). A time without an offset is not
-RFC 3339 and is refused: it would be compared as local time. Standard library only, like contract.py.
+and any offset (`Z`, `z`, `+01:00`). pulumi-tls writes validity_end_time with Go's time.MarshalText, in the
+provider's local zone with up to nine fractional digits (RFC3339Nano: trailing zeros dropped), e.g.
+`2027-11-26T17:05:17.750041123-04:00`; the program publishes it as it comes. Digits past microseconds are
+dropped here (a truncation: a certificate's notAfter is whole seconds, the provider's time cut to them).
+
+Not `datetime.fromisoformat`: Python 3.11's (checked with 3.11.7) does read nine digits and offsets, but it
+also takes a time without an offset (a naive datetime, compared as local time or not at all), a space for
+the `T` and ISO 8601's basic format, and refuses RFC 3339's lowercase `t` and `z`. Standard library only,
+like contract.py.
 """
 
 from __future__ import annotations

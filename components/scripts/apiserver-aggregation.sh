@@ -921,7 +921,8 @@ restart_and_wait() {
 	if [ -n "${RESTART_CMD//[[:space:]]/}" ]; then
 		say "restarting: $RESTART_CMD"
 		timeout -k 5 "$READY_TIMEOUT" bash -c "$RESTART_CMD" </dev/null >"$WORK/restart.out" 2>&1 9>&- || rc=$?
-		sed 's/^/    /' "$WORK/restart.out" 2>/dev/null || true
+		# bounded (the flags step streams stdout line by line, and pulumi-command hangs on a line over 64 KiB)
+		tail -n 20 "$WORK/restart.out" 2>/dev/null | cut -b 1-300 | sed 's/^/    /' || true
 		if [ "$rc" != 0 ]; then
 			RESTART_ERR="the restart command exited with $rc"
 			warn "$RESTART_ERR"

@@ -55,9 +55,10 @@ NOT_AFTER_OUTPUTS = {
 ANNOTATION_PREFIX = "hpa-consumer.metrics-aggregation.io"
 
 
-# metrics-aggregation's times are RFC 3339 with any fraction and offset. Python's fromisoformat takes at
-# most six fractional digits, so this is metrics-aggregation's components/rfc3339.py parser, copied (this
-# project runs on its own); a unit test there holds the two equal.
+# metrics-aggregation's times are RFC 3339 with any fraction and offset (pulumi-tls writes nanoseconds in
+# its local zone, e.g. 2027-11-26T17:05:17.750041123-04:00). Python's fromisoformat also takes times without
+# an offset and refuses a lowercase t or z, so this is metrics-aggregation's components/rfc3339.py parser,
+# copied (this project runs on its own); a unit test there holds the two equal.
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,  # \d is 0-9 only

@@ -132,6 +132,26 @@ def test_pending_marker_forces_restart_on_an_unchanged_file(readyz, tmp_path):
     assert "no restart" in r.stdout
 
 
+def test_restart_output_is_cut_short(readyz, tmp_path):
+    """The flags step's stdout is streamed while it runs (components/apiserver.py STEP_LOGGING), and
+    pulumi-command hangs on a streamed line over 64 KiB: a restart command's own output is cut to its last 20
+    lines of at most 300 bytes."""
+    cfg = tmp_path / "cfg"
+    cfg.write_text('KUBE_APISERVER_OPTS="--v=2"\n')
+    noisy = f"seq 1 50; head -c 100000 /dev/zero | tr '\\0' x; echo; {readyz.restart}"
+    args = ["bash", str(SCRIPT), "apply", "--master", "t", "--layout", "env-file", "--config-path", str(cfg),
+            "--cert-dir", "/etc/kubernetes/ssl", "--restart-command", noisy, "--readyz-url", readyz,
+            "--ready-timeout", "5", "--ready-steady-seconds", "0", "--state-dir", str(tmp_path / "state"),
+            "--flag", "--enable-aggregator-routing=true", "--editor", str(EDITOR)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) <= 304, max(lines, key=len)[:80]
+    shown = [line.strip() for line in lines if line.startswith("    ")]
+    assert shown == [str(n) for n in range(32, 51)] + ["x" * 300], shown  # the last 20 lines, cut
+    assert "done: aggregation flags active" in r.stdout
+
+
 @pytest.mark.parametrize("cert_dir", ["/etc/kubernetes/pki", "/etc/kubernetes/ssl"])
 def test_static_pod_file_flags_check_and_round_trip(cert_dir, readyz, tmp_path):
     """A *-file flag naming a missing file is refused (kube-apiserver would exit); `check` changes nothing;

@@ -66,14 +66,29 @@ def assert_certs(host: Host, cert_dir: str, outputs: dict) -> None:
     assert leftovers == [], f"{host.name}: left in {cert_dir}: {leftovers}"
 
 
-def assert_no_secret_in_output(outcome, hosts: list[Host], cert_dir_of) -> None:
-    text = "".join(r.stdout + r.stderr for r in outcome.results.values())
-    assert "PRIVATE KEY" not in text
+def key_lines(hosts: list[Host], cert_dir_of) -> list[str]:
+    """The base64 lines of every host's proxy-client key (read before a destroy removes it)."""
+    out: list[str] = []
     for h in hosts:
         key = h.path(f"{cert_dir_of(h)}/aggregator-key.pem")
         if key.exists():
-            for line in key.read_text().splitlines()[1:-1]:
-                assert line not in text, "key material in a command's output"
+            out += key.read_text().splitlines()[1:-1]
+    return out
+
+
+def assert_no_secret_in_output(outcome, hosts: list[Host], cert_dir_of, keys: list[str] | None = None) -> None:
+    text = "".join(r.stdout + r.stderr for r in outcome.results.values())
+    assert "PRIVATE KEY" not in text
+    for line in key_lines(hosts, cert_dir_of) if keys is None else keys:
+        assert line not in text, "key material in a command's output"
+
+
+def assert_streamed_output_is_short(outcome) -> None:
+    """What the program streams while a step runs (components/apiserver.py STEP_LOGGING: the flags steps'
+    stdout) has short lines only: pulumi-command hangs on a streamed line over 64 KiB."""
+    for r in outcome.results.values():
+        if r.name.endswith("-flags"):
+            assert max(map(len, r.stdout.splitlines()), default=0) < 1024, f"{r.name}: {r.stdout[:300]}"
 
 
 def assert_never_two_down(hosts: list[Host]) -> None:
@@ -120,6 +135,7 @@ def test_fresh_apply_each_layout(lab, make_stack):
     assert "aggregator-certs" not in hosts[2].config_bytes().decode()
     assert "kubeadm upgrade" in out["m-pod-flags"].stderr
     assert_no_secret_in_output(out, hosts, st.cert_dir)
+    assert_streamed_output_is_short(out)
 
 
 def test_static_pod_cert_dir_gets_mounted_and_unmounted(lab, make_stack):
@@ -226,6 +242,9 @@ def test_refused_flag_rolls_back_and_names_the_host(lab, make_stack, layout):
     assert ("m1 kube-apiserver[journal]:" in r.stderr) == (layout != "static-pod")
     assert "the previous file is back and kube-apiserver is ready on it" in r.stderr
     assert out.skipped() == ["m2-flags"]
+    # the failure's output (the apiserver's log included) carries no key; what is streamed is short
+    assert_no_secret_in_output(out, [h1, h2], st.cert_dir)
+    assert_streamed_output_is_short(out)
     # host 1: old file, old flags, ready; no record of a change that did not happen
     assert h1.config_bytes() == before1
     assert h1.readyz() == 200 and h1.running_flags() == running_before
@@ -312,8 +331,11 @@ def test_destroy_returns_every_host_to_original_bytes(lab, make_stack):
     st = make_stack(hosts)
     cmds = st.commands()
     assert st.runner.up(cmds).ok
+    keys = key_lines(hosts, st.cert_dir)
     out = st.runner.destroy(cmds)
     assert out.ok, out.explain()
+    assert keys and (assert_no_secret_in_output(out, hosts, st.cert_dir, keys) is None)
+    assert_streamed_output_is_short(out)
     for h in hosts:
         assert h.config_bytes() == before[h.name], h.name
         assert h.running_flags() == running[h.name], h.name

@@ -24,6 +24,8 @@ from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
+from components.rfc3339 import parse_time
+
 _CURVES = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
 _EKU = {
     "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -82,8 +84,24 @@ def _sign_hash(key: Any) -> hashes.HashAlgorithm | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
+# pulumi-tls's times as the released provider writes them (terraform-provider-tls: time.Now()-based,
+# time.MarshalText): RFC 3339 with nanoseconds, in the provider's local zone, so every consumer of the outputs
+# is tested on that format. The certificate holds whole seconds: its notAfter is that time cut to the second.
+PROVIDER_ZONE = dt.timezone(dt.timedelta(hours=-4))
+PROVIDER_NANOS = 750041123
+
+
 def _rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """`t` (whole seconds) as the provider writes the time it made the certificate from, e.g.
+    2027-11-26T17:05:17.750041123-04:00 (Go's RFC3339Nano drops trailing zeros of the fraction)."""
+    text = t.astimezone(PROVIDER_ZONE).isoformat(timespec="seconds")
+    fraction = f"{PROVIDER_NANOS:09d}".rstrip("0")
+    return text[:19] + (f".{fraction}" if fraction else "") + text[19:]
+
+
+def cert_second(text: str) -> dt.datetime:
+    """The certificate time that a provider time stands for: the same instant cut to whole seconds (x509)."""
+    return parse_time(text).replace(microsecond=0)
 
 
 def _build_cert(inputs: dict, subject: x509.Name, public_key: Any, sans: tuple[list, list], issuer: x509.Name,

@@ -334,6 +334,16 @@ def test_warns_of_certificates_expiring_within_the_window(program, monkeypatch):
     assert "aggregator CA expired" in warnings[1] and "rotation" in warnings[1]
 
 
+def test_the_provider_s_local_offset_is_honoured():
+    """pulumi-tls writes notAfter in its local zone with nanoseconds: 17:05:17.750041123-04:00 is 21:05:17Z.
+    Two hours before 30 days are left, no warning; read as 17:05 UTC it would already warn."""
+    times = {"proxyClientCertNotAfter": "2027-11-26T17:05:17.750041123-04:00"}
+    before = dt.datetime(2027, 10, 27, 19, 5, 17, tzinfo=dt.UTC)
+    assert consumer.expiring(times, before, 30) == ([], [])
+    warnings, names = consumer.expiring(times, before + dt.timedelta(hours=2, seconds=1), 30)
+    assert names == ["proxyClientCertNotAfter"] and "expires in 29 days" in warnings[0]
+
+
 def test_null_times_are_not_watched_and_bad_ones_are_said(program, monkeypatch):
     """apiserver.manage: false / metricsServer.manage: false export null times; a bad one is a warning."""
     warnings: list[str] = []

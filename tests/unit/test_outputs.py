@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from components import contract
 from components.rfc3339 import parse_time
+from tests.support.mocks import cert_second
 from tests.support.program import run
 from tests.unit.test_existing_ca import make_ca
 
@@ -50,12 +51,16 @@ def _cert(pem: str) -> x509.Certificate:
 
 
 def test_every_not_after_is_its_certificate_s(stack_config):
+    """The *NotAfter outputs are pulumi-tls's validity_end_time as the released provider writes it (the mocks:
+    nanoseconds in the provider's local zone, -04:00), published as it comes: RFC 3339, the contract; cut to
+    whole seconds it is the certificate's notAfter."""
     out = run(stack_config()).outputs
     ca, proxy = _cert(out["aggregatorCaCertPem"]), _cert(out["proxyClientCertPem"])
     serving_ca = _cert(out["metricsServerServingCaCertPem"])
-    assert parse_time(out["aggregatorCaNotAfter"]) == ca.not_valid_after_utc
-    assert parse_time(out["proxyClientCertNotAfter"]) == proxy.not_valid_after_utc
-    assert parse_time(out["metricsServerServingCaNotAfter"]) == serving_ca.not_valid_after_utc
+    assert re.fullmatch(r"[-0-9]{10}T[:0-9]{8}\.750041123-04:00", out["proxyClientCertNotAfter"])
+    assert cert_second(out["aggregatorCaNotAfter"]) == ca.not_valid_after_utc
+    assert cert_second(out["proxyClientCertNotAfter"]) == proxy.not_valid_after_utc
+    assert cert_second(out["metricsServerServingCaNotAfter"]) == serving_ca.not_valid_after_utc
     # the serving CA is metrics-server's own, not the aggregator CA, and is a CA
     assert serving_ca.subject != ca.subject
     assert serving_ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -69,7 +74,7 @@ def test_the_serving_cert_not_after_is_the_secret_s_cert(stack_config):
                    and r.name.endswith("-serving-cert")]
     leaf = _cert(leaf_cert.state["certPem"])
     serving_ca = _cert(result.outputs["metricsServerServingCaCertPem"])
-    assert parse_time(result.outputs["metricsServerServingCertNotAfter"]) == leaf.not_valid_after_utc
+    assert cert_second(result.outputs["metricsServerServingCertNotAfter"]) == leaf.not_valid_after_utc
     leaf.verify_directly_issued_by(serving_ca)
     assert isinstance(serving_ca.public_key(), ec.EllipticCurvePublicKey)
 

@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from components import pki
 from components.config import parse
-from components.rfc3339 import parse_time
+from tests.support.mocks import cert_second
 from tests.support.program import run
 from tests.unit.hostkeys import host_key
 
@@ -101,7 +101,7 @@ def test_validity_from_config(dev_like):
     assert ca.not_valid_after_utc - ca.not_valid_before_utc == dt.timedelta(hours=87600)
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(hours=8760)
     assert leaf.not_valid_after_utc <= ca.not_valid_after_utc
-    not_after = parse_time(dev_like.outputs["proxyClientCertNotAfter"])
+    not_after = cert_second(dev_like.outputs["proxyClientCertNotAfter"])
     assert not_after == leaf.not_valid_after_utc
     [lsc] = [r for r in dev_like.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == "proxy-client"]
     assert lsc.inputs["earlyRenewalHours"] == 720

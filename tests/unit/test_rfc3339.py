@@ -22,6 +22,11 @@ GOOD = {
     "2027-12-02T13:24:59.999999999Z": dt.datetime(2027, 12, 2, 13, 24, 59, 999999, tzinfo=UTC),
     "2027-12-02T13:24:07.5Z": dt.datetime(2027, 12, 2, 13, 24, 7, 500000, tzinfo=UTC),
     "2027-12-02T08:54:07.000-04:30": dt.datetime(2027, 12, 2, 13, 24, 7, tzinfo=UTC),
+    # pulumi-tls's validity_end_time as the released provider writes it (Go's RFC3339Nano in its local zone,
+    # trailing zeros of the fraction dropped)
+    "2027-11-26T17:05:17.750041123-04:00": dt.datetime(2027, 11, 26, 21, 5, 17, 750041, tzinfo=UTC),
+    "2027-11-26T17:05:17.75004112-04:00": dt.datetime(2027, 11, 26, 21, 5, 17, 750041, tzinfo=UTC),
+    "2027-11-27T02:35:17.7+05:30": dt.datetime(2027, 11, 26, 21, 5, 17, 700000, tzinfo=UTC),
 }
 BAD = [
     "2027-12-02T13:24:07",  # no offset: not RFC 3339, would be read as local time
@@ -58,6 +63,17 @@ def test_bad_input_is_a_value_error_naming_it(parser, text):
     with pytest.raises(ValueError, match="is not an RFC 3339 time") as e:
         PARSERS[parser](text)
     assert repr(text) in str(e.value)
+
+
+def test_why_not_fromisoformat():
+    """What the module's docstring says of Python's own parser, checked on this Python rather than assumed:
+    it reads the provider's nanoseconds and offset as parse_time does, but takes a time without an offset
+    (naive: compared as local time, or not at all) and refuses RFC 3339's lowercase separators."""
+    upstream = "2027-11-26T17:05:17.750041123-04:00"
+    assert dt.datetime.fromisoformat(upstream) == rfc3339.parse_time(upstream)
+    assert dt.datetime.fromisoformat("2027-12-02T13:24:07").tzinfo is None
+    with pytest.raises(ValueError):
+        dt.datetime.fromisoformat("2027-12-02t13:24:07z")
 
 
 def test_the_consumer_s_copy_is_the_same_code():
