@@ -169,6 +169,7 @@ class CommandStack:
 
     def _env(self, ssh_auth_sock: str | None) -> dict[str, str]:
         env = dict(self.stack.env)  # without SSH_AUTH_SOCK (engine.py)
+        env["PULUMI_DEBUG_COMMANDS"] = "true"  # --event-log is a debug flag (pulumi.automation sets it too)
         if ssh_auth_sock is not None:
             env["SSH_AUTH_SOCK"] = ssh_auth_sock
         return env
@@ -215,6 +216,19 @@ def _kill_tree(p: subprocess.Popen) -> None:
     for pid in reversed(pids):
         kill_pid(pid, signal.SIGKILL)
     p.wait(10)
+
+
+def _start_until(s: CommandStack, marker: Path, what: str) -> tuple[subprocess.Popen, Path]:
+    """`pulumi up` started in the background, returned once the command touched `marker` with the up
+    still running."""
+    p, log = s.start()
+    try:
+        wait_for(lambda: marker.exists() or p.poll() is not None, what, 120, 0.2)
+        assert p.poll() is None, f"pulumi up ended ({p.returncode}) before {what}"
+    except BaseException:
+        _kill_tree(p)
+        raise
+    return p, log
 
 
 def _direct(target: CommandHost, **extra: Any) -> dict[str, Any]:
@@ -323,11 +337,9 @@ def test_a_line_over_64_kib_hangs_the_command_as_upstream(toolchain, tmp_path, t
     long_line = "printf 'before\\n'; head -c 70000 /dev/zero | tr '\\0' x; printf '\\nafter\\n'"
     create = f"{long_line}; touch {'/var/lib/' + done.name}"
     s = CommandStack(toolchain, tmp_path, target, _direct(target), create=create)
-    p, log = s.start()
+    p, log = _start_until(s, done, "the remote command to finish")
     try:
-        wait_for(lambda: done.exists() or p.poll() is not None, "the remote command to finish", 120, 0.5)
-        assert p.poll() is None, f"pulumi up ended ({p.returncode}) with the long line streamed"
-        # the remote side is done; give the step as long again as the whole command took to finish it
+        # the remote side is done; a step that was going to end has had ample time after 20 s more
         time.sleep(20)
         assert p.poll() is None, f"pulumi up ended ({p.returncode}): the long line did not stop the stream"
         r = Run(None, "", _events(log))
@@ -421,10 +433,8 @@ def test_a_cancelled_up_lets_the_running_command_finish(toolchain, tmp_path, tar
     started, finished = target.marker("cancel-started"), target.marker("cancel-finished")
     create = f"touch /var/lib/{started.name}; sleep 6; touch /var/lib/{finished.name}; echo finished"
     s = CommandStack(toolchain, tmp_path, target, _direct(target), create=create)
-    p, log = s.start()
+    p, _ = _start_until(s, started, "the command to start")
     try:
-        wait_for(lambda: started.exists() or p.poll() is not None, "the command to start", 120, 0.2)
-        assert p.poll() is None, f"pulumi up ended ({p.returncode}) before the command started"
         assert not finished.exists()
         p.send_signal(signal.SIGINT)  # what ^C does: the engine cancels and signals the providers
         p.wait(120)
