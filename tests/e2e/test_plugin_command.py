@@ -192,7 +192,7 @@ class CommandStack:
         return p, log
 
     def state(self) -> list[dict[str, Any]]:
-        return json.loads(self.stack.cli("stack", "export", "--show-secrets"))["deployment"]["resources"]
+        return json.loads(self.stack.cli("stack", "export", "--show-secrets"))["deployment"].get("resources", [])
 
 
 def _command(state: list[dict[str, Any]]) -> dict[str, Any] | None:
