@@ -88,6 +88,10 @@ class Toolchain:
         env["PULUMI_CONFIG_PASSPHRASE"] = PASSPHRASE
         env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
         env["PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK"] = "false"
+        # The command provider uses the agent in SSH_AUTH_SOCK whenever it is set, next to the stack's
+        # private key too, and a dead agent fails every command (pulumi-command connection.go): the tier
+        # must not depend on the runner's agent. A test that wants one sets it (test_plugin_command.py).
+        env.pop("SSH_AUTH_SOCK", None)
         return env
 
     def command(self) -> auto.PulumiCommand:

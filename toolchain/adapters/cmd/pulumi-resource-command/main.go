@@ -8,42 +8,46 @@
 // The project uses one resource of the `pulumi_command` Python SDK 1.2.1, remote.Command; this
 // binary implements it on the same wire names with golang.org/x/crypto/ssh, following the upstream
 // provider's behaviour as its sources show it (github.com/pulumi/pulumi-command v1.2.1,
-// provider/pkg/provider/remote and common; update and replace from pulumi-go-provider v1.3.0,
-// infer/resource.go):
+// provider/pkg/provider/remote and common; Check, update, replace and cancel from
+// pulumi-go-provider v1.3.0, infer/resource.go and middleware/cancel):
 //
 //   - create runs `create`; any input change runs `update` (or `create` when no update is set);
 //     a change of `triggers` replaces the resource (the SDK sets replaceOnChanges triggers[*]);
 //     destroy runs `delete` with the connection and stdin stored in the state.
-//   - `stdin` is fed to every run; `environment` and (addPreviousOutputInEnv, default true)
-//     PULUMI_COMMAND_STDOUT/PULUMI_COMMAND_STDERR are sent with SSH "setenv", which fails unless the
-//     server's AcceptEnv allows the name.
-//   - connection: host, port (22), user (root), privateKey (+privateKeyPassword), password,
-//     agentSocketPath (or SSH_AUTH_SOCK), hostKey (pinned; otherwise not verified), dialErrorLimit
-//     (10, -1 = unlimited), perDialTimeout (15 s), proxy (a jump host with the same fields).
+//   - Check sets the schema's connection defaults (and the proxy's): port 22, user root,
+//     dialErrorLimit 10 (-1 = unlimited), perDialTimeout 15 s.
+//   - `stdin` is fed to every run; `environment` is sent with SSH "setenv", which fails the run unless
+//     the server's AcceptEnv allows the name; PULUMI_COMMAND_STDOUT/STDERR (addPreviousOutputInEnv,
+//     default true) are tried the same way, and a refusal is only a warning.
+//   - connection.go: host, privateKey (+privateKeyPassword), password, the agent, hostKey, dial
+//     retries, proxy. hostKey pins the key and HostKeyAlgorithms to exactly its type (an `ssh-rsa` pin
+//     fails against OpenSSH >= 8.8); without it the host key is not checked. The agent is
+//     agentSocketPath, or SSH_AUTH_SOCK whenever that is set, also next to a privateKey: a dead socket
+//     fails every command, deletes included. Every dial error is retried, dialErrorLimit+1 attempts,
+//     0.1 s apart growing x1.5 up to 5 s: "after N failed attempts: ...", "proxy: ..." via a proxy.
+//   - output.go: `logging` (none|stdout|stderr|stdoutAndStderr, default both) streams every output
+//     line to the engine as an ephemeral status message of the resource; a line over 64 KiB stops
+//     the line scanner and the command then hangs, as upstream (pulumi-command issue #201).
 //   - outputs stdout/stderr (not secret) and connection (secret); a failing command fails the step
-//     with the exit status, the command line and its output.
+//     with "<error>: running \"<command>\":\n<stdout and stderr interleaved>".
+//   - Cancel (and a customTimeouts deadline) cancels the in-flight operations' contexts: a dial stops
+//     retrying, but a command that runs goes on to its end (session.Run takes no context).
 //
-// Not implemented: local.Command, remote.CopyFile, remote.CopyToRemote, local.run (invoke),
-// `logging` (accepted, output is always captured). It is NOT the upstream provider: use it for the
-// local sandbox and tests, not for production hosts.
+// Not implemented: local.Command, remote.CopyFile, remote.CopyToRemote, local.run (invoke). It is
+// NOT the upstream provider: use it for the local sandbox and tests, not for production hosts.
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"sort"
-	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/plugin"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
-	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -60,11 +64,16 @@ var inputKeys = []string{
 }
 
 func main() {
-	prov := &commandProvider{provider.Base{
-		Name: "command",
-		// The SSH credentials and the payload: both stay in the state, for update and delete.
-		Secrets: map[string]bool{"connection": true, "stdin": true},
-	}}
+	prov := &commandProvider{
+		Base: provider.Base{
+			Name: "command",
+			// The SSH credentials and the payload: both stay in the state, for update and delete.
+			Secrets: map[string]bool{"connection": true, "stdin": true},
+		},
+		// the engine's address is the plugin's argument; the output lines go there
+		engine: newEngineLog(engineAddress(os.Args[1:])),
+		ops:    operations{cancels: map[int]context.CancelFunc{}},
+	}
 	serve.Main("pulumi-resource-command", func(srv grpc.ServiceRegistrar) {
 		pulumirpc.RegisterResourceProviderServer(srv, prov)
 	})
@@ -72,8 +81,61 @@ func main() {
 
 type commandProvider struct {
 	provider.Base
+	engine *engineLog
+	ops    operations
 }
 
+// operations are the contexts of the running operations, which Cancel cancels (pulumi-go-provider
+// middleware/cancel/cancel.go, which infer providers are wrapped in).
+type operations struct {
+	mu      sync.Mutex
+	next    int
+	cancels map[int]context.CancelFunc
+}
+
+// start derives the context of one operation; timeout (seconds, 0 = none) is the customTimeouts value.
+func (o *operations) start(ctx context.Context, timeout float64) (context.Context, func()) {
+	var cancel context.CancelFunc
+	if timeout == 0 {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(timeout*float64(time.Second)))
+	}
+	o.mu.Lock()
+	id := o.next
+	o.next++
+	o.cancels[id] = cancel
+	o.mu.Unlock()
+	return ctx, func() {
+		o.mu.Lock()
+		delete(o.cancels, id)
+		o.mu.Unlock()
+		cancel()
+	}
+}
+
+func (o *operations) cancelAll() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for id, cancel := range o.cancels {
+		cancel()
+		delete(o.cancels, id)
+	}
+}
+
+// Cancel cancels the running operations' contexts: a dial stops retrying; a command already running
+// is not stopped (run).
+func (p *commandProvider) Cancel(context.Context, *emptypb.Empty) (*emptypb.Empty, error) {
+	p.ops.cancelAll()
+	return &emptypb.Empty{}, nil
+}
+
+func (p *commandProvider) logger(ctx context.Context, urn string) logger {
+	return logger{ctx: ctx, eng: p.engine, urn: urn}
+}
+
+// Check reports a missing connection or host, and sets the connection's (and its proxy's) schema
+// defaults as pulumi-go-provider's DefaultCheck does, so the state holds them as upstream's does.
 func (p *commandProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) (*pulumirpc.CheckResponse, error) {
 	if t := provider.ResourceType(req.GetUrn()); t != tRemoteCommand {
 		return nil, fmt.Errorf("command: resource type %q is not supported by this provider (only %s)", t, tRemoteCommand)
@@ -86,15 +148,34 @@ func (p *commandProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) 
 	conn, ok := news["connection"]
 	if !ok {
 		failures = append(failures, &pulumirpc.CheckFailure{Property: "connection", Reason: "missing required property 'connection'"})
-	} else if conn.IsSecret() {
+		return &pulumirpc.CheckResponse{Inputs: req.GetNews(), Failures: failures}, nil
+	}
+	secret := conn.IsSecret()
+	if secret {
 		conn = conn.SecretValue().Element
 	}
-	if ok && conn.IsObject() {
-		if _, has := conn.ObjectValue()["host"]; !has {
-			failures = append(failures, &pulumirpc.CheckFailure{Property: "connection.host", Reason: "missing required property 'host'"})
-		}
+	if !conn.IsObject() { // unknown until its inputs are
+		return &pulumirpc.CheckResponse{Inputs: req.GetNews()}, nil
 	}
-	return &pulumirpc.CheckResponse{Inputs: req.GetNews(), Failures: failures}, nil
+	c := conn.ObjectValue()
+	if _, has := c["host"]; !has {
+		failures = append(failures, &pulumirpc.CheckFailure{Property: "connection.host", Reason: "missing required property 'host'"})
+		return &pulumirpc.CheckResponse{Inputs: req.GetNews(), Failures: failures}, nil
+	}
+	c = withDefaults(c)
+	if pv, ok := c["proxy"]; ok && pv.IsObject() {
+		c["proxy"] = resource.NewObjectProperty(withDefaults(pv.ObjectValue()))
+	}
+	conn = resource.NewObjectProperty(c)
+	if secret {
+		conn = resource.MakeSecret(conn)
+	}
+	news["connection"] = conn
+	inputs, err := plugin.MarshalProperties(news, plugin.MarshalOptions{KeepUnknowns: true, KeepSecrets: true})
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.CheckResponse{Inputs: inputs}, nil
 }
 
 func (p *commandProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
@@ -125,32 +206,42 @@ func (p *commandProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*
 }
 
 func (p *commandProvider) Create(ctx context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
+	ctx, done := p.ops.start(ctx, req.GetTimeout())
+	defer done()
 	return p.CreateFrom(req, func(in resource.PropertyMap) (string, resource.PropertyMap, error) {
-		outs, err := p.run(ctx, provider.String(in, "create"), in, nil)
+		id, err := resource.NewUniqueHex(resourceName(req.GetUrn()), 8, 0)
 		if err != nil {
 			return "", nil, err
 		}
-		return resourceName(req.GetUrn()) + randomSuffix(), outs, nil
+		outs, err := p.run(p.logger(ctx, req.GetUrn()), provider.String(in, "create"), in, nil)
+		if err != nil {
+			return "", nil, err
+		}
+		return id, outs, nil
 	})
 }
 
 func (p *commandProvider) Update(ctx context.Context, req *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
+	ctx, done := p.ops.start(ctx, req.GetTimeout())
+	defer done()
 	return p.UpdateFrom(req, func(olds, news resource.PropertyMap) (resource.PropertyMap, error) {
 		cmd := provider.String(news, "update")
 		if cmd == "" {
 			cmd = provider.String(news, "create")
 		}
-		return p.run(ctx, cmd, news, olds)
+		return p.run(p.logger(ctx, req.GetUrn()), cmd, news, olds)
 	})
 }
 
 func (p *commandProvider) Delete(ctx context.Context, req *pulumirpc.DeleteRequest) (*emptypb.Empty, error) {
+	ctx, done := p.ops.start(ctx, req.GetTimeout())
+	defer done()
 	olds, err := provider.Unmarshal(req.GetProperties(), false)
 	if err != nil {
 		return nil, err
 	}
 	if cmd := provider.String(olds, "delete"); cmd != "" {
-		if _, err := p.run(ctx, cmd, olds, olds); err != nil {
+		if _, err := p.run(p.logger(ctx, req.GetUrn()), cmd, olds, olds); err != nil {
 			return nil, err
 		}
 	}
@@ -169,13 +260,19 @@ func resourceName(urn string) string {
 	return "command"
 }
 
-func randomSuffix() string {
-	return strconv.FormatInt(time.Now().UnixNano()%100000000, 36)
+// loggingOf is the `logging` input; nil when unset (upstream's default: stdout and stderr).
+func loggingOf(in resource.PropertyMap) *string {
+	if v, ok := in["logging"]; ok && v.IsString() {
+		s := v.StringValue()
+		return &s
+	}
+	return nil
 }
 
-// run executes cmd over SSH with the inputs' connection, stdin and environment; prev holds the
-// previous outputs (for PULUMI_COMMAND_STDOUT/STDERR). It returns the inputs plus stdout/stderr.
-func (p *commandProvider) run(ctx context.Context, cmd string, in, prev resource.PropertyMap) (resource.PropertyMap, error) {
+// run executes cmd over SSH with the inputs' connection, stdin and environment (upstream
+// remote/commandOutputs.go run); prev holds the previous outputs (for PULUMI_COMMAND_STDOUT/STDERR).
+// It returns the inputs plus stdout/stderr.
+func (p *commandProvider) run(log logger, cmd string, in, prev resource.PropertyMap) (resource.PropertyMap, error) {
 	outs := in.Copy()
 	if cmd == "" {
 		if prev != nil {
@@ -189,9 +286,9 @@ func (p *commandProvider) run(ctx context.Context, cmd string, in, prev resource
 	}
 	connV, ok := in["connection"]
 	if !ok || !connV.IsObject() {
-		return nil, errors.New("connection is required")
+		return nil, errNoConnection
 	}
-	client, closer, err := dial(ctx, connV.ObjectValue())
+	client, closer, err := dial(log.ctx, dialer{status: log.infoStatus}, connV.ObjectValue())
 	if err != nil {
 		return nil, err
 	}
@@ -199,15 +296,18 @@ func (p *commandProvider) run(ctx context.Context, cmd string, in, prev resource
 
 	session, err := client.NewSession()
 	if err != nil {
-		return nil, fmt.Errorf("opening an SSH session: %w", err)
+		return nil, err
 	}
 	defer session.Close()
 
-	env := map[string]string{}
 	if e, ok := in["environment"]; ok && e.IsObject() {
-		for k, v := range e.ObjectValue() {
-			if v.IsString() {
-				env[string(k)] = v.StringValue()
+		env := e.ObjectValue()
+		for _, k := range env.StableKeys() {
+			if v := env[k]; v.IsString() {
+				if err := session.Setenv(string(k), v.StringValue()); err != nil {
+					log.error(setenvMessage(string(k)))
+					return nil, fmt.Errorf("could not set environment variable %q: %w", string(k), err)
+				}
 			}
 		}
 	}
@@ -216,48 +316,43 @@ func (p *commandProvider) run(ctx context.Context, cmd string, in, prev resource
 		addPrev = v.BoolValue()
 	}
 	if addPrev && prev != nil {
-		if s := provider.String(prev, "stdout"); s != "" {
-			env["PULUMI_COMMAND_STDOUT"] = s
-		}
-		if s := provider.String(prev, "stderr"); s != "" {
-			env["PULUMI_COMMAND_STDERR"] = s
-		}
-	}
-	names := make([]string, 0, len(env))
-	for k := range env {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		if err := session.Setenv(k, env[k]); err != nil {
-			return nil, fmt.Errorf("unable to set '%s'. This only works if your SSH server is configured "+
-				"to accept these variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command "+
-				"on the remote host, you could prefix the command itself with the variables in the form 'VAR=value "+
-				"command': %w", k, err)
+		// tried, and only a warning when the server refuses them
+		for _, kv := range [][2]string{
+			{"PULUMI_COMMAND_STDOUT", provider.String(prev, "stdout")},
+			{"PULUMI_COMMAND_STDERR", provider.String(prev, "stderr")},
+		} {
+			if kv[1] != "" && session.Setenv(kv[0], kv[1]) != nil {
+				log.warning(setenvMessage(kv[0]))
+			}
 		}
 	}
 	if s := provider.String(in, "stdin"); s != "" {
 		session.Stdin = strings.NewReader(s)
 	}
-	var stdout, stderr bytes.Buffer
-	session.Stdout, session.Stderr = &stdout, &stderr
+	out := newCommandOutput(loggingOf(in), log.infoStatus)
+	session.Stdout, session.Stderr = out.Stdout, out.Stderr
 
-	done := make(chan error, 1)
-	go func() { done <- session.Run(cmd) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = session.Signal(ssh.SIGTERM)
-		err = ctx.Err()
-	}
-	outStr := strings.TrimSuffix(stdout.String(), "\n")
-	errStr := strings.TrimSuffix(stderr.String(), "\n")
+	// No context: a cancelled operation lets a running command go on to its end, as upstream.
+	err = session.Run(cmd)
+	out.finish()
 	if err != nil {
-		return nil, fmt.Errorf("%w: running %q:\n%s\n%s", err, cmd, outStr, errStr)
+		return nil, commandError(err, cmd, out.both.String())
 	}
-	outs["stdout"] = resource.NewStringProperty(outStr)
-	outs["stderr"] = resource.NewStringProperty(errStr)
+	outs["stdout"] = resource.NewStringProperty(strings.TrimSuffix(out.stdout.String(), "\n"))
+	outs["stderr"] = resource.NewStringProperty(strings.TrimSuffix(out.stderr.String(), "\n"))
 	return outs, nil
+}
+
+// commandError is upstream's error of a failed run: the command quoted, then stdout and stderr as they
+// came, interleaved.
+func commandError(err error, cmd, output string) error {
+	return fmt.Errorf("%w: running %q:\n%s", err, cmd, output)
+}
+
+func setenvMessage(name string) string {
+	return fmt.Sprintf("Unable to set '%s'. This only works if your SSH server is configured to accept "+
+		"these variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote host, "+
+		"you could prefix the command itself with the variables in the form 'VAR=value command'", name)
 }
 
 func prevOr(prev resource.PropertyMap, k string) resource.PropertyValue {
@@ -265,139 +360,4 @@ func prevOr(prev resource.PropertyMap, k string) resource.PropertyValue {
 		return v
 	}
 	return resource.NewStringProperty("")
-}
-
-// ---------------------------------------------------------------- SSH connection
-
-func clientConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
-	user := provider.String(c, "user")
-	if user == "" {
-		user = "root"
-	}
-	cfg := &ssh.ClientConfig{User: user, HostKeyCallback: ssh.InsecureIgnoreHostKey()} //nolint:gosec // as upstream without hostKey
-	cfg.Timeout = time.Duration(provider.Number(c, "perDialTimeout", 15)) * time.Second
-	closer := func() {}
-	if hk := provider.String(c, "hostKey"); hk != "" {
-		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hk))
-		if err != nil {
-			return nil, closer, fmt.Errorf("connection.hostKey: %w", err)
-		}
-		cfg.HostKeyCallback = ssh.FixedHostKey(pub)
-		cfg.HostKeyAlgorithms = []string{pub.Type()}
-		if pub.Type() == ssh.KeyAlgoRSA {
-			cfg.HostKeyAlgorithms = []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
-		}
-	}
-	if key := provider.String(c, "privateKey"); key != "" {
-		var signer ssh.Signer
-		var err error
-		if pw := provider.String(c, "privateKeyPassword"); pw != "" {
-			signer, err = ssh.ParsePrivateKeyWithPassphrase([]byte(key), []byte(pw))
-		} else {
-			signer, err = ssh.ParsePrivateKey([]byte(key))
-		}
-		if err != nil {
-			return nil, closer, fmt.Errorf("connection.privateKey: %w", err)
-		}
-		cfg.Auth = append(cfg.Auth, ssh.PublicKeys(signer))
-	}
-	if pw := provider.String(c, "password"); pw != "" {
-		cfg.Auth = append(cfg.Auth, ssh.Password(pw),
-			ssh.KeyboardInteractive(func(_, _ string, qs []string, _ []bool) ([]string, error) {
-				answers := make([]string, len(qs))
-				for i := range answers {
-					answers[i] = pw
-				}
-				return answers, nil
-			}))
-	}
-	sock := provider.String(c, "agentSocketPath")
-	if sock == "" && len(cfg.Auth) == 0 {
-		sock = os.Getenv("SSH_AUTH_SOCK")
-	}
-	if sock != "" {
-		conn, err := net.Dial("unix", sock)
-		if err != nil {
-			return nil, closer, fmt.Errorf("connection.agentSocketPath %s: %w", sock, err)
-		}
-		cfg.Auth = append(cfg.Auth, ssh.PublicKeysCallback(agent.NewClient(conn).Signers))
-		closer = func() { _ = conn.Close() }
-	}
-	return cfg, closer, nil
-}
-
-func address(c resource.PropertyMap) string {
-	return net.JoinHostPort(provider.String(c, "host"), strconv.Itoa(int(provider.Number(c, "port", 22))))
-}
-
-// withRetries dials up to dialErrorLimit times (default 10; -1 = no limit), 1 s apart.
-func withRetries[T any](ctx context.Context, c resource.PropertyMap, what string, f func() (T, error)) (T, error) {
-	limit := int(provider.Number(c, "dialErrorLimit", 10))
-	var zero T
-	var last error
-	for i := 0; limit < 0 || i < limit || i == 0; i++ {
-		v, err := f()
-		if err == nil {
-			return v, nil
-		}
-		last = err
-		if strings.Contains(err.Error(), "host key mismatch") || strings.Contains(err.Error(), "unable to authenticate") {
-			break // not transient
-		}
-		select {
-		case <-ctx.Done():
-			return zero, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	return zero, fmt.Errorf("failed to dial %s: %w", what, last)
-}
-
-func dial(ctx context.Context, c resource.PropertyMap) (*ssh.Client, func(), error) {
-	cfg, closeAgent, err := clientConfig(c)
-	if err != nil {
-		return nil, closeAgent, err
-	}
-	addr := address(c)
-	proxyV, hasProxy := c["proxy"]
-	if !hasProxy || !proxyV.IsObject() {
-		client, err := withRetries(ctx, c, addr, func() (*ssh.Client, error) { return ssh.Dial("tcp", addr, cfg) })
-		if err != nil {
-			closeAgent()
-			return nil, func() {}, err
-		}
-		return client, func() { _ = client.Close(); closeAgent() }, nil
-	}
-	pc := proxyV.ObjectValue()
-	pcfg, closeProxyAgent, err := clientConfig(pc)
-	if err != nil {
-		closeAgent()
-		return nil, func() {}, err
-	}
-	paddr := address(pc)
-	jump, err := withRetries(ctx, pc, "proxy "+paddr, func() (*ssh.Client, error) { return ssh.Dial("tcp", paddr, pcfg) })
-	if err != nil {
-		closeAgent()
-		closeProxyAgent()
-		return nil, func() {}, err
-	}
-	client, err := withRetries(ctx, c, addr+" via "+paddr, func() (*ssh.Client, error) {
-		conn, err := jump.Dial("tcp", addr)
-		if err != nil {
-			return nil, err
-		}
-		cc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
-		if err != nil {
-			_ = conn.Close()
-			return nil, err
-		}
-		return ssh.NewClient(cc, chans, reqs), nil
-	})
-	if err != nil {
-		_ = jump.Close()
-		closeAgent()
-		closeProxyAgent()
-		return nil, func() {}, err
-	}
-	return client, func() { _ = client.Close(); _ = jump.Close(); closeAgent(); closeProxyAgent() }, nil
 }
