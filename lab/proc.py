@@ -87,6 +87,21 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    """Signal pid and every process below it, found by parent id (not by process group: the Pulumi CLI
+    starts each plugin in a process group of its own, so killpg on the CLI leaves its plugins running with
+    init as their parent). The descendants are listed first and signalled leaves first, so none is
+    re-parented out of reach in between. -> the pids signalled."""
+    pids = [pid]
+    i = 0
+    while i < len(pids) and i < 10_000:
+        pids += children_of(pids[i])
+        i += 1
+    for p in reversed(pids):
+        kill_pid(p, sig)
+    return pids
+
+
 def keygen(path: Path, comment: str, error: type[Exception] = LabError) -> str:
     """An ed25519 key pair at path (made once); -> its public key as `type base64`."""
     if not path.exists():

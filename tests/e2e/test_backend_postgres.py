@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.proc import free_port, wait_for
+from lab.proc import free_port, gone, kill_tree, wait_for
 from tests.e2e.conftest import Scenario, consumer_reads_outputs, running_scenario
 from tests.e2e.engine import PROJECT, Toolchain
 from tools.pg_backend import PgBackend
@@ -151,7 +150,8 @@ def test_a_concurrent_up_fails_fast_on_the_lock_and_changes_nothing(scenario, pg
         assert a.wait(timeout=240) == 0, (s.tmp / "up-a.log").read_text()[-3000:]
     finally:
         if a.poll() is None:
-            os.killpg(a.pid, signal.SIGKILL)
+            kill_tree(a.pid)
+            a.wait(timeout=30)
     assert b.returncode != 0 and LOCK_MESSAGE in b.stdout + b.stderr, (b.stdout + b.stderr)[-3000:]
     assert a_running, "A had finished before B was refused: the lock was not proven held"
     assert "m3" not in b.stdout, f"B ran steps: {b.stdout[-2000:]}"
@@ -179,8 +179,10 @@ def test_a_killed_up_leaves_a_lock_that_cancel_clears_and_the_next_up_converges(
         wait_for(lambda: m1.restarts() > restarts or p.poll() is not None, "m1's restart by the rollout", timeout=180)
         assert p.poll() is None, f"the up ended before it could be killed:\n{log.read_text()[-3000:]}"
     finally:
-        os.killpg(p.pid, signal.SIGKILL)  # the CLI, the language host and the providers
+        # the CLI, the language host and the providers (each plugin in a process group of its own)
+        killed = kill_tree(p.pid)
         p.wait(timeout=30)
+    wait_for(lambda: all(gone(pid) for pid in killed), "the end of the killed up's plugins", timeout=10)
     locks = _locks(pg)
     assert len(locks) == 1, f"the killed up left {locks}"
 

@@ -24,7 +24,7 @@ import yaml
 
 from lab import sshd
 from lab.hosts import Host, Lab, LabError
-from lab.proc import children_of, kill_pid, tcp_open, wait_for
+from lab.proc import kill_pid, kill_tree, tcp_open, wait_for
 from tests.e2e.engine import PROJECT, E2EStack, Project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -208,13 +208,7 @@ def _plain(value: Any) -> Any:
 
 def _kill_tree(p: subprocess.Popen) -> None:
     """Stop a `pulumi up` this test started and the plugins it started, by their ids."""
-    pids = [p.pid]
-    i = 0
-    while i < len(pids):
-        pids += children_of(pids[i])
-        i += 1
-    for pid in reversed(pids):
-        kill_pid(pid, signal.SIGKILL)
+    kill_tree(p.pid)
     p.wait(10)
 
 
