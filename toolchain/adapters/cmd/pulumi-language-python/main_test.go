@@ -157,7 +157,7 @@ func TestPolicyPackStartsAfterConfigureStackWithTheStacksEnvironment(t *testing.
 	}
 	want := map[string]string{
 		"PULUMI_STACK": "prod", "PULUMI_ORGANIZATION": "acme", "PULUMI_DRY_RUN": "true",
-		"PULUMI_CONFIG": `{"metrics-aggregation:pki":"{\"keyAlgorithm\":\"ED25519\"}"}`,
+		"PULUMI_CONFIG":  `{"metrics-aggregation:pki":"{\"keyAlgorithm\":\"ED25519\"}"}`,
 		"PULUMI_PROJECT": "from-request", // the request's env comes last and wins
 	}
 	for k, v := range want {
