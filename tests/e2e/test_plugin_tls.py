@@ -124,8 +124,14 @@ def test_early_renewal_hours_that_reach_now_replace_the_certificate(probe: Probe
         result, events, _ = s.preview()
     finally:
         s.config_file.write_text(saved)
-    ops = _ops_by_name(events)
-    assert {n: o for n, o in ops.items() if o != "same"} == {"leaf": "replace"}, ops
+    # create-replacement, replace, delete-replaced: every step of one replacement, of the leaf alone
+    steps: dict[str, set[str]] = {}
+    for e in events:
+        if e.resource_pre_event is not None:
+            meta = e.resource_pre_event.metadata
+            steps.setdefault(meta.urn.rsplit("::", 1)[1], set()).add(getattr(meta.op, "value", str(meta.op)))
+    assert {n: o for n, o in steps.items() if o != {"same"}} == {
+        "leaf": {"create-replacement", "replace", "delete-replaced"}}, steps
     assert result.change_summary.get("replace") == 1, result.change_summary
 
 
