@@ -205,7 +205,8 @@ var inputKeys = map[string][]string{
 // (terraform-provider-tls internal/provider/resource_self_signed_cert.go, resource_locally_signed_cert.go).
 var updateKeys = map[string]bool{"earlyRenewalHours": true}
 
-// Configure reports provider-side previews, as the bridged upstream does: a preview of an update
+// Configure reports provider-side previews, as the bridge does (pulumi-terraform-bridge
+// pkg/tfbridge/provider.go Configure: SupportsPreview true): a preview of an update
 // then asks Update, which carries the state's certificate forward, instead of taking the new inputs
 // for the outputs (which would make certPem unknown downstream of a mere earlyRenewalHours change).
 func (p *tlsProvider) Configure(ctx context.Context, req *pulumirpc.ConfigureRequest) (*pulumirpc.ConfigureResponse, error) {
