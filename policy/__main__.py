@@ -2,9 +2,10 @@
 
 Only wiring lives here: constructing a PolicyPack starts the analyzer server and never returns, so the
 policy logic is in aggregation_policies.py, where the unit tests import it (tests/unit/test_policy.py).
+The stack's name and config reach the policies as PULUMI_STACK / PULUMI_CONFIG, which the Python language
+host sets when it starts the pack (pulumi sdk/python/cmd/pulumi-language-python/main.go RunPlugin).
 """
 
-import json
 import os
 import sys
 
@@ -16,24 +17,6 @@ sys.path.append(os.path.dirname(_HERE))  # after site-packages: the repo's folde
 
 from aggregation_policies import PACK_NAME, build_policies  # noqa: E402
 from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
-from pulumi_policy import policy as _policy_runtime  # noqa: E402
-
-# The policies read the stack's config and name from PULUMI_CONFIG / PULUMI_STACK (the environment older
-# CLIs give a policy pack). Newer engines (the one `make toolchain` builds) send both only in the
-# analyzer's ConfigureStack call, which pulumi_policy 1.21 keeps no more of than the tags: put them where
-# the policies look, before the engine asks for any analysis.
-_configure_stack = _policy_runtime._PolicyAnalyzerServicer.ConfigureStack
-
-
-def _configure_stack_keeping_config(self, request, context):
-    if request.config:
-        os.environ["PULUMI_CONFIG"] = json.dumps(dict(request.config))
-    if request.stack:
-        os.environ["PULUMI_STACK"] = request.stack
-    return _configure_stack(self, request, context)
-
-
-_policy_runtime._PolicyAnalyzerServicer.ConfigureStack = _configure_stack_keeping_config
 
 PolicyPack(
     name=PACK_NAME,

@@ -80,8 +80,10 @@ def test_a_bad_production_stack_fails_with_each_policys_message(toolchain, tmp_p
 
 
 def test_the_pack_sees_the_stack_under_this_engine(toolchain, tmp_path, ssh_key):
-    """The engine sends the stack's name and config only in ConfigureStack (policy/__main__.py keeps them):
-    a stack named `production` whose pack config does not say `production` is production by its name."""
+    """The engine sends the stack's name and config in ConfigureStack, and the language host starts the
+    pack with them as PULUMI_STACK / PULUMI_CONFIG (pulumi sdk/python/cmd/pulumi-language-python/main.go
+    RunPlugin; policy/__main__.py patches nothing): a stack named `production` whose pack config does not
+    say `production` is production by its name."""
     pack_config = json.loads((REPO / "policy" / "config" / "prod.json").read_text())
     for policy in pack_config.values():
         policy.pop("production", None)

@@ -18,7 +18,8 @@
 // pulumi-plugin.json files of the installed Python packages), InstallDependencies
 // (virtualenv + `pip install -r requirements.txt`), GetPluginInfo, About,
 // GetProgramDependencies, RuntimeOptionsPrompts (none), RunPlugin for policy packs (kind analyzer:
-// `python -u -m pulumi.policy <engine> <pack dir>`, which the engine uses since v3.221).
+// `python -u -m pulumi.policy <engine> <pack dir>`, which the engine uses since v3.221, behind
+// upstream's policy proxy so that the pack starts with the stack's PULUMI_* environment).
 // Runtime options from Pulumi.yaml: `virtualenv` (relative to the project root) and
 // `toolchain: pip` (the default). uv and poetry toolchains are not supported.
 // Not supported (Unimplemented): code generation (GeneratePackage/Program/Project),
@@ -40,6 +41,7 @@ import (
 	"strings"
 	"sync"
 
+	sdk "github.com/pulumi/pulumi/sdk/v3"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -341,13 +343,17 @@ func (h *pythonHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulum
 		}
 		env = append(env, "PULUMI_CONFIG="+string(b))
 	}
+	// `[]` when the engine sends none, as upstream's constructConfigSecretKeys
+	// (pulumi sdk/python/cmd/pulumi-language-python/main.go).
+	secretKeys := "[]"
 	if keys := req.GetConfigSecretKeys(); keys != nil {
 		b, err := json.Marshal(keys)
 		if err != nil {
 			return nil, fmt.Errorf("serializing the secret config keys: %w", err)
 		}
-		env = append(env, "PULUMI_CONFIG_SECRET_KEYS="+string(b))
+		secretKeys = string(b)
 	}
+	env = append(env, "PULUMI_CONFIG_SECRET_KEYS="+secretKeys)
 
 	cmd := exec.CommandContext(ctx, py.python, args...)
 	cmd.Env = env
@@ -414,23 +420,24 @@ func (w pluginWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// RunPlugin runs a Python policy pack (PulumiPolicy.yaml) for the engine:
-// `python -u -m pulumi.policy <engine address> <pack dir>` in the pack's virtualenv.
+// RunPlugin runs a Python policy pack (PulumiPolicy.yaml) for the engine as upstream's RunPlugin does
+// (pulumi sdk/python/cmd/pulumi-language-python/main.go, with sdk/policy_proxy.go of the same sdk/v3
+// module): `python -u -m pulumi.policy <engine address> <pack dir>` in the pack's directory and
+// virtualenv, started only once the engine's ConfigureStack reached the policy proxy, with the stack's
+// PULUMI_* variables (packEnv) and then the request's env. The engine talks to the proxy, whose port
+// goes out first; the proxy attaches to the pack's port and forwards everything to it.
 func (h *pythonHost) RunPlugin(req *pulumirpc.RunPluginRequest, server pulumirpc.LanguageRuntime_RunPluginServer) error {
 	if req.GetKind() != "analyzer" {
 		return fmt.Errorf("pulumi-language-python (metrics-aggregation adapter): running %q plugins "+
 			"is not supported, only policy packs", req.GetKind())
 	}
+	ctx := server.Context()
 	info := req.GetInfo()
 	venv, err := venvDir(info, req.GetPwd())
 	if err != nil {
 		return err
 	}
-	base := req.GetEnv()
-	if len(base) == 0 {
-		base = os.Environ()
-	}
-	py, err := resolvePythonEnv(venv, base, true)
+	py, err := resolvePythonEnv(venv, os.Environ(), true)
 	if err != nil {
 		return err
 	}
@@ -442,22 +449,66 @@ func (h *pythonHost) RunPlugin(req *pulumirpc.RunPluginRequest, server pulumirpc
 	args = append(args, dir)
 
 	mu := &sync.Mutex{}
-	cmd := exec.CommandContext(server.Context(), py.python, args...)
+	proxy, stdout, err := sdk.NewPolicyProxy(ctx, pluginWriter{server: server, mu: mu})
+	if err != nil {
+		return fmt.Errorf("could not start policy pack proxy: %w", err)
+	}
+	config, err := proxy.AwaitConfiguration(ctx)
+	if err != nil {
+		return fmt.Errorf("could not get stack configuration: %w", err)
+	}
+	env, err := packEnv(config)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, py.python, args...)
 	cmd.Dir = dir
-	cmd.Env = py.env
-	cmd.Stdout = pluginWriter{server: server, mu: mu}
+	cmd.Env = append(append(py.env, env...), req.GetEnv()...)
+	cmd.Stdout = stdout
 	cmd.Stderr = pluginWriter{server: server, stderr: true, mu: mu}
+	if err := cmd.Start(); err != nil {
+		proxy.Abort(err)
+		return fmt.Errorf("running %s: %w", py.python, err)
+	}
 	code := int32(0)
-	if err := cmd.Run(); err != nil {
+	if err := proxy.Attach(ctx, cmd); err != nil {
 		var exitErr *exec.ExitError
 		if !errors.As(err, &exitErr) {
-			return fmt.Errorf("running %s: %w", py.python, err)
+			return fmt.Errorf("could not attach policy pack proxy: %w", err)
 		}
 		code = int32(exitErr.ExitCode())
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	return server.Send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: code}})
+}
+
+// packEnv is the environment upstream's RunPlugin gives a policy pack from the engine's ConfigureStack
+// (nil: the engine asked something else first, so no variables): PULUMI_ORGANIZATION, PULUMI_PROJECT,
+// PULUMI_STACK, PULUMI_DRY_RUN and PULUMI_CONFIG (the config as JSON), each only when not empty.
+// PULUMI_CONFIG_SECRET_KEYS is not among them: upstream sets it for programs (Run) only.
+func packEnv(config *pulumirpc.AnalyzerStackConfigureRequest) ([]string, error) {
+	var env []string
+	if config == nil {
+		return env, nil
+	}
+	add := func(k, v string) {
+		if v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	add("PULUMI_ORGANIZATION", config.GetOrganization())
+	add("PULUMI_PROJECT", config.GetProject())
+	add("PULUMI_STACK", config.GetStack())
+	add("PULUMI_DRY_RUN", strconv.FormatBool(config.GetDryRun()))
+	if config.GetConfig() != nil {
+		b, err := json.Marshal(config.GetConfig())
+		if err != nil {
+			return nil, fmt.Errorf("could not marshal stack configuration: %w", err)
+		}
+		add("PULUMI_CONFIG", string(b))
+	}
+	return env, nil
 }
 
 func (h *pythonHost) InstallDependencies(req *pulumirpc.InstallDependenciesRequest,

@@ -15,8 +15,12 @@
 //	tls:index/selfSignedCert:SelfSignedCert       X.509 v3, self-signed
 //	tls:index/locallySignedCert:LocallySignedCert X.509 v3, signed by a CA key + cert
 //
-// Semantics follow the Terraform tls provider's documented behaviour: every input change replaces
-// the resource; certificates are replaced once `readyForRenewal` (now >= end - earlyRenewalHours);
+// Semantics follow terraform-provider-tls (internal/provider/common_cert.go and resource_*.go), which
+// pulumi-tls bridges: every input change replaces the resource except a certificate's
+// earlyRenewalHours, an in-place update of the state only (no new certificate); a certificate is
+// replaced once `readyForRenewal` (now >= end - earlyRenewalHours, the planned earlyRenewalHours, at
+// Diff as the bridge runs ModifyPlan there); validityStartTime/validityEndTime are time.Now()-based
+// MarshalText values (RFC 3339 with nanoseconds, trailing zeros dropped, in the provider's local zone);
 // private-key outputs are secrets. Not implemented: the write-only inputs (*Wo), the functions
 // getPublicKey / getCertificate, the provider's `proxy` config, and `import`.
 // It is NOT the upstream provider: use it for the local sandbox and tests, not for production keys.
@@ -184,7 +188,8 @@ func (p *tlsProvider) Check(_ context.Context, req *pulumirpc.CheckRequest) (*pu
 	return &pulumirpc.CheckResponse{Inputs: inputs, Failures: failures}, nil
 }
 
-// inputKeys lists the inputs of each type: any change to one of them replaces the resource.
+// inputKeys lists the inputs of each type: a change to one of them replaces the resource, except
+// the updateKeys.
 var inputKeys = map[string][]string{
 	tPrivateKey:  {"algorithm", "ecdsaCurve", "rsaBits"},
 	tCertRequest: {"privateKeyPem", "subject", "dnsNames", "ipAddresses", "uris"},
@@ -193,6 +198,24 @@ var inputKeys = map[string][]string{
 		"setSubjectKeyId"},
 	tLocallySignedCert: {"certRequestPem", "caPrivateKeyPem", "caCertPem", "allowedUses", "validityPeriodHours",
 		"earlyRenewalHours", "isCaCertificate", "maxPathLength", "setSubjectKeyId"},
+}
+
+// updateKeys are the inputs whose change is an in-place update: earlyRenewalHours is the only
+// attribute of the certificate resources without a RequiresReplace plan modifier
+// (terraform-provider-tls internal/provider/resource_self_signed_cert.go, resource_locally_signed_cert.go).
+var updateKeys = map[string]bool{"earlyRenewalHours": true}
+
+// Configure reports provider-side previews, as the bridge does (pulumi-terraform-bridge
+// pkg/tfbridge/provider.go Configure: SupportsPreview true): a preview of an update
+// then asks Update, which carries the state's certificate forward, instead of taking the new inputs
+// for the outputs (which would make certPem unknown downstream of a mere earlyRenewalHours change).
+func (p *tlsProvider) Configure(ctx context.Context, req *pulumirpc.ConfigureRequest) (*pulumirpc.ConfigureResponse, error) {
+	resp, err := p.Base.Configure(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.SupportsPreview = true
+	return resp, nil
 }
 
 func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
@@ -205,7 +228,7 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 	for _, k := range req.GetIgnoreChanges() {
 		ignored[k] = true
 	}
-	var replaces []string
+	var diffs, replaces []string
 	detailed := map[string]*pulumirpc.PropertyDiff{}
 	for _, k := range inputKeys[t] {
 		if ignored[k] {
@@ -214,40 +237,55 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 		if provider.InputChanged(olds, news, k) {
 			_, hasOld := olds[resource.PropertyKey(k)]
 			_, hasNew := news[resource.PropertyKey(k)]
-			replaces = append(replaces, k)
-			kind := pulumirpc.PropertyDiff_UPDATE_REPLACE
-			if !hasOld {
-				kind = pulumirpc.PropertyDiff_ADD_REPLACE
-			} else if !hasNew {
-				kind = pulumirpc.PropertyDiff_DELETE_REPLACE
+			diffs = append(diffs, k)
+			replace := !updateKeys[k]
+			if replace {
+				replaces = append(replaces, k)
 			}
-			detailed[k] = &pulumirpc.PropertyDiff{Kind: kind, InputDiff: true}
+			kind := map[bool]pulumirpc.PropertyDiff_Kind{false: pulumirpc.PropertyDiff_UPDATE, true: pulumirpc.PropertyDiff_UPDATE_REPLACE}
+			if !hasOld {
+				kind = map[bool]pulumirpc.PropertyDiff_Kind{false: pulumirpc.PropertyDiff_ADD, true: pulumirpc.PropertyDiff_ADD_REPLACE}
+			} else if !hasNew {
+				kind = map[bool]pulumirpc.PropertyDiff_Kind{false: pulumirpc.PropertyDiff_DELETE, true: pulumirpc.PropertyDiff_DELETE_REPLACE}
+			}
+			detailed[k] = &pulumirpc.PropertyDiff{Kind: kind[replace], InputDiff: true}
 		}
 	}
 	if t == tSelfSignedCert || t == tLocallySignedCert {
-		if readyForRenewal(olds) {
+		// ModifyPlan reads early_renewal_hours from the plan: the new value decides, the state's
+		// only while the new one is not known yet.
+		plan := resource.PropertyMap{"validityEndTime": olds["validityEndTime"], "earlyRenewalHours": olds["earlyRenewalHours"]}
+		if v, ok := news["earlyRenewalHours"]; ok && v.IsNumber() {
+			plan["earlyRenewalHours"] = v
+		}
+		ready, err := readyForRenewal(plan, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if ready {
+			diffs = append(diffs, "readyForRenewal")
 			replaces = append(replaces, "readyForRenewal")
 			detailed["readyForRenewal"] = &pulumirpc.PropertyDiff{Kind: pulumirpc.PropertyDiff_UPDATE_REPLACE}
 		}
 	}
-	// Every change replaces: the changed inputs and the replacing ones are the same list.
-	return provider.DiffResult(replaces, replaces, detailed), nil
+	return provider.DiffResult(diffs, replaces, detailed), nil
 }
 
-func readyForRenewal(state resource.PropertyMap) bool {
+// readyForRenewal is terraform-provider-tls common_cert.go's test (modifyPlanIfCertificateReadyForRenewal,
+// modifyStateIfCertificateReadyForRenewal): the early-renewal time, validity_end_time minus
+// early_renewal_hours, is not after now. A validityEndTime that does not parse as RFC 3339 is an error,
+// as upstream; a state without one (being created) is not ready.
+func readyForRenewal(state resource.PropertyMap, now time.Time) (bool, error) {
 	end, ok := state["validityEndTime"]
 	if !ok || !end.IsString() {
-		return false
+		return false, nil
 	}
 	t, err := time.Parse(time.RFC3339, end.StringValue())
 	if err != nil {
-		return false
+		return false, fmt.Errorf("tls: failed to parse data from string: %s: %w", end.StringValue(), err)
 	}
-	early := 0.0
-	if v, ok := state["earlyRenewalHours"]; ok && v.IsNumber() {
-		early = v.NumberValue()
-	}
-	return !time.Now().Before(t.Add(-time.Duration(early * float64(time.Hour))))
+	early := provider.Number(state, "earlyRenewalHours", 0)
+	return t.Add(-time.Duration(early*float64(time.Hour))).Sub(now) <= 0, nil
 }
 
 func (p *tlsProvider) Create(_ context.Context, req *pulumirpc.CreateRequest) (*pulumirpc.CreateResponse, error) {
@@ -289,7 +327,11 @@ func (p *tlsProvider) Read(_ context.Context, req *pulumirpc.ReadRequest) (*pulu
 	}
 	t := provider.ResourceType(req.GetUrn())
 	if t == tSelfSignedCert || t == tLocallySignedCert {
-		state["readyForRenewal"] = resource.NewBoolProperty(readyForRenewal(state))
+		ready, err := readyForRenewal(state, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		state["readyForRenewal"] = resource.NewBoolProperty(ready)
 	}
 	props, err := p.Marshal(state)
 	if err != nil {
@@ -298,8 +340,39 @@ func (p *tlsProvider) Read(_ context.Context, req *pulumirpc.ReadRequest) (*pulu
 	return &pulumirpc.ReadResponse{Id: req.GetId(), Properties: props, Inputs: req.GetInputs()}, nil
 }
 
-func (p *tlsProvider) Update(context.Context, *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
-	return nil, errors.New("tls: every change replaces the resource; Update is never expected")
+// Update is upstream's updatedUsingPlan (terraform-provider-tls internal/provider/common.go): the new
+// state is the plan, the new inputs over the state's computed values (UseStateForUnknown), so the key,
+// CSR and certificate stay as they are. Diff sends only an earlyRenewalHours change of a certificate
+// here; a preview answers the same, as the values are all known.
+func (p *tlsProvider) Update(_ context.Context, req *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
+	t := provider.ResourceType(req.GetUrn())
+	if t != tSelfSignedCert && t != tLocallySignedCert {
+		return nil, fmt.Errorf("tls: every change of a %s replaces it; Update is never expected", t)
+	}
+	olds, news, err := provider.OldsAndNews(req)
+	if err != nil {
+		return nil, err
+	}
+	outs := updatedUsingPlan(olds, news)
+	props, err := p.Marshal(outs)
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.UpdateResponse{Properties: props}, nil
+}
+
+// updatedUsingPlan: the state's outputs with the new inputs over them; readyForRenewal false, as a
+// ready certificate is replaced, never updated.
+func updatedUsingPlan(olds, news resource.PropertyMap) resource.PropertyMap {
+	outs := resource.PropertyMap{}
+	for k, v := range olds {
+		outs[k] = v
+	}
+	for k, v := range news {
+		outs[k] = v
+	}
+	outs["readyForRenewal"] = resource.NewBoolProperty(false)
+	return outs
 }
 
 func (p *tlsProvider) Delete(context.Context, *pulumirpc.DeleteRequest) (*emptypb.Empty, error) {
@@ -583,7 +656,9 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 	if hours <= 0 {
 		return "", nil, fmt.Errorf("validityPeriodHours must be > 0 (got %v)", hours)
 	}
-	now := time.Now().UTC().Truncate(time.Second)
+	// time.Now(), not UTC nor truncated: validityStartTime/validityEndTime carry its zone and nanoseconds
+	// (x509 writes the certificate's own times in UTC whole seconds).
+	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		NotBefore:             now,
@@ -676,8 +751,15 @@ func createCert(t string, in resource.PropertyMap) (string, resource.PropertyMap
 		return "", nil, err
 	}
 	outs["certPem"] = resource.NewStringProperty(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	outs["validityStartTime"] = resource.NewStringProperty(tmpl.NotBefore.Format(time.RFC3339))
-	outs["validityEndTime"] = resource.NewStringProperty(tmpl.NotAfter.Format(time.RFC3339))
+	// MarshalText, as terraform-provider-tls common_cert.go createCertificate: RFC 3339 with nanoseconds
+	// (trailing zeros dropped) in the local zone, e.g. 2027-11-26T17:05:17.750041123-04:00.
+	for k, at := range map[resource.PropertyKey]time.Time{"validityStartTime": tmpl.NotBefore, "validityEndTime": tmpl.NotAfter} {
+		text, err := at.MarshalText()
+		if err != nil {
+			return "", nil, fmt.Errorf("%s: %w", k, err)
+		}
+		outs[k] = resource.NewStringProperty(string(text))
+	}
 	outs["readyForRenewal"] = resource.NewBoolProperty(false)
 	if t == tLocallySignedCert && keyAlgorithm(pub) == "" {
 		return "", nil, errors.New("certRequestPem: unsupported public key type")
