@@ -253,14 +253,14 @@ class Master(_Model):
 
     @model_validator(mode="after")
     def _host_key_type(self) -> Master:
-        _refuse_rsa_host_key(self.host_key, f"master {self.name}", self.address)
+        _refuse_rsa_host_key(self.host_key, f"master {self.name}", self.address, self.port)
         return self
 
 
-def _refuse_rsa_host_key(host_key: str | None, host: str, address: str) -> None:
+def _refuse_rsa_host_key(host_key: str | None, host: str, address: str, port: int | None) -> None:
     """A pinned RSA host key fails every step upstream (HOST_KEY_TYPES): refuse it at its hostKey key."""
     if host_key and is_rsa_host_key(host_key):
-        raise problem(("hostKey",), host_key, errors.rsa_host_key(host, address))
+        raise problem(("hostKey",), host_key, errors.rsa_host_key(host, address, port))
 
 
 def _check_extra_flags(v: Any) -> dict[str, str]:
@@ -338,7 +338,7 @@ class Bastion(_Model):
 
     @model_validator(mode="after")
     def _host_key_type(self) -> Bastion:
-        _refuse_rsa_host_key(self.host_key, f"the bastion {self.host}", self.host)
+        _refuse_rsa_host_key(self.host_key, f"the bastion {self.host}", self.host, self.port)
         return self
 
 
@@ -355,6 +355,13 @@ class Ssh(_Model):
     insecure_skip_host_key_check: bool = False
     dial_error_limit: Annotated[int, Field(ge=1, le=100)] = 10
     per_dial_timeout: Annotated[int, Field(ge=1, le=600)] = 15
+
+    @field_validator("agent_socket_path")
+    @classmethod
+    def _agent_socket_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError(errors.AGENT_SOCKET_PATH_BLANK)
+        return v
 
     @model_validator(mode="after")
     def _auth(self) -> Ssh:
@@ -1381,11 +1388,14 @@ class Settings(_Model):
     def _unpinned_host_keys(self) -> list[ProblemItem]:
         why = errors.UNPINNED_HOST_KEY
         problems: list[ProblemItem] = [
-            (("masters", i, "hostKey"), None, why.format(address=m.address))
+            (("masters", i, "hostKey"), None,
+             why.format(address=m.address, target=errors.keyscan_target(m.address, m.port or self.ssh.port)))
             for i, m in enumerate(self.masters) if not m.host_key
         ]
-        if self.ssh.bastion and not self.ssh.bastion.host_key:
-            problems.append((("ssh", "bastion", "hostKey"), None, why.format(address=self.ssh.bastion.host)))
+        b = self.ssh.bastion
+        if b and not b.host_key:
+            problems.append((("ssh", "bastion", "hostKey"), None,
+                             why.format(address=b.host, target=errors.keyscan_target(b.host, b.port))))
         return problems
 
     @model_validator(mode="after")

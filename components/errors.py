@@ -114,7 +114,7 @@ UNMANAGED_KEY_OWNER = (
 UNPINNED_HOST_KEY = (
     "is required: without it the program does not check whom it connects to, and sends the "
     "proxy-client key (and root commands) to whoever answers on {address}; pin the key with one "
-    "line of `ssh-keyscan -t ed25519 {address}` without the host name, checked against the host's "
+    "line of `ssh-keyscan -t ed25519 {target}` without the host name, checked against the host's "
     "own /etc/ssh/ssh_host_ed25519_key.pub, or set ssh.insecureSkipHostKeyCheck: true where nobody "
     "can stand in for the host"
 )
@@ -154,11 +154,17 @@ NOT_A_HOST_KEY = (
 )
 
 
-def rsa_host_key(host: str, address: str) -> str:
+def keyscan_target(address: str, port: int | None) -> str:
+    """ssh-keyscan's arguments for a host: it asks port 22 unless told."""
+    return f"-p {port} {address}" if port and port != 22 else address
+
+
+def rsa_host_key(host: str, address: str, port: int | None) -> str:
     return (
         f"is an RSA key ({host}): pulumi-command offers only the pinned key's type, for RSA ssh-rsa (SHA-1), which "
         "OpenSSH 8.8 and later refuse, so every step would fail with \"no common algorithm for host key\"; pin the "
-        f"host's ed25519 key instead: one line of `ssh-keyscan -t ed25519 {address}` without the host name, checked "
+        f"host's ed25519 key instead: one line of `ssh-keyscan -t ed25519 {keyscan_target(address, port)}` without the "
+        "host name, checked "
         "against the host's own /etc/ssh/ssh_host_ed25519_key.pub (or its ECDSA key, `ssh-keyscan -t ecdsa`)"
     )
 
@@ -182,6 +188,14 @@ def managed_flag(name: str) -> str:
 
 FRACTION_FLAG_VALUE = "is a number with a fraction, which YAML may have changed (1.10 reads as 1.1); quote it, e.g. '0.001'"
 NOT_A_FLAG_VALUE = "is not a flag value; quote it"
+
+# pulumi-command dials a set agentSocketPath whatever it holds (it tests for presence, not for text), so an
+# empty one fails every command with "dial unix: missing address", deletes included.
+AGENT_SOCKET_PATH_BLANK = (
+    "is empty, and pulumi-command would dial it as it is: every command would fail (\"dial unix: missing "
+    "address\"), deletes included; set the agent's socket path, or remove the key "
+    "(`pulumi config rm --path ssh.agentSocketPath`) to use ssh.privateKey and SSH_AUTH_SOCK"
+)
 
 SSH_KEY_MISSING = (
     "is missing; set it with `pulumi config set --secret --path ssh.privateKey --raw < "

@@ -24,10 +24,12 @@ CONNECT_TIMEOUT = 2.0
 def unreachable(path: str) -> str | None:
     """Why nothing answers on the unix socket `path` (as `net.Dial("unix", path)` would find), None when
     something does. Only connects, never speaks to the agent."""
+    # Go's net.Dial("unix", "@name") means Linux's abstract namespace, where Python wants a leading NUL
+    address = "\0" + path[1:] if path.startswith("@") else path
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(CONNECT_TIMEOUT)
-            s.connect(path)
+            s.connect(address)
     except OSError as e:  # missing file, refused (a stale socket file), not a socket, denied, path too long
         return e.strerror or type(e).__name__
     return None

@@ -107,6 +107,19 @@ def test_agent_socket_replaces_private_key(stack_config):
     assert conn["agentSocketPath"] == "/run/user/1000/ssh-agent.sock" and "privateKey" not in conn
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_agent_socket_path_is_refused(stack_config, blank):
+    """pulumi-command provider/pkg/provider/remote/connection.go (SSHConfig) dials a set agentSocketPath
+    whatever it holds: an empty one would fail every command, even next to ssh.privateKey."""
+    cfg = stack_config()
+    cfg["ssh"]["agentSocketPath"] = blank
+    with pytest.raises(ConfigError) as info:
+        run(cfg)
+    text = str(info.value)
+    assert "ssh.agentSocketPath" in text and "dial unix: missing address" in text, text
+    assert "pulumi config rm --path ssh.agentSocketPath" in text, text
+
+
 def test_secret_value_is_never_echoed(stack_config):
     cfg = stack_config()
     cfg["ssh"]["privateKey"] = "hunter2-not-a-key"

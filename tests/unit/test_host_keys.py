@@ -99,6 +99,26 @@ def test_an_rsa_host_key_is_refused_naming_the_master_and_the_fix(stack_config, 
     assert "ssh-keyscan -t ed25519 198.18.0.11" in line and "ssh-keyscan -t ecdsa" in line
 
 
+def test_the_keyscan_asks_the_port_ssh_uses(stack_config):
+    """ssh-keyscan asks port 22 unless told: the fix names the port the program connects to."""
+    cfg = stack_config(ssh={"port": 2222, "bastion": {"host": "198.18.0.99", "port": 2200}})
+    cfg["masters"][0].pop("hostKey")
+    cfg["masters"][1]["hostKey"] = RSA_KEY
+    cfg["masters"][1]["port"] = 2022
+    cfg["masters"][2].pop("hostKey")
+    cfg["masters"][2]["port"] = 22
+    # an RSA pin is refused with the master's own settings, before the unpinned ones are looked at
+    [rsa_line] = problems(cfg)
+    assert rsa_line.startswith("metrics-aggregation:masters[1].hostKey: "), rsa_line
+    assert "ssh-keyscan -t ed25519 -p 2022 198.18.0.11`" in rsa_line
+    cfg["masters"][1].pop("hostKey")
+    by_key = {p.split(": ", 1)[0].split(":", 1)[1]: p for p in problems(cfg)}
+    assert "ssh-keyscan -t ed25519 -p 2222 198.18.0.10`" in by_key["masters[0].hostKey"]
+    assert "ssh-keyscan -t ed25519 -p 2022 198.18.0.11`" in by_key["masters[1].hostKey"]
+    assert "ssh-keyscan -t ed25519 198.18.0.12`" in by_key["masters[2].hostKey"]
+    assert "ssh-keyscan -t ed25519 -p 2200 198.18.0.99`" in by_key["ssh.bastion.hostKey"]
+
+
 def test_every_rsa_pin_is_named_at_once_the_bastion_s_too(stack_config):
     cfg = stack_config(ssh={"bastion": {"host": "198.18.0.99", "hostKey": RSA_KEY}})
     cfg["masters"][0]["hostKey"] = cfg["masters"][2]["hostKey"] = RSA_KEY

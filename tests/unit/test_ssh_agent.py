@@ -4,6 +4,7 @@ provider/pkg/provider/remote/connection.go SSHConfig), and a dead one fails ever
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -59,6 +60,16 @@ def test_a_dead_socket_is_warned_of_naming_the_variable_the_effect_and_the_fix(k
     assert "every remote command of `up` and `destroy` fails" in line and "deletes included" in line
     assert "env -u SSH_AUTH_SOCK pulumi up" in line and "in CI, do not export it" in line
     assert "s3cr3t" not in line  # nothing of the environment but the socket's path
+
+
+def test_an_abstract_socket_is_dialled_as_go_dials_it():
+    """Go's net.Dial("unix", "@name") is Linux's abstract namespace; a live agent there is no warning."""
+    name = f"metrics-aggregation-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind("\0" + name)
+        s.listen(1)
+        assert ssh_agent.stale_agent_warning(None, {ssh_agent.ENV: "@" + name}) is None
+    assert ssh_agent.stale_agent_warning(None, {ssh_agent.ENV: "@" + name}) is not None
 
 
 @pytest.mark.parametrize("environ", [{}, {"SSH_AUTH_SOCK": ""}], ids=["unset", "empty"])

@@ -211,15 +211,23 @@ func TestTheAgentIsUsedWheneverSSHAuthSockIsSet(t *testing.T) {
 	key := resource.NewStringProperty(string(pem.EncodeToMemory(block)))
 	env := func(string) string { return "/run/agent.sock" }
 	withKey := resource.PropertyMap{"privateKey": key}
-	if got := agentSocket(withKey, env); got != "/run/agent.sock" {
-		t.Errorf("with a privateKey: %q, want SSH_AUTH_SOCK", got)
+	if got, use := agentSocket(withKey, env); got != "/run/agent.sock" || !use {
+		t.Errorf("with a privateKey: %q %v, want SSH_AUTH_SOCK", got, use)
 	}
 	own := resource.PropertyMap{"privateKey": key, "agentSocketPath": resource.NewStringProperty("/own")}
-	if got := agentSocket(own, env); got != "/own" {
-		t.Errorf("agentSocketPath: %q", got)
+	if got, use := agentSocket(own, env); got != "/own" || !use {
+		t.Errorf("agentSocketPath: %q %v", got, use)
 	}
-	if got := agentSocket(withKey, func(string) string { return "" }); got != "" {
-		t.Errorf("no SSH_AUTH_SOCK: %q", got)
+	if got, use := agentSocket(withKey, func(string) string { return "" }); use {
+		t.Errorf("an empty SSH_AUTH_SOCK is unset: %q %v", got, use)
+	}
+	// upstream tests the pointer: a set but empty agentSocketPath is dialled, and fails
+	empty := resource.PropertyMap{"privateKey": key, "agentSocketPath": resource.NewStringProperty("")}
+	if got, use := agentSocket(empty, env); got != "" || !use {
+		t.Errorf("an empty agentSocketPath: %q %v, want it dialled", got, use)
+	}
+	if _, _, err := sshConfig(empty); err == nil || err.Error() != "dial unix: missing address" {
+		t.Errorf("an empty agentSocketPath next to a privateKey: %v", err)
 	}
 
 	dead := filepath.Join(t.TempDir(), "agent.sock")

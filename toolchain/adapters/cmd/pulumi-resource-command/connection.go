@@ -54,12 +54,16 @@ func withDefaults(c resource.PropertyMap) resource.PropertyMap {
 
 // agentSocket is the agent upstream uses (connection.go SSHConfig, connection_unix.go): agentSocketPath
 // when set, otherwise SSH_AUTH_SOCK whenever it is set, also when a privateKey or password is given. So a
-// stale SSH_AUTH_SOCK (a closed tmux or CI agent) fails every command of a key-only connection.
-func agentSocket(c resource.PropertyMap, getenv func(string) string) string {
+// stale SSH_AUTH_SOCK (a closed tmux or CI agent) fails every command of a key-only connection. A set
+// agentSocketPath is dialled whatever it holds (upstream tests the pointer, not the text): an empty one
+// fails with "dial unix: missing address". An empty SSH_AUTH_SOCK counts as unset
+// (tryGetDefaultAgentSocket). -> the path, and whether an agent is dialled at all.
+func agentSocket(c resource.PropertyMap, getenv func(string) string) (string, bool) {
 	if v, ok := c["agentSocketPath"]; ok && v.IsString() {
-		return v.StringValue()
+		return v.StringValue(), true
 	}
-	return getenv("SSH_AUTH_SOCK")
+	env := getenv("SSH_AUTH_SOCK")
+	return env, env != ""
 }
 
 // hostKeyConfig is upstream's host key check (connection.go SSHConfig): with hostKey, only that key is
@@ -120,7 +124,7 @@ func sshConfig(c resource.PropertyMap) (*ssh.ClientConfig, func(), error) {
 				return answers, nil
 			}))
 	}
-	if sock := agentSocket(c, os.Getenv); sock != "" {
+	if sock, use := agentSocket(c, os.Getenv); use {
 		// upstream returns the dial error as it is: "dial unix <path>: connect: ..."
 		conn, err := net.Dial("unix", sock)
 		if err != nil {
