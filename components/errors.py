@@ -164,8 +164,8 @@ def rsa_host_key(host: str, address: str, port: int | None) -> str:
         f"is an RSA key ({host}): pulumi-command offers only the pinned key's type, for RSA ssh-rsa (SHA-1), which "
         "OpenSSH 8.8 and later refuse, so every step would fail with \"no common algorithm for host key\"; pin the "
         f"host's ed25519 key instead: one line of `ssh-keyscan -t ed25519 {keyscan_target(address, port)}` without the "
-        "host name, checked "
-        "against the host's own /etc/ssh/ssh_host_ed25519_key.pub (or its ECDSA key, `ssh-keyscan -t ecdsa`)"
+        "host name, checked against the host's own /etc/ssh/ssh_host_ed25519_key.pub (or its ECDSA key, "
+        "`ssh-keyscan -t ecdsa`)"
     )
 
 

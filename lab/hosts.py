@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import netns, proc, sshd, standin
-from lab.proc import LabError, children_of, kill_pid, tcp_open
+from lab.proc import LabError, kill_pid, kill_tree, tcp_open
 from lab.supervisor import Unit, install_shims
 
 # the config files a master of each layout starts with: test data of the host tier
@@ -187,9 +187,7 @@ class Host:
         """Cut SSH: kill the listening sshd and every connection it serves."""
         if not self.sshd:
             return
-        for c in children_of(self.sshd.pid):
-            kill_pid(c, signal.SIGKILL)
-        kill_pid(self.sshd.pid, signal.SIGKILL)
+        kill_tree(self.sshd.pid)
         self.sshd.wait(5)
         self.sshd = None
 

@@ -102,6 +102,20 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
     return pids
 
 
+def run_tree(argv: list[str], *, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run(argv, capture_output=True, text=True, timeout=timeout), except that a timeout (or any
+    interruption, such as pytest-timeout's) kills the whole process tree, not only argv's process: the
+    Pulumi CLI's plugins, each in a process group of its own, would otherwise outlive it (kill_tree)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    except BaseException:
+        kill_tree(p.pid)
+        p.communicate(timeout=10)
+        raise
+    return subprocess.CompletedProcess(argv, p.returncode, stdout, stderr)
+
+
 def keygen(path: Path, comment: str, error: type[Exception] = LabError) -> str:
     """An ed25519 key pair at path (made once); -> its public key as `type base64`."""
     if not path.exists():

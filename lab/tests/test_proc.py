@@ -1,10 +1,14 @@
 """lab.proc.kill_tree: what the engine-tier tests use to stop a `pulumi up` they started."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
-from lab.proc import children_of, gone, kill_tree, wait_for
+import pytest
+
+from lab.proc import children_of, gone, kill_tree, run_tree, wait_for
 
 # A parent whose child runs in a process group of its own, as the Pulumi CLI starts its plugins, and a
 # grandchild below that: killpg on the parent reaches neither.
@@ -31,3 +35,28 @@ def test_kill_tree_reaches_children_in_other_process_groups():
         if p.poll() is None:
             kill_tree(p.pid)
             p.wait(timeout=10)
+
+
+def test_run_tree_kills_the_whole_tree_on_a_timeout():
+    """subprocess.run's timeout kills only its own child; run_tree's reaches the grandchild in its own session."""
+    marker = f"run-tree-{os.getpid()}"
+    code = ("import subprocess, sys, time\n"
+            f"subprocess.Popen(['sleep', '60', '{marker}'], start_new_session=True)\n"
+            "time.sleep(60)\n")
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_tree([sys.executable, "-c", code], timeout=2)
+    wait_for(lambda: not _running(marker), "the end of the grandchild", timeout=10)
+    done = run_tree([sys.executable, "-c", "print('out'); import sys; sys.exit(3)"], timeout=30)
+    assert (done.returncode, done.stdout) == (3, "out\n")
+
+
+def _running(marker: str) -> bool:
+    """A process whose command line holds `marker` (and is not a zombie) is running."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker.encode() in (d / "cmdline").read_bytes() and not gone(int(d.name)):
+                    return True
+            except OSError:
+                continue
+    return False

@@ -134,7 +134,7 @@ def consumer_reads_outputs(sc: Scenario, toolchain: Toolchain) -> None:
         assert out["metricsStack"] == f"organization/{PROJECT}/{sc.stack.name}"
         assert out["metricsApiService"] == "v1beta1.metrics.k8s.io"
         assert out["metricsServerNamespace"] == "kube-system"
-        # the consumer read contract 1.1.0's times (fresh certificates: nothing within 30 days)
+        # the consumer read the contract's times (fresh certificates: nothing within 30 days)
         assert out["metricsContractVersion"] == contract.CONTRACT_VERSION
         assert out["expiringSoon"] == []
         hpa = sc.cp.get(hpa_path)

@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
+from lab.proc import run_tree
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "toolchain" / "build.sh"
 # the components `pulumi preview/up` of this program needs, and the local control plane of the tier
@@ -225,8 +227,8 @@ class E2EStack:
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         """The pulumi CLI of the toolchain in this stack's project and backend (e.g. stack export)."""
-        p = subprocess.run([str(self.pulumi_bin), *args, "--stack", self.name],
-                           cwd=self.project.dir, env=self.env, capture_output=True, text=True, timeout=timeout)
+        p = run_tree([str(self.pulumi_bin), *args, "--stack", self.name],
+                     cwd=self.project.dir, env=self.env, timeout=timeout)
         if p.returncode != 0:
             raise RuntimeError(f"pulumi {' '.join(args)} -> {p.returncode}: {p.stderr[-3000:]}")
         return p.stdout
@@ -236,9 +238,9 @@ class E2EStack:
         """`python -m tools.audit --stack <stack> ARGS` as `make audit` runs it (the toolchain's env, this
         stack's backend, its project as --cwd) -> (exit status, stdout, stderr, seconds)."""
         t = time.monotonic()
-        p = subprocess.run([str(REPO / "venv" / "bin" / "python"), "-m", "tools.audit", "--stack", self.name,
-                            "--cwd", str(self.project.dir), *args],
-                           cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        p = run_tree([str(REPO / "venv" / "bin" / "python"), "-m", "tools.audit", "--stack", self.name,
+                      "--cwd", str(self.project.dir), *args],
+                     cwd=REPO, env=self.env, timeout=timeout)
         return p.returncode, p.stdout, p.stderr, time.monotonic() - t
 
     def move_cert_end(self, name: str, hours_from_now: float, work: Path) -> None:

@@ -24,7 +24,7 @@ import yaml
 
 from lab import sshd
 from lab.hosts import Host, Lab, LabError
-from lab.proc import kill_pid, kill_tree, tcp_open, wait_for
+from lab.proc import kill_pid, kill_tree, run_tree, tcp_open, wait_for
 from tests.e2e.engine import PROJECT, E2EStack, Project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -98,8 +98,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommandHost]:
         rsa, rsa_pub = _start_rsa_sshd(host)
         yield CommandHost(lab, host, rsa_pub)
     finally:
-        if rsa is not None:
-            kill_pid(rsa.pid, signal.SIGKILL)
+        if rsa is not None:  # the listener and the connections it serves
+            kill_tree(rsa.pid)
             rsa.wait(5)
         lab.close()
 
@@ -177,8 +177,7 @@ class CommandStack:
     def run(self, op: str = "up", *, ssh_auth_sock: str | None = None, timeout: float = 180) -> Run:
         self.runs += 1
         log = self.tmp / f"events-{self.runs}.jsonl"
-        p = subprocess.run(self._argv(op, log), cwd=self.stack.project.dir, env=self._env(ssh_auth_sock),
-                           capture_output=True, text=True, timeout=timeout)
+        p = run_tree(self._argv(op, log), cwd=self.stack.project.dir, env=self._env(ssh_auth_sock), timeout=timeout)
         self.stack.outputs += [f"==== {op}", p.stdout, p.stderr]
         return Run(p.returncode, p.stdout + p.stderr, _events(log))
 

@@ -242,13 +242,7 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 			if replace {
 				replaces = append(replaces, k)
 			}
-			kind := map[bool]pulumirpc.PropertyDiff_Kind{false: pulumirpc.PropertyDiff_UPDATE, true: pulumirpc.PropertyDiff_UPDATE_REPLACE}
-			if !hasOld {
-				kind = map[bool]pulumirpc.PropertyDiff_Kind{false: pulumirpc.PropertyDiff_ADD, true: pulumirpc.PropertyDiff_ADD_REPLACE}
-			} else if !hasNew {
-				kind = map[bool]pulumirpc.PropertyDiff_Kind{false: pulumirpc.PropertyDiff_DELETE, true: pulumirpc.PropertyDiff_DELETE_REPLACE}
-			}
-			detailed[k] = &pulumirpc.PropertyDiff{Kind: kind[replace], InputDiff: true}
+			detailed[k] = &pulumirpc.PropertyDiff{Kind: diffKind(hasOld, hasNew, replace), InputDiff: true}
 		}
 	}
 	if t == tSelfSignedCert || t == tLocallySignedCert {
@@ -269,6 +263,23 @@ func (p *tlsProvider) Diff(_ context.Context, req *pulumirpc.DiffRequest) (*pulu
 		}
 	}
 	return provider.DiffResult(diffs, replaces, detailed), nil
+}
+
+// diffKind: an input added, deleted or changed, replacing the resource or updating it in place.
+func diffKind(hasOld, hasNew, replace bool) pulumirpc.PropertyDiff_Kind {
+	switch {
+	case !hasOld && replace:
+		return pulumirpc.PropertyDiff_ADD_REPLACE
+	case !hasOld:
+		return pulumirpc.PropertyDiff_ADD
+	case !hasNew && replace:
+		return pulumirpc.PropertyDiff_DELETE_REPLACE
+	case !hasNew:
+		return pulumirpc.PropertyDiff_DELETE
+	case replace:
+		return pulumirpc.PropertyDiff_UPDATE_REPLACE
+	}
+	return pulumirpc.PropertyDiff_UPDATE
 }
 
 // readyForRenewal is terraform-provider-tls common_cert.go's test (modifyPlanIfCertificateReadyForRenewal,
@@ -364,10 +375,7 @@ func (p *tlsProvider) Update(_ context.Context, req *pulumirpc.UpdateRequest) (*
 // updatedUsingPlan: the state's outputs with the new inputs over them; readyForRenewal false, as a
 // ready certificate is replaced, never updated.
 func updatedUsingPlan(olds, news resource.PropertyMap) resource.PropertyMap {
-	outs := resource.PropertyMap{}
-	for k, v := range olds {
-		outs[k] = v
-	}
+	outs := olds.Copy()
 	for k, v := range news {
 		outs[k] = v
 	}
